@@ -1,0 +1,149 @@
+//! Topic names, topic filters, and matching one against the other (§4.7).
+//!
+//! The gateway uses [`matches`] to decide whether a downlink message may be
+//! delivered to a subscription, and the router uses the same function for
+//! its join: one definition of the rules for both.
+
+use crate::error::DecodeError;
+
+/// Checks a topic name as a PUBLISH carries it: at least one character
+/// (MQTT-4.7.3-1) and no wildcard (MQTT-3.3.2-2).
+pub fn validate_topic_name(topic: &str) -> Result<(), DecodeError> {
+    if topic.is_empty() {
+        return Err(DecodeError::EmptyTopic);
+    }
+    if memchr::memchr2(b'+', b'#', topic.as_bytes()).is_some() {
+        return Err(DecodeError::WildcardInTopicName);
+    }
+    Ok(())
+}
+
+/// Checks a topic filter as SUBSCRIBE and UNSUBSCRIBE carry it: at least
+/// one character (MQTT-4.7.3-1), `#` alone in the last level
+/// (MQTT-4.7.1-2), `+` alone in its level (MQTT-4.7.1-3).
+pub fn validate_topic_filter(filter: &str) -> Result<(), DecodeError> {
+    if filter.is_empty() {
+        return Err(DecodeError::EmptyTopic);
+    }
+    // Fast path: most filters carry no wildcard at all.
+    if memchr::memchr2(b'+', b'#', filter.as_bytes()).is_none() {
+        return Ok(());
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        match level {
+            "#" if levels.peek().is_some() => {
+                return Err(DecodeError::MisplacedMultiLevelWildcard);
+            }
+            "#" | "+" => {}
+            _ if level.contains('#') => return Err(DecodeError::MisplacedMultiLevelWildcard),
+            _ if level.contains('+') => {
+                return Err(DecodeError::MisplacedSingleLevelWildcard);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether the topic name `topic` matches the topic filter `filter`.
+///
+/// Both are expected to be valid (see [`validate_topic_name`] and
+/// [`validate_topic_filter`]); for invalid input the answer is unspecified
+/// but the function neither panics nor loops.
+///
+/// `+` matches exactly one level (possibly empty), `#` matches the parent
+/// level and any number of levels below it, and a filter starting with a
+/// wildcard does not match a topic starting with `$` (MQTT-4.7.2-1).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    // Common case first: a filter without wildcards is an equality test.
+    if memchr::memchr2(b'+', b'#', filter.as_bytes()).is_none() {
+        return filter == topic;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_follows_section_4_7() {
+        let cases = [
+            // §4.7.1.2: '#'.
+            ("sport/tennis/player1/#", "sport/tennis/player1", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
+            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            ("sport/#", "sport", true),
+            ("#", "sport/tennis", true),
+            ("#", "/", true),
+            ("sport/tennis/#", "sport/tennisplayer1", false),
+            // §4.7.1.3: '+'.
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("+/tennis/#", "sport/tennis/player1", true),
+            ("a/+/c", "a//c", true),
+            // §4.7.2: '$' topics.
+            ("#", "$SYS/broker", false),
+            ("+/monitor/Clients", "$SYS/monitor/Clients", false),
+            ("$SYS/#", "$SYS/monitor/Clients", true),
+            ("$SYS/monitor/+", "$SYS/monitor/Clients", true),
+            // §4.7.3: case-sensitive, levels are exact.
+            ("ACCOUNTS", "Accounts", false),
+            ("DL/WARN", "DL/WARN", true),
+            ("DL/WARN", "DL/INFO", false),
+            ("DL/#", "DL/INFO", true),
+            ("DL/WARN", "DL/WARN/", false),
+            ("DL", "DL/WARN", false),
+        ];
+        for (filter, topic, expected) in cases {
+            assert_eq!(matches(filter, topic), expected, "{filter:?} vs {topic:?}");
+        }
+    }
+
+    #[test]
+    fn filters_follow_section_4_7_1() {
+        for valid in ["#", "+", "/", "sport/#", "+/+", "/+", "sport/+/player1", "a/b/c", "+/#"] {
+            assert_eq!(validate_topic_filter(valid), Ok(()), "{valid:?}");
+        }
+        let invalid = [
+            ("", DecodeError::EmptyTopic),
+            ("sport/tennis#", DecodeError::MisplacedMultiLevelWildcard),
+            ("sport/tennis/#/ranking", DecodeError::MisplacedMultiLevelWildcard),
+            ("#/", DecodeError::MisplacedMultiLevelWildcard),
+            ("sport+", DecodeError::MisplacedSingleLevelWildcard),
+            ("sport/+player", DecodeError::MisplacedSingleLevelWildcard),
+        ];
+        for (filter, error) in invalid {
+            assert_eq!(validate_topic_filter(filter), Err(error), "{filter:?}");
+        }
+    }
+
+    #[test]
+    fn names_follow_section_4_7_3() {
+        assert_eq!(validate_topic_name("UL/POS"), Ok(()));
+        assert_eq!(validate_topic_name("/"), Ok(()));
+        assert_eq!(validate_topic_name(" "), Ok(()));
+        assert_eq!(validate_topic_name(""), Err(DecodeError::EmptyTopic));
+        assert_eq!(validate_topic_name("UL/+"), Err(DecodeError::WildcardInTopicName));
+        assert_eq!(validate_topic_name("UL/#"), Err(DecodeError::WildcardInTopicName));
+    }
+}
