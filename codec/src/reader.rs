@@ -100,7 +100,10 @@ mod tests {
         // A BOM is kept, not stripped (MQTT-1.5.3-3).
         assert_eq!(string(b"\x00\x03\xef\xbb\xbf").unwrap(), "\u{feff}");
         // Surrogate U+D800 encoded as UTF-8.
-        assert_eq!(string(b"\x00\x03\xed\xa0\x80"), Err(DecodeError::InvalidUtf8));
+        assert_eq!(
+            string(b"\x00\x03\xed\xa0\x80"),
+            Err(DecodeError::InvalidUtf8)
+        );
         // Overlong encoding of U+0000 and of '/'.
         assert_eq!(string(b"\x00\x02\xc0\x80"), Err(DecodeError::InvalidUtf8));
         assert_eq!(string(b"\x00\x02\xc0\xaf"), Err(DecodeError::InvalidUtf8));

@@ -85,8 +85,16 @@ mod tests {
         let cases = [
             // §4.7.1.2: '#'.
             ("sport/tennis/player1/#", "sport/tennis/player1", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/score/wimbledon",
+                true,
+            ),
             ("sport/#", "sport", true),
             ("#", "sport/tennis", true),
             ("#", "/", true),
@@ -121,13 +129,26 @@ mod tests {
 
     #[test]
     fn filters_follow_section_4_7_1() {
-        for valid in ["#", "+", "/", "sport/#", "+/+", "/+", "sport/+/player1", "a/b/c", "+/#"] {
+        for valid in [
+            "#",
+            "+",
+            "/",
+            "sport/#",
+            "+/+",
+            "/+",
+            "sport/+/player1",
+            "a/b/c",
+            "+/#",
+        ] {
             assert_eq!(validate_topic_filter(valid), Ok(()), "{valid:?}");
         }
         let invalid = [
             ("", DecodeError::EmptyTopic),
             ("sport/tennis#", DecodeError::MisplacedMultiLevelWildcard),
-            ("sport/tennis/#/ranking", DecodeError::MisplacedMultiLevelWildcard),
+            (
+                "sport/tennis/#/ranking",
+                DecodeError::MisplacedMultiLevelWildcard,
+            ),
             ("#/", DecodeError::MisplacedMultiLevelWildcard),
             ("sport+", DecodeError::MisplacedSingleLevelWildcard),
             ("sport/+player", DecodeError::MisplacedSingleLevelWildcard),
@@ -143,7 +164,13 @@ mod tests {
         assert_eq!(validate_topic_name("/"), Ok(()));
         assert_eq!(validate_topic_name(" "), Ok(()));
         assert_eq!(validate_topic_name(""), Err(DecodeError::EmptyTopic));
-        assert_eq!(validate_topic_name("UL/+"), Err(DecodeError::WildcardInTopicName));
-        assert_eq!(validate_topic_name("UL/#"), Err(DecodeError::WildcardInTopicName));
+        assert_eq!(
+            validate_topic_name("UL/+"),
+            Err(DecodeError::WildcardInTopicName)
+        );
+        assert_eq!(
+            validate_topic_name("UL/#"),
+            Err(DecodeError::WildcardInTopicName)
+        );
     }
 }

@@ -61,14 +61,19 @@ impl SubAck {
         if codes.is_empty() {
             return Err(DecodeError::NoSubAckReturnCodes);
         }
-        if let Some(&bad) = codes.iter().find(|&&c| SubAckReturnCode::from_u8(c).is_none()) {
+        if let Some(&bad) = codes
+            .iter()
+            .find(|&&c| SubAckReturnCode::from_u8(c).is_none())
+        {
             return Err(DecodeError::InvalidSubAckReturnCode(bad));
         }
         Ok(Self { packet_id, codes })
     }
 
     pub fn return_codes(&self) -> impl Iterator<Item = SubAckReturnCode> + '_ {
-        self.codes.iter().filter_map(|&c| SubAckReturnCode::from_u8(c))
+        self.codes
+            .iter()
+            .filter_map(|&c| SubAckReturnCode::from_u8(c))
     }
 
     /// Appends the packet.
