@@ -13,7 +13,7 @@ use crate::packet::ConnectReturnCode;
 /// After any of these the receiver must close the network connection
 /// (MQTT-4.8.0-1). For a few CONNECT errors the server first answers with a
 /// CONNACK: see [`DecodeError::connack_code`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
     /// Packet type 0 or 15.

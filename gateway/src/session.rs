@@ -1,0 +1,712 @@
+//! The per-connection MQTT session: a state machine with no clock and no
+//! socket.
+//!
+//! The connection layer hands it each decoded packet (or decode error) with
+//! the current instant and an output buffer; the session appends whatever
+//! must be sent and answers with one [`Step`]: carry on, forward this
+//! PUBLISH, decide on this CONNECT, or close for this reason. Timers are a
+//! single [`Session::deadline`] the caller sleeps until, then reports with
+//! [`Session::on_deadline`]. Tests drive it with synthetic instants.
+//!
+//! Policy (ARCHITECTURE.md, "MQTT subset"): QoS 0 only, no retain, no will,
+//! one CONNECT per connection; SUBSCRIBE is answered with QoS 0 granted for
+//! every filter; everything else closes the connection with a counted
+//! reason. Keep alive: a car asking for `k` seconds is closed after 1.5 ×
+//! min(`k`, maximum) without a packet; asking for 0 gets the maximum.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::packet::{PINGRESP, encode_suback_qos0, encode_unsuback};
+use codec::{
+    ByteString, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, Subscribe,
+    Unsubscribe,
+};
+
+/// Session timing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Time a new connection has to send its CONNECT.
+    pub connect_timeout: Duration,
+    /// Cap on the keep-alive a car may ask for; also applied to cars asking
+    /// for 0 (no keep-alive), so a vanished car cannot hold a connection
+    /// forever.
+    pub max_keep_alive: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            max_keep_alive: Duration::from_secs(20 * 60),
+        }
+    }
+}
+
+/// Why a connection was closed: a bounded set, used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The car sent DISCONNECT.
+    Disconnect,
+    /// The car closed its side of the connection.
+    PeerClosed,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// Nothing received within 1.5 × keep-alive (MQTT-3.1.2-24).
+    KeepAliveTimeout,
+    /// A protocol violation the codec found.
+    Malformed(DecodeError),
+    /// Well-formed MQTT 3.1.1 that this system does not support.
+    Unsupported(Unsupported),
+    /// CONNECT refused with this CONNACK return code.
+    Refused(ConnectReturnCode),
+    /// A PUBLISH to a topic no mapping rule accepts.
+    UnmappedTopic,
+    /// A newer connection with the same client id took over.
+    TakenOver,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// A socket error.
+    Io,
+}
+
+impl CloseReason {
+    /// Bounded metric label.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::Disconnect => "disconnect",
+            Self::PeerClosed => "peer_closed",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::Malformed(_) => "malformed",
+            Self::Unsupported(_) => "unsupported",
+            Self::Refused(_) => "refused",
+            Self::UnmappedTopic => "unmapped_topic",
+            Self::TakenOver => "taken_over",
+            Self::Shutdown => "shutdown",
+            Self::Io => "io_error",
+        }
+    }
+
+    /// Whether the car did something wrong (as opposed to a normal end or
+    /// our own doing): decides the log level.
+    pub const fn is_car_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Malformed(_) | Self::Unsupported(_) | Self::UnmappedTopic | Self::ConnectTimeout
+        )
+    }
+}
+
+/// Features of MQTT 3.1.1 this system refuses (ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unsupported {
+    /// A packet before CONNECT (MQTT-3.1.0-1).
+    PacketBeforeConnect,
+    /// A second CONNECT (MQTT-3.1.0-2).
+    SecondConnect,
+    /// PUBLISH at QoS 1 or 2.
+    QosAboveZero,
+    /// PUBLISH with the retain flag.
+    Retain,
+    /// CONNECT with a will.
+    Will,
+    /// PUBACK, PUBREC, PUBREL or PUBCOMP: never valid, as nothing is
+    /// exchanged at QoS above 0.
+    QosAcknowledgement,
+}
+
+impl Unsupported {
+    /// Bounded metric label.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            Self::PacketBeforeConnect => "packet_before_connect",
+            Self::SecondConnect => "second_connect",
+            Self::QosAboveZero => "qos_above_zero",
+            Self::Retain => "retain",
+            Self::Will => "will",
+            Self::QosAcknowledgement => "qos_acknowledgement",
+        }
+    }
+}
+
+/// What the connection does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing beyond sending what was appended to the output buffer.
+    Continue,
+    /// A valid CONNECT: the caller decides (Kafka available? client id
+    /// already connected here?) and answers with [`Session::accept`] or
+    /// [`Session::refuse`].
+    Connect(Connect),
+    /// An accepted QoS 0 PUBLISH: map its topic and produce it.
+    Publish(Publish),
+    /// The filter set changed (SUBSCRIBE or UNSUBSCRIBE was answered).
+    FiltersChanged,
+    /// Close the connection after flushing the output buffer.
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingConnect {
+        deadline: Instant,
+    },
+    /// CONNECT received, the caller has not answered yet.
+    Deciding,
+    Connected(Connected),
+    Closed(CloseReason),
+}
+
+#[derive(Debug)]
+struct Connected {
+    client_id: ByteString,
+    /// 1.5 × the effective keep-alive.
+    grace: Duration,
+    deadline: Instant,
+    filters: Vec<ByteString>,
+}
+
+/// One connection's MQTT state.
+#[derive(Debug)]
+pub struct Session {
+    timing: Timing,
+    state: State,
+}
+
+impl Session {
+    /// A session for a connection accepted at `now`.
+    pub fn new(timing: Timing, now: Instant) -> Self {
+        Self {
+            timing,
+            state: State::AwaitingConnect {
+                deadline: now + timing.connect_timeout,
+            },
+        }
+    }
+
+    /// The client id once connected.
+    pub fn client_id(&self) -> Option<&ByteString> {
+        match &self.state {
+            State::Connected(c) => Some(&c.client_id),
+            _ => None,
+        }
+    }
+
+    /// The topic filters the car subscribed to, in subscription order.
+    pub fn filters(&self) -> &[ByteString] {
+        match &self.state {
+            State::Connected(c) => &c.filters,
+            _ => &[],
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// When the caller must call [`Session::on_deadline`] unless a packet
+    /// arrives first.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::AwaitingConnect { deadline } => Some(*deadline),
+            State::Connected(c) => Some(c.deadline),
+            State::Deciding | State::Closed(_) => None,
+        }
+    }
+
+    /// Checks the timers at `now`.
+    pub fn on_deadline(&mut self, now: Instant) -> Option<CloseReason> {
+        let reason = match &self.state {
+            State::AwaitingConnect { deadline } if now >= *deadline => CloseReason::ConnectTimeout,
+            State::Connected(c) if now >= c.deadline => CloseReason::KeepAliveTimeout,
+            _ => return None,
+        };
+        Some(self.close(reason))
+    }
+
+    /// The gateway stopped reading this connection for reasons of its own
+    /// (Kafka backpressure) and resumes at `now`: the car must not be
+    /// charged for the pause, so its keep-alive restarts.
+    pub fn resume(&mut self, now: Instant) {
+        if let State::Connected(c) = &mut self.state {
+            c.deadline = c.deadline.max(now + c.grace);
+        }
+    }
+
+    /// Closes the session for a reason found outside it (socket closed,
+    /// takeover, unmapped topic, shutdown). Idempotent: the first reason
+    /// stays.
+    pub fn close(&mut self, reason: CloseReason) -> CloseReason {
+        match self.state {
+            State::Closed(first) => first,
+            _ => {
+                self.state = State::Closed(reason);
+                reason
+            }
+        }
+    }
+
+    /// The codec refused the input. Appends a CONNACK where the spec asks
+    /// for one (bad protocol level, rejected client id) before the close.
+    pub fn on_decode_error(&mut self, error: DecodeError, out: &mut BytesMut) -> CloseReason {
+        if let (State::AwaitingConnect { .. }, Some(code)) = (&self.state, error.connack_code()) {
+            ConnAck {
+                session_present: false,
+                code,
+            }
+            .encode(out);
+        }
+        self.close(CloseReason::Malformed(error))
+    }
+
+    /// Handles one packet received at `now`.
+    pub fn on_packet(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Step {
+        match &mut self.state {
+            State::Closed(_) => Step::Continue,
+            State::AwaitingConnect { .. } => match packet {
+                Packet::Connect(connect) => self.on_connect(connect),
+                _ => self.fail(CloseReason::Unsupported(Unsupported::PacketBeforeConnect)),
+            },
+            // The caller answers a CONNECT before it decodes further.
+            State::Deciding => self.fail(CloseReason::Unsupported(Unsupported::SecondConnect)),
+            State::Connected(session) => {
+                // Any packet counts as activity (MQTT-3.1.2-24).
+                session.deadline = now + session.grace;
+                match packet {
+                    Packet::Publish(publish) => self.on_publish(publish),
+                    Packet::Subscribe(subscribe) => {
+                        Self::on_subscribe(session, &subscribe, out);
+                        Step::FiltersChanged
+                    }
+                    Packet::Unsubscribe(unsubscribe) => {
+                        Self::on_unsubscribe(session, &unsubscribe, out);
+                        Step::FiltersChanged
+                    }
+                    Packet::PingReq => {
+                        out.extend_from_slice(&PINGRESP);
+                        Step::Continue
+                    }
+                    Packet::Disconnect => self.fail(CloseReason::Disconnect),
+                    Packet::Connect(_) => {
+                        self.fail(CloseReason::Unsupported(Unsupported::SecondConnect))
+                    }
+                    Packet::PubAck(_)
+                    | Packet::PubRec(_)
+                    | Packet::PubRel(_)
+                    | Packet::PubComp(_) => {
+                        self.fail(CloseReason::Unsupported(Unsupported::QosAcknowledgement))
+                    }
+                    // A server-role decoder never yields these; if one
+                    // appears all the same, it is a protocol violation.
+                    Packet::ConnAck(_)
+                    | Packet::SubAck(_)
+                    | Packet::UnsubAck(_)
+                    | Packet::PingResp => {
+                        self.fail(CloseReason::Unsupported(Unsupported::PacketBeforeConnect))
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: CloseReason) -> Step {
+        Step::Close(self.close(reason))
+    }
+
+    fn on_connect(&mut self, connect: Connect) -> Step {
+        if connect.will.is_some() {
+            return self.fail(CloseReason::Unsupported(Unsupported::Will));
+        }
+        self.state = State::Deciding;
+        Step::Connect(connect)
+    }
+
+    /// Accepts the CONNECT returned by the last [`Step::Connect`]: appends
+    /// CONNACK 0 and starts the keep-alive timer.
+    ///
+    /// Session present is always 0, also for a car asking for a persistent
+    /// session (clean session 0): no state survives a connection here, and
+    /// the flag tells a conforming client to subscribe again (§3.2.2.2).
+    pub fn accept(&mut self, connect: &Connect, now: Instant, out: &mut BytesMut) {
+        if !matches!(self.state, State::Deciding) {
+            return;
+        }
+        let asked = Duration::from_secs(u64::from(connect.keep_alive));
+        let keep_alive = if asked.is_zero() {
+            self.timing.max_keep_alive
+        } else {
+            asked.min(self.timing.max_keep_alive)
+        };
+        let grace = keep_alive + keep_alive / 2;
+        ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Accepted,
+        }
+        .encode(out);
+        self.state = State::Connected(Connected {
+            client_id: connect.client_id.clone(),
+            grace,
+            deadline: now + grace,
+            filters: Vec::new(),
+        });
+    }
+
+    /// Refuses the pending CONNECT with `code` (for example
+    /// `ServerUnavailable` while Kafka cannot take data).
+    pub fn refuse(&mut self, code: ConnectReturnCode, out: &mut BytesMut) -> CloseReason {
+        ConnAck {
+            session_present: false,
+            code,
+        }
+        .encode(out);
+        self.close(CloseReason::Refused(code))
+    }
+
+    fn on_publish(&mut self, publish: Publish) -> Step {
+        if publish.qos != QoS::AtMostOnce {
+            return self.fail(CloseReason::Unsupported(Unsupported::QosAboveZero));
+        }
+        if publish.retain {
+            return self.fail(CloseReason::Unsupported(Unsupported::Retain));
+        }
+        Step::Publish(publish)
+    }
+
+    fn on_subscribe(session: &mut Connected, subscribe: &Subscribe, out: &mut BytesMut) {
+        let mut count = 0;
+        for (filter, _requested) in subscribe.filters() {
+            count += 1;
+            // A repeated filter replaces the old one (MQTT-3.8.4-3); with
+            // QoS 0 only, there is nothing to replace but the entry itself.
+            if !session.filters.contains(&filter) {
+                session.filters.push(filter);
+            }
+        }
+        // Every filter is granted, at QoS 0 whatever was asked (ARCHITECTURE.md).
+        // `count` >= 1: the codec refuses a SUBSCRIBE without filters.
+        let _ = encode_suback_qos0(out, subscribe.packet_id, count);
+    }
+
+    fn on_unsubscribe(session: &mut Connected, unsubscribe: &Unsubscribe, out: &mut BytesMut) {
+        for filter in unsubscribe.filters() {
+            session.filters.retain(|f| *f != filter);
+        }
+        encode_unsuback(out, unsubscribe.packet_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::{Subscribe, Unsubscribe, Will};
+    use std::num::NonZeroU16;
+
+    const TIMING: Timing = Timing {
+        connect_timeout: Duration::from_secs(10),
+        max_keep_alive: Duration::from_secs(600),
+    };
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).unwrap()
+    }
+
+    /// A session that accepted a CONNECT with `keep_alive` at `t0`.
+    fn connected(t0: Instant, keep_alive: u16) -> Session {
+        let mut session = Session::new(TIMING, t0);
+        let mut out = BytesMut::new();
+        let connect = Connect::new("VIN0001", keep_alive);
+        let Step::Connect(connect) = session.on_packet(Packet::Connect(connect), t0, &mut out)
+        else {
+            panic!("CONNECT not passed to the caller");
+        };
+        session.accept(&connect, t0, &mut out);
+        assert_eq!(&out[..], &[0x20, 2, 0, 0], "CONNACK accepted");
+        session
+    }
+
+    fn feed(session: &mut Session, packet: Packet, now: Instant) -> (Step, BytesMut) {
+        let mut out = BytesMut::new();
+        let step = session.on_packet(packet, now, &mut out);
+        (step, out)
+    }
+
+    #[test]
+    fn connect_then_accept() {
+        let t0 = Instant::now();
+        let session = connected(t0, 30);
+        assert_eq!(session.client_id().map(|c| &**c), Some("VIN0001"));
+        assert_eq!(session.deadline(), Some(t0 + Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn persistent_session_request_is_answered_without_a_session() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        let mut connect = Connect::new("VIN0001", 30);
+        connect.clean_session = false;
+        let (Step::Connect(connect), _) = feed(&mut session, Packet::Connect(connect), t0) else {
+            panic!("refused");
+        };
+        let mut out = BytesMut::new();
+        session.accept(&connect, t0, &mut out);
+        assert_eq!(&out[..], &[0x20, 2, 0, 0], "session present must be 0");
+    }
+
+    #[test]
+    fn connect_timeout() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        assert_eq!(session.deadline(), Some(t0 + TIMING.connect_timeout));
+        assert_eq!(session.on_deadline(t0 + Duration::from_millis(9_999)), None);
+        assert_eq!(
+            session.on_deadline(t0 + TIMING.connect_timeout),
+            Some(CloseReason::ConnectTimeout)
+        );
+        assert!(session.is_closed());
+        assert_eq!(session.deadline(), None);
+    }
+
+    #[test]
+    fn keep_alive_is_enforced_at_one_and_a_half_times() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        // Any packet is activity: a PUBLISH at 14 s moves the deadline to 29 s.
+        let t14 = t0 + Duration::from_secs(14);
+        let (step, _) = feed(
+            &mut session,
+            Packet::Publish(Publish::qos0("UL/POS", "x")),
+            t14,
+        );
+        assert!(matches!(step, Step::Publish(_)));
+        assert_eq!(
+            session.on_deadline(t0 + Duration::from_millis(28_999)),
+            None
+        );
+        assert_eq!(
+            session.on_deadline(t0 + Duration::from_secs(29)),
+            Some(CloseReason::KeepAliveTimeout)
+        );
+    }
+
+    #[test]
+    fn keep_alive_zero_or_above_the_maximum_gets_the_maximum() {
+        let t0 = Instant::now();
+        for asked in [0, 601, u16::MAX] {
+            let session = connected(t0, asked);
+            assert_eq!(
+                session.deadline(),
+                Some(t0 + Duration::from_secs(900)),
+                "asked {asked}"
+            );
+        }
+    }
+
+    #[test]
+    fn our_own_stall_is_not_charged_to_the_car() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        // Reads were paused from 5 s to 40 s; the car's timer restarts at 40 s.
+        session.resume(t0 + Duration::from_secs(40));
+        assert_eq!(session.on_deadline(t0 + Duration::from_secs(54)), None);
+        assert_eq!(
+            session.on_deadline(t0 + Duration::from_secs(55)),
+            Some(CloseReason::KeepAliveTimeout)
+        );
+    }
+
+    #[test]
+    fn ping() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        let (step, out) = feed(&mut session, Packet::PingReq, t0);
+        assert_eq!(step, Step::Continue);
+        assert_eq!(&out[..], &PINGRESP);
+    }
+
+    #[test]
+    fn subscribe_grants_qos0_and_unsubscribe_removes() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        let subscribe = Subscribe::new(
+            id(7),
+            [
+                ("DL/#", QoS::ExactlyOnce),
+                ("DL/WARN", QoS::AtLeastOnce),
+                ("DL/#", QoS::AtMostOnce),
+            ],
+        )
+        .unwrap();
+        let (step, out) = feed(&mut session, Packet::Subscribe(subscribe), t0);
+        assert_eq!(step, Step::FiltersChanged);
+        // One QoS 0 grant per filter in the request, duplicates included.
+        assert_eq!(&out[..], &[0x90, 5, 0, 7, 0, 0, 0]);
+        assert_eq!(session.filters(), ["DL/#", "DL/WARN"]);
+
+        let unsubscribe = Unsubscribe::new(id(8), ["DL/#", "never/subscribed"]).unwrap();
+        let (step, out) = feed(&mut session, Packet::Unsubscribe(unsubscribe), t0);
+        assert_eq!(step, Step::FiltersChanged);
+        assert_eq!(&out[..], &[0xb0, 2, 0, 8]);
+        assert_eq!(session.filters(), ["DL/WARN"]);
+    }
+
+    #[test]
+    fn unsupported_and_out_of_order_packets_close() {
+        let t0 = Instant::now();
+        let mut qos1 = Publish::qos0("UL/POS", "x");
+        qos1.qos = QoS::AtLeastOnce;
+        qos1.packet_id = Some(id(1));
+        let mut retained = Publish::qos0("UL/POS", "x");
+        retained.retain = true;
+        let cases: Vec<(Packet, CloseReason)> = vec![
+            (
+                Packet::Publish(qos1),
+                CloseReason::Unsupported(Unsupported::QosAboveZero),
+            ),
+            (
+                Packet::Publish(retained),
+                CloseReason::Unsupported(Unsupported::Retain),
+            ),
+            (
+                Packet::Connect(Connect::new("VIN0001", 10)),
+                CloseReason::Unsupported(Unsupported::SecondConnect),
+            ),
+            (
+                Packet::PubAck(id(1)),
+                CloseReason::Unsupported(Unsupported::QosAcknowledgement),
+            ),
+            (
+                Packet::PubRel(id(1)),
+                CloseReason::Unsupported(Unsupported::QosAcknowledgement),
+            ),
+            (Packet::Disconnect, CloseReason::Disconnect),
+        ];
+        for (packet, reason) in cases {
+            let mut session = connected(t0, 10);
+            let (step, out) = feed(&mut session, packet, t0);
+            assert_eq!(step, Step::Close(reason));
+            assert!(
+                out.is_empty(),
+                "nothing is sent before closing for {reason:?}"
+            );
+            assert!(session.is_closed());
+            // A closed session ignores whatever still arrives.
+            let (step, _) = feed(&mut session, Packet::PingReq, t0);
+            assert_eq!(step, Step::Continue);
+        }
+    }
+
+    #[test]
+    fn anything_before_connect_closes() {
+        let t0 = Instant::now();
+        for packet in [
+            Packet::PingReq,
+            Packet::Publish(Publish::qos0("UL/POS", "x")),
+            Packet::Disconnect,
+        ] {
+            let mut session = Session::new(TIMING, t0);
+            let (step, _) = feed(&mut session, packet, t0);
+            assert_eq!(
+                step,
+                Step::Close(CloseReason::Unsupported(Unsupported::PacketBeforeConnect))
+            );
+        }
+    }
+
+    #[test]
+    fn will_is_refused() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        let mut connect = Connect::new("VIN0001", 10);
+        connect.will = Some(Will {
+            topic: "UL/LAST".into(),
+            message: "gone".into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        let (step, _) = feed(&mut session, Packet::Connect(connect), t0);
+        assert_eq!(
+            step,
+            Step::Close(CloseReason::Unsupported(Unsupported::Will))
+        );
+    }
+
+    #[test]
+    fn a_connect_must_be_answered_before_the_next_packet() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        let (step, _) = feed(&mut session, Packet::Connect(Connect::new("a", 1)), t0);
+        assert!(matches!(step, Step::Connect(_)));
+        assert_eq!(
+            session.deadline(),
+            None,
+            "no timer runs while the caller decides"
+        );
+        let (step, _) = feed(&mut session, Packet::Connect(Connect::new("a", 1)), t0);
+        assert_eq!(
+            step,
+            Step::Close(CloseReason::Unsupported(Unsupported::SecondConnect))
+        );
+    }
+
+    #[test]
+    fn refusal_sends_the_connack_code() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        let _ = feed(
+            &mut session,
+            Packet::Connect(Connect::new("VIN0001", 10)),
+            t0,
+        );
+        let mut out = BytesMut::new();
+        let reason = session.refuse(ConnectReturnCode::ServerUnavailable, &mut out);
+        assert_eq!(
+            reason,
+            CloseReason::Refused(ConnectReturnCode::ServerUnavailable)
+        );
+        assert_eq!(&out[..], &[0x20, 2, 0, 3]);
+    }
+
+    #[test]
+    fn decode_errors_answer_with_connack_only_where_the_spec_asks() {
+        let t0 = Instant::now();
+        let cases = [
+            (
+                DecodeError::UnsupportedProtocolLevel(3),
+                &[0x20, 2, 0, 1][..],
+            ),
+            (DecodeError::EmptyClientId, &[0x20, 2, 0, 2][..]),
+            (DecodeError::InvalidProtocolName, &[][..]),
+            (DecodeError::InvalidQos, &[][..]),
+        ];
+        for (error, expected) in cases {
+            let mut session = Session::new(TIMING, t0);
+            let mut out = BytesMut::new();
+            assert_eq!(
+                session.on_decode_error(error, &mut out),
+                CloseReason::Malformed(error)
+            );
+            assert_eq!(&out[..], expected, "{error:?}");
+        }
+        // After CONNECT, no CONNACK is ever sent again.
+        let mut session = connected(t0, 10);
+        let mut out = BytesMut::new();
+        session.on_decode_error(DecodeError::EmptyClientId, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_first_close_reason_stays() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        assert_eq!(
+            session.close(CloseReason::TakenOver),
+            CloseReason::TakenOver
+        );
+        assert_eq!(
+            session.close(CloseReason::PeerClosed),
+            CloseReason::TakenOver
+        );
+        assert_eq!(session.on_deadline(t0 + Duration::from_secs(3600)), None);
+    }
+}

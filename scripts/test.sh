@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, every crate's tests (integration
+# tests start their own tansu broker), and a short fuzzing run.
+# FUZZ_SECONDS (default 20) bounds each fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+# Every test bounds its own waits; this bounds the whole run on top.
+timeout 45m cargo test --workspace --locked
+
+if [ -x fuzz/run.sh ]; then
+  step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
+  fuzz/run.sh "${FUZZ_SECONDS:-20}"
+fi
