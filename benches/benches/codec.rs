@@ -1,0 +1,157 @@
+//! Codec benchmarks, each group with the independent `mqttbytes` 0.6 (v4)
+//! implementation measured beside ours as the baseline.
+//!
+//! Decoding starts from a `BytesMut` holding the frames for both; the copy
+//! that fills it is setup, outside the timed routine.
+
+// Benchmark code: a failed setup should stop the run loudly.
+#![allow(clippy::expect_used)]
+
+use bytes::BytesMut;
+use codec::packet::encode_publish;
+use codec::{Decoder, Packet, QoS, Role};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use mqttbytes::v4 as theirs;
+use std::hint::black_box;
+use std::time::Duration;
+
+const TOPIC: &str = "UL/POS/VIN12345678901234";
+const SIZES: [usize; 3] = [16, 128, 4096];
+const MAX: usize = 1024 * 1024;
+
+fn frames(payload: usize, count: usize) -> Vec<u8> {
+    let body = vec![0xa5; payload];
+    let mut buf = BytesMut::new();
+    for _ in 0..count {
+        encode_publish(
+            &mut buf,
+            TOPIC.as_bytes(),
+            &body,
+            QoS::AtMostOnce,
+            None,
+            false,
+            false,
+        )
+        .expect("encodable");
+    }
+    buf.to_vec()
+}
+
+fn decode(c: &mut Criterion, count: usize, name: &str) {
+    let mut group = c.benchmark_group(name);
+    let ours = Decoder::new(Role::Server, MAX);
+    for size in SIZES {
+        let input = frames(size, count);
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_with_input(BenchmarkId::new("codec", size), &input, |b, input| {
+            b.iter_batched_ref(
+                || BytesMut::from(&input[..]),
+                |buf| {
+                    while let Ok(Some(packet)) = ours.decode(buf) {
+                        black_box(&packet);
+                        debug_assert!(matches!(packet, Packet::Publish(_)));
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+        group.bench_with_input(BenchmarkId::new("mqttbytes", size), &input, |b, input| {
+            b.iter_batched_ref(
+                || BytesMut::from(&input[..]),
+                |buf| {
+                    while let Ok(packet) = theirs::read(buf, MAX) {
+                        black_box(&packet);
+                    }
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+fn decode_one(c: &mut Criterion) {
+    decode(c, 1, "decode_publish_one_frame");
+}
+
+fn decode_thousand(c: &mut Criterion) {
+    decode(c, 1000, "decode_publish_1000_frames");
+}
+
+fn encode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("encode_publish");
+    for size in SIZES {
+        let payload = vec![0xa5; size];
+        group.throughput(Throughput::Bytes(frames(size, 1).len() as u64));
+        group.bench_function(BenchmarkId::new("codec", size), |b| {
+            let mut out = BytesMut::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                encode_publish(
+                    &mut out,
+                    black_box(TOPIC.as_bytes()),
+                    black_box(&payload),
+                    QoS::AtMostOnce,
+                    None,
+                    false,
+                    false,
+                )
+                .expect("encodable");
+                black_box(&out);
+            });
+        });
+        let publish = theirs::Publish::new(TOPIC, mqttbytes::QoS::AtMostOnce, payload.clone());
+        group.bench_function(BenchmarkId::new("mqttbytes", size), |b| {
+            let mut out = BytesMut::with_capacity(8192);
+            b.iter(|| {
+                out.clear();
+                black_box(&publish).write(&mut out).expect("encodable");
+                black_box(&out);
+            });
+        });
+    }
+    group.finish();
+}
+
+fn topic_matching(c: &mut Criterion) {
+    // (filter, topic): exact, '+' inside, '#' at the end, a miss, a '$' topic.
+    let cases = [
+        ("DL/WARN", "DL/WARN"),
+        ("DL/+/WARN", "DL/VIN12345678901234/WARN"),
+        ("DL/#", "DL/WARN/ROAD/WATER"),
+        ("DL/+/INFO", "DL/VIN12345678901234/WARN"),
+        ("$SYS/+/load", "$SYS/broker/load"),
+    ];
+    let mut group = c.benchmark_group("topic_match");
+    group.throughput(Throughput::Elements(cases.len() as u64));
+    group.bench_function("codec", |b| {
+        b.iter(|| {
+            for (filter, topic) in &cases {
+                black_box(codec::topic::matches(black_box(filter), black_box(topic)));
+            }
+        });
+    });
+    group.bench_function("mqttbytes", |b| {
+        b.iter(|| {
+            for (filter, topic) in &cases {
+                black_box(mqttbytes::matches(black_box(topic), black_box(filter)));
+            }
+        });
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    // Short runs: the suite is a regression check on shared 2-core machines,
+    // where only ratios within one run mean anything.
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode_one, decode_thousand, encode, topic_matching
+}
+criterion_main!(benches);
