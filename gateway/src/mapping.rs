@@ -327,8 +327,8 @@ fn parse_template(index: usize, rule: &Rule, regex: &Regex) -> Result<Vec<Piece>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::Strategy;
+    use super::*;
     use proptest::prelude::{prop, prop_assert_eq, proptest};
 
     const STRATEGIES: [Strategy; 2] = [Strategy::Sequential, Strategy::Set];
