@@ -84,6 +84,13 @@ pub(crate) fn utf8(bytes: Bytes) -> Result<ByteString, DecodeError> {
     ByteString::try_from(bytes).map_err(|_| DecodeError::InvalidUtf8)
 }
 
+/// The UTF-8 half of [`utf8`], for callers that checked U+0000 themselves.
+pub(crate) fn check_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
+    std::str::from_utf8(bytes)
+        .map(drop)
+        .map_err(|_| DecodeError::InvalidUtf8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

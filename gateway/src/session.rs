@@ -138,7 +138,7 @@ pub enum Step {
     /// A valid CONNECT: the caller decides (Kafka available? client id
     /// already connected here?) and answers with [`Session::accept`] or
     /// [`Session::refuse`].
-    Connect(Connect),
+    Connect(Box<Connect>),
     /// An accepted QoS 0 PUBLISH: map its topic and produce it.
     Publish(Publish),
     /// The filter set changed (SUBSCRIBE or UNSUBSCRIBE was answered).
@@ -314,7 +314,7 @@ impl Session {
         Step::Close(self.close(reason))
     }
 
-    fn on_connect(&mut self, connect: Connect) -> Step {
+    fn on_connect(&mut self, connect: Box<Connect>) -> Step {
         if connect.will.is_some() {
             return self.fail(CloseReason::Unsupported(Unsupported::Will));
         }
@@ -364,10 +364,10 @@ impl Session {
     }
 
     fn on_publish(&mut self, publish: Publish) -> Step {
-        if publish.qos != QoS::AtMostOnce {
+        if publish.qos() != QoS::AtMostOnce {
             return self.fail(CloseReason::Unsupported(Unsupported::QosAboveZero));
         }
-        if publish.retain {
+        if publish.retain() {
             return self.fail(CloseReason::Unsupported(Unsupported::Retain));
         }
         Step::Publish(publish)
@@ -416,7 +416,8 @@ mod tests {
         let mut session = Session::new(TIMING, t0);
         let mut out = BytesMut::new();
         let connect = Connect::new("VIN0001", keep_alive);
-        let Step::Connect(connect) = session.on_packet(Packet::Connect(connect), t0, &mut out)
+        let Step::Connect(connect) =
+            session.on_packet(Packet::Connect(Box::new(connect)), t0, &mut out)
         else {
             panic!("CONNECT not passed to the caller");
         };
@@ -445,7 +446,9 @@ mod tests {
         let mut session = Session::new(TIMING, t0);
         let mut connect = Connect::new("VIN0001", 30);
         connect.clean_session = false;
-        let (Step::Connect(connect), _) = feed(&mut session, Packet::Connect(connect), t0) else {
+        let (Step::Connect(connect), _) =
+            feed(&mut session, Packet::Connect(Box::new(connect)), t0)
+        else {
             panic!("refused");
         };
         let mut out = BytesMut::new();
@@ -475,7 +478,7 @@ mod tests {
         let t14 = t0 + Duration::from_secs(14);
         let (step, _) = feed(
             &mut session,
-            Packet::Publish(Publish::qos0("UL/POS", "x")),
+            Packet::Publish(Publish::qos0("UL/POS", b"x").unwrap()),
             t14,
         );
         assert!(matches!(step, Step::Publish(_)));
@@ -553,11 +556,9 @@ mod tests {
     #[test]
     fn unsupported_and_out_of_order_packets_close() {
         let t0 = Instant::now();
-        let mut qos1 = Publish::qos0("UL/POS", "x");
-        qos1.qos = QoS::AtLeastOnce;
-        qos1.packet_id = Some(id(1));
-        let mut retained = Publish::qos0("UL/POS", "x");
-        retained.retain = true;
+        let qos1 =
+            Publish::new("UL/POS", b"x", QoS::AtLeastOnce, Some(id(1)), false, false).unwrap();
+        let retained = Publish::new("UL/POS", b"x", QoS::AtMostOnce, None, false, true).unwrap();
         let cases: Vec<(Packet, CloseReason)> = vec![
             (
                 Packet::Publish(qos1),
@@ -568,7 +569,7 @@ mod tests {
                 CloseReason::Unsupported(Unsupported::Retain),
             ),
             (
-                Packet::Connect(Connect::new("VIN0001", 10)),
+                Packet::Connect(Box::new(Connect::new("VIN0001", 10))),
                 CloseReason::Unsupported(Unsupported::SecondConnect),
             ),
             (
@@ -601,7 +602,7 @@ mod tests {
         let t0 = Instant::now();
         for packet in [
             Packet::PingReq,
-            Packet::Publish(Publish::qos0("UL/POS", "x")),
+            Packet::Publish(Publish::qos0("UL/POS", b"x").unwrap()),
             Packet::Disconnect,
         ] {
             let mut session = Session::new(TIMING, t0);
@@ -624,7 +625,7 @@ mod tests {
             qos: QoS::AtMostOnce,
             retain: false,
         });
-        let (step, _) = feed(&mut session, Packet::Connect(connect), t0);
+        let (step, _) = feed(&mut session, Packet::Connect(Box::new(connect)), t0);
         assert_eq!(
             step,
             Step::Close(CloseReason::Unsupported(Unsupported::Will))
@@ -635,14 +636,22 @@ mod tests {
     fn a_connect_must_be_answered_before_the_next_packet() {
         let t0 = Instant::now();
         let mut session = Session::new(TIMING, t0);
-        let (step, _) = feed(&mut session, Packet::Connect(Connect::new("a", 1)), t0);
+        let (step, _) = feed(
+            &mut session,
+            Packet::Connect(Box::new(Connect::new("a", 1))),
+            t0,
+        );
         assert!(matches!(step, Step::Connect(_)));
         assert_eq!(
             session.deadline(),
             None,
             "no timer runs while the caller decides"
         );
-        let (step, _) = feed(&mut session, Packet::Connect(Connect::new("a", 1)), t0);
+        let (step, _) = feed(
+            &mut session,
+            Packet::Connect(Box::new(Connect::new("a", 1))),
+            t0,
+        );
         assert_eq!(
             step,
             Step::Close(CloseReason::Unsupported(Unsupported::SecondConnect))
@@ -655,7 +664,7 @@ mod tests {
         let mut session = Session::new(TIMING, t0);
         let _ = feed(
             &mut session,
-            Packet::Connect(Connect::new("VIN0001", 10)),
+            Packet::Connect(Box::new(Connect::new("VIN0001", 10))),
             t0,
         );
         let mut out = BytesMut::new();

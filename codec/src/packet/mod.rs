@@ -49,7 +49,9 @@ impl QoS {
 /// Strings and payloads are views of the buffer the packet was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    /// Boxed: CONNECT is the largest packet and arrives once per
+    /// connection; unboxed it would make every PUBLISH move 176 bytes.
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(NonZeroU16),
@@ -90,7 +92,7 @@ impl Packet {
         let packet = header.packet_type;
         let mut reader = Reader::new(packet, body);
         let decoded = match packet {
-            PacketType::Connect => Self::Connect(Connect::decode(reader)?),
+            PacketType::Connect => Self::Connect(Box::new(Connect::decode(reader)?)),
             PacketType::ConnAck => Self::ConnAck(ConnAck::decode(reader)?),
             PacketType::Publish => Self::Publish(Publish::decode(header.flags, reader)?),
             PacketType::Subscribe => Self::Subscribe(Subscribe::decode(reader)?),

@@ -1,73 +1,164 @@
 //! PUBLISH (§3.3): the only packet on the hot path, decoded without copying
 //! or allocating.
+//!
+//! A decoded PUBLISH holds one view of its packet body (topic length,
+//! topic, packet identifier, payload, as on the wire) and the offsets of its
+//! parts. One view rather than one per part: each `Bytes` view costs an
+//! atomic increment when taken and a decrement when dropped, and those
+//! atomics were most of the per-packet cost (BENCHMARKS.md).
 
-use bytes::{BufMut, Bytes, BytesMut};
-use bytestring::ByteString;
+use bytes::{Buf, Bytes, BytesMut};
 use std::num::NonZeroU16;
 
 use super::{QoS, field_size, put_field, put_fixed_header};
 use crate::error::{DecodeError, EncodeError};
 use crate::header::PacketType;
-use crate::reader::Reader;
-use crate::topic::validate_topic_name;
+use crate::reader::{Reader, check_utf8};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    pub dup: bool,
-    pub qos: QoS,
-    pub retain: bool,
-    /// A valid topic name: not empty, no wildcards.
-    pub topic: ByteString,
-    /// Present exactly when `qos` is above 0.
-    pub packet_id: Option<NonZeroU16>,
-    pub payload: Bytes,
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<NonZeroU16>,
+    /// The body after the fixed header: `[len:2][topic][id:2 if QoS > 0][payload]`.
+    body: Bytes,
+    /// `2 + len`: where the topic ends.
+    topic_end: usize,
+    /// Where the payload starts.
+    payload_start: usize,
 }
 
 impl Publish {
-    /// A QoS 0 PUBLISH, the only kind this system delivers.
-    pub fn qos0(topic: impl Into<ByteString>, payload: impl Into<Bytes>) -> Self {
-        Self {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: false,
-            topic: topic.into(),
-            packet_id: None,
-            payload: payload.into(),
-        }
+    /// A QoS 0 PUBLISH, the only kind this system delivers. `topic` must be
+    /// a valid topic name (not checked here).
+    pub fn qos0(topic: &str, payload: &[u8]) -> Result<Self, EncodeError> {
+        Self::new(topic, payload, QoS::AtMostOnce, None, false, false)
+    }
+
+    /// A PUBLISH with every field given; fails when `packet_id` is present
+    /// at QoS 0 or absent above, or `topic` is longer than 65,535 bytes.
+    pub fn new(
+        topic: &str,
+        payload: &[u8],
+        qos: QoS,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+        retain: bool,
+    ) -> Result<Self, EncodeError> {
+        let mut body = BytesMut::new();
+        put_body(&mut body, topic.as_bytes(), payload, qos, packet_id)?;
+        let topic_end = 2 + topic.len();
+        Ok(Self {
+            dup,
+            qos,
+            retain,
+            packet_id,
+            payload_start: topic_end + if packet_id.is_some() { 2 } else { 0 },
+            topic_end,
+            body: body.freeze(),
+        })
+    }
+
+    pub const fn dup(&self) -> bool {
+        self.dup
+    }
+
+    pub const fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    pub const fn retain(&self) -> bool {
+        self.retain
+    }
+
+    /// Present exactly when QoS is above 0.
+    pub const fn packet_id(&self) -> Option<NonZeroU16> {
+        self.packet_id
+    }
+
+    /// The topic name's bytes: valid UTF-8, not empty, without wildcards.
+    pub fn topic_bytes(&self) -> &[u8] {
+        self.body.get(2..self.topic_end).unwrap_or_default()
+    }
+
+    /// The topic name. Checked when decoded; this converts it again
+    /// (`topic_bytes` is free).
+    pub fn topic(&self) -> &str {
+        std::str::from_utf8(self.topic_bytes()).unwrap_or_default()
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.body.get(self.payload_start..).unwrap_or_default()
+    }
+
+    /// The payload as a view of the read buffer, kept alive by the caller.
+    pub fn payload_bytes(&self) -> Bytes {
+        self.body.slice(self.payload_start.min(self.body.len())..)
     }
 
     /// `flags` were checked with the fixed header (QoS 3, DUP at QoS 0).
-    pub(super) fn decode(flags: u8, mut reader: Reader) -> Result<Self, DecodeError> {
+    pub(super) fn decode(flags: u8, reader: Reader) -> Result<Self, DecodeError> {
         let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
-        let topic = reader.string()?;
-        validate_topic_name(&topic)?;
+        let body = reader.rest();
+        let truncated = DecodeError::Truncated {
+            packet: PacketType::Publish,
+        };
+        let mut cursor = &body[..];
+        let topic_len = usize::from(cursor.try_get_u16().map_err(|_| truncated)?);
+        let topic = cursor.get(..topic_len).ok_or(truncated)?;
+        check_topic_name(topic)?;
+        cursor = cursor.get(topic_len..).unwrap_or_default();
         let packet_id = match qos {
             QoS::AtMostOnce => None,
-            QoS::AtLeastOnce | QoS::ExactlyOnce => Some(reader.packet_id()?),
+            QoS::AtLeastOnce | QoS::ExactlyOnce => {
+                let id = cursor.try_get_u16().map_err(|_| truncated)?;
+                Some(NonZeroU16::new(id).ok_or(DecodeError::ZeroPacketId)?)
+            }
         };
+        let topic_end = 2 + topic_len;
         Ok(Self {
             dup: flags & 0b1000 != 0,
             qos,
             retain: flags & 1 != 0,
-            topic,
             packet_id,
+            topic_end,
             // The payload is whatever the remaining length leaves; it may be empty.
-            payload: reader.rest(),
+            payload_start: body.len() - cursor.len(),
+            body,
         })
     }
 
     /// Appends the packet.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        encode_publish(
-            dst,
-            self.topic.as_bytes(),
-            &self.payload,
-            self.qos,
-            self.packet_id,
-            self.dup,
-            self.retain,
-        )
+        let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
+        put_fixed_header(dst, PacketType::Publish, flags, self.body.len())?;
+        dst.extend_from_slice(&self.body);
+        Ok(())
     }
+}
+
+/// A topic name as PUBLISH carries it, in one pass for the common case:
+/// not empty (MQTT-4.7.3-1), no U+0000 (MQTT-1.5.3-2), no wildcard
+/// (MQTT-3.3.2-2), well-formed UTF-8 (MQTT-1.5.3-1).
+fn check_topic_name(topic: &[u8]) -> Result<(), DecodeError> {
+    if topic.is_empty() {
+        return Err(DecodeError::EmptyTopic);
+    }
+    match memchr::memchr3(0, b'+', b'#', topic).and_then(|at| topic.get(at)) {
+        Some(0) => return Err(DecodeError::NullCharacter),
+        Some(_) => {
+            // A NUL later on is still a NUL: report the rule the spec
+            // lists first for strings.
+            if memchr::memchr(0, topic).is_some() {
+                return Err(DecodeError::NullCharacter);
+            }
+            check_utf8(topic)?;
+            return Err(DecodeError::WildcardInTopicName);
+        }
+        None => {}
+    }
+    check_utf8(topic)
 }
 
 /// Appends a PUBLISH built from borrowed parts, so a sender needs no
@@ -83,18 +174,38 @@ pub fn encode_publish(
     dup: bool,
     retain: bool,
 ) -> Result<(), EncodeError> {
+    let len = body_len(topic, payload, qos, packet_id)?;
+    let flags = (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
+    put_fixed_header(dst, PacketType::Publish, flags, len)?;
+    put_body(dst, topic, payload, qos, packet_id)
+}
+
+fn body_len(
+    topic: &[u8],
+    payload: &[u8],
+    qos: QoS,
+    packet_id: Option<NonZeroU16>,
+) -> Result<usize, EncodeError> {
     let id_len = match (qos, packet_id) {
         (QoS::AtMostOnce, None) => 0,
         (QoS::AtLeastOnce | QoS::ExactlyOnce, Some(_)) => 2,
         _ => return Err(EncodeError::PacketIdMismatch),
     };
-    let len = field_size(topic)? + id_len + payload.len();
-    let flags = (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
-    put_fixed_header(dst, PacketType::Publish, flags, len)?;
+    Ok(field_size(topic)? + id_len + payload.len())
+}
+
+fn put_body(
+    dst: &mut BytesMut,
+    topic: &[u8],
+    payload: &[u8],
+    qos: QoS,
+    packet_id: Option<NonZeroU16>,
+) -> Result<(), EncodeError> {
+    dst.reserve(body_len(topic, payload, qos, packet_id)?);
     put_field(dst, topic);
     if let Some(id) = packet_id {
-        dst.put_u16(id.get());
+        dst.extend_from_slice(&id.get().to_be_bytes());
     }
-    dst.put_slice(payload);
+    dst.extend_from_slice(payload);
     Ok(())
 }

@@ -137,13 +137,17 @@ pub fn publish() -> impl Strategy<Value = Publish> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(topic, payload, qos, id, dup, retain)| Publish {
-            dup: dup && qos != QoS::AtMostOnce,
-            qos,
-            retain,
-            topic: topic.into(),
-            packet_id: (qos != QoS::AtMostOnce).then_some(id),
-            payload,
+        .prop_map(|(topic, payload, qos, id, dup, retain)| {
+            let id = (qos != QoS::AtMostOnce).then_some(id);
+            Publish::new(
+                &topic,
+                &payload,
+                qos,
+                id,
+                dup && qos != QoS::AtMostOnce,
+                retain,
+            )
+            .unwrap()
         })
 }
 
@@ -174,7 +178,7 @@ pub fn suback() -> impl Strategy<Value = SubAck> {
 /// Packets a client sends (decoded with `Role::Server`).
 pub fn client_packet(utf8_password: bool) -> impl Strategy<Value = Packet> {
     prop_oneof![
-        1 => connect(utf8_password).prop_map(Packet::Connect),
+        1 => connect(utf8_password).prop_map(|c| Packet::Connect(Box::new(c))),
         4 => publish().prop_map(Packet::Publish),
         1 => packet_id().prop_map(Packet::PubAck),
         1 => packet_id().prop_map(Packet::PubRec),
