@@ -1,8 +1,148 @@
 //! The MQTT ⇄ Kafka gateway.
 //!
-//! Pure logic first: [`session`] is the per-connection state machine
-//! (handed packets and instants, it answers with what to do), [`mapping`]
-//! turns MQTT topic names into Kafka topic names.
+//! Data flow: a car's TCP connection lands on one shard (one pinned glommio
+//! executor per CPU, each with its own SO_REUSEPORT listener). The shard's
+//! connection task decodes packets with `codec`, feeds the per-connection
+//! [`session`] state machine, maps PUBLISH topics with [`mapping`] and hands
+//! records to the shard's own Kafka producer ([`kafka`]), whose delivery
+//! reports it serves on its own thread. [`metrics`] counts everything per
+//! shard; [`admin`] serves the sums over HTTP.
+//!
+//! [`Gateway::start`] is the testable entry point: it returns once every
+//! shard listens; [`Gateway::stop`] stops accepting, closes connections,
+//! flushes the producers within a bound and joins the shards.
 
+pub mod admin;
+pub mod config;
+pub mod kafka;
 pub mod mapping;
+pub mod metrics;
 pub mod session;
+mod shard;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::metrics::ShardMetrics;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    shards: Vec<glommio::ExecutorJoinHandle<anyhow::Result<()>>>,
+    metrics: Vec<Arc<ShardMetrics>>,
+    shutdown: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Gateway {
+    /// Validates `config`, starts every shard and returns once all listen.
+    pub fn start(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let cpus: Vec<usize> = glommio::CpuSet::online()
+            .map_err(std::io::Error::from)
+            .context("listing CPUs")?
+            .into_iter()
+            .map(|location| location.cpu)
+            .collect();
+        let count = match config.shards {
+            0 => cpus.len().max(1),
+            n => n,
+        };
+        let config = Arc::new(config);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(false));
+        let metrics: Vec<Arc<ShardMetrics>> = (0..count)
+            .map(|_| Arc::new(ShardMetrics::default()))
+            .collect();
+        let admin_addr = match config.admin.listen.as_str() {
+            "" => None,
+            addr => Some(
+                admin::spawn(addr, metrics.clone(), ready.clone(), shutdown.clone())
+                    .with_context(|| format!("admin endpoint on {addr}"))?,
+            ),
+        };
+
+        // Shard 0 binds first, so that with port 0 every shard shares the
+        // port it was given.
+        let mut listen = config.listen;
+        let mut shards = Vec::with_capacity(count);
+        for (id, shard_metrics) in metrics.iter().enumerate() {
+            let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
+            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+            let (config, shard_metrics, stop) =
+                (config.clone(), shard_metrics.clone(), shutdown.clone());
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{id}"))
+                .spawn(move || shard::serve(id, config, listen, shard_metrics, stop, bound_tx))
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("starting shard {id} on CPU {cpu}"))?;
+            shards.push(handle);
+            match bound_rx.recv() {
+                Ok(Ok(addr)) => listen = addr,
+                Ok(Err(error)) => {
+                    shutdown.store(true, Ordering::Relaxed);
+                    return Err(error).with_context(|| format!("shard {id} on {listen}"));
+                }
+                Err(_) => anyhow::bail!("shard {id} exited before listening"),
+            }
+        }
+        ready.store(true, Ordering::Relaxed);
+        Ok(Self {
+            shards,
+            metrics,
+            shutdown,
+            ready,
+            local_addr: listen,
+            admin_addr,
+        })
+    }
+
+    /// The address the MQTT listeners share.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Per-shard counters.
+    pub fn metrics(&self) -> &[Arc<ShardMetrics>] {
+        &self.metrics
+    }
+
+    /// Setting this flag stops the gateway (signal handlers set it).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes connections, flushes and joins.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Waits until the shutdown flag is set and every shard has finished.
+    pub fn join(self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (id, shard) in self.shards.into_iter().enumerate() {
+            match shard.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => result = Err(error.context(format!("shard {id}"))),
+                Err(error) => {
+                    result = Err(anyhow::anyhow!("shard {id} panicked or failed: {error}"))
+                }
+            }
+        }
+        self.ready.store(false, Ordering::Relaxed);
+        self.shutdown.store(true, Ordering::Relaxed);
+        result
+    }
+}

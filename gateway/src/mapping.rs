@@ -20,7 +20,8 @@ use regex_automata::util::captures::Captures;
 use regex_automata::{Input, MatchKind, PatternID, PatternSet};
 
 /// One mapping rule as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Regular expression over the MQTT topic name.
     pub mqtt: String,

@@ -1,0 +1,325 @@
+//! The gateway's configuration: one TOML file, every field optional with a
+//! production-sane default; command-line flags and environment variables
+//! override it (see `gateway --help`). `gateway print-default-config`
+//! prints the defaults as a commented starting point.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mapping::{Rule, TopicMapper};
+use crate::session::Timing;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the MQTT listeners bind; every shard binds it (SO_REUSEPORT)
+    /// and the kernel spreads new connections over them.
+    pub listen: SocketAddr,
+    /// Executors, one pinned per CPU; 0 means one per CPU this process may
+    /// run on.
+    pub shards: usize,
+    pub mqtt: Mqtt,
+    /// Ordered topic mapping rules; the first match wins. A PUBLISH no rule
+    /// accepts closes the connection.
+    pub mapping: Vec<Rule>,
+    pub kafka: Kafka,
+    pub admin: Admin,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Largest packet accepted, fixed header included; larger ones close
+    /// the connection before their body is read.
+    pub max_packet_size: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Cap on the keep-alive a car may ask for, in seconds; a car asking
+    /// for 0 (none) gets this. Idle cars are closed after 1.5 × keep-alive.
+    pub max_keep_alive_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    /// librdkafka properties, passed through unchanged: `bootstrap.servers`,
+    /// and for a secured cluster `security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`, … The gateway sets
+    /// `partitioner = murmur2_random` itself (the uplink contract).
+    pub properties: BTreeMap<String, String>,
+    /// Uplink bytes (payload + key + topic) per shard handed to Kafka and
+    /// not yet acknowledged; at this bound the shard stops reading from its
+    /// sockets until acknowledgements bring it down.
+    pub max_in_flight_bytes: usize,
+    /// Kafka header carrying the MQTT topic name.
+    pub topic_header: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz;
+    /// empty string disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `info,gateway=debug`; `RUST_LOG`
+    /// overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            shards: 0,
+            mqtt: Mqtt::default(),
+            mapping: vec![Rule::new("^UL/.+", "cs.uplink")],
+            kafka: Kafka::default(),
+            admin: Admin::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        let timing = Timing::default();
+        Self {
+            // Car telemetry is small; 256 KiB leaves room for bursts of
+            // batched samples while bounding what one car can make us buffer.
+            max_packet_size: 256 * 1024,
+            connect_timeout_secs: timing.connect_timeout.as_secs(),
+            max_keep_alive_secs: timing.max_keep_alive.as_secs(),
+        }
+    }
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        let mut properties = BTreeMap::new();
+        properties.insert("bootstrap.servers".to_owned(), "localhost:9092".to_owned());
+        Self {
+            properties,
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            topic_header: "mqtt.topic".to_owned(),
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9100".to_owned(),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// A configuration that cannot run, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("mapping: {0}")]
+    Mapping(#[from] crate::mapping::MappingError),
+    #[error("{field} = {value}: {fix}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        fix: &'static str,
+    },
+}
+
+impl Config {
+    /// Reads a TOML file; missing fields take their defaults.
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The defaults as a TOML document.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Self::default()).unwrap_or_default();
+        format!(
+            "# carbridge gateway configuration: the defaults. Every field is optional.\n\
+             # Flags and environment variables override this file (gateway --help).\n\n{body}"
+        )
+    }
+
+    /// Checks everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, value: &dyn ToString, fix| ConfigError::Invalid {
+            field,
+            value: value.to_string(),
+            fix,
+        };
+        if self.shards > 1024 {
+            return Err(invalid(
+                "shards",
+                &self.shards,
+                "use 0 (one per CPU) or at most 1024",
+            ));
+        }
+        if !(64..=codec::header::MAX_REMAINING_LENGTH + 5).contains(&self.mqtt.max_packet_size) {
+            return Err(invalid(
+                "mqtt.max_packet_size",
+                &self.mqtt.max_packet_size,
+                "must be between 64 bytes and 268435460 bytes (MQTT's own limit)",
+            ));
+        }
+        if self.mqtt.connect_timeout_secs == 0 {
+            return Err(invalid(
+                "mqtt.connect_timeout_secs",
+                &0,
+                "must be at least 1",
+            ));
+        }
+        if self.mqtt.max_keep_alive_secs == 0 || self.mqtt.max_keep_alive_secs > 65_535 {
+            return Err(invalid(
+                "mqtt.max_keep_alive_secs",
+                &self.mqtt.max_keep_alive_secs,
+                "must be between 1 and 65535 (MQTT's own limit)",
+            ));
+        }
+        if self.kafka.max_in_flight_bytes < self.mqtt.max_packet_size {
+            return Err(invalid(
+                "kafka.max_in_flight_bytes",
+                &self.kafka.max_in_flight_bytes,
+                "must be at least mqtt.max_packet_size, or one PUBLISH could never be sent",
+            ));
+        }
+        if !self.kafka.properties.contains_key("bootstrap.servers") {
+            return Err(invalid(
+                "kafka.properties",
+                &"(no bootstrap.servers)",
+                "set kafka.properties.\"bootstrap.servers\" (or --kafka-bootstrap)",
+            ));
+        }
+        if self.kafka.topic_header.is_empty() {
+            return Err(invalid(
+                "kafka.topic_header",
+                &"\"\"",
+                "name the header, e.g. mqtt.topic",
+            ));
+        }
+        TopicMapper::new(&self.mapping)?;
+        Ok(())
+    }
+
+    pub fn timing(&self) -> Timing {
+        Timing {
+            connect_timeout: Duration::from_secs(self.mqtt.connect_timeout_secs),
+            max_keep_alive: Duration::from_secs(self.mqtt.max_keep_alive_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_round_trips_and_is_valid() {
+        let text = Config::default_toml();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn partial_files_take_defaults_and_unknown_fields_are_refused() {
+        let config = Config::from_toml(
+            r#"
+            shards = 2
+            [kafka.properties]
+            "bootstrap.servers" = "kafka:9092"
+            "security.protocol" = "SASL_SSL"
+            [[mapping]]
+            mqtt = "^UL/(POS|SPEED)$"
+            kafka = "cs.$1"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.mqtt, Mqtt::default());
+        assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(config.mapping, vec![Rule::new("^UL/(POS|SPEED)$", "cs.$1")]);
+        config.validate().unwrap();
+
+        let error = Config::from_toml("listen_port = 1883")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field"), "{error}");
+        let error = Config::from_toml("[mqtt]\nmax_packet = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn validation_says_what_to_fix() {
+        let check = |edit: fn(&mut Config), field: &str| {
+            let mut config = Config::default();
+            edit(&mut config);
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(field), "{message}");
+        };
+        check(|c| c.mqtt.max_packet_size = 10, "mqtt.max_packet_size");
+        check(
+            |c| c.mqtt.connect_timeout_secs = 0,
+            "mqtt.connect_timeout_secs",
+        );
+        check(
+            |c| c.mqtt.max_keep_alive_secs = 70_000,
+            "mqtt.max_keep_alive_secs",
+        );
+        check(
+            |c| c.kafka.max_in_flight_bytes = 1,
+            "kafka.max_in_flight_bytes",
+        );
+        check(|c| c.kafka.properties.clear(), "bootstrap.servers");
+        check(|c| c.mapping.clear(), "no topic mapping rules");
+        check(|c| c.mapping = vec![Rule::new("(", "x")], "rule 0");
+    }
+}

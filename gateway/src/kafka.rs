@@ -1,0 +1,200 @@
+//! The uplink producer: one librdkafka producer per shard.
+//!
+//! Records follow the uplink contract: key = client id, value = payload,
+//! header `mqtt.topic` = the MQTT topic name, `murmur2_random` partitioner.
+//!
+//! The shard polls its own producer, so delivery reports run on the shard's
+//! thread and update only that shard's counters. Each record carries its
+//! size as the delivery opaque: the report subtracts it from the shard's
+//! in-flight bytes, which is what flow control watches. Every record handed
+//! to librdkafka ends in exactly one report, acknowledged or failed, so
+//! `received = acked + failed + in flight` holds at all times.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::config::Kafka;
+use crate::metrics::{ShardMetrics, bump};
+
+#[derive(Debug)]
+pub struct UplinkContext {
+    shard: usize,
+    metrics: Arc<ShardMetrics>,
+}
+
+impl ClientContext for UplinkContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let shard = self.shard;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(shard, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(shard, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(shard, facility, "librdkafka: {message}");
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(shard, facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(shard = self.shard, %error, "Kafka client error: {reason}");
+    }
+}
+
+impl ProducerContext for UplinkContext {
+    /// The record's size in bytes, as counted in flight.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, size: usize) {
+        self.metrics
+            .in_flight_bytes
+            .fetch_sub(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
+        match result {
+            Ok(_) => bump(&self.metrics.publish_acked),
+            Err((error, _)) => {
+                let reason = match error.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+                    Some(
+                        RDKafkaErrorCode::BrokerDestroy
+                        | RDKafkaErrorCode::PurgeQueue
+                        | RDKafkaErrorCode::PurgeInflight
+                        | RDKafkaErrorCode::Fatal,
+                    ) => "shutdown",
+                    _ => "kafka_error",
+                };
+                self.metrics.fail(reason);
+            }
+        }
+    }
+}
+
+/// Why a record was not handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// librdkafka's queue is full: poll, wait, and offer the record again.
+    QueueFull,
+    /// The record can never be sent (counted as failed already).
+    Failed,
+}
+
+pub struct ShardProducer {
+    producer: BaseProducer<UplinkContext>,
+    metrics: Arc<ShardMetrics>,
+    max_in_flight: i64,
+    header: String,
+}
+
+impl std::fmt::Debug for ShardProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardProducer")
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardProducer {
+    pub fn new(
+        config: &Kafka,
+        shard: usize,
+        metrics: Arc<ShardMetrics>,
+    ) -> Result<Self, KafkaError> {
+        let mut client = ClientConfig::new();
+        // Low latency by default; every property can be overridden.
+        client
+            .set("linger.ms", "5")
+            .set("client.id", format!("carbridge-gateway-{shard}"));
+        for (key, value) in &config.properties {
+            client.set(key, value);
+        }
+        // The uplink contract: the same partition as the Java client picks.
+        client.set("partitioner", "murmur2_random");
+        let producer = client.create_with_context(UplinkContext {
+            shard,
+            metrics: metrics.clone(),
+        })?;
+        Ok(Self {
+            producer,
+            metrics,
+            max_in_flight: i64::try_from(config.max_in_flight_bytes).unwrap_or(i64::MAX),
+            header: config.topic_header.clone(),
+        })
+    }
+
+    /// Whether the shard may read more from its sockets.
+    pub fn has_room(&self) -> bool {
+        self.metrics.in_flight_bytes.load(Ordering::Relaxed) < self.max_in_flight
+    }
+
+    /// Hands one record to librdkafka.
+    pub fn send(
+        &self,
+        kafka_topic: &str,
+        client_id: &[u8],
+        payload: &[u8],
+        mqtt_topic: &[u8],
+    ) -> Result<(), SendError> {
+        let size = client_id.len() + payload.len() + mqtt_topic.len();
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: &self.header,
+            value: Some(mqtt_topic),
+        });
+        let record = BaseRecord::with_opaque_to(kafka_topic, size)
+            .key(client_id)
+            .payload(payload)
+            .headers(headers);
+        match self.producer.send(record) {
+            Ok(()) => {
+                self.metrics
+                    .in_flight_bytes
+                    .fetch_add(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
+                Ok(())
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::QueueFull)
+            }
+            Err((error, _)) => {
+                let reason = match error.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+                    _ => "kafka_error",
+                };
+                tracing::warn!(%error, kafka_topic, "record refused by the producer");
+                self.metrics.fail(reason);
+                Err(SendError::Failed)
+            }
+        }
+    }
+
+    /// Serves delivery reports without blocking.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits up to `timeout` for every record to be acknowledged or failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Drops every record still queued or in flight; their delivery reports
+    /// (failed, "shutdown") are served before this returns.
+    pub fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Records librdkafka still holds.
+    pub fn queued(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

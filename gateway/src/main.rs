@@ -1,0 +1,155 @@
+//! `gateway`: the MQTT ⇄ Kafka bridge's front door. See `gateway --help`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::Gateway;
+use gateway::config::{Config, LogFormat};
+
+/// MQTT 3.1.1 to Kafka gateway for connected cars.
+///
+/// Cars connect over MQTT and PUBLISH at QoS 0; each PUBLISH whose topic a
+/// mapping rule accepts becomes a Kafka record (key = client id, value =
+/// payload, header mqtt.topic = topic). Settings come from the config file
+/// (see `gateway print-default-config`), then environment variables, then
+/// flags, each overriding the one before.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML configuration file.
+    #[arg(short, long, env = "CARBRIDGE_CONFIG", global = true)]
+    config: Option<String>,
+    /// MQTT listen address, e.g. 0.0.0.0:1883.
+    #[arg(long, env = "CARBRIDGE_LISTEN", global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Shards (pinned executors); 0 = one per CPU.
+    #[arg(long, env = "CARBRIDGE_SHARDS", global = true)]
+    shards: Option<usize>,
+    /// Kafka bootstrap servers (librdkafka's bootstrap.servers).
+    #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP", global = true)]
+    kafka_bootstrap: Option<String>,
+    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        value_name = "KEY=VALUE",
+        global = true
+    )]
+    kafka_properties: Vec<String>,
+    /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
+    #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", global = true)]
+    admin_listen: Option<String>,
+    /// Log format.
+    #[arg(long, env = "CARBRIDGE_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Print the default configuration file and exit.
+    PrintDefaultConfig,
+    /// Load and validate the configuration, print it, and exit.
+    CheckConfig,
+}
+
+impl Cli {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        if let Some(bootstrap) = &self.kafka_bootstrap {
+            config
+                .kafka
+                .properties
+                .insert("bootstrap.servers".to_owned(), bootstrap.clone());
+        }
+        for property in &self.kafka_properties {
+            let (key, value) = property
+                .split_once('=')
+                .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
+            config
+                .kafka
+                .properties
+                .insert(key.to_owned(), value.to_owned());
+        }
+        if let Some(admin) = &self.admin_listen {
+            config.admin.listen = admin.clone();
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = match format {
+                Format::Human => LogFormat::Human,
+                Format::Json => LogFormat::Json,
+            };
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::PrintDefaultConfig) => {
+            print!("{}", Config::default_toml());
+            return Ok(());
+        }
+        Some(Command::CheckConfig) => {
+            let config = cli.config()?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            return Ok(());
+        }
+        Some(Command::Run) | None => {}
+    }
+    let config = cli.config()?;
+    init_logging(&config);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let gateway = Gateway::start(config)?;
+    tracing::info!(
+        listen = %gateway.local_addr(),
+        admin = ?gateway.admin_addr(),
+        shards = gateway.metrics().len(),
+        "gateway running"
+    );
+    let flag = gateway.shutdown_flag();
+    while !stop.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("signal received: stopping");
+    gateway.stop()?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! One shard: a pinned glommio executor with its own SO_REUSEPORT listener,
+//! its own connections and sessions, and its own Kafka producer.
+//!
+//! The one place where bytes meet sockets: each connection task reads into
+//! its buffer, decodes in a loop, feeds the [`Session`], hands accepted
+//! PUBLISH packets to the shard's producer and writes what the session
+//! asks. A poller task serves the producer's delivery reports on this
+//! thread and reopens reading when Kafka has caught up.
+//!
+//! Flow control: while the shard's unacknowledged bytes are at
+//! `kafka.max_in_flight_bytes` (or librdkafka's queue is full), connections
+//! stop reading, so TCP pushes back on the cars; their keep-alive restarts
+//! when reading resumes, and new CONNECTs are refused with 0x03.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::{ByteString, ConnectReturnCode, Decoder, Role};
+use futures_lite::future;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::sleep;
+
+use crate::config::Config;
+use crate::kafka::{SendError, ShardProducer};
+use crate::mapping::TopicMapper;
+use crate::metrics::{ShardMetrics, bump};
+use crate::session::{CloseReason, Session, Step, Timing};
+
+/// Bytes read at a time when no partial packet says how many are needed.
+/// Small on purpose: the buffer is held while a connection waits, and most
+/// connections wait most of the time.
+const READ_CHUNK: usize = 512;
+/// Most bytes read at once for a large partial packet.
+const READ_MAX: usize = 64 * 1024;
+/// How often the poller serves delivery reports and checks for shutdown.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// A car that does not take what we send within this time is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for connections to close at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Fires once with a reason; a connection waits on it beside its socket.
+#[derive(Debug, Default)]
+struct Signal {
+    reason: Cell<Option<CloseReason>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Signal {
+    fn fire(&self, reason: CloseReason) {
+        if self.reason.get().is_none() {
+            self.reason.set(Some(reason));
+            if let Some(waker) = self.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = CloseReason> + '_ {
+        future::poll_fn(|cx| match self.reason.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+struct Shard {
+    id: usize,
+    producer: ShardProducer,
+    mapper: RefCell<TopicMapper>,
+    decoder: Decoder,
+    timing: Timing,
+    metrics: Arc<ShardMetrics>,
+    paused: Cell<bool>,
+    resume_wakers: RefCell<Vec<Waker>>,
+    /// Connected client ids, for takeover by a newer connection.
+    clients: RefCell<HashMap<ByteString, (u64, Rc<Signal>)>>,
+    /// Every open connection, for shutdown.
+    connections: RefCell<HashMap<u64, Rc<Signal>>>,
+    next_connection: Cell<u64>,
+    stopping: Cell<bool>,
+}
+
+impl Shard {
+    /// Resolves once the producer has room again.
+    fn resumed(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(|cx| {
+            if self.paused.get() {
+                self.resume_wakers.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    }
+
+    fn pause(&self) {
+        if !self.paused.replace(true) {
+            bump(&self.metrics.read_pauses);
+            tracing::warn!(
+                shard = self.id,
+                "Kafka is behind: reads paused until it catches up"
+            );
+        }
+    }
+}
+
+/// Runs one shard on the current glommio executor until `shutdown`.
+/// `bound` receives the listener's address (or the error) once it listens.
+pub(crate) async fn serve(
+    id: usize,
+    config: Arc<Config>,
+    listen: SocketAddr,
+    metrics: Arc<ShardMetrics>,
+    shutdown: Arc<AtomicBool>,
+    bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let setup = || -> anyhow::Result<(TcpListener, Shard)> {
+        let listener = TcpListener::bind(listen).map_err(io::Error::from)?;
+        let shard = Shard {
+            id,
+            producer: ShardProducer::new(&config.kafka, id, metrics.clone())?,
+            mapper: RefCell::new(TopicMapper::new(&config.mapping)?),
+            decoder: Decoder::new(Role::Server, config.mqtt.max_packet_size),
+            timing: config.timing(),
+            metrics: metrics.clone(),
+            paused: Cell::new(false),
+            resume_wakers: RefCell::new(Vec::new()),
+            clients: RefCell::new(HashMap::new()),
+            connections: RefCell::new(HashMap::new()),
+            next_connection: Cell::new(0),
+            stopping: Cell::new(false),
+        };
+        Ok((listener, shard))
+    };
+    let (listener, shard) = match setup() {
+        Ok(ready) => ready,
+        Err(error) => {
+            let _ = bound.send(Err(io::Error::other(error.to_string())));
+            return Err(error);
+        }
+    };
+    let _ = bound.send(listener.local_addr().map_err(io::Error::from));
+    tracing::info!(shard = id, address = %listen, "listening");
+    let shard = Rc::new(shard);
+    let poller = glommio::spawn_local(poll_producer(shard.clone()));
+
+    loop {
+        let stop = async {
+            while !shutdown.load(Ordering::Relaxed) {
+                sleep(Duration::from_millis(20)).await;
+            }
+            None
+        };
+        match future::or(async { Some(listener.accept().await) }, stop).await {
+            None => break,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(connection(stream, shard.clone())).detach();
+            }
+            Some(Err(error)) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(shard = id, %error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+
+    tracing::info!(shard = id, "shutting down: closing connections");
+    shard.stopping.set(true);
+    for signal in shard.connections.borrow().values() {
+        signal.fire(CloseReason::Shutdown);
+    }
+    let closing = Instant::now();
+    while !shard.connections.borrow().is_empty() && closing.elapsed() < CLOSE_GRACE {
+        sleep(Duration::from_millis(5)).await;
+    }
+    poller.await;
+    // Each record ends acknowledged or failed: flush within the bound, then
+    // purge what is left so its reports (failed, "shutdown") are counted.
+    if let Err(error) = shard.producer.flush(Duration::from_secs(10)) {
+        tracing::warn!(shard = id, %error, queued = shard.producer.queued(), "flush incomplete");
+        shard.producer.purge();
+    }
+    Ok(())
+}
+
+/// Serves delivery reports and reopens reading when there is room.
+async fn poll_producer(shard: Rc<Shard>) {
+    loop {
+        shard.producer.poll();
+        if shard.paused.get() && shard.producer.has_room() {
+            shard.paused.set(false);
+            tracing::info!(shard = shard.id, "Kafka caught up: reads resumed");
+            for waker in shard.resume_wakers.borrow_mut().drain(..) {
+                waker.wake();
+            }
+        }
+        if shard.stopping.get() && shard.connections.borrow().is_empty() {
+            return;
+        }
+        sleep(POLL_INTERVAL).await;
+    }
+}
+
+async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
+    let id = shard.next_connection.get();
+    shard.next_connection.set(id + 1);
+    let signal = Rc::new(Signal::default());
+    shard.connections.borrow_mut().insert(id, signal.clone());
+    bump(&shard.metrics.connections_accepted);
+    shard
+        .metrics
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+
+    let mut session = Session::new(shard.timing, Instant::now());
+    let reason = drive(&mut stream, &shard, &signal, id, &mut session).await;
+    let _ = stream.close().await;
+
+    shard.metrics.close(reason.label());
+    shard
+        .metrics
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+    shard.connections.borrow_mut().remove(&id);
+    if let Some(client_id) = session.client_id() {
+        let mut clients = shard.clients.borrow_mut();
+        if clients
+            .get(client_id)
+            .is_some_and(|(owner, _)| *owner == id)
+        {
+            clients.remove(client_id);
+        }
+    }
+    let client = session
+        .client_id()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    match reason {
+        CloseReason::Malformed(error) => {
+            tracing::info!(shard = shard.id, client, %error, "closed: malformed packet");
+        }
+        reason if reason.is_car_fault() => {
+            tracing::info!(shard = shard.id, client, reason = reason.label(), "closed");
+        }
+        reason => tracing::debug!(shard = shard.id, client, reason = reason.label(), "closed"),
+    }
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Deadline,
+    Signal(CloseReason),
+}
+
+async fn drive(
+    stream: &mut TcpStream,
+    shard: &Shard,
+    signal: &Rc<Signal>,
+    id: u64,
+    session: &mut Session,
+) -> CloseReason {
+    let mut input = BytesMut::new();
+    let mut output = BytesMut::new();
+    loop {
+        if !shard.producer.has_room() {
+            shard.pause();
+            match future::or(
+                async {
+                    shard.resumed().await;
+                    None
+                },
+                async { Some(signal.wait().await) },
+            )
+            .await
+            {
+                Some(reason) => return session.close(reason),
+                None => session.resume(Instant::now()),
+            }
+        }
+
+        let want = match shard.decoder.frame_length(&input) {
+            Ok(Some(frame)) if frame > input.len() => (frame - input.len()).min(READ_MAX),
+            _ => READ_CHUNK,
+        };
+        let deadline = session.deadline();
+        let event = {
+            let read = async { Event::Read(read_some(stream, &mut input, want).await) };
+            let timer = async {
+                match deadline {
+                    Some(at) => sleep(at.saturating_duration_since(Instant::now())).await,
+                    None => future::pending::<()>().await,
+                }
+                Event::Deadline
+            };
+            let fired = async { Event::Signal(signal.wait().await) };
+            future::or(pin!(read), future::or(pin!(fired), pin!(timer))).await
+        };
+        let now = Instant::now();
+        match event {
+            Event::Read(Ok(0)) => return session.close(CloseReason::PeerClosed),
+            Event::Read(Ok(_)) => {}
+            Event::Read(Err(_)) => return session.close(CloseReason::Io),
+            Event::Deadline => match session.on_deadline(now) {
+                Some(reason) => return reason,
+                None => continue,
+            },
+            Event::Signal(reason) => return session.close(reason),
+        }
+
+        let closed = handle_input(shard, signal, id, session, &mut input, &mut output, now).await;
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return session.close(CloseReason::Io);
+            }
+            output.clear();
+        }
+        if let Some(reason) = closed {
+            return reason;
+        }
+        if input.is_empty() {
+            // Hold no buffer while the car is quiet.
+            input = BytesMut::new();
+        }
+    }
+}
+
+/// Reads up to `want` bytes onto the end of `input`.
+async fn read_some(stream: &mut TcpStream, input: &mut BytesMut, want: usize) -> io::Result<usize> {
+    let start = input.len();
+    input.resize(start + want, 0);
+    let result = match input.get_mut(start..) {
+        Some(tail) => stream.read(tail).await,
+        None => Ok(0),
+    };
+    input.truncate(start + *result.as_ref().unwrap_or(&0));
+    result
+}
+
+/// Decodes and handles every whole packet in `input`; `Some` to close.
+async fn handle_input(
+    shard: &Shard,
+    signal: &Rc<Signal>,
+    id: u64,
+    session: &mut Session,
+    input: &mut BytesMut,
+    output: &mut BytesMut,
+    now: Instant,
+) -> Option<CloseReason> {
+    loop {
+        let packet = match shard.decoder.decode(input) {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return None,
+            Err(error) => return Some(session.on_decode_error(error, output)),
+        };
+        match session.on_packet(packet, now, output) {
+            Step::Continue | Step::FiltersChanged => {}
+            Step::Close(reason) => return Some(reason),
+            Step::Connect(connect) => {
+                if !shard.producer.has_room() || shard.stopping.get() {
+                    return Some(session.refuse(ConnectReturnCode::ServerUnavailable, output));
+                }
+                let previous = shard
+                    .clients
+                    .borrow_mut()
+                    .insert(connect.client_id.clone(), (id, signal.clone()));
+                // The newer connection wins: tell the older one to close.
+                if let Some((_, old)) = previous {
+                    old.fire(CloseReason::TakenOver);
+                }
+                session.accept(&connect, now, output);
+            }
+            Step::Publish(publish) => {
+                let client_id = session.client_id().cloned().unwrap_or_default();
+                bump(&shard.metrics.publish_received);
+                loop {
+                    let sent = match shard.mapper.borrow_mut().map(publish.topic()) {
+                        Ok(kafka_topic) => shard.producer.send(
+                            kafka_topic,
+                            client_id.as_bytes(),
+                            publish.payload(),
+                            publish.topic_bytes(),
+                        ),
+                        Err(_) => {
+                            // Refused, not lost: the car's PUBLISH never entered the pipeline.
+                            shard
+                                .metrics
+                                .publish_received
+                                .fetch_sub(1, Ordering::Relaxed);
+                            return Some(session.close(CloseReason::UnmappedTopic));
+                        }
+                    };
+                    match sent {
+                        Ok(()) | Err(SendError::Failed) => break,
+                        Err(SendError::QueueFull) => {
+                            // librdkafka's own queue is full: this shard waits
+                            // for deliveries, then offers the record again.
+                            shard.pause();
+                            shard.producer.poll();
+                            sleep(POLL_INTERVAL).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Uplink end to end: real MQTT clients publish to the gateway, the test
+//! reads the records from a real broker and checks the uplink contract.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gateway::Gateway;
+use gateway::config::Config;
+use testkit::{Broker, Record, java_partition};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start_gateway(broker: &Broker, shards: usize) -> Gateway {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards,
+        ..Config::default()
+    };
+    config.admin.listen = "127.0.0.1:0".to_owned();
+    config
+        .kafka
+        .properties
+        .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
+    Gateway::start(config).unwrap()
+}
+
+fn mosquitto_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &str) {
+    let port = gateway.local_addr().port().to_string();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "0"])
+        .args(["-i", client_id, "-t", topic, "-m", message])
+        .status()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) runs");
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
+
+/// Publishes with the rumqttc crate and disconnects cleanly.
+fn rumqttc_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &[u8]) {
+    let mut options =
+        rumqttc::MqttOptions::new(client_id, "127.0.0.1", gateway.local_addr().port());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtMostOnce, false, message.to_vec())
+        .unwrap();
+    client.disconnect().unwrap();
+    let deadline = Instant::now() + WAIT;
+    for event in connection.iter() {
+        match event {
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => panic!("rumqttc: {error}"),
+        }
+        assert!(Instant::now() < deadline, "rumqttc did not finish");
+    }
+}
+
+fn check_record(record: &Record, client_id: &str, mqtt_topic: &str, value: &[u8], partitions: i32) {
+    assert_eq!(record.topic, "cs.uplink");
+    assert_eq!(record.key.as_deref(), Some(client_id.as_bytes()));
+    assert_eq!(record.value.as_deref(), Some(value));
+    assert_eq!(record.header("mqtt.topic"), Some(mqtt_topic.as_bytes()));
+    assert_eq!(
+        record.partition,
+        java_partition(client_id.as_bytes(), partitions)
+    );
+}
+
+#[test]
+fn mosquitto_and_rumqttc_publish_into_kafka() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 3, &[]);
+    let gateway = start_gateway(&broker, 2);
+
+    mosquitto_pub(&gateway, "VIN00000000000001", "UL/POS", "57.70,11.97");
+    rumqttc_pub(
+        &gateway,
+        "VIN00000000000002",
+        "UL/temperature/roof",
+        b"\x00\x01binary\xff",
+    );
+
+    let mut records = broker.collector("cs.uplink").collect(2, WAIT);
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    check_record(
+        &records[0],
+        "VIN00000000000001",
+        "UL/POS",
+        b"57.70,11.97",
+        3,
+    );
+    check_record(
+        &records[1],
+        "VIN00000000000002",
+        "UL/temperature/roof",
+        b"\x00\x01binary\xff",
+        3,
+    );
+
+    let metrics = gateway.metrics().to_vec();
+    let sum = |f: &dyn Fn(&gateway::metrics::ShardMetrics) -> u64| {
+        metrics.iter().map(|m| f(m)).sum::<u64>()
+    };
+    gateway.stop().unwrap();
+    assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 2);
+    assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 2);
+    assert_eq!(sum(&|m| m.failed_total()), 0);
+}
