@@ -1,0 +1,118 @@
+//! Helpers shared by the gateway's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::{Connect, Decoder, Packet, Publish, Role};
+use gateway::Gateway;
+use gateway::config::Config;
+use gateway::metrics::ShardMetrics;
+use testkit::Broker;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn config(broker: &Broker, shards: usize) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards,
+        ..Config::default()
+    };
+    config.admin.listen = "127.0.0.1:0".to_owned();
+    config
+        .kafka
+        .properties
+        .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
+    config
+}
+
+/// Sum of one counter over all shards.
+pub fn total(gateway: &Gateway, counter: impl Fn(&ShardMetrics) -> u64) -> u64 {
+    gateway.metrics().iter().map(|m| counter(m)).sum()
+}
+
+/// A blocking MQTT client on raw sockets, for tests that need to send
+/// exactly the bytes they choose.
+pub struct RawClient {
+    pub stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect_tcp(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self { stream }
+    }
+
+    /// TCP connect, CONNECT, and the CONNACK's return code.
+    pub fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> (Self, u8) {
+        let mut client = Self::connect_tcp(addr);
+        let mut out = BytesMut::new();
+        Connect::new(client_id, keep_alive)
+            .encode(&mut out)
+            .unwrap();
+        client.send(&out);
+        let code = client.connack();
+        (client, code)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        Publish::qos0(topic, payload)
+            .unwrap()
+            .encode(&mut out)
+            .unwrap();
+        self.send(&out);
+    }
+
+    pub fn connack(&mut self) -> u8 {
+        let mut connack = [0u8; 4];
+        self.stream.read_exact(&mut connack).unwrap();
+        assert_eq!(&connack[..3], &[0x20, 2, 0], "not a CONNACK: {connack:?}");
+        connack[3]
+    }
+
+    /// Reads the next packet the gateway sends.
+    pub fn next_packet(&mut self) -> Option<Packet> {
+        let decoder = Decoder::new(Role::Client, 1 << 20);
+        let mut buf = BytesMut::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(packet) = decoder.decode(&mut buf).unwrap() {
+                return Some(packet);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Waits until the gateway closes the connection, returning what it
+    /// sent first; fails if it stays open beyond `within`.
+    pub fn expect_closed(&mut self, within: Duration) -> Vec<u8> {
+        self.stream.set_read_timeout(Some(within)).unwrap();
+        let started = Instant::now();
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return received,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return received,
+                Err(e) => panic!("connection still open after {:?}: {e}", started.elapsed()),
+            }
+        }
+    }
+
+    pub fn disconnect(mut self) {
+        self.send(&codec::packet::DISCONNECT);
+    }
+}
