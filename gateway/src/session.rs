@@ -227,10 +227,14 @@ impl Session {
 
     /// The gateway stopped reading this connection for reasons of its own
     /// (Kafka backpressure) and resumes at `now`: the car must not be
-    /// charged for the pause, so its keep-alive restarts.
+    /// charged for the pause, so its keep-alive (or connect timeout) restarts.
     pub fn resume(&mut self, now: Instant) {
-        if let State::Connected(c) = &mut self.state {
-            c.deadline = c.deadline.max(now + c.grace);
+        match &mut self.state {
+            State::Connected(c) => c.deadline = c.deadline.max(now + c.grace),
+            State::AwaitingConnect { deadline } => {
+                *deadline = (*deadline).max(now + self.timing.connect_timeout);
+            }
+            State::Deciding | State::Closed(_) => {}
         }
     }
 
@@ -515,6 +519,18 @@ mod tests {
         assert_eq!(
             session.on_deadline(t0 + Duration::from_secs(55)),
             Some(CloseReason::KeepAliveTimeout)
+        );
+    }
+
+    #[test]
+    fn a_stall_before_connect_is_not_charged_either() {
+        let t0 = Instant::now();
+        let mut session = Session::new(TIMING, t0);
+        session.resume(t0 + Duration::from_secs(30));
+        assert_eq!(session.on_deadline(t0 + Duration::from_secs(39)), None);
+        assert_eq!(
+            session.on_deadline(t0 + Duration::from_secs(40)),
+            Some(CloseReason::ConnectTimeout)
         );
     }
 

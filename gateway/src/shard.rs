@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use codec::{ByteString, ConnectReturnCode, Decoder, Role};
 use futures_lite::future;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
@@ -47,6 +47,10 @@ const READ_MAX: usize = 64 * 1024;
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// A car that does not take what we send within this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A shard stalled this long by Kafka counts as "Kafka cannot take data":
+/// new CONNECTs are refused with 0x03 (server unavailable). Shorter stalls
+/// are ordinary backpressure.
+const UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -86,6 +90,7 @@ struct Shard {
     timing: Timing,
     metrics: Arc<ShardMetrics>,
     paused: Cell<bool>,
+    paused_since: Cell<Option<Instant>>,
     resume_wakers: RefCell<Vec<Waker>>,
     /// Connected client ids, for takeover by a newer connection.
     clients: RefCell<HashMap<ByteString, (u64, Rc<Signal>)>>,
@@ -108,8 +113,16 @@ impl Shard {
         })
     }
 
+    /// Whether Kafka has been unable to take data for a while.
+    fn kafka_unavailable(&self) -> bool {
+        self.paused_since
+            .get()
+            .is_some_and(|since| since.elapsed() >= UNAVAILABLE_AFTER)
+    }
+
     fn pause(&self) {
         if !self.paused.replace(true) {
+            self.paused_since.set(Some(Instant::now()));
             bump(&self.metrics.read_pauses);
             tracing::warn!(
                 shard = self.id,
@@ -139,6 +152,7 @@ pub(crate) async fn serve(
             timing: config.timing(),
             metrics: metrics.clone(),
             paused: Cell::new(false),
+            paused_since: Cell::new(None),
             resume_wakers: RefCell::new(Vec::new()),
             clients: RefCell::new(HashMap::new()),
             connections: RefCell::new(HashMap::new()),
@@ -205,6 +219,7 @@ async fn poll_producer(shard: Rc<Shard>) {
         shard.producer.poll();
         if shard.paused.get() && shard.producer.has_room() {
             shard.paused.set(false);
+            shard.paused_since.set(None);
             tracing::info!(shard = shard.id, "Kafka caught up: reads resumed");
             for waker in shard.resume_wakers.borrow_mut().drain(..) {
                 waker.wake();
@@ -270,8 +285,10 @@ enum Event {
     Signal(CloseReason),
 }
 
-async fn drive(
-    stream: &mut TcpStream,
+/// Runs one connection's protocol over any byte stream: plain TCP today;
+/// a TLS stream wrapping the socket fits here unchanged.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     shard: &Shard,
     signal: &Rc<Signal>,
     id: u64,
@@ -343,7 +360,11 @@ async fn drive(
 }
 
 /// Reads up to `want` bytes onto the end of `input`.
-async fn read_some(stream: &mut TcpStream, input: &mut BytesMut, want: usize) -> io::Result<usize> {
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
     let start = input.len();
     input.resize(start + want, 0);
     let result = match input.get_mut(start..) {
@@ -374,7 +395,7 @@ async fn handle_input(
             Step::Continue | Step::FiltersChanged => {}
             Step::Close(reason) => return Some(reason),
             Step::Connect(connect) => {
-                if !shard.producer.has_room() || shard.stopping.get() {
+                if shard.kafka_unavailable() || shard.stopping.get() {
                     return Some(session.refuse(ConnectReturnCode::ServerUnavailable, output));
                 }
                 let previous = shard
