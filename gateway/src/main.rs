@@ -149,7 +149,15 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("signal received: stopping");
-    gateway.stop()?;
-    tracing::info!("stopped");
-    Ok(())
+    let metrics = gateway.metrics().to_vec();
+    let result = gateway.stop();
+    let totals = gateway::metrics::totals(&metrics);
+    tracing::info!(
+        received = totals.received,
+        acked = totals.acked,
+        failed = totals.failed,
+        in_flight_bytes = totals.in_flight_bytes,
+        "stopped"
+    );
+    result
 }

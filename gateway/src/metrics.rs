@@ -73,6 +73,25 @@ impl ShardMetrics {
     }
 }
 
+/// The uplink accounting of all shards: `received = acked + failed +
+/// in flight` at any moment, and in flight is 0 after a clean stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub received: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub in_flight_bytes: i64,
+}
+
+pub fn totals(shards: &[std::sync::Arc<ShardMetrics>]) -> Totals {
+    shards.iter().fold(Totals::default(), |t, s| Totals {
+        received: t.received + s.publish_received.load(Ordering::Relaxed),
+        acked: t.acked + s.publish_acked.load(Ordering::Relaxed),
+        failed: t.failed + s.failed_total(),
+        in_flight_bytes: t.in_flight_bytes + s.in_flight_bytes.load(Ordering::Relaxed),
+    })
+}
+
 /// Prometheus text exposition of all shards, summed.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
