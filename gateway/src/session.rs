@@ -349,7 +349,9 @@ impl Session {
         }
         .encode(out);
         self.state = State::Connected(Connected {
-            client_id: connect.client_id.clone(),
+            // A copy, not a view: a view would keep the whole read buffer
+            // the CONNECT arrived in alive for the connection's lifetime.
+            client_id: ByteString::from(&*connect.client_id),
             grace,
             deadline: now + grace,
             filters: Vec::new(),

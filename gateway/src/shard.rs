@@ -37,10 +37,13 @@ use crate::mapping::TopicMapper;
 use crate::metrics::{ShardMetrics, bump};
 use crate::session::{CloseReason, Session, Step, Timing};
 
-/// Bytes read at a time when no partial packet says how many are needed.
-/// Small on purpose: the buffer is held while a connection waits, and most
-/// connections wait most of the time.
-const READ_CHUNK: usize = 512;
+/// Bytes asked for when the car has been quiet: the buffer is held while
+/// the read waits, and most connections wait most of the time. A small
+/// packet arrives whole in the next read, once its fixed header says how
+/// many bytes it needs.
+const READ_IDLE: usize = 32;
+/// Bytes asked for while the last read came back full (a busy car).
+const READ_BUSY: usize = 4096;
 /// Most bytes read at once for a large partial packet.
 const READ_MAX: usize = 64 * 1024;
 /// How often the poller serves delivery reports and checks for shutdown.
@@ -53,32 +56,72 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Bound on flushing the producer at shutdown; with the grace above, the
+/// whole shutdown takes at most about 13 s.
+const FLUSH_BOUND: Duration = Duration::from_secs(8);
 
-/// Fires once with a reason; a connection waits on it beside its socket.
+/// How often the shard's sweeper checks connection deadlines. One sweep
+/// over the shard's connections replaces a timer per connection: no timer
+/// allocation held by every idle car, none re-armed on every packet.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What a connection waits on beside its socket: a close order (takeover,
+/// shutdown) or its session deadline coming due.
 #[derive(Debug, Default)]
 struct Signal {
     reason: Cell<Option<CloseReason>>,
+    deadline: Cell<Option<Instant>>,
+    due: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    Close(CloseReason),
+    Deadline,
 }
 
 impl Signal {
     fn fire(&self, reason: CloseReason) {
         if self.reason.get().is_none() {
             self.reason.set(Some(reason));
-            if let Some(waker) = self.waker.borrow_mut().take() {
-                waker.wake();
-            }
+            self.wake();
         }
     }
 
-    fn wait(&self) -> impl Future<Output = CloseReason> + '_ {
-        future::poll_fn(|cx| match self.reason.get() {
-            Some(reason) => Poll::Ready(reason),
-            None => {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Called by the sweeper.
+    fn check_deadline(&self, now: Instant) {
+        if self.deadline.get().is_some_and(|at| at <= now) && !self.due.replace(true) {
+            self.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = Wake> + '_ {
+        future::poll_fn(|cx| {
+            if let Some(reason) = self.reason.get() {
+                Poll::Ready(Wake::Close(reason))
+            } else if self.due.replace(false) {
+                Poll::Ready(Wake::Deadline)
+            } else {
                 *self.waker.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
             }
         })
+    }
+
+    /// Resolves on a close order; deadlines are checked once reading resumes.
+    async fn closed(&self) -> CloseReason {
+        loop {
+            if let Wake::Close(reason) = self.wait().await {
+                return reason;
+            }
+        }
     }
 }
 
@@ -98,6 +141,8 @@ struct Shard {
     connections: RefCell<HashMap<u64, Rc<Signal>>>,
     next_connection: Cell<u64>,
     stopping: Cell<bool>,
+    /// Set when connections outlived the close grace: stop waiting for them.
+    abandoned: Cell<bool>,
 }
 
 impl Shard {
@@ -158,6 +203,7 @@ pub(crate) async fn serve(
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
             stopping: Cell::new(false),
+            abandoned: Cell::new(false),
         };
         Ok((listener, shard))
     };
@@ -172,6 +218,7 @@ pub(crate) async fn serve(
     tracing::info!(shard = id, address = %listen, "listening");
     let shard = Rc::new(shard);
     let poller = glommio::spawn_local(poll_producer(shard.clone()));
+    let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
 
     loop {
         let stop = async {
@@ -203,14 +250,39 @@ pub(crate) async fn serve(
     while !shard.connections.borrow().is_empty() && closing.elapsed() < CLOSE_GRACE {
         sleep(Duration::from_millis(5)).await;
     }
+    let left = shard.connections.borrow().len();
+    if left > 0 {
+        tracing::warn!(
+            shard = id,
+            connections = left,
+            "connections did not close within {CLOSE_GRACE:?}; abandoning them"
+        );
+        shard.abandoned.set(true);
+    }
     poller.await;
+    sweeper.await;
     // Each record ends acknowledged or failed: flush within the bound, then
     // purge what is left so its reports (failed, "shutdown") are counted.
-    if let Err(error) = shard.producer.flush(Duration::from_secs(10)) {
+    if let Err(error) = shard.producer.flush(FLUSH_BOUND) {
         tracing::warn!(shard = id, %error, queued = shard.producer.queued(), "flush incomplete");
         shard.producer.purge();
     }
     Ok(())
+}
+
+/// Wakes the connections whose session deadline has passed.
+async fn sweep_deadlines(shard: Rc<Shard>) {
+    loop {
+        let now = Instant::now();
+        for signal in shard.connections.borrow().values() {
+            signal.check_deadline(now);
+        }
+        if shard.stopping.get() && (shard.connections.borrow().is_empty() || shard.abandoned.get())
+        {
+            return;
+        }
+        sleep(SWEEP_INTERVAL).await;
+    }
 }
 
 /// Serves delivery reports and reopens reading when there is room.
@@ -225,7 +297,8 @@ async fn poll_producer(shard: Rc<Shard>) {
                 waker.wake();
             }
         }
-        if shard.stopping.get() && shard.connections.borrow().is_empty() {
+        if shard.stopping.get() && (shard.connections.borrow().is_empty() || shard.abandoned.get())
+        {
             return;
         }
         sleep(POLL_INTERVAL).await;
@@ -296,6 +369,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> CloseReason {
     let mut input = BytesMut::new();
     let mut output = BytesMut::new();
+    let mut busy = false;
     loop {
         if !shard.producer.has_room() {
             shard.pause();
@@ -304,7 +378,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     shard.resumed().await;
                     None
                 },
-                async { Some(signal.wait().await) },
+                async { Some(signal.closed().await) },
             )
             .await
             {
@@ -315,25 +389,26 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 
         let want = match shard.decoder.frame_length(&input) {
             Ok(Some(frame)) if frame > input.len() => (frame - input.len()).min(READ_MAX),
-            _ => READ_CHUNK,
+            _ if busy => READ_BUSY,
+            _ => READ_IDLE,
         };
-        let deadline = session.deadline();
+        signal.deadline.set(session.deadline());
         let event = {
             let read = async { Event::Read(read_some(stream, &mut input, want).await) };
-            let timer = async {
-                match deadline {
-                    Some(at) => sleep(at.saturating_duration_since(Instant::now())).await,
-                    None => future::pending::<()>().await,
+            let woken = async {
+                match signal.wait().await {
+                    Wake::Close(reason) => Event::Signal(reason),
+                    Wake::Deadline => Event::Deadline,
                 }
-                Event::Deadline
             };
-            let fired = async { Event::Signal(signal.wait().await) };
-            future::or(pin!(read), future::or(pin!(fired), pin!(timer))).await
+            // The signal first: `or` polls in order, and under steady load
+            // the read is always ready, which would starve a stop order.
+            future::or(pin!(woken), pin!(read)).await
         };
         let now = Instant::now();
         match event {
             Event::Read(Ok(0)) => return session.close(CloseReason::PeerClosed),
-            Event::Read(Ok(_)) => {}
+            Event::Read(Ok(read)) => busy = read == want,
             Event::Read(Err(_)) => return session.close(CloseReason::Io),
             Event::Deadline => match session.on_deadline(now) {
                 Some(reason) => return reason,
@@ -347,7 +422,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             if stream.write_all(&output).await.is_err() {
                 return session.close(CloseReason::Io);
             }
-            output.clear();
+            // Writes are rare (CONNACK, PINGRESP, SUBACK): keep no buffer.
+            output = BytesMut::new();
         }
         if let Some(reason) = closed {
             return reason;
@@ -386,6 +462,11 @@ async fn handle_input(
     now: Instant,
 ) -> Option<CloseReason> {
     loop {
+        // Told to close (takeover, shutdown): what is not decoded yet was
+        // never read, and is neither produced nor counted.
+        if let Some(reason) = signal.reason.get() {
+            return Some(session.close(reason));
+        }
         let packet = match shard.decoder.decode(input) {
             Ok(Some(packet)) => packet,
             Ok(None) => return None,
@@ -398,15 +479,17 @@ async fn handle_input(
                 if shard.kafka_unavailable() || shard.stopping.get() {
                     return Some(session.refuse(ConnectReturnCode::ServerUnavailable, output));
                 }
+                session.accept(&connect, now, output);
+                // The session's own copy of the id: compact, shared by refcount.
+                let client_id = session.client_id().cloned().unwrap_or_default();
                 let previous = shard
                     .clients
                     .borrow_mut()
-                    .insert(connect.client_id.clone(), (id, signal.clone()));
+                    .insert(client_id, (id, signal.clone()));
                 // The newer connection wins: tell the older one to close.
                 if let Some((_, old)) = previous {
                     old.fire(CloseReason::TakenOver);
                 }
-                session.accept(&connect, now, output);
             }
             Step::Publish(publish) => {
                 let client_id = session.client_id().cloned().unwrap_or_default();
@@ -430,6 +513,12 @@ async fn handle_input(
                     };
                     match sent {
                         Ok(()) | Err(SendError::Failed) => break,
+                        Err(SendError::QueueFull) if signal.reason.get().is_some() => {
+                            // Told to close while waiting for queue space:
+                            // this one record was read and is not handed over.
+                            shard.metrics.fail("shutdown");
+                            return signal.reason.get().map(|reason| session.close(reason));
+                        }
                         Err(SendError::QueueFull) => {
                             // librdkafka's own queue is full: this shard waits
                             // for deliveries, then offers the record again.
