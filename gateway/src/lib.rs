@@ -125,6 +125,7 @@ impl Gateway {
 
     /// Stops accepting, closes connections, flushes and joins.
     pub fn stop(self) -> anyhow::Result<()> {
+        self.ready.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
         self.join()
     }

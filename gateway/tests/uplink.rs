@@ -101,6 +101,22 @@ fn mosquitto_and_rumqttc_publish_into_kafka() {
         3,
     );
 
+    // The admin endpoint reports the same, all shards summed.
+    let admin = gateway.admin_addr().unwrap();
+    let (status, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("carbridge_gateway_publish_acked_total 2\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("carbridge_gateway_publish_failed_total{reason=\"timed_out\"} 0\n"),
+        "{body}"
+    );
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+    assert_eq!(http_get(admin, "/readyz").0, 200);
+    assert_eq!(http_get(admin, "/nope").0, 404);
+
     let metrics = gateway.metrics().to_vec();
     let sum = |f: &dyn Fn(&gateway::metrics::ShardMetrics) -> u64| {
         metrics.iter().map(|m| f(m)).sum::<u64>()
@@ -109,4 +125,20 @@ fn mosquitto_and_rumqttc_publish_into_kafka() {
     assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 2);
     assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 2);
     assert_eq!(sum(&|m| m.failed_total()), 0);
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
