@@ -17,6 +17,7 @@ pub mod config;
 pub mod kafka;
 pub mod mapping;
 pub mod metrics;
+mod registry;
 pub mod session;
 mod shard;
 
@@ -69,6 +70,10 @@ impl Gateway {
             ),
         };
 
+        let (registry, mut inboxes) = registry::Registry::new(count);
+        let registry = Arc::new(registry);
+        inboxes.reverse();
+
         // Shard 0 binds first, so that with port 0 every shard shares the
         // port it was given.
         let mut listen = config.listen;
@@ -78,9 +83,27 @@ impl Gateway {
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let (config, shard_metrics, stop) =
                 (config.clone(), shard_metrics.clone(), shutdown.clone());
+            let (registry, orders) = (
+                registry.clone(),
+                inboxes.pop().context("one inbox per shard")?,
+            );
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
-                .spawn(move || shard::serve(id, config, listen, shard_metrics, stop, bound_tx))
+                // A task that hogs its core delays every car on the shard:
+                // glommio logs a warning with a backtrace when one does.
+                .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})))
+                .spawn(move || {
+                    shard::serve(shard::Start {
+                        id,
+                        config,
+                        listen,
+                        metrics: shard_metrics,
+                        shutdown: stop,
+                        registry,
+                        orders,
+                        bound: bound_tx,
+                    })
+                })
                 .map_err(std::io::Error::from)
                 .with_context(|| format!("starting shard {id} on CPU {cpu}"))?;
             shards.push(handle);

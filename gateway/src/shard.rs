@@ -25,7 +25,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use codec::{ByteString, ConnectReturnCode, Decoder, Role};
+use codec::{ConnectReturnCode, Decoder, Role};
+use crossbeam_channel::Receiver;
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -35,6 +36,7 @@ use crate::config::Config;
 use crate::kafka::{SendError, ShardProducer};
 use crate::mapping::TopicMapper;
 use crate::metrics::{ShardMetrics, bump};
+use crate::registry::{Holder, Registry};
 use crate::session::{CloseReason, Session, Step, Timing};
 
 /// Bytes asked for when the car has been quiet: the buffer is held while
@@ -135,8 +137,10 @@ struct Shard {
     paused: Cell<bool>,
     paused_since: Cell<Option<Instant>>,
     resume_wakers: RefCell<Vec<Waker>>,
-    /// Connected client ids, for takeover by a newer connection.
-    clients: RefCell<HashMap<ByteString, (u64, Rc<Signal>)>>,
+    /// Which connection holds each client id, across shards.
+    registry: Arc<Registry>,
+    /// Takeover orders from other shards: connection ids to close.
+    orders: Receiver<u64>,
     /// Every open connection, for shutdown.
     connections: RefCell<HashMap<u64, Rc<Signal>>>,
     next_connection: Cell<u64>,
@@ -177,17 +181,33 @@ impl Shard {
     }
 }
 
-/// Runs one shard on the current glommio executor until `shutdown`.
-/// `bound` receives the listener's address (or the error) once it listens.
-pub(crate) async fn serve(
-    id: usize,
-    config: Arc<Config>,
-    listen: SocketAddr,
-    metrics: Arc<ShardMetrics>,
-    shutdown: Arc<AtomicBool>,
-    bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
-) -> anyhow::Result<()> {
-    let setup = || -> anyhow::Result<(TcpListener, Shard)> {
+/// What a shard is started with.
+pub(crate) struct Start {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    /// Set by signal handlers or `Gateway::stop`.
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) orders: Receiver<u64>,
+    /// Receives the listener's address (or the error) once it listens.
+    pub(crate) bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+}
+
+/// Runs one shard on the current glommio executor until shutdown.
+pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
+    let Start {
+        id,
+        config,
+        listen,
+        metrics,
+        shutdown,
+        registry,
+        orders,
+        bound,
+    } = start;
+    let setup = move || -> anyhow::Result<(TcpListener, Shard)> {
         let listener = TcpListener::bind(listen).map_err(io::Error::from)?;
         let shard = Shard {
             id,
@@ -199,7 +219,8 @@ pub(crate) async fn serve(
             paused: Cell::new(false),
             paused_since: Cell::new(None),
             resume_wakers: RefCell::new(Vec::new()),
-            clients: RefCell::new(HashMap::new()),
+            registry,
+            orders,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
             stopping: Cell::new(false),
@@ -289,6 +310,11 @@ async fn sweep_deadlines(shard: Rc<Shard>) {
 async fn poll_producer(shard: Rc<Shard>) {
     loop {
         shard.producer.poll();
+        for connection in shard.orders.try_iter() {
+            if let Some(signal) = shard.connections.borrow().get(&connection) {
+                signal.fire(CloseReason::TakenOver);
+            }
+        }
         if shard.paused.get() && shard.producer.has_room() {
             shard.paused.set(false);
             shard.paused_since.set(None);
@@ -329,13 +355,13 @@ async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
         .fetch_sub(1, Ordering::Relaxed);
     shard.connections.borrow_mut().remove(&id);
     if let Some(client_id) = session.client_id() {
-        let mut clients = shard.clients.borrow_mut();
-        if clients
-            .get(client_id)
-            .is_some_and(|(owner, _)| *owner == id)
-        {
-            clients.remove(client_id);
-        }
+        shard.registry.release(
+            client_id,
+            Holder {
+                shard: shard.id,
+                connection: id,
+            },
+        );
     }
     let client = session
         .client_id()
@@ -482,13 +508,17 @@ async fn handle_input(
                 session.accept(&connect, now, output);
                 // The session's own copy of the id: compact, shared by refcount.
                 let client_id = session.client_id().cloned().unwrap_or_default();
-                let previous = shard
-                    .clients
-                    .borrow_mut()
-                    .insert(client_id, (id, signal.clone()));
-                // The newer connection wins: tell the older one to close.
-                if let Some((_, old)) = previous {
-                    old.fire(CloseReason::TakenOver);
+                let me = Holder {
+                    shard: shard.id,
+                    connection: id,
+                };
+                // The newer connection wins. An older one on another shard
+                // is ordered closed by the registry; one here is closed now.
+                if let Some(old) = shard.registry.claim(client_id, me)
+                    && old.shard == shard.id
+                    && let Some(signal) = shard.connections.borrow().get(&old.connection)
+                {
+                    signal.fire(CloseReason::TakenOver);
                 }
             }
             Step::Publish(publish) => {
