@@ -31,6 +31,41 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 
+/// The CPUs this process may run on (its affinity mask, as a container's
+/// CPU set or `taskset` leaves it), from `/proc/self/status`; all online
+/// CPUs where that is unreadable.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    let from_status = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let list = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+            parse_cpu_list(list.trim())
+        });
+    if let Some(cpus) = from_status.filter(|cpus| !cpus.is_empty()) {
+        return Ok(cpus);
+    }
+    Ok(glommio::CpuSet::online()
+        .map_err(std::io::Error::from)
+        .context("listing CPUs")?
+        .into_iter()
+        .map(|location| location.cpu)
+        .collect())
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(first.parse::<usize>().ok()?..=last.parse().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -46,12 +81,7 @@ impl Gateway {
     /// Validates `config`, starts every shard and returns once all listen.
     pub fn start(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let cpus: Vec<usize> = glommio::CpuSet::online()
-            .map_err(std::io::Error::from)
-            .context("listing CPUs")?
-            .into_iter()
-            .map(|location| location.cpu)
-            .collect();
+        let cpus = allowed_cpus()?;
         let count = match config.shards {
             0 => cpus.len().max(1),
             n => n,
@@ -168,5 +198,22 @@ impl Gateway {
         self.ready.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(
+            parse_cpu_list("0-2,8,10-11"),
+            Some(vec![0, 1, 2, 8, 10, 11])
+        );
+        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert!(!allowed_cpus().unwrap().is_empty());
     }
 }
