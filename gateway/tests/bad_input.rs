@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{Connect, Publish, QoS, Will};
-use common::{RawClient, WAIT, config, total};
+use common::{RawClient, WAIT, config, resident_kib, total};
 use gateway::Gateway;
 use gateway::metrics::CLOSE_REASONS;
 use testkit::Broker;
@@ -27,12 +27,6 @@ fn publish_bytes(publish: &Publish) -> Vec<u8> {
     let mut out = BytesMut::new();
     publish.encode(&mut out).unwrap();
     out.to_vec()
-}
-
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 struct Case {
@@ -210,7 +204,7 @@ fn each_violation_closes_only_its_connection() {
 
     let (mut good, code) = RawClient::connect(addr, "VIN-GOOD", 60);
     assert_eq!(code, 0);
-    let resident_before = resident_kib();
+    let resident_before = resident_kib(std::process::id());
     let mut expected_closes = vec![0u64; CLOSE_REASONS.len()];
     for (i, case) in cases.iter().enumerate() {
         let mut client = if case.connected {
@@ -255,7 +249,7 @@ fn each_violation_closes_only_its_connection() {
     good.disconnect();
 
     // Memory stayed bounded: no declared length was ever buffered.
-    let grown = resident_kib().saturating_sub(resident_before);
+    let grown = resident_kib(std::process::id()).saturating_sub(resident_before);
     assert!(grown < 20 * 1024, "resident memory grew by {grown} KiB");
 
     // Every close was counted under its reason.

@@ -6,51 +6,20 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{RawClient, WAIT};
+use common::{RawClient, resident_kib, spawn_binary};
 use testkit::Broker;
 
 /// ARCHITECTURE goal: at most 2 KiB of gateway memory per idle connection.
 const GOAL_BYTES: u64 = 2048;
 
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn idle_connections_cost_little_memory() {
     let broker = Broker::start();
     broker.create_topic("cs.uplink", 1, &[]);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--admin-listen",
-            "",
-        ])
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = tempfile::tempfile().unwrap();
+    let (mut child, addr) = spawn_binary(&broker, &log, &["--log-format", "json"]);
     let connect = |range: std::ops::Range<usize>| -> Vec<RawClient> {
         range
             .map(|i| {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{RawClient, WAIT, config, total};
+use common::{RawClient, WAIT, config, resident_kib, total};
 use gateway::Gateway;
 use testkit::Broker;
 
@@ -70,7 +70,7 @@ fn publishing_survives_a_kafka_outage() {
         acked(&gateway) > 100
     });
 
-    let resident_before = resident_kib();
+    let resident_before = resident_kib(std::process::id());
     broker.stop();
     let received = |g: &Gateway| total(g, |m| m.publish_received.load(Ordering::Relaxed));
     // Acknowledgements stop, the window fills, and the shards stop reading.
@@ -122,7 +122,7 @@ fn publishing_survives_a_kafka_outage() {
     for _ in 0..CARS {
         done_rx.recv_timeout(WAIT).expect("a car thread is stuck");
     }
-    let grown = resident_kib().saturating_sub(resident_before);
+    let grown = resident_kib(std::process::id()).saturating_sub(resident_before);
     assert!(
         grown < 64 * 1024,
         "resident memory grew by {grown} KiB during the outage"
@@ -153,10 +153,4 @@ fn publishing_survives_a_kafka_outage() {
         "received {received_total} = acked {acked} + failed {failed}"
     );
     assert!(received_total <= sent.load(Ordering::Relaxed));
-}
-
-fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }

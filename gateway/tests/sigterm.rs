@@ -7,13 +7,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RawClient, WAIT};
+use common::{RawClient, WAIT, spawn_binary};
 use testkit::Broker;
 
 const CARS: usize = 8;
@@ -24,39 +23,8 @@ const EXIT_BOUND: Duration = Duration::from_secs(20);
 fn sigterm_under_load_accounts_for_every_publish() {
     let broker = Broker::start();
     broker.create_topic("cs.uplink", 2, &[]);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--admin-listen",
-            "",
-        ])
-        .args([
-            "--kafka-bootstrap",
-            &broker.bootstrap_servers(),
-            "--log-format",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "gateway did not listen");
-        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, addr) = spawn_binary(&broker, log.as_file(), &["--log-format", "json"]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let cars: Vec<_> = (0..CARS)

@@ -8,24 +8,14 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::WAIT;
 use gateway::Gateway;
-use gateway::config::Config;
 use testkit::{Broker, Record, java_partition};
 
-const WAIT: Duration = Duration::from_secs(30);
-
 fn start_gateway(broker: &Broker, shards: usize) -> Gateway {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        shards,
-        ..Config::default()
-    };
-    config.admin.listen = "127.0.0.1:0".to_owned();
-    config
-        .kafka
-        .properties
-        .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
-    Gateway::start(config).unwrap()
+    Gateway::start(common::config(broker, shards)).unwrap()
 }
 
 fn mosquitto_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &str) {

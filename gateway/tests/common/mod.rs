@@ -2,7 +2,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,6 +27,48 @@ pub fn config(broker: &Broker, shards: usize) -> Config {
         .properties
         .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
     config
+}
+
+/// Resident memory of process `pid` (`VmRSS`), in KiB.
+pub fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The gateway binary in its own process (2 shards, no admin endpoint) on a
+/// free port, its output (stdout and stderr) to `log`; returns once it
+/// accepts connections.
+pub fn spawn_binary(broker: &Broker, log: &std::fs::File, extra: &[&str]) -> (Child, SocketAddr) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--shards",
+            "2",
+            "--admin-listen",
+            "",
+        ])
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "gateway did not listen");
+        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
 }
 
 /// Sum of one counter over all shards.
