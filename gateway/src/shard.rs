@@ -56,6 +56,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// new CONNECTs are refused with 0x03 (server unavailable). Shorter stalls
 /// are ordinary backpressure.
 const UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
+/// At most one "reads paused" warning per shard per interval.
+const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bound on flushing the producer at shutdown; with the grace above, the
@@ -136,6 +138,8 @@ struct Shard {
     metrics: Arc<ShardMetrics>,
     paused: Cell<bool>,
     paused_since: Cell<Option<Instant>>,
+    pause_logged_at: Cell<Option<Instant>>,
+    pauses_unlogged: Cell<u64>,
     resume_wakers: RefCell<Vec<Waker>>,
     /// Which connection holds each client id, across shards.
     registry: Arc<Registry>,
@@ -171,12 +175,25 @@ impl Shard {
 
     fn pause(&self) {
         if !self.paused.replace(true) {
-            self.paused_since.set(Some(Instant::now()));
+            let now = Instant::now();
+            self.paused_since.set(Some(now));
             bump(&self.metrics.read_pauses);
-            tracing::warn!(
-                shard = self.id,
-                "Kafka is behind: reads paused until it catches up"
-            );
+            // Under heavy load pauses come and go many times a second:
+            // warn once per interval, with the count, not once per pause.
+            self.pauses_unlogged.set(self.pauses_unlogged.get() + 1);
+            if self
+                .pause_logged_at
+                .get()
+                .is_none_or(|at| now.duration_since(at) >= PAUSE_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    shard = self.id,
+                    pauses = self.pauses_unlogged.replace(0),
+                    "Kafka is behind: reads paused until it catches up \
+                     (pauses since the last warning)"
+                );
+                self.pause_logged_at.set(Some(now));
+            }
         }
     }
 }
@@ -218,6 +235,8 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             paused: Cell::new(false),
             paused_since: Cell::new(None),
+            pause_logged_at: Cell::new(None),
+            pauses_unlogged: Cell::new(0),
             resume_wakers: RefCell::new(Vec::new()),
             registry,
             orders,
@@ -318,7 +337,7 @@ async fn poll_producer(shard: Rc<Shard>) {
         if shard.paused.get() && shard.producer.has_room() {
             shard.paused.set(false);
             shard.paused_since.set(None);
-            tracing::info!(shard = shard.id, "Kafka caught up: reads resumed");
+            tracing::debug!(shard = shard.id, "Kafka caught up: reads resumed");
             for waker in shard.resume_wakers.borrow_mut().drain(..) {
                 waker.wake();
             }
