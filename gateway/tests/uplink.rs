@@ -49,6 +49,31 @@ fn rumqttc_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &[u8]) 
     }
 }
 
+/// Publishes with the Python paho-mqtt client (PyPI), MQTT 3.1.1.
+fn paho_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &str) {
+    let script = r#"
+import sys
+import paho.mqtt.client as mqtt
+host, port, client_id, topic, message = sys.argv[1:]
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+client.connect(host, int(port), keepalive=30)
+client.loop_start()
+info = client.publish(topic, message, qos=0)
+info.wait_for_publish(timeout=10)
+client.disconnect()
+client.loop_stop()
+"#;
+    let port = gateway.local_addr().port().to_string();
+    let status = Command::new("python3")
+        .args(["-c", script, "127.0.0.1", &port, client_id, topic, message])
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "paho-mqtt publish failed: {status} (pip install paho-mqtt)"
+    );
+}
+
 fn check_record(record: &Record, client_id: &str, mqtt_topic: &str, value: &[u8], partitions: i32) {
     assert_eq!(record.topic, "cs.uplink");
     assert_eq!(record.key.as_deref(), Some(client_id.as_bytes()));
@@ -61,7 +86,7 @@ fn check_record(record: &Record, client_id: &str, mqtt_topic: &str, value: &[u8]
 }
 
 #[test]
-fn mosquitto_and_rumqttc_publish_into_kafka() {
+fn mosquitto_rumqttc_and_paho_publish_into_kafka() {
     let broker = Broker::start();
     broker.create_topic("cs.uplink", 3, &[]);
     let gateway = start_gateway(&broker, 2);
@@ -73,8 +98,9 @@ fn mosquitto_and_rumqttc_publish_into_kafka() {
         "UL/temperature/roof",
         b"\x00\x01binary\xff",
     );
+    paho_pub(&gateway, "VIN00000000000003", "UL/SPEED", "87");
 
-    let mut records = broker.collector("cs.uplink").collect(2, WAIT);
+    let mut records = broker.collector("cs.uplink").collect(3, WAIT);
     records.sort_by(|a, b| a.key.cmp(&b.key));
     check_record(
         &records[0],
@@ -90,13 +116,14 @@ fn mosquitto_and_rumqttc_publish_into_kafka() {
         b"\x00\x01binary\xff",
         3,
     );
+    check_record(&records[2], "VIN00000000000003", "UL/SPEED", b"87", 3);
 
     // The admin endpoint reports the same, all shards summed.
     let admin = gateway.admin_addr().unwrap();
     let (status, body) = http_get(admin, "/metrics");
     assert_eq!(status, 200);
     assert!(
-        body.contains("carbridge_gateway_publish_acked_total 2\n"),
+        body.contains("carbridge_gateway_publish_acked_total 3\n"),
         "{body}"
     );
     assert!(
@@ -112,8 +139,8 @@ fn mosquitto_and_rumqttc_publish_into_kafka() {
         metrics.iter().map(|m| f(m)).sum::<u64>()
     };
     gateway.stop().unwrap();
-    assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 2);
-    assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 2);
+    assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 3);
+    assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 3);
     assert_eq!(sum(&|m| m.failed_total()), 0);
 }
 
