@@ -4,6 +4,7 @@
 # tests start), cargo-fuzz and the nightly toolchain it runs on.
 set -euo pipefail
 
+export PATH="$HOME/.cargo/bin:$PATH"
 TANSU_VERSION=0.6.0
 log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 

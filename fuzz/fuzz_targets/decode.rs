@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for role in [Role::Server, Role::Client] {
-        let decoder = Decoder::new(role, 16 * 1024);
+        let decoder = Decoder::new(role, 64 * 1024);
         let whole = decode_all(&decoder, &[input]);
         let at = usize::from(split) * input.len() / 255;
         let (first, second) = input.split_at(at.min(input.len()));
