@@ -27,7 +27,10 @@ fi
 
 if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
   log "installing paho-mqtt (Python MQTT client used by integration tests)"
-  python3 -m pip install --quiet 'paho-mqtt>=2,<3'
+  # An externally managed Python (PEP 668) refuses pip: take Debian's package.
+  python3 -m pip install --quiet 'paho-mqtt>=2,<3' ||
+    { sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-paho-mqtt; }
 fi
 
 if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then

@@ -55,7 +55,10 @@ fn paho_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &str) {
 import sys
 import paho.mqtt.client as mqtt
 host, port, client_id, topic, message = sys.argv[1:]
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+try:  # paho-mqtt 2.x
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+except AttributeError:  # 1.x, as Debian packages it
+    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
 client.connect(host, int(port), keepalive=30)
 client.loop_start()
 info = client.publish(topic, message, qos=0)
