@@ -148,6 +148,8 @@ struct Shard {
     /// Every open connection, for shutdown.
     connections: RefCell<HashMap<u64, Rc<Signal>>>,
     next_connection: Cell<u64>,
+    /// The process-wide stop flag (signal handlers, `Gateway::stop`).
+    shutdown: Arc<AtomicBool>,
     stopping: Cell<bool>,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
@@ -171,6 +173,17 @@ impl Shard {
         self.paused_since
             .get()
             .is_some_and(|since| since.elapsed() >= UNAVAILABLE_AFTER)
+    }
+
+    /// Starts the shutdown once: no new CONNECT is accepted and every
+    /// connection is told to close.
+    fn begin_stop(&self) {
+        if !self.stopping.replace(true) {
+            tracing::info!(shard = self.id, "shutting down: closing connections");
+            for signal in self.connections.borrow().values() {
+                signal.fire(CloseReason::Shutdown);
+            }
+        }
     }
 
     fn pause(&self) {
@@ -242,6 +255,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             orders,
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
+            shutdown,
             stopping: Cell::new(false),
             abandoned: Cell::new(false),
         };
@@ -261,8 +275,10 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
 
     loop {
+        // The poller notices the flag within a millisecond and begins the
+        // stop; this only ends the accept loop.
         let stop = async {
-            while !shutdown.load(Ordering::Relaxed) {
+            while !shard.stopping.get() {
                 sleep(Duration::from_millis(20)).await;
             }
             None
@@ -281,11 +297,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     }
     drop(listener);
 
-    tracing::info!(shard = id, "shutting down: closing connections");
-    shard.stopping.set(true);
-    for signal in shard.connections.borrow().values() {
-        signal.fire(CloseReason::Shutdown);
-    }
+    shard.begin_stop();
     let closing = Instant::now();
     while !shard.connections.borrow().is_empty() && closing.elapsed() < CLOSE_GRACE {
         sleep(Duration::from_millis(5)).await;
@@ -301,12 +313,22 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     }
     poller.await;
     sweeper.await;
+    let closed_in = closing.elapsed();
     // Each record ends acknowledged or failed: flush within the bound, then
     // purge what is left so its reports (failed, "shutdown") are counted.
+    let flushing = Instant::now();
+    let queued = shard.producer.queued();
     if let Err(error) = shard.producer.flush(FLUSH_BOUND) {
         tracing::warn!(shard = id, %error, queued = shard.producer.queued(), "flush incomplete");
         shard.producer.purge();
     }
+    tracing::info!(
+        shard = id,
+        closed_in_ms = closed_in.as_millis(),
+        flushed_in_ms = flushing.elapsed().as_millis(),
+        records_flushed = queued,
+        "shard stopped"
+    );
     Ok(())
 }
 
@@ -328,6 +350,9 @@ async fn sweep_deadlines(shard: Rc<Shard>) {
 /// Serves delivery reports and reopens reading when there is room.
 async fn poll_producer(shard: Rc<Shard>) {
     loop {
+        if shard.shutdown.load(Ordering::Relaxed) {
+            shard.begin_stop();
+        }
         shard.producer.poll();
         for connection in shard.orders.try_iter() {
             if let Some(signal) = shard.connections.borrow().get(&connection) {
@@ -354,6 +379,10 @@ async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
     let id = shard.next_connection.get();
     shard.next_connection.set(id + 1);
     let signal = Rc::new(Signal::default());
+    if shard.stopping.get() {
+        // Accepted just as the shutdown began: close it with the others.
+        signal.fire(CloseReason::Shutdown);
+    }
     shard.connections.borrow_mut().insert(id, signal.clone());
     bump(&shard.metrics.connections_accepted);
     shard
