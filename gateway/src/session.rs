@@ -307,7 +307,10 @@ impl Session {
                     | Packet::SubAck(_)
                     | Packet::UnsubAck(_)
                     | Packet::PingResp => {
-                        self.fail(CloseReason::Unsupported(Unsupported::PacketBeforeConnect))
+                        let packet = packet.packet_type();
+                        self.fail(CloseReason::Malformed(DecodeError::UnexpectedPacket {
+                            packet,
+                        }))
                     }
                 }
             }
@@ -630,6 +633,19 @@ mod tests {
                 Step::Close(CloseReason::Unsupported(Unsupported::PacketBeforeConnect))
             );
         }
+    }
+
+    #[test]
+    fn server_packets_from_a_car_are_protocol_violations() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        let (step, _) = feed(&mut session, Packet::PingResp, t0);
+        assert_eq!(
+            step,
+            Step::Close(CloseReason::Malformed(DecodeError::UnexpectedPacket {
+                packet: codec::PacketType::PingResp
+            }))
+        );
     }
 
     #[test]
