@@ -102,6 +102,18 @@ fn decode(c: &mut Criterion, count: usize, name: &str) {
                 batch,
             );
         });
+        if count == 1 {
+            // Not a decoder: the floor both pay for a zero-copy frame. The
+            // first `split_to` of a fresh buffer allocates its shared
+            // header; dropping the frame is one atomic decrement.
+            group.bench_with_input(BenchmarkId::new("split_only", size), &input, |b, input| {
+                b.iter_batched_ref(
+                    || BytesMut::from(&input[..]),
+                    |buf| drop(black_box(buf.split_to(buf.len()).freeze())),
+                    batch,
+                );
+            });
+        }
     }
     group.finish();
 }
