@@ -8,8 +8,8 @@ cd "$(dirname "$0")"
 seconds=${1:-30}
 [[ $seconds =~ ^[0-9]+$ ]] || { echo "usage: $0 [SECONDS]" >&2; exit 2; }
 
-cargo +nightly --version >/dev/null
-cargo +nightly fuzz --version >/dev/null 2>&1 || cargo +nightly install --locked cargo-fuzz
+cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+cargo fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
