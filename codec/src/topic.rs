@@ -5,17 +5,35 @@
 //! its join: one definition of the rules for both.
 
 use crate::error::DecodeError;
+use crate::reader::check_utf8;
 
 /// Checks a topic name as a PUBLISH carries it: at least one character
-/// (MQTT-4.7.3-1) and no wildcard (MQTT-3.3.2-2).
+/// (MQTT-4.7.3-1), no U+0000 (MQTT-1.5.3-2) and no wildcard (MQTT-3.3.2-2).
 pub fn validate_topic_name(topic: &str) -> Result<(), DecodeError> {
+    check_topic_name(topic.as_bytes())
+}
+
+/// A topic name as PUBLISH carries it, in one pass for the common case:
+/// not empty (MQTT-4.7.3-1), no U+0000 (MQTT-1.5.3-2), no wildcard
+/// (MQTT-3.3.2-2), well-formed UTF-8 (MQTT-1.5.3-1).
+pub(crate) fn check_topic_name(topic: &[u8]) -> Result<(), DecodeError> {
     if topic.is_empty() {
         return Err(DecodeError::EmptyTopic);
     }
-    if memchr::memchr2(b'+', b'#', topic.as_bytes()).is_some() {
-        return Err(DecodeError::WildcardInTopicName);
+    match memchr::memchr3(0, b'+', b'#', topic).and_then(|at| topic.get(at)) {
+        Some(0) => return Err(DecodeError::NullCharacter),
+        Some(_) => {
+            // A NUL later on is still a NUL: report the rule the spec
+            // lists first for strings.
+            if memchr::memchr(0, topic).is_some() {
+                return Err(DecodeError::NullCharacter);
+            }
+            check_utf8(topic)?;
+            return Err(DecodeError::WildcardInTopicName);
+        }
+        None => {}
     }
-    Ok(())
+    check_utf8(topic)
 }
 
 /// Checks a topic filter as SUBSCRIBE and UNSUBSCRIBE carry it: at least
@@ -161,6 +179,10 @@ mod tests {
     #[test]
     fn names_follow_section_4_7_3() {
         assert_eq!(validate_topic_name("UL/POS"), Ok(()));
+        assert_eq!(
+            validate_topic_name("UL/\0"),
+            Err(DecodeError::NullCharacter)
+        );
         assert_eq!(validate_topic_name("/"), Ok(()));
         assert_eq!(validate_topic_name(" "), Ok(()));
         assert_eq!(validate_topic_name(""), Err(DecodeError::EmptyTopic));

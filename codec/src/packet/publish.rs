@@ -13,7 +13,7 @@ use std::num::NonZeroU16;
 use super::{QoS, field_size, put_field, put_fixed_header};
 use crate::error::{DecodeError, EncodeError};
 use crate::header::PacketType;
-use crate::reader::{Reader, check_utf8};
+use crate::reader::Reader;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -107,7 +107,7 @@ impl Publish {
         let mut cursor = &body[..];
         let topic_len = usize::from(cursor.try_get_u16().map_err(|_| truncated)?);
         let topic = cursor.get(..topic_len).ok_or(truncated)?;
-        check_topic_name(topic)?;
+        crate::topic::check_topic_name(topic)?;
         cursor = cursor.get(topic_len..).unwrap_or_default();
         let packet_id = match qos {
             QoS::AtMostOnce => None,
@@ -136,29 +136,6 @@ impl Publish {
         dst.extend_from_slice(&self.body);
         Ok(())
     }
-}
-
-/// A topic name as PUBLISH carries it, in one pass for the common case:
-/// not empty (MQTT-4.7.3-1), no U+0000 (MQTT-1.5.3-2), no wildcard
-/// (MQTT-3.3.2-2), well-formed UTF-8 (MQTT-1.5.3-1).
-fn check_topic_name(topic: &[u8]) -> Result<(), DecodeError> {
-    if topic.is_empty() {
-        return Err(DecodeError::EmptyTopic);
-    }
-    match memchr::memchr3(0, b'+', b'#', topic).and_then(|at| topic.get(at)) {
-        Some(0) => return Err(DecodeError::NullCharacter),
-        Some(_) => {
-            // A NUL later on is still a NUL: report the rule the spec
-            // lists first for strings.
-            if memchr::memchr(0, topic).is_some() {
-                return Err(DecodeError::NullCharacter);
-            }
-            check_utf8(topic)?;
-            return Err(DecodeError::WildcardInTopicName);
-        }
-        None => {}
-    }
-    check_utf8(topic)
 }
 
 /// Appends a PUBLISH built from borrowed parts, so a sender needs no
