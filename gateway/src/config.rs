@@ -26,8 +26,34 @@ pub struct Config {
     /// accepts closes the connection.
     pub mapping: Vec<Rule>,
     pub kafka: Kafka,
+    pub downlink: Downlink,
     pub admin: Admin,
     pub log: Log,
+}
+
+/// Delivery of messages to cars (ARCHITECTURE.md, contracts 3 and 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Downlink {
+    /// Off: no session-registry records, no downlink consumer (an
+    /// uplink-only gateway).
+    pub enabled: bool,
+    /// This gateway instance's number, 0-based. Unset: the ordinal at the
+    /// end of the host name (`gateway-3` in a Kubernetes StatefulSet is 3),
+    /// else 0. Two running gateways must never share one.
+    pub bridge_id: Option<u32>,
+    /// Shards of every gateway instance; instance `b` owns the
+    /// `mqtt.downlink` partitions (slots) `b*s .. b*s+s-1`. 0 = this
+    /// process's shard count; set it explicitly when instances could
+    /// differ in CPUs.
+    pub shards_per_bridge: u32,
+    /// The routed downlink topic: one partition per slot.
+    pub topic: String,
+    /// The compacted session-registry topic.
+    pub sessions_topic: String,
+    /// Downlink bytes queued for one car that does not read; beyond it,
+    /// messages for that car are dropped and counted (`slow_car`).
+    pub max_queued_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +117,7 @@ impl Default for Config {
             mqtt: Mqtt::default(),
             mapping: vec![Rule::new("^UL/.+", "cs.uplink")],
             kafka: Kafka::default(),
+            downlink: Downlink::default(),
             admin: Admin::default(),
             log: Log::default(),
         }
@@ -119,6 +146,32 @@ impl Default for Kafka {
             max_in_flight_bytes: 32 * 1024 * 1024,
             topic_header: "mqtt.topic".to_owned(),
         }
+    }
+}
+
+impl Default for Downlink {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bridge_id: None,
+            shards_per_bridge: 0,
+            topic: contract::topics::ROUTED.to_owned(),
+            sessions_topic: contract::topics::SESSIONS.to_owned(),
+            max_queued_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Downlink {
+    /// The bridge id: configured, else the host name's trailing ordinal,
+    /// else 0.
+    pub fn bridge_id(&self) -> u32 {
+        self.bridge_id
+            .or_else(|| {
+                let host = std::env::var("HOSTNAME").ok()?;
+                host.rsplit_once('-')?.1.parse().ok()
+            })
+            .unwrap_or(0)
     }
 }
 
@@ -240,6 +293,33 @@ impl Config {
                 &"\"\"",
                 "name the header, e.g. mqtt.topic",
             ));
+        }
+        if self.downlink.enabled {
+            if self.downlink.topic.is_empty() || self.downlink.sessions_topic.is_empty() {
+                return Err(invalid(
+                    "downlink.topic",
+                    &"\"\"",
+                    "name both downlink.topic and downlink.sessions_topic",
+                ));
+            }
+            let shards = u32::try_from(self.shards).unwrap_or(u32::MAX);
+            if self.downlink.shards_per_bridge != 0
+                && shards != 0
+                && shards > self.downlink.shards_per_bridge
+            {
+                return Err(invalid(
+                    "downlink.shards_per_bridge",
+                    &self.downlink.shards_per_bridge,
+                    "must be at least `shards`, or two shards would share a slot",
+                ));
+            }
+            if self.downlink.max_queued_bytes < 1024 {
+                return Err(invalid(
+                    "downlink.max_queued_bytes",
+                    &self.downlink.max_queued_bytes,
+                    "must be at least 1024",
+                ));
+            }
         }
         TopicMapper::new(&self.mapping)?;
         Ok(())

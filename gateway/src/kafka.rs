@@ -56,6 +56,17 @@ impl ProducerContext for UplinkContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, size: usize) {
+        if size == REGISTRY_RECORD {
+            match result {
+                Ok(_) => bump(&self.metrics.registry_acked),
+                Err((error, _)) => {
+                    bump(&self.metrics.registry_failed);
+                    tracing::warn!(shard = self.shard, %error, "session-registry record lost: \
+                        downlink to that car may be misrouted until it reconnects");
+                }
+            }
+            return;
+        }
         self.metrics
             .in_flight_bytes
             .fetch_sub(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
@@ -78,6 +89,10 @@ impl ProducerContext for UplinkContext {
         }
     }
 }
+
+/// The delivery opaque of a session-registry record; an uplink record's
+/// opaque is its size, always smaller.
+const REGISTRY_RECORD: usize = usize::MAX;
 
 /// Why a record was not handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +185,34 @@ impl ShardProducer {
                 };
                 tracing::warn!(%error, kafka_topic, "record refused by the producer");
                 self.metrics.fail(reason);
+                Err(SendError::Failed)
+            }
+        }
+    }
+
+    /// Hands one session-registry record (key = client id) to librdkafka.
+    /// Not subject to the in-flight bound: these are few and small, and
+    /// losing one would misroute the car's downlink.
+    pub fn send_registry(
+        &self,
+        topic: &str,
+        client_id: &[u8],
+        value: &[u8],
+    ) -> Result<(), SendError> {
+        let record = BaseRecord::with_opaque_to(topic, REGISTRY_RECORD)
+            .key(client_id)
+            .payload(value);
+        match self.producer.send(record) {
+            Ok(()) => {
+                bump(&self.metrics.registry_sent);
+                Ok(())
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::QueueFull)
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, topic, "session-registry record refused by the producer");
+                bump(&self.metrics.registry_failed);
                 Err(SendError::Failed)
             }
         }

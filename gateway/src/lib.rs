@@ -6,14 +6,14 @@
 //! [`session`] state machine, maps PUBLISH topics with [`mapping`] and hands
 //! records to the shard's own Kafka producer ([`kafka`]), whose delivery
 //! reports it serves on its own thread. [`metrics`] counts everything per
-//! shard; [`admin`] serves the sums over HTTP.
+//! shard; the admin endpoint (crate `ops`) serves the sums over HTTP.
 //!
 //! [`Gateway::start`] is the testable entry point: it returns once every
 //! shard listens; [`Gateway::stop`] stops accepting, closes connections,
 //! flushes the producers within a bound and joins the shards.
 
-pub mod admin;
 pub mod config;
+mod downlink;
 pub mod kafka;
 pub mod mapping;
 pub mod metrics;
@@ -95,11 +95,40 @@ impl Gateway {
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
             addr => Some(
-                admin::spawn(addr, metrics.clone(), ready.clone(), shutdown.clone())
+                ops::admin::spawn(
+                    addr,
+                    {
+                        let metrics = metrics.clone();
+                        Box::new(move || metrics::render(&metrics))
+                    },
+                    ready.clone(),
+                    shutdown.clone(),
+                )
                     .with_context(|| format!("admin endpoint on {addr}"))?,
             ),
         };
 
+        let (bridge, per_bridge) = (
+            config.downlink.bridge_id(),
+            match config.downlink.shards_per_bridge {
+                0 => u32::try_from(count).unwrap_or(u32::MAX),
+                n => n,
+            },
+        );
+        if config.downlink.enabled {
+            if u32::try_from(count).unwrap_or(u32::MAX) > per_bridge {
+                anyhow::bail!(
+                    "{count} shards but downlink.shards_per_bridge = {per_bridge}: \
+                     two shards would share a downlink slot"
+                );
+            }
+            tracing::info!(
+                bridge,
+                shards_per_bridge = per_bridge,
+                first_slot = downlink::slot(bridge, per_bridge, 0),
+                "downlink on"
+            );
+        }
         let (registry, mut inboxes) = registry::Registry::new(count);
         let registry = Arc::new(registry);
         inboxes.reverse();
@@ -113,6 +142,7 @@ impl Gateway {
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let (config, shard_metrics, stop) =
                 (config.clone(), shard_metrics.clone(), shutdown.clone());
+            let enabled = config.downlink.enabled;
             let (registry, orders) = (
                 registry.clone(),
                 inboxes.pop().context("one inbox per shard")?,
@@ -131,6 +161,7 @@ impl Gateway {
                         shutdown: stop,
                         registry,
                         orders,
+                        slot: enabled.then(|| downlink::slot(bridge, per_bridge, id)),
                         bound: bound_tx,
                     })
                 })

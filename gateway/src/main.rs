@@ -13,7 +13,9 @@ use gateway::config::{Config, LogFormat};
 ///
 /// Cars connect over MQTT and PUBLISH at QoS 0; each PUBLISH whose topic a
 /// mapping rule accepts becomes a Kafka record (key = client id, value =
-/// payload, header mqtt.topic = topic). Settings come from the config file
+/// payload, header mqtt.topic = topic). Each shard also writes the cars'
+/// sessions to the session registry and delivers the messages the router
+/// puts on its mqtt.downlink partition. Settings come from the config file
 /// (see `gateway print-default-config`), then environment variables, then
 /// flags, each overriding the one before.
 #[derive(Debug, Parser)]
@@ -41,6 +43,17 @@ struct Cli {
         global = true
     )]
     kafka_properties: Vec<String>,
+    /// This instance's bridge id (its downlink slots are id*shards ..);
+    /// default: the host name's trailing ordinal, else 0.
+    #[arg(long, env = "CARBRIDGE_BRIDGE_ID", global = true)]
+    bridge_id: Option<u32>,
+    /// Shards of every gateway instance, for the slot numbering; default:
+    /// this process's shard count.
+    #[arg(long, env = "CARBRIDGE_SHARDS_PER_BRIDGE", global = true)]
+    shards_per_bridge: Option<u32>,
+    /// Uplink only: no session registry, no downlink delivery.
+    #[arg(long, global = true)]
+    no_downlink: bool,
     /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
     #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", global = true)]
     admin_listen: Option<String>,
@@ -92,6 +105,15 @@ impl Cli {
                 .properties
                 .insert(key.to_owned(), value.to_owned());
         }
+        if let Some(bridge) = self.bridge_id {
+            config.downlink.bridge_id = Some(bridge);
+        }
+        if let Some(per_bridge) = self.shards_per_bridge {
+            config.downlink.shards_per_bridge = per_bridge;
+        }
+        if self.no_downlink {
+            config.downlink.enabled = false;
+        }
         if let Some(admin) = &self.admin_listen {
             config.admin.listen = admin.clone();
         }
@@ -107,13 +129,7 @@ impl Cli {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    ops::init_logging(&config.log.filter, config.log.format == LogFormat::Json);
 }
 
 fn main() -> anyhow::Result<()> {

@@ -26,6 +26,10 @@ pub const CLOSE_REASONS: [&str; 11] = [
 /// Why an accepted PUBLISH did not reach Kafka.
 pub const FAILURE_REASONS: [&str; 4] = ["kafka_error", "timed_out", "too_large", "shutdown"];
 
+/// Why a routed downlink message was not delivered to a car.
+/// `closed`: queued for a connection that closed before it was written.
+pub const DROP_REASONS: [&str; 5] = ["not_held", "no_filter", "slow_car", "closed", "invalid"];
+
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     pub connections_accepted: AtomicU64,
@@ -38,6 +42,20 @@ pub struct ShardMetrics {
     pub in_flight_bytes: AtomicI64,
     /// Times the shard stopped reading because Kafka could not keep up.
     pub read_pauses: AtomicU64,
+    /// Routed downlink messages read from this shard's slot.
+    pub downlink_received: AtomicU64,
+    /// ... written to the car's connection as a PUBLISH.
+    pub downlink_delivered: AtomicU64,
+    /// ... not delivered, by reason.
+    pub downlink_dropped: [AtomicU64; DROP_REASONS.len()],
+    /// Takeover notices that closed a connection here.
+    pub takeover_notices: AtomicU64,
+    /// "gone" reports written for sessions this shard does not hold.
+    pub gone_reports: AtomicU64,
+    /// Session-registry records handed to Kafka, acknowledged, failed.
+    pub registry_sent: AtomicU64,
+    pub registry_acked: AtomicU64,
+    pub registry_failed: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -63,6 +81,23 @@ impl ShardMetrics {
         {
             bump(counter);
         }
+    }
+
+    pub fn drop_downlink(&self, reason: &str) {
+        if let Some(counter) = DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.downlink_dropped.get(i))
+        {
+            bump(counter);
+        }
+    }
+
+    pub fn downlink_dropped_total(&self) -> u64 {
+        self.downlink_dropped
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn failed_total(&self) -> u64 {
@@ -175,5 +210,66 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         "Times a shard stopped reading its sockets because Kafka was behind.",
         vec![(String::new(), sum(&|s| load(&s.read_pauses)).into())],
     );
+    metric(
+        "carbridge_gateway_downlink_received_total",
+        "counter",
+        "Routed downlink messages read from the shards' slots.",
+        vec![(String::new(), sum(&|s| load(&s.downlink_received)).into())],
+    );
+    metric(
+        "carbridge_gateway_downlink_delivered_total",
+        "counter",
+        "Downlink messages written to a car's connection.",
+        vec![(String::new(), sum(&|s| load(&s.downlink_delivered)).into())],
+    );
+    metric(
+        "carbridge_gateway_downlink_dropped_total",
+        "counter",
+        "Downlink messages not delivered, by reason.",
+        DROP_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let n = sum(&|s| s.downlink_dropped.get(i).map_or(0, load));
+                (format!("{{reason=\"{r}\"}}"), n.into())
+            })
+            .collect(),
+    );
+    metric(
+        "carbridge_gateway_takeover_notices_total",
+        "counter",
+        "Connections closed because the router reported a newer session elsewhere.",
+        vec![(String::new(), sum(&|s| load(&s.takeover_notices)).into())],
+    );
+    metric(
+        "carbridge_gateway_gone_reports_total",
+        "counter",
+        "Sessions reported gone: routed messages for sessions no shard here holds.",
+        vec![(String::new(), sum(&|s| load(&s.gone_reports)).into())],
+    );
+    for (name, help, counter) in [
+        (
+            "carbridge_gateway_registry_sent_total",
+            "Session-registry records handed to Kafka.",
+            (|s: &ShardMetrics| s.registry_sent.load(Ordering::Relaxed)) as fn(&ShardMetrics) -> u64,
+        ),
+        (
+            "carbridge_gateway_registry_acked_total",
+            "Session-registry records acknowledged by Kafka.",
+            |s| s.registry_acked.load(Ordering::Relaxed),
+        ),
+        (
+            "carbridge_gateway_registry_failed_total",
+            "Session-registry records Kafka did not take.",
+            |s| s.registry_failed.load(Ordering::Relaxed),
+        ),
+    ] {
+        metric(
+            name,
+            "counter",
+            help,
+            vec![(String::new(), sum(&counter).into())],
+        );
+    }
     out
 }

@@ -13,7 +13,7 @@
 //! when reading resumes, and new CONNECTs are refused with 0x03.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +25,9 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use codec::{ConnectReturnCode, Decoder, Role};
+use codec::packet::encode_publish;
+use codec::{ByteString, ConnectReturnCode, Decoder, QoS, Role};
+use contract::{End, SessionClock, SessionRecord};
 use crossbeam_channel::Receiver;
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,6 +35,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::sleep;
 
 use crate::config::Config;
+use crate::downlink::{Routed, SlotConsumer};
 use crate::kafka::{SendError, ShardProducer};
 use crate::mapping::TopicMapper;
 use crate::metrics::{ShardMetrics, bump};
@@ -69,20 +72,36 @@ const FLUSH_BOUND: Duration = Duration::from_secs(8);
 /// allocation held by every idle car, none re-armed on every packet.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Routed records read per poller tick at most, so one busy slot cannot
+/// keep the shard from its connections.
+const DOWNLINK_BATCH: usize = 1024;
+/// A (client, session) reported gone is not reported again within this
+/// time: one report per stale registration, not one per message.
+const GONE_MEMORY: Duration = Duration::from_secs(30);
+
 /// What a connection waits on beside its socket: a close order (takeover,
-/// shutdown) or its session deadline coming due.
+/// shutdown), its session deadline coming due, or downlink messages to
+/// write. Shared between the connection task and the shard's poller.
 #[derive(Debug, Default)]
 struct Signal {
     reason: Cell<Option<CloseReason>>,
     deadline: Cell<Option<Instant>>,
     due: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    /// The session id, once the CONNECT is accepted.
+    session: Cell<Option<u64>>,
+    /// The session's topic filters, mirrored for downlink matching.
+    filters: RefCell<Vec<ByteString>>,
+    /// Encoded downlink PUBLISH packets not yet written, and their count.
+    outbox: RefCell<BytesMut>,
+    queued: Cell<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Wake {
     Close(CloseReason),
     Deadline,
+    Output,
 }
 
 impl Signal {
@@ -112,6 +131,8 @@ impl Signal {
                 Poll::Ready(Wake::Close(reason))
             } else if self.due.replace(false) {
                 Poll::Ready(Wake::Deadline)
+            } else if self.queued.get() > 0 {
+                Poll::Ready(Wake::Output)
             } else {
                 *self.waker.borrow_mut() = Some(cx.waker().clone());
                 Poll::Pending
@@ -119,14 +140,37 @@ impl Signal {
         })
     }
 
-    /// Resolves on a close order; deadlines are checked once reading resumes.
-    async fn closed(&self) -> CloseReason {
-        loop {
-            if let Wake::Close(reason) = self.wait().await {
-                return reason;
+    /// Resolves on a close order only; deadlines and downlink output wait
+    /// until reading resumes.
+    fn closed(&self) -> impl Future<Output = CloseReason> + '_ {
+        future::poll_fn(|cx| match self.reason.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
             }
-        }
+        })
     }
+
+    /// Takes the queued downlink bytes and their message count.
+    fn take_output(&self) -> (BytesMut, u64) {
+        (self.outbox.take(), self.queued.replace(0))
+    }
+}
+
+/// A shard's downlink state (absent when `downlink.enabled` is false).
+struct Downlink {
+    consumer: SlotConsumer,
+    clock: RefCell<SessionClock>,
+    sessions_topic: String,
+    topic_header: String,
+    max_queued: usize,
+    /// Registry records librdkafka's queue had no room for, in order.
+    pending: RefCell<VecDeque<(ByteString, Vec<u8>)>>,
+    /// Recently reported gone, and when the memory was last cleared.
+    gone: RefCell<HashSet<(String, u64)>>,
+    gone_cleared: Cell<Instant>,
+    error_logged_at: Cell<Option<Instant>>,
 }
 
 struct Shard {
@@ -145,8 +189,11 @@ struct Shard {
     registry: Arc<Registry>,
     /// Takeover orders from other shards: connection ids to close.
     orders: Receiver<u64>,
-    /// Every open connection, for shutdown.
+    /// Every open connection, for shutdown and downlink delivery.
     connections: RefCell<HashMap<u64, Rc<Signal>>>,
+    /// Which connection holds each client id on this shard.
+    clients: RefCell<HashMap<ByteString, u64>>,
+    downlink: Option<Downlink>,
     next_connection: Cell<u64>,
     /// The process-wide stop flag (signal handlers, `Gateway::stop`).
     shutdown: Arc<AtomicBool>,
@@ -186,6 +233,159 @@ impl Shard {
         }
     }
 
+    /// Writes a session-registry record, keeping this shard's records for
+    /// one client in order.
+    fn register(&self, client_id: &ByteString, record: &SessionRecord) {
+        let Some(downlink) = &self.downlink else {
+            return;
+        };
+        let value = record.encode();
+        let mut pending = downlink.pending.borrow_mut();
+        if pending.is_empty() {
+            match self.producer.send_registry(
+                &downlink.sessions_topic,
+                client_id.as_bytes(),
+                &value,
+            ) {
+                Ok(()) | Err(SendError::Failed) => return,
+                Err(SendError::QueueFull) => {}
+            }
+        }
+        pending.push_back((client_id.clone(), value));
+    }
+
+    /// Offers the registry records that found the queue full again.
+    fn retry_registry(&self, downlink: &Downlink) {
+        let mut pending = downlink.pending.borrow_mut();
+        while let Some((client_id, value)) = pending.front() {
+            match self.producer.send_registry(
+                &downlink.sessions_topic,
+                client_id.as_bytes(),
+                value,
+            ) {
+                Ok(()) | Err(SendError::Failed) => {
+                    pending.pop_front();
+                }
+                Err(SendError::QueueFull) => return,
+            }
+        }
+    }
+
+    /// Reads what arrived on this shard's slot and delivers it.
+    fn serve_downlink(&self) {
+        let Some(downlink) = &self.downlink else {
+            return;
+        };
+        self.retry_registry(downlink);
+        if downlink.gone_cleared.get().elapsed() >= GONE_MEMORY {
+            downlink.gone.borrow_mut().clear();
+            downlink.gone_cleared.set(Instant::now());
+        }
+        for _ in 0..DOWNLINK_BATCH {
+            match downlink.consumer.poll() {
+                None => return,
+                Some(Ok(message)) => self.route(downlink, &message),
+                Some(Err(error)) => {
+                    let now = Instant::now();
+                    if downlink
+                        .error_logged_at
+                        .get()
+                        .is_none_or(|at| now.duration_since(at) >= PAUSE_LOG_INTERVAL)
+                    {
+                        tracing::warn!(shard = self.id, slot = downlink.consumer.slot, %error,
+                            "downlink consumer error");
+                        downlink.error_logged_at.set(Some(now));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn route(&self, downlink: &Downlink, message: &rdkafka::message::BorrowedMessage<'_>) {
+        let held = |client: &str| {
+            let connection = *self.clients.borrow().get(client)?;
+            self.connections.borrow().get(&connection).cloned()
+        };
+        match crate::downlink::read(message, &downlink.topic_header) {
+            None => {
+                bump(&self.metrics.downlink_received);
+                self.metrics.drop_downlink("invalid");
+            }
+            Some(Routed::Takeover { client, session }) => {
+                if let Some(signal) = held(client)
+                    && signal.session.get() == Some(session)
+                {
+                    bump(&self.metrics.takeover_notices);
+                    signal.fire(CloseReason::TakenOver);
+                }
+            }
+            Some(Routed::Message {
+                client,
+                session,
+                topic,
+                payload,
+            }) => {
+                bump(&self.metrics.downlink_received);
+                let Some(signal) = held(client) else {
+                    self.metrics.drop_downlink("not_held");
+                    if let Some(session) = session {
+                        self.report_gone(downlink, client, session);
+                    }
+                    return;
+                };
+                // The router matched the filters it knew; the car may have
+                // unsubscribed since.
+                if !signal
+                    .filters
+                    .borrow()
+                    .iter()
+                    .any(|filter| codec::topic::matches(filter, topic))
+                {
+                    self.metrics.drop_downlink("no_filter");
+                    return;
+                }
+                let mut outbox = signal.outbox.borrow_mut();
+                if outbox.len() + topic.len() + payload.len() > downlink.max_queued {
+                    self.metrics.drop_downlink("slow_car");
+                    return;
+                }
+                match encode_publish(
+                    &mut outbox,
+                    topic.as_bytes(),
+                    payload,
+                    QoS::AtMostOnce,
+                    None,
+                    false,
+                    false,
+                ) {
+                    Ok(()) => {
+                        signal.queued.set(signal.queued.get() + 1);
+                        drop(outbox);
+                        signal.wake();
+                    }
+                    Err(_) => self.metrics.drop_downlink("invalid"),
+                }
+            }
+        }
+    }
+
+    /// Tells the router this shard does not hold `session` of `client`
+    /// (for example after a crash): its registration is stale.
+    fn report_gone(&self, downlink: &Downlink, client: &str, session: u64) {
+        if !downlink
+            .gone
+            .borrow_mut()
+            .insert((client.to_owned(), session))
+        {
+            return;
+        }
+        bump(&self.metrics.gone_reports);
+        tracing::debug!(shard = self.id, client, session, "reporting a stale session as gone");
+        let record = SessionRecord::ended(session, downlink.consumer.slot, End::Gone);
+        self.register(&ByteString::from(client), &record);
+    }
+
     fn pause(&self) {
         if !self.paused.replace(true) {
             let now = Instant::now();
@@ -221,6 +421,8 @@ pub(crate) struct Start {
     pub(crate) shutdown: Arc<AtomicBool>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) orders: Receiver<u64>,
+    /// This shard's `mqtt.downlink` partition, when the downlink is on.
+    pub(crate) slot: Option<u32>,
     /// Receives the listener's address (or the error) once it listens.
     pub(crate) bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
 }
@@ -235,10 +437,25 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         shutdown,
         registry,
         orders,
+        slot,
         bound,
     } = start;
     let setup = move || -> anyhow::Result<(TcpListener, Shard)> {
         let listener = TcpListener::bind(listen).map_err(io::Error::from)?;
+        let downlink = match slot {
+            None => None,
+            Some(slot) => Some(Downlink {
+                consumer: SlotConsumer::new(&config, id, slot)?,
+                clock: RefCell::new(SessionClock::new(slot)),
+                sessions_topic: config.downlink.sessions_topic.clone(),
+                topic_header: config.kafka.topic_header.clone(),
+                max_queued: config.downlink.max_queued_bytes,
+                pending: RefCell::new(VecDeque::new()),
+                gone: RefCell::new(HashSet::new()),
+                gone_cleared: Cell::new(Instant::now()),
+                error_logged_at: Cell::new(None),
+            }),
+        };
         let shard = Shard {
             id,
             producer: ShardProducer::new(&config.kafka, id, metrics.clone())?,
@@ -254,6 +471,8 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             registry,
             orders,
             connections: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
+            downlink,
             next_connection: Cell::new(0),
             shutdown,
             stopping: Cell::new(false),
@@ -313,6 +532,10 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     }
     poller.await;
     sweeper.await;
+    // End-of-session records of the connections just closed.
+    if let Some(downlink) = &shard.downlink {
+        shard.retry_registry(downlink);
+    }
     let closed_in = closing.elapsed();
     // Each record ends acknowledged or failed: flush within the bound, then
     // purge what is left so its reports (failed, "shutdown") are counted.
@@ -354,6 +577,7 @@ async fn poll_producer(shard: Rc<Shard>) {
             shard.begin_stop();
         }
         shard.producer.poll();
+        shard.serve_downlink();
         for connection in shard.orders.try_iter() {
             if let Some(signal) = shard.connections.borrow().get(&connection) {
                 signal.fire(CloseReason::TakenOver);
@@ -402,6 +626,10 @@ async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
         .connections_open
         .fetch_sub(1, Ordering::Relaxed);
     shard.connections.borrow_mut().remove(&id);
+    let (_, unsent) = signal.take_output();
+    for _ in 0..unsent {
+        shard.metrics.drop_downlink("closed");
+    }
     if let Some(client_id) = session.client_id() {
         shard.registry.release(
             client_id,
@@ -410,6 +638,16 @@ async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
                 connection: id,
             },
         );
+        {
+            let mut clients = shard.clients.borrow_mut();
+            if clients.get(client_id) == Some(&id) {
+                clients.remove(client_id);
+            }
+        }
+        if let (Some(downlink), Some(session_id)) = (&shard.downlink, signal.session.get()) {
+            let record = SessionRecord::ended(session_id, downlink.consumer.slot, End::Closed);
+            shard.register(client_id, &record);
+        }
     }
     let client = session
         .client_id()
@@ -429,6 +667,7 @@ async fn connection(mut stream: TcpStream, shard: Rc<Shard>) {
 enum Event {
     Read(io::Result<usize>),
     Deadline,
+    Output,
     Signal(CloseReason),
 }
 
@@ -473,6 +712,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 match signal.wait().await {
                     Wake::Close(reason) => Event::Signal(reason),
                     Wake::Deadline => Event::Deadline,
+                    Wake::Output => Event::Output,
                 }
             };
             // The signal first: `or` polls in order, and under steady load
@@ -488,6 +728,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(reason) => return reason,
                 None => continue,
             },
+            Event::Output => {
+                if write_downlink(stream, shard, signal).await.is_err() {
+                    return session.close(CloseReason::Io);
+                }
+                continue;
+            }
             Event::Signal(reason) => return session.close(reason),
         }
 
@@ -502,9 +748,39 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(reason) = closed {
             return reason;
         }
+        if write_downlink(stream, shard, signal).await.is_err() {
+            return session.close(CloseReason::Io);
+        }
         if input.is_empty() {
             // Hold no buffer while the car is quiet.
             input = BytesMut::new();
+        }
+    }
+}
+
+/// Writes the downlink messages queued for this connection, if any.
+async fn write_downlink<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shard: &Shard,
+    signal: &Signal,
+) -> io::Result<()> {
+    let (bytes, count) = signal.take_output();
+    if count == 0 {
+        return Ok(());
+    }
+    match stream.write_all(&bytes).await {
+        Ok(()) => {
+            shard
+                .metrics
+                .downlink_delivered
+                .fetch_add(count, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => {
+            for _ in 0..count {
+                shard.metrics.drop_downlink("closed");
+            }
+            Err(error)
         }
     }
 }
@@ -547,7 +823,18 @@ async fn handle_input(
             Err(error) => return Some(session.on_decode_error(error, output)),
         };
         match session.on_packet(packet, now, output) {
-            Step::Continue | Step::FiltersChanged => {}
+            Step::Continue => {}
+            Step::FiltersChanged => {
+                *signal.filters.borrow_mut() = session.filters().to_vec();
+                if let (Some(downlink), Some(client_id), Some(session_id)) =
+                    (&shard.downlink, session.client_id(), signal.session.get())
+                {
+                    let filters = session.filters().iter().map(ToString::to_string);
+                    let record =
+                        SessionRecord::live(session_id, downlink.consumer.slot, filters);
+                    shard.register(client_id, &record);
+                }
+            }
             Step::Close(reason) => return Some(reason),
             Step::Connect(connect) => {
                 if shard.kafka_unavailable() || shard.stopping.get() {
@@ -562,11 +849,19 @@ async fn handle_input(
                 };
                 // The newer connection wins. An older one on another shard
                 // is ordered closed by the registry; one here is closed now.
-                if let Some(old) = shard.registry.claim(client_id, me)
+                if let Some(old) = shard.registry.claim(client_id.clone(), me)
                     && old.shard == shard.id
                     && let Some(signal) = shard.connections.borrow().get(&old.connection)
                 {
                     signal.fire(CloseReason::TakenOver);
+                }
+                if let Some(downlink) = &shard.downlink {
+                    let session_id = downlink.clock.borrow_mut().next();
+                    signal.session.set(Some(session_id));
+                    shard.clients.borrow_mut().insert(client_id.clone(), id);
+                    let record =
+                        SessionRecord::live(session_id, downlink.consumer.slot, Vec::new());
+                    shard.register(&client_id, &record);
                 }
             }
             Step::Publish(publish) => {

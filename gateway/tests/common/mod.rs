@@ -22,6 +22,8 @@ pub fn config(broker: &Broker, shards: usize) -> Config {
         ..Config::default()
     };
     config.admin.listen = "127.0.0.1:0".to_owned();
+    // Uplink tests: the downlink tests turn it on with their own topics.
+    config.downlink.enabled = false;
     config
         .kafka
         .properties
@@ -56,6 +58,11 @@ pub fn spawn_binary(broker: &Broker, log: &std::fs::File, extra: &[&str]) -> (Ch
             "",
         ])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(
+            (!extra.contains(&"--bridge-id"))
+                .then_some("--no-downlink")
+                .iter(),
+        )
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())

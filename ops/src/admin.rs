@@ -1,5 +1,7 @@
-//! The admin HTTP endpoint: `/metrics` (Prometheus, all shards summed),
-//! `/healthz` (the process runs) and `/readyz` (every shard listens).
+//! The admin HTTP endpoint: `/metrics` (Prometheus text the process
+//! renders on each scrape), `/healthz` (the process runs) and `/readyz`
+//! (the process says it is ready: the gateway once every shard listens, the
+//! router once its tables are rebuilt).
 //!
 //! A plain blocking thread: it serves scrapes and probes, a few requests a
 //! second, and must keep answering while the shards are saturated.
@@ -10,12 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::metrics::{ShardMetrics, render};
+/// Renders the metrics page.
+pub type Render = Box<dyn Fn() -> String + Send>;
 
 /// Binds `addr` and serves on a background thread until `stop`.
 pub fn spawn(
     addr: &str,
-    metrics: Vec<Arc<ShardMetrics>>,
+    render: Render,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
@@ -28,7 +31,7 @@ pub fn spawn(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = answer(stream, &metrics, &ready);
+                        let _ = answer(stream, &render, &ready);
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -45,7 +48,7 @@ pub fn spawn(
 
 fn answer(
     stream: TcpStream,
-    metrics: &[Arc<ShardMetrics>],
+    render: &Render,
     ready: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -55,7 +58,7 @@ fn answer(
     BufReader::new(&stream).read_line(&mut request_line)?;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = match path {
-        "/metrics" => ("200 OK", render(metrics)),
+        "/metrics" => ("200 OK", render()),
         "/healthz" => ("200 OK", "ok\n".to_owned()),
         "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
         "/readyz" => ("503 Service Unavailable", "not ready\n".to_owned()),

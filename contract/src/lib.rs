@@ -1,0 +1,223 @@
+//! The Kafka data contracts between the gateway and the router
+//! (ARCHITECTURE.md, contracts 2–4; docs/contracts.md is the reference).
+//!
+//! - [`SessionRecord`]: the value of a session-registry record
+//!   (`mqtt.sessions`, key = client id), versioned JSON.
+//! - [`SessionClock`]: session ids that order the sessions of one client
+//!   across gateways.
+//! - Header names of routed downlink records (`mqtt.downlink`) and the
+//!   control record that tells a shard a newer session took over.
+//!
+//! Both sides use this crate, so the format has one definition.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Default topic names (all configurable).
+pub mod topics {
+    pub const UPLINK: &str = "cs.uplink";
+    pub const DOWNLINK: &str = "cs.downlink";
+    pub const SESSIONS: &str = "mqtt.sessions";
+    pub const ROUTED: &str = "mqtt.downlink";
+}
+
+/// Header carrying the MQTT topic name on uplink, downlink and routed
+/// records.
+pub const HEADER_TOPIC: &str = "mqtt.topic";
+/// Header on a routed record: the session id (decimal ASCII) the router
+/// addressed it to.
+pub const HEADER_SESSION: &str = "carbridge.session";
+/// Header marking a routed record as a control record rather than a message
+/// for the car; its value names the order.
+pub const HEADER_CONTROL: &str = "carbridge.control";
+/// Control order: close the connection of the addressed session, a newer
+/// session of the same client exists.
+pub const CONTROL_TAKEOVER: &[u8] = b"takeover";
+
+/// The version this crate writes. Readers accept any record whose `v` they
+/// know and refuse (count, skip) the others.
+pub const VERSION: u32 = 1;
+
+/// One session-registry record. Live records carry the session's filters;
+/// an ended record carries none.
+///
+/// ```json
+/// {"v":1,"session":7349921234567168003,"slot":3,"filters":["DL/#"]}
+/// {"v":1,"session":7349921234567168003,"slot":3,"ended":"closed"}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRecord {
+    /// Format version.
+    pub v: u32,
+    /// Orders the sessions of one client: the larger id is the newer one.
+    pub session: u64,
+    /// The `mqtt.downlink` partition of the shard holding the connection.
+    pub slot: u32,
+    /// Topic filters in subscription order (live records only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Set on an end-of-session record: why the session ended (`closed`
+    /// when its connection closed, `gone` when a shard reports a session
+    /// it does not hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<End>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum End {
+    /// The gateway closed the connection (any reason).
+    Closed,
+    /// A shard received a routed message for a session it does not hold
+    /// (for example after the gateway crashed and restarted).
+    Gone,
+}
+
+/// A record that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("not a session record: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error("session record version {0} is not known (this build reads {VERSION})")]
+    Version(u32),
+}
+
+impl SessionRecord {
+    pub fn live(session: u64, slot: u32, filters: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            v: VERSION,
+            session,
+            slot,
+            filters: filters.into_iter().collect(),
+            ended: None,
+        }
+    }
+
+    pub fn ended(session: u64, slot: u32, why: End) -> Self {
+        Self {
+            v: VERSION,
+            session,
+            slot,
+            filters: Vec::new(),
+            ended: Some(why),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let record: Self = serde_json::from_slice(bytes)?;
+        if record.v != VERSION {
+            return Err(RecordError::Version(record.v));
+        }
+        Ok(record)
+    }
+}
+
+/// Bits of a session id that hold the slot, below the microseconds.
+const SLOT_BITS: u32 = 12;
+
+/// Issues session ids: wall-clock microseconds since the Unix epoch, shifted
+/// left by 12 bits, with the low 12 bits of the slot below. Ids from one
+/// clock strictly increase; ids from different gateways order sessions by
+/// connect time, correctly as long as the hosts' clocks agree better than a
+/// car can reconnect (NTP keeps them within milliseconds; a car needs a TCP
+/// and MQTT handshake).
+#[derive(Debug)]
+pub struct SessionClock {
+    slot: u32,
+    last: u64,
+}
+
+impl SessionClock {
+    pub fn new(slot: u32) -> Self {
+        Self { slot, last: 0 }
+    }
+
+    /// The next id at the current time.
+    pub fn next(&mut self) -> u64 {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> SLOT_BITS))
+            .unwrap_or(0);
+        self.next_at(micros)
+    }
+
+    /// The next id at `micros` since the epoch.
+    pub fn next_at(&mut self, micros: u64) -> u64 {
+        let micros = micros.max(self.last + 1);
+        self.last = micros;
+        (micros << SLOT_BITS) | u64::from(self.slot & ((1 << SLOT_BITS) - 1))
+    }
+}
+
+/// Parses a decimal session id from a header value.
+pub fn parse_session(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_read_as_documented() {
+        let live = SessionRecord::live(42, 3, ["DL/#".to_owned(), "DL/WARN".to_owned()]);
+        let bytes = live.encode();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"session":42,"slot":3,"filters":["DL/#","DL/WARN"]}"#
+        );
+        assert_eq!(SessionRecord::decode(&bytes).unwrap(), live);
+
+        let ended = SessionRecord::ended(42, 3, End::Gone);
+        let bytes = ended.encode();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"session":42,"slot":3,"ended":"gone"}"#
+        );
+        assert_eq!(SessionRecord::decode(&bytes).unwrap(), ended);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_refused() {
+        assert!(matches!(
+            SessionRecord::decode(br#"{"v":2,"session":1,"slot":0}"#),
+            Err(RecordError::Version(2))
+        ));
+        assert!(SessionRecord::decode(b"").is_err());
+        assert!(SessionRecord::decode(b"\xff\x00").is_err());
+        assert!(SessionRecord::decode(br#"{"v":1,"session":-1,"slot":0}"#).is_err());
+    }
+
+    #[test]
+    fn session_ids_increase_and_order_by_time_then_slot() {
+        let mut a = SessionClock::new(1);
+        let mut b = SessionClock::new(2);
+        let first = a.next_at(1_000);
+        // The same microsecond again: still strictly increasing.
+        let second = a.next_at(1_000);
+        assert!(second > first);
+        // A later connect elsewhere orders after, whatever the slots.
+        assert!(b.next_at(1_002) > second);
+        // Same microsecond on two slots: distinct ids.
+        assert_ne!(
+            SessionClock::new(1).next_at(5),
+            SessionClock::new(2).next_at(5)
+        );
+        assert!(SessionClock::new(0).next() > first);
+    }
+
+    #[test]
+    fn session_headers_parse() {
+        assert_eq!(parse_session(b"123"), Some(123));
+        assert_eq!(parse_session(b"x"), None);
+        assert_eq!(parse_session(b"\xff"), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! A shard's side of the downlink: its consumer of exactly one
+//! `mqtt.downlink` partition (its slot) and the reading of routed records.
+//!
+//! The consumer is assigned by hand (no consumer group) and starts at the
+//! slot's end: routed messages are realtime data for connections this
+//! process holds now, and nothing routed before it started can be for them.
+//! The end offset is read before the shard serves, so a message routed after
+//! the gateway is ready is never skipped.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::Config;
+
+/// Bound on each metadata and offset request made while starting.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The slot of shard `shard` of bridge `bridge` with `per_bridge` shards each.
+pub(crate) fn slot(bridge: u32, per_bridge: u32, shard: usize) -> u32 {
+    bridge * per_bridge + u32::try_from(shard).unwrap_or(u32::MAX)
+}
+
+pub(crate) struct SlotConsumer {
+    consumer: BaseConsumer,
+    pub(crate) slot: u32,
+}
+
+impl std::fmt::Debug for SlotConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotConsumer")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotConsumer {
+    /// Assigns `slot` of the routed topic at its current end.
+    pub(crate) fn new(config: &Config, shard: usize, slot: u32) -> anyhow::Result<Self> {
+        let topic = &config.downlink.topic;
+        let mut client = ClientConfig::new();
+        client
+            .set("client.id", format!("carbridge-gateway-slot-{slot}"))
+            // A routed message is waiting for a car: fetch as soon as any
+            // byte is there, and long-poll briefly.
+            .set("fetch.wait.max.ms", "20")
+            .set("fetch.min.bytes", "1");
+        for (key, value) in &config.kafka.properties {
+            // Producer-only tuning is meaningless here (and librdkafka warns).
+            if !matches!(
+                key.as_str(),
+                "linger.ms" | "queue.buffering.max.ms" | "batch.size" | "acks" | "compression.type"
+            ) {
+                client.set(key, value);
+            }
+        }
+        client
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: BaseConsumer = client
+            .create_with_context(DefaultConsumerContext)
+            .context("creating the downlink consumer")?;
+
+        let metadata = consumer
+            .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            bail!(
+                "topic {topic} does not exist: create the topics first \
+                 (`carbridge-topics create`), or set downlink.enabled = false"
+            );
+        }
+        if u32::try_from(partitions).unwrap_or(u32::MAX) <= slot {
+            bail!(
+                "topic {topic} has {partitions} partitions, shard {shard} needs slot {slot}: \
+                 give it one partition per shard of every gateway instance \
+                 (`carbridge-topics create --slots N`), or check downlink.bridge_id"
+            );
+        }
+        let partition = i32::try_from(slot).context("slot out of range")?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
+            .with_context(|| format!("reading the end offset of {topic}/{slot}"))?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(high))
+            .context("assigning the slot")?;
+        consumer.assign(&assignment).context("assigning the slot")?;
+        tracing::info!(shard, slot, topic, offset = high, "downlink slot assigned");
+        Ok(Self { consumer, slot })
+    }
+
+    /// The next record, without waiting.
+    pub(crate) fn poll(&self) -> Option<Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>> {
+        self.consumer.poll(Duration::ZERO)
+    }
+}
+
+/// What a routed record asks of the shard.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Routed<'a> {
+    /// Deliver `payload` on `topic` to the client's connection.
+    Message {
+        client: &'a str,
+        session: Option<u64>,
+        topic: &'a str,
+        payload: &'a [u8],
+    },
+    /// Close the client's connection if it still is session `session`.
+    Takeover { client: &'a str, session: u64 },
+}
+
+/// Reads a routed record; `None` if it is not one this build understands
+/// (counted as `invalid` by the caller).
+pub(crate) fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Routed<'a>> {
+    let client = std::str::from_utf8(message.key()?).ok()?;
+    let (mut session, mut topic, mut control) = (None, None, None);
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            match header.key {
+                k if k == topic_header => topic = header.value,
+                contract::HEADER_SESSION => session = header.value.and_then(contract::parse_session),
+                contract::HEADER_CONTROL => control = header.value,
+                _ => {}
+            }
+        }
+    }
+    match control {
+        Some(contract::CONTROL_TAKEOVER) => Some(Routed::Takeover {
+            client,
+            session: session?,
+        }),
+        Some(_) => None,
+        None => {
+            let topic = std::str::from_utf8(topic?).ok()?;
+            codec::topic::validate_topic_name(topic).ok()?;
+            Some(Routed::Message {
+                client,
+                session,
+                topic,
+                payload: message.payload().unwrap_or_default(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_contract() {
+        assert_eq!(slot(0, 2, 0), 0);
+        assert_eq!(slot(0, 2, 1), 1);
+        assert_eq!(slot(3, 2, 1), 7);
+    }
+}

@@ -1,0 +1,17 @@
+//! What every carbridge process (gateway, router) shows its operators: the
+//! admin HTTP endpoint and the logging set-up, so both behave alike.
+
+pub mod admin;
+
+/// Installs the global `tracing` subscriber: `filter` unless `RUST_LOG` is
+/// set; JSON lines when `json`, human-readable otherwise.
+pub fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

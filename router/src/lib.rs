@@ -1,0 +1,43 @@
+//! The router: the downlink join (ARCHITECTURE.md, "The router").
+//!
+//! [`table`] holds the join's pure logic (sessions per client, filter
+//! match, session ordering); [`run`] drives it from Kafka; [`topics`]
+//! creates and checks every topic the system uses.
+
+pub mod metrics;
+pub mod run;
+pub mod table;
+pub mod topics;
+
+use std::collections::BTreeMap;
+
+/// What the router runs with (flags and environment, see `router --help`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bootstrap: String,
+    /// Further librdkafka properties (security, tuning), for both clients.
+    pub kafka_properties: BTreeMap<String, String>,
+    pub group: String,
+    pub downlink_topic: String,
+    pub sessions_topic: String,
+    pub routed_topic: String,
+    pub topic_header: String,
+    /// How long a silent instance keeps its partitions before the group
+    /// moves them (a crashed router's partitions wait this long).
+    pub session_timeout_ms: u32,
+}
+
+impl Config {
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            kafka_properties: BTreeMap::new(),
+            group: "carbridge-router".to_owned(),
+            downlink_topic: contract::topics::DOWNLINK.to_owned(),
+            sessions_topic: contract::topics::SESSIONS.to_owned(),
+            routed_topic: contract::topics::ROUTED.to_owned(),
+            topic_header: contract::HEADER_TOPIC.to_owned(),
+            session_timeout_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `router`: the downlink join. See `router --help`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Parser;
+use router::Config;
+use router::metrics::Metrics;
+
+/// Routes downlink requests to the gateway shard that holds the car.
+///
+/// Joins the consumer group over cs.downlink (requests: key = client id,
+/// header mqtt.topic) and mqtt.sessions (the session registry the gateways
+/// write). For each assigned partition it rebuilds its table of sessions
+/// before it routes; each request whose car is connected and subscribed to
+/// a matching filter is produced to that car's gateway shard (the
+/// mqtt.downlink partition named in the session). Others are dropped and
+/// counted. Start as many instances as you like: the group spreads the
+/// partitions over them.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    kafka_bootstrap: String,
+    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE")]
+    kafka_properties: Vec<String>,
+    /// Consumer group shared by all router instances.
+    #[arg(long, env = "CARBRIDGE_ROUTER_GROUP", default_value = "carbridge-router")]
+    group: String,
+    /// Topic of downlink requests.
+    #[arg(long, default_value = contract::topics::DOWNLINK)]
+    downlink_topic: String,
+    /// Session-registry topic (co-partitioned with the requests).
+    #[arg(long, default_value = contract::topics::SESSIONS)]
+    sessions_topic: String,
+    /// Routed downlink topic (one partition per gateway shard).
+    #[arg(long, default_value = contract::topics::ROUTED)]
+    routed_topic: String,
+    /// Header carrying the MQTT topic name.
+    #[arg(long, default_value = contract::HEADER_TOPIC)]
+    topic_header: String,
+    /// Milliseconds before the group gives a silent instance's partitions
+    /// to the others.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u32,
+    /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
+    #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9101")]
+    admin_listen: String,
+    /// Log format: human or json.
+    #[arg(long, env = "CARBRIDGE_LOG_FORMAT", default_value = "human")]
+    log_format: String,
+    /// tracing filter; RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_filter: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    anyhow::ensure!(
+        matches!(cli.log_format.as_str(), "human" | "json"),
+        "--log-format {}: use human or json",
+        cli.log_format
+    );
+    ops::init_logging(&cli.log_filter, cli.log_format == "json");
+    let mut config = Config::new(&cli.kafka_bootstrap);
+    for property in &cli.kafka_properties {
+        let (key, value) = property
+            .split_once('=')
+            .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
+        config
+            .kafka_properties
+            .insert(key.to_owned(), value.to_owned());
+    }
+    config.group = cli.group;
+    config.downlink_topic = cli.downlink_topic;
+    config.sessions_topic = cli.sessions_topic;
+    config.routed_topic = cli.routed_topic;
+    config.topic_header = cli.topic_header;
+    config.session_timeout_ms = cli.session_timeout_ms;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    if !cli.admin_listen.is_empty() {
+        let rendered = metrics.clone();
+        let addr = ops::admin::spawn(
+            &cli.admin_listen,
+            Box::new(move || rendered.render()),
+            ready.clone(),
+            stop.clone(),
+        )
+        .with_context(|| format!("admin endpoint on {}", cli.admin_listen))?;
+        tracing::info!(%addr, "admin endpoint listening");
+    }
+    let result = router::run::run(config, metrics.clone(), ready, stop.clone());
+    stop.store(true, Ordering::Relaxed);
+    tracing::info!(
+        received = metrics.received.load(Ordering::Relaxed),
+        routed = metrics.sent.load(Ordering::Relaxed),
+        acked = metrics.acked.load(Ordering::Relaxed),
+        failed = metrics.failed.load(Ordering::Relaxed),
+        dropped_offline = metrics.dropped("offline"),
+        dropped_no_filter = metrics.dropped("no_filter"),
+        dropped_invalid = metrics.dropped("invalid"),
+        dropped_no_slot = metrics.dropped("no_slot"),
+        takeover_notices = metrics.takeover_notices.load(Ordering::Relaxed),
+        "stopped"
+    );
+    result
+}

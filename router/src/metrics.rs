@@ -1,0 +1,155 @@
+//! The router's counters and their Prometheus rendering.
+//!
+//! Accounting: every request read from `cs.downlink` ends as exactly one of
+//! routed (then acknowledged or failed by Kafka) or dropped with a reason,
+//! so `received = sent + dropped + waiting` where `waiting` is what sits in
+//! a partition's buffer while its table is rebuilt.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Why a request was not routed.
+pub const DROP_REASONS: [&str; 4] = ["offline", "no_filter", "invalid", "no_slot"];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub failed: AtomicU64,
+    pub dropped: [AtomicU64; DROP_REASONS.len()],
+    pub registry_applied: AtomicU64,
+    pub registry_invalid: AtomicU64,
+    pub takeover_notices: AtomicU64,
+    pub live_sessions: AtomicI64,
+    pub partitions: AtomicI64,
+    pub rebalances: AtomicU64,
+    pub rebuilds: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn drop(&self, reason: &str) {
+        if let Some(counter) = DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.dropped.get(i))
+        {
+            bump(counter);
+        }
+    }
+
+    pub fn dropped(&self, reason: &str) -> u64 {
+        DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.dropped.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, i128)]| {
+            let _ = writeln!(
+                out,
+                "# HELP carbridge_router_{name} {help}\n# TYPE carbridge_router_{name} {kind}"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "carbridge_router_{name}{labels} {value}");
+            }
+        };
+        let one = |c: &AtomicU64| [(String::new(), i128::from(c.load(Ordering::Relaxed)))];
+        let gauge = |c: &AtomicI64| [(String::new(), i128::from(c.load(Ordering::Relaxed)))];
+        metric(
+            "requests_received_total",
+            "counter",
+            "Downlink requests read from cs.downlink.",
+            &one(&self.received),
+        );
+        metric(
+            "routed_total",
+            "counter",
+            "Requests produced to a gateway shard's slot.",
+            &one(&self.sent),
+        );
+        metric(
+            "routed_acked_total",
+            "counter",
+            "Routed records acknowledged by Kafka.",
+            &one(&self.acked),
+        );
+        metric(
+            "routed_failed_total",
+            "counter",
+            "Routed records Kafka did not take.",
+            &one(&self.failed),
+        );
+        let dropped: Vec<_> = DROP_REASONS
+            .iter()
+            .zip(&self.dropped)
+            .map(|(r, c)| {
+                (
+                    format!("{{reason=\"{r}\"}}"),
+                    i128::from(c.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        metric(
+            "requests_dropped_total",
+            "counter",
+            "Requests not routed, by reason.",
+            &dropped,
+        );
+        metric(
+            "registry_applied_total",
+            "counter",
+            "Session-registry records applied to the tables.",
+            &one(&self.registry_applied),
+        );
+        metric(
+            "registry_invalid_total",
+            "counter",
+            "Session-registry records that could not be read (skipped).",
+            &one(&self.registry_invalid),
+        );
+        metric(
+            "takeover_notices_total",
+            "counter",
+            "Takeover notices sent to gateway shards.",
+            &one(&self.takeover_notices),
+        );
+        metric(
+            "live_sessions",
+            "gauge",
+            "Clients with a live session in this instance's tables.",
+            &gauge(&self.live_sessions),
+        );
+        metric(
+            "partitions_assigned",
+            "gauge",
+            "cs.downlink partitions this instance routes.",
+            &gauge(&self.partitions),
+        );
+        metric(
+            "rebalances_total",
+            "counter",
+            "Consumer-group assignments received.",
+            &one(&self.rebalances),
+        );
+        metric(
+            "table_rebuilds_total",
+            "counter",
+            "Partition tables rebuilt from mqtt.sessions.",
+            &one(&self.rebuilds),
+        );
+        out
+    }
+}

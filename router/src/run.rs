@@ -1,0 +1,568 @@
+//! The router's Kafka loop: one consumer-group member over `cs.downlink`
+//! and `mqtt.sessions`, one producer to `mqtt.downlink`.
+//!
+//! With equal partition counts the range assignor hands this instance the
+//! same partitions of both topics: the registry partition holding a car's
+//! sessions is co-located with the downlink partition holding the
+//! requests for it. On each assignment the router:
+//! 1. seeks every assigned `mqtt.sessions` partition to its beginning and
+//!    pauses the matching `cs.downlink` partition;
+//! 2. rebuilds that partition's table up to the end offset it had at
+//!    assignment time;
+//! 3. resumes the `cs.downlink` partition (from its committed offset, so a
+//!    request that arrived while no instance owned it is not skipped).
+//!
+//! Offsets of `cs.downlink` are stored only once the routed record is handed
+//! to the producer, and committed before partitions are given up, so a
+//! rebalance neither skips requests nor routes them with a stale table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset};
+
+use crate::Config;
+use crate::metrics::{Metrics, bump};
+use crate::table::{Table, Takeover};
+
+/// Bound on metadata and offset requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on flushing routed records at shutdown.
+const FLUSH_BOUND: Duration = Duration::from_secs(10);
+/// Requests held for one partition while its table is rebuilt; beyond,
+/// they wait in Kafka (the partition stays paused).
+const MAX_WAITING: usize = 100_000;
+
+/// Consumer-group changes, recorded by the rebalance callback and handled
+/// by the loop.
+#[derive(Debug)]
+enum Change {
+    Assigned(Vec<i32>),
+    Revoked,
+}
+
+struct RouterContext {
+    downlink: String,
+    sessions: String,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl ClientContext for RouterContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, "Kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for RouterContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut downlink = TopicPartitionList::new();
+                let mut partitions = Vec::new();
+                for element in tpl.elements() {
+                    if element.topic() == self.downlink {
+                        partitions.push(element.partition());
+                        let _ = downlink.add_partition(&self.downlink, element.partition());
+                    }
+                }
+                let sessions: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.sessions)
+                    .map(|e| e.partition())
+                    .collect();
+                // The registry is always read whole: it is the table.
+                for partition in sessions {
+                    let _ = tpl.set_partition_offset(&self.sessions, partition, Offset::Beginning);
+                }
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+                // No request is read before its partition's table is rebuilt.
+                if let Err(error) = consumer.pause(&downlink) {
+                    tracing::error!(%error, "pausing downlink partitions failed");
+                }
+                partitions.sort_unstable();
+                tracing::info!(?partitions, "partitions assigned");
+                self.lock().push(Change::Assigned(partitions));
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Hand over exactly where this instance stopped.
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+                    && !matches!(
+                        error.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::NoOffset)
+                    )
+                {
+                    tracing::warn!(%error, "committing offsets before the rebalance failed");
+                }
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+                tracing::info!("partitions revoked");
+                self.lock().push(Change::Revoked);
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+                self.lock().push(Change::Revoked);
+            }
+        }
+    }
+}
+
+impl RouterContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Change>> {
+        self.changes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts what Kafka did with routed records and notices.
+struct RoutedContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for RoutedContext {}
+
+impl ProducerContext for RoutedContext {
+    /// 0 for a routed request, 1 for a takeover notice.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+        match (result, kind) {
+            (Ok(_), 0) => bump(&self.metrics.acked),
+            (Err((error, _)), 0) => {
+                bump(&self.metrics.failed);
+                tracing::warn!(%error, "routed record lost");
+            }
+            (Err((error, _)), _) => tracing::warn!(%error, "takeover notice lost"),
+            (Ok(_), _) => {}
+        }
+    }
+}
+
+/// One assigned partition.
+enum Partition {
+    /// Reading the registry up to `target`; requests read meanwhile wait.
+    Rebuilding {
+        table: Table,
+        target: i64,
+        started: Instant,
+        waiting: Vec<OwnedMessage>,
+    },
+    Ready(Table),
+}
+
+impl Partition {
+    fn table(&mut self) -> &mut Table {
+        match self {
+            Self::Rebuilding { table, .. } | Self::Ready(table) => table,
+        }
+    }
+}
+
+struct Router {
+    config: Config,
+    consumer: BaseConsumer<RouterContext>,
+    producer: BaseProducer<RoutedContext>,
+    metrics: Arc<Metrics>,
+    slots: u32,
+    partitions: HashMap<i32, Partition>,
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.kafka_properties {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.bootstrap);
+    client
+}
+
+/// Partition count of `topic`, or an error naming what to do.
+pub fn partition_count<C: ClientContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+) -> anyhow::Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        bail!("topic {topic} does not exist: create the topics first (`carbridge-topics create`)");
+    }
+    Ok(count)
+}
+
+/// Runs the router until `stop` is set. `ready` is set while every
+/// assigned partition's table is rebuilt.
+pub fn run(
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut consumer_config = client_config(&config);
+    consumer_config
+        .set("group.id", &config.group)
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        // A new group starts at the end: downlink is realtime data.
+        .set("auto.offset.reset", "latest")
+        .set("fetch.wait.max.ms", "20")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string());
+    let consumer: BaseConsumer<RouterContext> = consumer_config
+        .create_with_context(RouterContext {
+            downlink: config.downlink_topic.clone(),
+            sessions: config.sessions_topic.clone(),
+            changes: Mutex::new(Vec::new()),
+        })
+        .context("creating the consumer")?;
+
+    let downlink = partition_count(&consumer, &config.downlink_topic)?;
+    let sessions = partition_count(&consumer, &config.sessions_topic)?;
+    if downlink != sessions {
+        bail!(
+            "{} has {downlink} partitions but {} has {sessions}: they must be co-partitioned \
+             (equal counts), or requests and sessions of one car land on different routers. \
+             Recreate {} with {downlink} partitions (`carbridge-topics create`).",
+            config.downlink_topic,
+            config.sessions_topic,
+            config.sessions_topic
+        );
+    }
+    let slots = u32::try_from(partition_count(&consumer, &config.routed_topic)?)
+        .context("too many slots")?;
+
+    let mut producer_config = client_config(&config);
+    producer_config
+        .set("linger.ms", "1")
+        .set("client.id", "carbridge-router");
+    let producer: BaseProducer<RoutedContext> = producer_config
+        .create_with_context(RoutedContext {
+            metrics: metrics.clone(),
+        })
+        .context("creating the producer")?;
+
+    consumer
+        .subscribe(&[&config.downlink_topic, &config.sessions_topic])
+        .context("joining the consumer group")?;
+    tracing::info!(
+        group = %config.group,
+        partitions = downlink,
+        slots,
+        "router running"
+    );
+    let mut router = Router {
+        config,
+        consumer,
+        producer,
+        metrics,
+        slots,
+        partitions: HashMap::new(),
+    };
+    let mut assigned_once = false;
+    while !stop.load(Ordering::Relaxed) {
+        let changes = std::mem::take(&mut *router.consumer.context().lock());
+        for change in changes {
+            assigned_once |= matches!(change, Change::Assigned(_));
+            router.apply_change(change);
+        }
+        if let Some(result) = router.consumer.poll(Duration::from_millis(50)) {
+            match result {
+                Ok(message) => router.handle(&message),
+                Err(error) => tracing::warn!(%error, "consumer error"),
+            }
+        }
+        router.producer.poll(Duration::ZERO);
+        let rebuilding = router
+            .partitions
+            .values()
+            .any(|p| matches!(p, Partition::Rebuilding { .. }));
+        ready.store(assigned_once && !rebuilding, Ordering::Relaxed);
+    }
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("stopping: flushing routed records and committing offsets");
+    if let Err(error) = router.producer.flush(FLUSH_BOUND) {
+        tracing::warn!(%error, "flush incomplete");
+    }
+    if let Err(error) = router.consumer.commit_consumer_state(CommitMode::Sync)
+        && !matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::NoOffset)
+        )
+    {
+        tracing::warn!(%error, "final offset commit failed");
+    }
+    router.consumer.unsubscribe();
+    Ok(())
+}
+
+impl Router {
+    fn apply_change(&mut self, change: Change) {
+        bump(&self.metrics.rebalances);
+        match change {
+            Change::Revoked => {
+                self.partitions.clear();
+                self.metrics.partitions.store(0, Ordering::Relaxed);
+                self.metrics.live_sessions.store(0, Ordering::Relaxed);
+            }
+            Change::Assigned(partitions) => {
+                self.partitions.clear();
+                self.metrics.live_sessions.store(0, Ordering::Relaxed);
+                self.metrics.partitions.store(
+                    i64::try_from(partitions.len()).unwrap_or(i64::MAX),
+                    Ordering::Relaxed,
+                );
+                for partition in partitions {
+                    let target = match self.consumer.fetch_watermarks(
+                        &self.config.sessions_topic,
+                        partition,
+                        REQUEST_TIMEOUT,
+                    ) {
+                        Ok((low, high)) if high > low => high,
+                        Ok(_) => 0,
+                        Err(error) => {
+                            // Without the end offset the rebuild cannot know
+                            // when it is done: read what comes and wait for
+                            // the consumer to reach its end (checked below).
+                            tracing::warn!(partition, %error, "reading the registry's end failed");
+                            i64::MAX
+                        }
+                    };
+                    self.partitions.insert(
+                        partition,
+                        Partition::Rebuilding {
+                            table: Table::new(),
+                            target,
+                            started: Instant::now(),
+                            waiting: Vec::new(),
+                        },
+                    );
+                    if target == 0 {
+                        self.finish_rebuild(partition);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        if message.topic() == self.config.sessions_topic {
+            self.apply_record(partition, message);
+            let done = matches!(
+                self.partitions.get(&partition),
+                Some(Partition::Rebuilding { target, .. }) if message.offset() + 1 >= *target
+            );
+            if done {
+                self.finish_rebuild(partition);
+            }
+        } else {
+            match self.partitions.get_mut(&partition) {
+                Some(Partition::Ready(_)) => self.route(message),
+                Some(Partition::Rebuilding { waiting, .. }) if waiting.len() < MAX_WAITING => {
+                    // Fetched before the pause took effect.
+                    waiting.push(message.detach());
+                }
+                _ => {
+                    // Not ours (any more), or too much waiting: do not store
+                    // its offset; the owner reads it again.
+                    tracing::debug!(partition, "request for a partition not ready, left unread");
+                }
+            }
+        }
+    }
+
+    fn finish_rebuild(&mut self, partition: i32) {
+        let Some(Partition::Rebuilding {
+            table,
+            started,
+            waiting,
+            ..
+        }) = self.partitions.remove(&partition)
+        else {
+            return;
+        };
+        tracing::info!(
+            partition,
+            live_sessions = table.live(),
+            took_ms = started.elapsed().as_millis(),
+            "table rebuilt; routing"
+        );
+        bump(&self.metrics.rebuilds);
+        self.partitions.insert(partition, Partition::Ready(table));
+        for message in &waiting {
+            self.route(message);
+        }
+        let mut resume = TopicPartitionList::new();
+        if resume
+            .add_partition(&self.config.downlink_topic, partition)
+            .and_then(|()| self.consumer.resume(&resume))
+            .is_err()
+        {
+            tracing::error!(partition, "resuming the downlink partition failed");
+        }
+    }
+
+    fn apply_record<M: Message>(&mut self, partition: i32, message: &M) {
+        let record = message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .zip(message.payload())
+            .and_then(|(client, value)| Some((client, contract::SessionRecord::decode(value).ok()?)));
+        let Some((client, record)) = record else {
+            bump(&self.metrics.registry_invalid);
+            tracing::debug!(partition, offset = message.offset(), "unreadable registry record skipped");
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let ready = matches!(state, Partition::Ready(_));
+        let table = state.table();
+        let before = table.live();
+        let notice = table.apply(client, &record);
+        let after = table.live();
+        self.metrics.live_sessions.fetch_add(
+            i64::try_from(after).unwrap_or(0) - i64::try_from(before).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        bump(&self.metrics.registry_applied);
+        // History replayed during a rebuild names connections long closed.
+        if let (true, Some(notice)) = (ready, notice) {
+            self.send_takeover(client, notice);
+        }
+    }
+
+    fn send_takeover(&self, client: &str, notice: Takeover) {
+        if notice.slot >= self.slots {
+            return;
+        }
+        let session = notice.session.to_string();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: contract::HEADER_CONTROL,
+                value: Some(contract::CONTROL_TAKEOVER),
+            })
+            .insert(Header {
+                key: contract::HEADER_SESSION,
+                value: Some(session.as_bytes()),
+            });
+        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 1)
+            .partition(i32::try_from(notice.slot).unwrap_or(i32::MAX))
+            .key(client.as_bytes())
+            .payload(&[][..])
+            .headers(headers);
+        if self.send(record) {
+            bump(&self.metrics.takeover_notices);
+            tracing::debug!(client, slot = notice.slot, "takeover notice sent");
+        }
+    }
+
+    fn route<M: Message>(&mut self, message: &M) {
+        bump(&self.metrics.received);
+        let partition = message.partition();
+        let client = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let topic = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == self.config.topic_header)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+        });
+        let (Some(client), Some(topic)) = (client, topic) else {
+            self.metrics.drop("invalid");
+            self.store(partition, message.offset());
+            return;
+        };
+        if codec::topic::validate_topic_name(topic).is_err() {
+            self.metrics.drop("invalid");
+            self.store(partition, message.offset());
+            return;
+        }
+        let decision = match self.partitions.get(&partition) {
+            Some(Partition::Ready(table)) => table.route(client, topic),
+            _ => return,
+        };
+        match decision {
+            Err(miss) => self.metrics.drop(miss.label()),
+            Ok(route) if route.slot >= self.slots => {
+                self.metrics.drop("no_slot");
+                tracing::warn!(client, slot = route.slot, slots = self.slots,
+                    "session names a slot mqtt.downlink does not have: add partitions");
+            }
+            Ok(route) => {
+                let session = route.session.to_string();
+                let headers = OwnedHeaders::new_with_capacity(2)
+                    .insert(Header {
+                        key: &self.config.topic_header,
+                        value: Some(topic.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: contract::HEADER_SESSION,
+                        value: Some(session.as_bytes()),
+                    });
+                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 0)
+                    .partition(i32::try_from(route.slot).unwrap_or(i32::MAX))
+                    .key(client.as_bytes())
+                    .payload(message.payload().unwrap_or_default())
+                    .headers(headers);
+                if self.send(record) {
+                    bump(&self.metrics.sent);
+                } else {
+                    bump(&self.metrics.failed);
+                }
+            }
+        }
+        self.store(partition, message.offset());
+    }
+
+    /// Hands a record to the producer, waiting while its queue is full.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> bool {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return true,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, "record refused by the producer");
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn store(&self, partition: i32, offset: i64) {
+        if let Err(error) =
+            self.consumer
+                .store_offset(&self.config.downlink_topic, partition, offset + 1)
+        {
+            tracing::debug!(partition, %error, "storing an offset failed");
+        }
+    }
+}

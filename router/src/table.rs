@@ -1,0 +1,237 @@
+//! The join's state for one partition: client id → its newest session, and
+//! the routing decision for one downlink request. Pure logic, no Kafka.
+//!
+//! Ordering rule (ARCHITECTURE.md's invariants): the session with the
+//! larger id is the newer one, whatever order the records arrive in. A
+//! record of an older session never changes what a newer one registered;
+//! it only tells the router that an older connection may still be open
+//! somewhere, which then gets a takeover notice.
+
+use std::collections::HashMap;
+
+use contract::SessionRecord;
+
+/// What the table knows of one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    session: u64,
+    slot: u32,
+    /// `None` once the session ended: kept (small) so that a late record
+    /// of an older session cannot resurrect the client.
+    filters: Option<Box<[Box<str>]>>,
+}
+
+/// A connection that must close: a newer session of its client exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Takeover {
+    pub slot: u32,
+    pub session: u64,
+}
+
+/// Where a downlink request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub slot: u32,
+    pub session: u64,
+}
+
+/// Why a downlink request is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No live session for the client.
+    Offline,
+    /// A live session, but none of its filters matches the topic.
+    NoFilter,
+}
+
+impl Miss {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Offline => "offline",
+            Self::NoFilter => "no_filter",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    clients: HashMap<Box<str>, Entry>,
+    live: usize,
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Clients with a live session.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Applies one registry record of `client`; returns the connection that
+    /// must be closed, if the record reveals one.
+    pub fn apply(&mut self, client: &str, record: &SessionRecord) -> Option<Takeover> {
+        let filters = || {
+            record
+                .filters
+                .iter()
+                .map(|f| Box::<str>::from(f.as_str()))
+                .collect::<Box<[_]>>()
+        };
+        let incoming = Entry {
+            session: record.session,
+            slot: record.slot,
+            filters: record.ended.is_none().then(filters),
+        };
+        let Some(current) = self.clients.get_mut(client) else {
+            self.live += usize::from(incoming.filters.is_some());
+            self.clients.insert(client.into(), incoming);
+            return None;
+        };
+        let was_live = current.filters.is_some();
+        let notice = if record.session > current.session {
+            // A newer session: the older one, if still open, must close.
+            let notice = was_live.then_some(Takeover {
+                slot: current.slot,
+                session: current.session,
+            });
+            *current = incoming;
+            notice
+        } else if record.session == current.session {
+            // The same session: filters changed, or it ended. An ended
+            // session stays ended.
+            if was_live {
+                *current = incoming;
+            }
+            None
+        } else {
+            // An older session still talking (a late record): if it is
+            // live, its connection must close; the table does not change.
+            incoming.filters.is_some().then_some(Takeover {
+                slot: record.slot,
+                session: record.session,
+            })
+        };
+        let is_live = current.filters.is_some();
+        match (was_live, is_live) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+        notice
+    }
+
+    /// Where a request for `client` on MQTT topic `topic` goes.
+    pub fn route(&self, client: &str, topic: &str) -> Result<Route, Miss> {
+        let entry = self.clients.get(client).ok_or(Miss::Offline)?;
+        let filters = entry.filters.as_deref().ok_or(Miss::Offline)?;
+        if filters
+            .iter()
+            .any(|filter| codec::topic::matches(filter, topic))
+        {
+            Ok(Route {
+                slot: entry.slot,
+                session: entry.session,
+            })
+        } else {
+            Err(Miss::NoFilter)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::End;
+
+    fn live(session: u64, slot: u32, filters: &[&str]) -> SessionRecord {
+        SessionRecord::live(session, slot, filters.iter().map(|f| (*f).to_owned()))
+    }
+
+    #[test]
+    fn routes_by_filter_and_drops_what_does_not_match() {
+        let mut table = Table::new();
+        assert_eq!(table.route("A", "DL/WARN"), Err(Miss::Offline));
+        table.apply("A", &live(10, 3, &[]));
+        assert_eq!(table.route("A", "DL/WARN"), Err(Miss::NoFilter));
+        table.apply("A", &live(10, 3, &["DL/WARN"]));
+        let route = Route {
+            slot: 3,
+            session: 10,
+        };
+        assert_eq!(table.route("A", "DL/WARN"), Ok(route));
+        assert_eq!(table.route("A", "DL/INFO"), Err(Miss::NoFilter));
+        table.apply("A", &live(10, 3, &["DL/#"]));
+        assert_eq!(table.route("A", "DL/INFO"), Ok(route));
+        assert_eq!(table.route("B", "DL/INFO"), Err(Miss::Offline));
+        assert_eq!(table.live(), 1);
+        table.apply("A", &SessionRecord::ended(10, 3, End::Closed));
+        assert_eq!(table.route("A", "DL/INFO"), Err(Miss::Offline));
+        assert_eq!(table.live(), 0);
+    }
+
+    #[test]
+    fn a_late_end_of_an_old_session_does_not_erase_the_new_one() {
+        let mut table = Table::new();
+        table.apply("A", &live(10, 0, &["DL/#"]));
+        // The car reconnects to another gateway (slot 5) before the old
+        // connection's end record is written: the old one must close.
+        assert_eq!(
+            table.apply("A", &live(20, 5, &[])),
+            Some(Takeover {
+                slot: 0,
+                session: 10
+            })
+        );
+        table.apply("A", &live(20, 5, &["DL/#"]));
+        assert_eq!(table.apply("A", &SessionRecord::ended(10, 0, End::Closed)), None);
+        assert_eq!(
+            table.route("A", "DL/X"),
+            Ok(Route {
+                slot: 5,
+                session: 20
+            })
+        );
+        // A "gone" report for the old session changes nothing either.
+        table.apply("A", &SessionRecord::ended(10, 0, End::Gone));
+        assert_eq!(table.route("A", "DL/X").map(|r| r.slot), Ok(5));
+        assert_eq!(table.live(), 1);
+    }
+
+    #[test]
+    fn records_arriving_out_of_session_order_keep_the_newest() {
+        let mut table = Table::new();
+        // The newer session's record lands first; the older one's connect
+        // record comes late: it is refused and its connection told to close.
+        table.apply("A", &live(20, 5, &["DL/#"]));
+        assert_eq!(
+            table.apply("A", &live(10, 0, &["DL/#"])),
+            Some(Takeover {
+                slot: 0,
+                session: 10
+            })
+        );
+        assert_eq!(table.route("A", "DL/X").map(|r| r.session), Ok(20));
+        // Ended newest, then a late older connect: stays offline.
+        table.apply("A", &SessionRecord::ended(20, 5, End::Closed));
+        table.apply("A", &live(15, 1, &["DL/#"]));
+        assert_eq!(table.route("A", "DL/X"), Err(Miss::Offline));
+        // A record of an ended session does not revive it.
+        table.apply("A", &live(20, 5, &["DL/#"]));
+        assert_eq!(table.route("A", "DL/X"), Err(Miss::Offline));
+        assert_eq!(table.live(), 0);
+        // A genuinely newer session does.
+        table.apply("A", &live(30, 2, &["DL/#"]));
+        assert_eq!(table.route("A", "DL/X").map(|r| r.slot), Ok(2));
+        assert_eq!(table.live(), 1);
+    }
+
+    #[test]
+    fn a_gone_report_removes_the_stale_registration() {
+        let mut table = Table::new();
+        table.apply("A", &live(10, 4, &["DL/#"]));
+        table.apply("A", &SessionRecord::ended(10, 4, End::Gone));
+        assert_eq!(table.route("A", "DL/X"), Err(Miss::Offline));
+    }
+}
