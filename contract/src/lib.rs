@@ -141,16 +141,16 @@ impl SessionClock {
     }
 
     /// The next id at the current time.
-    pub fn next(&mut self) -> u64 {
+    pub fn issue(&mut self) -> u64 {
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> SLOT_BITS))
             .unwrap_or(0);
-        self.next_at(micros)
+        self.issue_at(micros)
     }
 
     /// The next id at `micros` since the epoch.
-    pub fn next_at(&mut self, micros: u64) -> u64 {
+    pub fn issue_at(&mut self, micros: u64) -> u64 {
         let micros = micros.max(self.last + 1);
         self.last = micros;
         (micros << SLOT_BITS) | u64::from(self.slot & ((1 << SLOT_BITS) - 1))
@@ -200,18 +200,18 @@ mod tests {
     fn session_ids_increase_and_order_by_time_then_slot() {
         let mut a = SessionClock::new(1);
         let mut b = SessionClock::new(2);
-        let first = a.next_at(1_000);
+        let first = a.issue_at(1_000);
         // The same microsecond again: still strictly increasing.
-        let second = a.next_at(1_000);
+        let second = a.issue_at(1_000);
         assert!(second > first);
         // A later connect elsewhere orders after, whatever the slots.
-        assert!(b.next_at(1_002) > second);
+        assert!(b.issue_at(1_002) > second);
         // Same microsecond on two slots: distinct ids.
         assert_ne!(
-            SessionClock::new(1).next_at(5),
-            SessionClock::new(2).next_at(5)
+            SessionClock::new(1).issue_at(5),
+            SessionClock::new(2).issue_at(5)
         );
-        assert!(SessionClock::new(0).next() > first);
+        assert!(SessionClock::new(0).issue() > first);
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub(crate) fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> 
         for header in headers.iter() {
             match header.key {
                 k if k == topic_header => topic = header.value,
-                contract::HEADER_SESSION => session = header.value.and_then(contract::parse_session),
+                contract::HEADER_SESSION => {
+                    session = header.value.and_then(contract::parse_session)
+                }
                 contract::HEADER_CONTROL => control = header.value,
                 _ => {}
             }

@@ -104,7 +104,7 @@ impl Gateway {
                     ready.clone(),
                     shutdown.clone(),
                 )
-                    .with_context(|| format!("admin endpoint on {addr}"))?,
+                .with_context(|| format!("admin endpoint on {addr}"))?,
             ),
         };
 

@@ -251,7 +251,8 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         (
             "carbridge_gateway_registry_sent_total",
             "Session-registry records handed to Kafka.",
-            (|s: &ShardMetrics| s.registry_sent.load(Ordering::Relaxed)) as fn(&ShardMetrics) -> u64,
+            (|s: &ShardMetrics| s.registry_sent.load(Ordering::Relaxed))
+                as fn(&ShardMetrics) -> u64,
         ),
         (
             "carbridge_gateway_registry_acked_total",

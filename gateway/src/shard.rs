@@ -258,11 +258,10 @@ impl Shard {
     fn retry_registry(&self, downlink: &Downlink) {
         let mut pending = downlink.pending.borrow_mut();
         while let Some((client_id, value)) = pending.front() {
-            match self.producer.send_registry(
-                &downlink.sessions_topic,
-                client_id.as_bytes(),
-                value,
-            ) {
+            match self
+                .producer
+                .send_registry(&downlink.sessions_topic, client_id.as_bytes(), value)
+            {
                 Ok(()) | Err(SendError::Failed) => {
                     pending.pop_front();
                 }
@@ -381,7 +380,12 @@ impl Shard {
             return;
         }
         bump(&self.metrics.gone_reports);
-        tracing::debug!(shard = self.id, client, session, "reporting a stale session as gone");
+        tracing::debug!(
+            shard = self.id,
+            client,
+            session,
+            "reporting a stale session as gone"
+        );
         let record = SessionRecord::ended(session, downlink.consumer.slot, End::Gone);
         self.register(&ByteString::from(client), &record);
     }
@@ -830,8 +834,7 @@ async fn handle_input(
                     (&shard.downlink, session.client_id(), signal.session.get())
                 {
                     let filters = session.filters().iter().map(ToString::to_string);
-                    let record =
-                        SessionRecord::live(session_id, downlink.consumer.slot, filters);
+                    let record = SessionRecord::live(session_id, downlink.consumer.slot, filters);
                     shard.register(client_id, &record);
                 }
             }
@@ -856,7 +859,7 @@ async fn handle_input(
                     signal.fire(CloseReason::TakenOver);
                 }
                 if let Some(downlink) = &shard.downlink {
-                    let session_id = downlink.clock.borrow_mut().next();
+                    let session_id = downlink.clock.borrow_mut().issue();
                     signal.session.set(Some(session_id));
                     shard.clients.borrow_mut().insert(client_id.clone(), id);
                     let record =

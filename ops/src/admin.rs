@@ -46,11 +46,7 @@ pub fn spawn(
     Ok(local)
 }
 
-fn answer(
-    stream: TcpStream,
-    render: &Render,
-    ready: &AtomicBool,
-) -> std::io::Result<()> {
+fn answer(stream: TcpStream, render: &Render, ready: &AtomicBool) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;

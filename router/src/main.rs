@@ -22,13 +22,21 @@ use router::metrics::Metrics;
 #[command(version, about, long_about)]
 struct Cli {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    #[arg(
+        long,
+        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
+        default_value = "localhost:9092"
+    )]
     kafka_bootstrap: String,
     /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
     #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE")]
     kafka_properties: Vec<String>,
     /// Consumer group shared by all router instances.
-    #[arg(long, env = "CARBRIDGE_ROUTER_GROUP", default_value = "carbridge-router")]
+    #[arg(
+        long,
+        env = "CARBRIDGE_ROUTER_GROUP",
+        default_value = "carbridge-router"
+    )]
     group: String,
     /// Topic of downlink requests.
     #[arg(long, default_value = contract::topics::DOWNLINK)]

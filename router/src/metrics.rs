@@ -32,7 +32,7 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Metrics {
-    pub fn drop(&self, reason: &str) {
+    pub fn count_drop(&self, reason: &str) {
         if let Some(counter) = DROP_REASONS
             .iter()
             .position(|r| *r == reason)

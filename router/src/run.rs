@@ -103,10 +103,7 @@ impl ConsumerContext for RouterContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Hand over exactly where this instance stopped.
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
-                    && !matches!(
-                        error.rdkafka_error_code(),
-                        Some(RDKafkaErrorCode::NoOffset)
-                    )
+                    && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
                 {
                     tracing::warn!(%error, "committing offsets before the rebalance failed");
                 }
@@ -157,12 +154,15 @@ impl ProducerContext for RoutedContext {
     }
 }
 
+type GroupConsumer = BaseConsumer<RouterContext>;
+
 /// One assigned partition.
 enum Partition {
-    /// Reading the registry up to `target`; requests read meanwhile wait.
+    /// Reading the registry up to `target` (its end offset at assignment;
+    /// `None` until that could be read); requests read meanwhile wait.
     Rebuilding {
         table: Table,
-        target: i64,
+        target: Option<i64>,
         started: Instant,
         waiting: Vec<OwnedMessage>,
     },
@@ -177,9 +177,10 @@ impl Partition {
     }
 }
 
+/// The loop's state. The consumer lives beside it, not in it: a message
+/// borrowed from the consumer is handled while the state changes.
 struct Router {
     config: Config,
-    consumer: BaseConsumer<RouterContext>,
     producer: BaseProducer<RoutedContext>,
     metrics: Arc<Metrics>,
     slots: u32,
@@ -196,7 +197,7 @@ fn client_config(config: &Config) -> ClientConfig {
 }
 
 /// Partition count of `topic`, or an error naming what to do.
-pub fn partition_count<C: ClientContext, K: Consumer<C>>(
+pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     topic: &str,
 ) -> anyhow::Result<usize> {
@@ -277,26 +278,30 @@ pub fn run(
     );
     let mut router = Router {
         config,
-        consumer,
         producer,
         metrics,
         slots,
         partitions: HashMap::new(),
     };
     let mut assigned_once = false;
+    let mut last_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let changes = std::mem::take(&mut *router.consumer.context().lock());
+        let changes = std::mem::take(&mut *consumer.context().lock());
         for change in changes {
             assigned_once |= matches!(change, Change::Assigned(_));
-            router.apply_change(change);
+            router.apply_change(&consumer, change);
         }
-        if let Some(result) = router.consumer.poll(Duration::from_millis(50)) {
+        if let Some(result) = consumer.poll(Duration::from_millis(50)) {
             match result {
-                Ok(message) => router.handle(&message),
+                Ok(message) => router.handle(&consumer, &message),
                 Err(error) => tracing::warn!(%error, "consumer error"),
             }
         }
         router.producer.poll(Duration::ZERO);
+        if last_check.elapsed() >= Duration::from_millis(500) {
+            last_check = Instant::now();
+            router.check_rebuilds(&consumer);
+        }
         let rebuilding = router
             .partitions
             .values()
@@ -308,20 +313,17 @@ pub fn run(
     if let Err(error) = router.producer.flush(FLUSH_BOUND) {
         tracing::warn!(%error, "flush incomplete");
     }
-    if let Err(error) = router.consumer.commit_consumer_state(CommitMode::Sync)
-        && !matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::NoOffset)
-        )
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+        && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
     {
         tracing::warn!(%error, "final offset commit failed");
     }
-    router.consumer.unsubscribe();
+    consumer.unsubscribe();
     Ok(())
 }
 
 impl Router {
-    fn apply_change(&mut self, change: Change) {
+    fn apply_change(&mut self, consumer: &GroupConsumer, change: Change) {
         bump(&self.metrics.rebalances);
         match change {
             Change::Revoked => {
@@ -337,66 +339,119 @@ impl Router {
                     Ordering::Relaxed,
                 );
                 for partition in partitions {
-                    let target = match self.consumer.fetch_watermarks(
-                        &self.config.sessions_topic,
-                        partition,
-                        REQUEST_TIMEOUT,
-                    ) {
-                        Ok((low, high)) if high > low => high,
-                        Ok(_) => 0,
-                        Err(error) => {
-                            // Without the end offset the rebuild cannot know
-                            // when it is done: read what comes and wait for
-                            // the consumer to reach its end (checked below).
-                            tracing::warn!(partition, %error, "reading the registry's end failed");
-                            i64::MAX
-                        }
-                    };
                     self.partitions.insert(
                         partition,
                         Partition::Rebuilding {
                             table: Table::new(),
-                            target,
+                            target: self.registry_end(consumer, partition),
                             started: Instant::now(),
                             waiting: Vec::new(),
                         },
                     );
-                    if target == 0 {
-                        self.finish_rebuild(partition);
-                    }
                 }
+                self.check_rebuilds(consumer);
             }
         }
     }
 
-    fn handle(&mut self, message: &BorrowedMessage<'_>) {
+    /// The registry partition's end offset: the rebuild is complete once
+    /// the consumer has read up to it. `None` when it cannot be read now.
+    fn registry_end(&self, consumer: &GroupConsumer, partition: i32) -> Option<i64> {
+        match consumer.fetch_watermarks(&self.config.sessions_topic, partition, REQUEST_TIMEOUT) {
+            Ok((_, high)) => Some(high),
+            Err(error) => {
+                tracing::warn!(partition, %error, "reading the registry's end offset failed; retrying");
+                None
+            }
+        }
+    }
+
+    /// Finishes every rebuild whose consumer position reached its target
+    /// (also when the records before it were compacted away, or the
+    /// partition is empty), and retries targets that could not be read.
+    fn check_rebuilds(&mut self, consumer: &GroupConsumer) {
+        let mut unknown = Vec::new();
+        let mut targets = Vec::new();
+        for (partition, state) in &self.partitions {
+            match state {
+                Partition::Rebuilding { target: None, .. } => unknown.push(*partition),
+                Partition::Rebuilding {
+                    target: Some(target),
+                    ..
+                } => targets.push((*partition, *target)),
+                Partition::Ready(_) => {}
+            }
+        }
+        for partition in unknown {
+            let end = self.registry_end(consumer, partition);
+            if let Some(Partition::Rebuilding { target, .. }) = self.partitions.get_mut(&partition)
+            {
+                *target = end;
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let positions = consumer.position().unwrap_or_default();
+        for (partition, target) in targets {
+            let position = positions
+                .find_partition(&self.config.sessions_topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            if target == 0 || position.is_some_and(|p| p >= target) {
+                self.finish_rebuild(consumer, partition);
+            }
+        }
+    }
+
+    fn handle(&mut self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
         if message.topic() == self.config.sessions_topic {
             self.apply_record(partition, message);
             let done = matches!(
                 self.partitions.get(&partition),
-                Some(Partition::Rebuilding { target, .. }) if message.offset() + 1 >= *target
+                Some(Partition::Rebuilding { target: Some(target), .. })
+                    if message.offset() + 1 >= *target
             );
             if done {
-                self.finish_rebuild(partition);
+                self.finish_rebuild(consumer, partition);
             }
-        } else {
-            match self.partitions.get_mut(&partition) {
-                Some(Partition::Ready(_)) => self.route(message),
-                Some(Partition::Rebuilding { waiting, .. }) if waiting.len() < MAX_WAITING => {
-                    // Fetched before the pause took effect.
-                    waiting.push(message.detach());
-                }
-                _ => {
-                    // Not ours (any more), or too much waiting: do not store
-                    // its offset; the owner reads it again.
-                    tracing::debug!(partition, "request for a partition not ready, left unread");
-                }
+            return;
+        }
+        let ready = match self.partitions.get_mut(&partition) {
+            Some(Partition::Ready(_)) => true,
+            Some(Partition::Rebuilding { waiting, .. }) if waiting.len() < MAX_WAITING => {
+                // Fetched before the pause took effect.
+                waiting.push(message.detach());
+                false
             }
+            Some(Partition::Rebuilding { .. }) => {
+                // Too much waiting: read it again once the table is ready.
+                if let Err(error) = consumer.seek(
+                    &self.config.downlink_topic,
+                    partition,
+                    Offset::Offset(message.offset()),
+                    Duration::ZERO,
+                ) {
+                    tracing::warn!(partition, %error, "rewinding a paused partition failed");
+                }
+                false
+            }
+            None => {
+                // Not ours any more: its offset is not stored, so the new
+                // owner reads it.
+                tracing::debug!(partition, "request for a partition no longer assigned");
+                false
+            }
+        };
+        if ready {
+            self.route(consumer, message);
         }
     }
 
-    fn finish_rebuild(&mut self, partition: i32) {
+    fn finish_rebuild(&mut self, consumer: &GroupConsumer, partition: i32) {
         let Some(Partition::Rebuilding {
             table,
             started,
@@ -415,15 +470,12 @@ impl Router {
         bump(&self.metrics.rebuilds);
         self.partitions.insert(partition, Partition::Ready(table));
         for message in &waiting {
-            self.route(message);
+            self.route(consumer, message);
         }
         let mut resume = TopicPartitionList::new();
-        if resume
-            .add_partition(&self.config.downlink_topic, partition)
-            .and_then(|()| self.consumer.resume(&resume))
-            .is_err()
-        {
-            tracing::error!(partition, "resuming the downlink partition failed");
+        resume.add_partition(&self.config.downlink_topic, partition);
+        if let Err(error) = consumer.resume(&resume) {
+            tracing::error!(partition, %error, "resuming the downlink partition failed");
         }
     }
 
@@ -432,10 +484,16 @@ impl Router {
             .key()
             .and_then(|key| std::str::from_utf8(key).ok())
             .zip(message.payload())
-            .and_then(|(client, value)| Some((client, contract::SessionRecord::decode(value).ok()?)));
+            .and_then(|(client, value)| {
+                Some((client, contract::SessionRecord::decode(value).ok()?))
+            });
         let Some((client, record)) = record else {
             bump(&self.metrics.registry_invalid);
-            tracing::debug!(partition, offset = message.offset(), "unreadable registry record skipped");
+            tracing::debug!(
+                partition,
+                offset = message.offset(),
+                "unreadable registry record skipped"
+            );
             return;
         };
         let Some(state) = self.partitions.get_mut(&partition) else {
@@ -482,7 +540,7 @@ impl Router {
         }
     }
 
-    fn route<M: Message>(&mut self, message: &M) {
+    fn route<M: Message>(&mut self, consumer: &GroupConsumer, message: &M) {
         bump(&self.metrics.received);
         let partition = message.partition();
         let client = message.key().and_then(|k| std::str::from_utf8(k).ok());
@@ -494,13 +552,13 @@ impl Router {
                 .and_then(|v| std::str::from_utf8(v).ok())
         });
         let (Some(client), Some(topic)) = (client, topic) else {
-            self.metrics.drop("invalid");
-            self.store(partition, message.offset());
+            self.metrics.count_drop("invalid");
+            self.store(consumer, partition, message.offset());
             return;
         };
         if codec::topic::validate_topic_name(topic).is_err() {
-            self.metrics.drop("invalid");
-            self.store(partition, message.offset());
+            self.metrics.count_drop("invalid");
+            self.store(consumer, partition, message.offset());
             return;
         }
         let decision = match self.partitions.get(&partition) {
@@ -508,11 +566,15 @@ impl Router {
             _ => return,
         };
         match decision {
-            Err(miss) => self.metrics.drop(miss.label()),
+            Err(miss) => self.metrics.count_drop(miss.label()),
             Ok(route) if route.slot >= self.slots => {
-                self.metrics.drop("no_slot");
-                tracing::warn!(client, slot = route.slot, slots = self.slots,
-                    "session names a slot mqtt.downlink does not have: add partitions");
+                self.metrics.count_drop("no_slot");
+                tracing::warn!(
+                    client,
+                    slot = route.slot,
+                    slots = self.slots,
+                    "session names a slot mqtt.downlink does not have: add partitions"
+                );
             }
             Ok(route) => {
                 let session = route.session.to_string();
@@ -537,7 +599,7 @@ impl Router {
                 }
             }
         }
-        self.store(partition, message.offset());
+        self.store(consumer, partition, message.offset());
     }
 
     /// Hands a record to the producer, waiting while its queue is full.
@@ -557,10 +619,9 @@ impl Router {
         }
     }
 
-    fn store(&self, partition: i32, offset: i64) {
+    fn store(&self, consumer: &GroupConsumer, partition: i32, offset: i64) {
         if let Err(error) =
-            self.consumer
-                .store_offset(&self.config.downlink_topic, partition, offset + 1)
+            consumer.store_offset(&self.config.downlink_topic, partition, offset + 1)
         {
             tracing::debug!(partition, %error, "storing an offset failed");
         }

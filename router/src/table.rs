@@ -185,7 +185,10 @@ mod tests {
             })
         );
         table.apply("A", &live(20, 5, &["DL/#"]));
-        assert_eq!(table.apply("A", &SessionRecord::ended(10, 0, End::Closed)), None);
+        assert_eq!(
+            table.apply("A", &SessionRecord::ended(10, 0, End::Closed)),
+            None
+        );
         assert_eq!(
             table.route("A", "DL/X"),
             Ok(Route {

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -144,7 +142,11 @@ fn partitions(config: &ClientConfig, topic: &str) -> anyhow::Result<Option<i32>>
 
 /// Creates the topics of `specs` that do not exist; returns the names
 /// created. Existing topics are left alone (see [`check`]).
-pub fn create(config: &ClientConfig, specs: &[Spec], replication: i32) -> anyhow::Result<Vec<String>> {
+pub fn create(
+    config: &ClientConfig,
+    specs: &[Spec],
+    replication: i32,
+) -> anyhow::Result<Vec<String>> {
     let admin = admin(config)?;
     let mut created = Vec::new();
     for spec in specs {
@@ -211,7 +213,10 @@ pub fn check(config: &ClientConfig, specs: &[Spec]) -> anyhow::Result<(Vec<Probl
         let resource = match described.as_deref() {
             Ok([Ok(resource)]) => resource,
             Ok(_) | Err(_) => {
-                unverified.push(format!("{}: the broker did not describe its configs", spec.name));
+                unverified.push(format!(
+                    "{}: the broker did not describe its configs",
+                    spec.name
+                ));
                 continue;
             }
         };

@@ -22,10 +22,20 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP", default_value = "localhost:9092", global = true)]
+    #[arg(
+        long,
+        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
+        default_value = "localhost:9092",
+        global = true
+    )]
     kafka_bootstrap: String,
     /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
-    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", global = true)]
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        value_name = "KEY=VALUE",
+        global = true
+    )]
     kafka_properties: Vec<String>,
     /// Partitions of cs.uplink, cs.downlink and mqtt.sessions.
     #[arg(long, default_value_t = 12, global = true)]
