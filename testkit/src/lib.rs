@@ -41,6 +41,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -220,6 +221,7 @@ impl Broker {
             .client_config()
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "0")
+            .set("max.in.flight.requests.per.connection", "1")
             .create_with_context(AckContext)
             .expect("producer");
         TestProducer { producer }
@@ -258,11 +260,6 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 fn tansu_binary() -> PathBuf {
@@ -460,6 +457,54 @@ impl TestProducer {
         }
     }
 
+    /// Sends `records` (key, value, headers) in order without waiting for
+    /// each acknowledgement, then waits until every one is acknowledged.
+    /// One record in flight per connection keeps a retry from reordering.
+    pub fn send_all<'a>(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (&'a [u8], Vec<u8>, Vec<(&'a str, Vec<u8>)>)>,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        let mut sent = 0usize;
+        for (key, value, headers) in records {
+            let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+            for (name, value) in &headers {
+                owned = owned.insert(Header {
+                    key: name,
+                    value: Some(value.as_slice()),
+                });
+            }
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(tx.clone()))
+                .key(key)
+                .payload(&value)
+                .headers(owned);
+            let deadline = Instant::now() + REQUEST_TIMEOUT;
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        assert!(Instant::now() < deadline, "producer queue stayed full");
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((error, _)) => panic!("producing to {topic}: {error}"),
+                }
+            }
+            sent += 1;
+            self.producer.poll(Duration::ZERO);
+        }
+        self.flush();
+        for _ in 0..sent {
+            self.producer.poll(Duration::ZERO);
+            match rx.recv_timeout(REQUEST_TIMEOUT) {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => panic!("producing to {topic}: {error}"),
+                Err(_) => panic!("no acknowledgement from {topic} within {REQUEST_TIMEOUT:?}"),
+            }
+        }
+    }
+
     /// Flushes anything still queued.
     pub fn flush(&self) {
         self.producer
@@ -506,4 +551,79 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     i32::from_ne_bytes(h.to_ne_bytes())
+}
+
+/// A binary of this workspace, from the target directory the running test
+/// was built into (`cargo test --workspace` builds every package's
+/// binaries; `cargo build --workspace --bins` does too).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|dir| dir.join(name))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One HTTP GET on loopback: status code and body, `None` when nothing
+/// answers.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// Samples of a Prometheus text page: `name{labels}` -> value.
+pub fn scrape(addr: std::net::SocketAddr) -> Option<std::collections::HashMap<String, f64>> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `condition` (every 20 ms) until it holds; fails the test naming
+/// `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

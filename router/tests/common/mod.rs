@@ -1,0 +1,481 @@
+//! A downlink stack of real processes for the integration tests: one tansu
+//! broker, topics made by `carbridge-topics`, `router` and `gateway`
+//! binaries with their admin endpoints, and cars that are real MQTT
+//! clients (rumqttc, mosquitto_sub) or raw sockets where a test needs to
+//! see a connection close.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::{Connect, Decoder, Packet, Role, Subscribe};
+use testkit::{Broker, free_port, scrape, wait_until, workspace_binary};
+
+/// Bound on every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A message a car received: MQTT topic and payload.
+pub type Received = (String, Vec<u8>);
+
+/// A process of the stack; SIGKILLed when dropped if still running.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub admin: SocketAddr,
+    /// The MQTT listener (gateways only).
+    pub mqtt: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// One sample of the admin endpoint's metrics, 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        scrape(self.admin)
+            .and_then(|samples| samples.get(name).copied())
+            .unwrap_or(0.0)
+    }
+
+    /// All samples, or an empty map if the process does not answer.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        scrape(self.admin).unwrap_or_default()
+    }
+
+    pub fn ready(&self) -> bool {
+        testkit::http_get(self.admin, "/readyz").is_some_and(|(status, _)| status == 200)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.name);
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn mqtt(&self) -> SocketAddr {
+        self.mqtt.unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Broker, topics and a place for the processes' logs.
+pub struct Stack {
+    pub broker: Broker,
+    pub logs: tempfile::TempDir,
+    pub partitions: u32,
+    pub slots: u32,
+}
+
+impl Stack {
+    /// A broker with every topic made by `carbridge-topics create`.
+    pub fn new(partitions: u32, slots: u32) -> Self {
+        let broker = Broker::start();
+        let output = Command::new(env!("CARGO_BIN_EXE_carbridge-topics"))
+            .args(["create", "--kafka-bootstrap", &broker.bootstrap_servers()])
+            .args(["--partitions", &partitions.to_string()])
+            .args(["--slots", &slots.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "carbridge-topics create failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self {
+            broker,
+            logs: tempfile::tempdir().unwrap(),
+            partitions,
+            slots,
+        }
+    }
+
+    fn log_file(&self, name: &str) -> (PathBuf, std::fs::File) {
+        let path = self.logs.path().join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        (path, file)
+    }
+
+    /// Starts a router process; returns once its admin endpoint answers.
+    pub fn router(&self, name: &str) -> Proc {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (log, file) = self.log_file(name);
+        let child = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
+            .args(["--admin-listen", &admin.to_string()])
+            // The smallest the group protocol allows by default: a router
+            // that stops heartbeating loses its partitions within 6 s.
+            .args(["--session-timeout-ms", "6000"])
+            .args(["--log-format", "json", "--log-filter", "info,router=debug"])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let mut proc = Proc {
+            name: name.to_owned(),
+            child,
+            admin,
+            mqtt: None,
+            log,
+        };
+        wait_until(&format!("{name} to serve /healthz"), WAIT, || {
+            assert!(
+                proc.child.try_wait().unwrap().is_none(),
+                "{name} exited:\n{}",
+                proc.log_text()
+            );
+            testkit::http_get(admin, "/healthz").is_some()
+        });
+        proc
+    }
+
+    /// Starts a gateway process with bridge id `bridge` (2 shards); returns
+    /// once it is ready.
+    pub fn gateway(&self, name: &str, bridge: u32) -> Proc {
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let (log, file) = self.log_file(name);
+        let child = Command::new(workspace_binary("gateway"))
+            .args(["--listen", &mqtt.to_string(), "--shards", "2"])
+            .args(["--bridge-id", &bridge.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let mut proc = Proc {
+            name: name.to_owned(),
+            child,
+            admin,
+            mqtt: Some(mqtt),
+            log,
+        };
+        wait_until(&format!("{name} to be ready"), WAIT, || {
+            assert!(
+                proc.child.try_wait().unwrap().is_none(),
+                "{name} exited:\n{}",
+                proc.log_text()
+            );
+            proc.ready()
+        });
+        proc
+    }
+
+    /// Waits until the routers together own every partition with their
+    /// tables rebuilt.
+    pub fn await_routers(&self, routers: &[&Proc]) {
+        wait_until("the routers to own every partition, rebuilt", WAIT, || {
+            let mut owned = 0.0;
+            for router in routers {
+                if !router.ready() {
+                    return false;
+                }
+                owned += router.metric("carbridge_router_partitions_assigned");
+            }
+            owned == f64::from(self.partitions)
+        });
+    }
+
+    /// Waits until the routers have applied every registry record the
+    /// gateways had acknowledged (plus `extra` written by the test), so a
+    /// request produced now meets the sessions as the cars set them up.
+    /// Valid while no table is being rebuilt (rebuilds count records again).
+    pub fn await_registry(&self, gateways: &[&Proc], routers: &[&Proc], extra: f64) {
+        wait_until("the routers to apply the session registry", WAIT, || {
+            let written: f64 = gateways
+                .iter()
+                .map(|g| g.metric("carbridge_gateway_registry_acked_total"))
+                .sum::<f64>()
+                + extra;
+            let applied: f64 = routers
+                .iter()
+                .map(|r| r.metric("carbridge_router_registry_applied_total"))
+                .sum();
+            written > 0.0 && applied >= written
+        });
+    }
+
+    /// Produces downlink requests: (client id, MQTT topic, payload), in order.
+    pub fn request(&self, requests: &[(&str, &str, Vec<u8>)]) {
+        let producer = self.broker.producer();
+        producer.send_all(
+            contract::topics::DOWNLINK,
+            requests.iter().map(|(client, topic, payload)| {
+                (
+                    client.as_bytes(),
+                    payload.clone(),
+                    vec![(contract::HEADER_TOPIC, topic.as_bytes().to_vec())],
+                )
+            }),
+        );
+    }
+}
+
+/// A car on rumqttc, the Rust MQTT client.
+pub struct Car {
+    pub id: String,
+    client: rumqttc::Client,
+    messages: Receiver<Received>,
+    subacks: Receiver<()>,
+}
+
+impl Car {
+    /// Connects (clean session, QoS 0) and waits for the CONNACK.
+    pub fn connect(gateway: &Proc, id: &str) -> Self {
+        let addr = gateway.mqtt();
+        let mut options = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(60));
+        let (client, mut connection) = rumqttc::Client::new(options, 64);
+        let (messages_tx, messages) = channel();
+        let (subacks_tx, subacks) = channel();
+        let (connected_tx, connected) = channel();
+        let name = id.to_owned();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => {
+                        let _ = connected_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Incoming::SubAck(_))) => {
+                        let _ = subacks_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(publish))) => {
+                        if messages_tx
+                            .send((publish.topic, publish.payload.to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // No reconnect: a closed connection ends the car.
+                    Err(error) => {
+                        eprintln!("car {name}: {error}");
+                        return;
+                    }
+                }
+            }
+        });
+        connected
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("car {id}: no CONNACK"));
+        Self {
+            id: id.to_owned(),
+            client,
+            messages,
+            subacks,
+        }
+    }
+
+    pub fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtMostOnce)
+            .unwrap();
+        self.subacks
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("car {}: no SUBACK for {filter}", self.id));
+    }
+
+    /// The next `n` messages; fails after `WAIT` with what came.
+    pub fn expect(&self, n: usize) -> Vec<Received> {
+        collect(&self.messages, n, &self.id)
+    }
+
+    /// Whatever arrives within `window` (for asserting that nothing more
+    /// does).
+    pub fn drain(&self, window: Duration) -> Vec<Received> {
+        drain(&self.messages, window)
+    }
+
+    pub fn disconnect(self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+fn collect(messages: &Receiver<Received>, n: usize, who: &str) -> Vec<Received> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match messages.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(message) => got.push(message),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => panic!(
+                "{who}: {} of {n} messages within {WAIT:?}; last: {:?}",
+                got.len(),
+                got.last()
+            ),
+        }
+    }
+    got
+}
+
+fn drain(messages: &Receiver<Received>, window: Duration) -> Vec<Received> {
+    let deadline = Instant::now() + window;
+    let mut got = Vec::new();
+    while let Ok(message) =
+        messages.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        got.push(message);
+    }
+    got
+}
+
+/// A car as mosquitto_sub (Debian's mosquitto-clients), printing each
+/// message as "topic payload".
+pub struct MosquittoSub {
+    child: Child,
+    messages: Receiver<Received>,
+}
+
+impl MosquittoSub {
+    /// Subscribes `id` to `filter`; returns once the subscription is
+    /// acknowledged (mosquitto_sub's debug output shows the SUBACK).
+    pub fn start(gateway: &Proc, id: &str, filter: &str) -> Self {
+        let addr = gateway.mqtt();
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-i", id, "-t", filter, "-q", "0", "-v", "-d"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt install mosquitto-clients; scripts/setup.sh does)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, messages) = channel();
+        let (subscribed_tx, subscribed) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.starts_with("Client ") {
+                    if line.contains("received SUBACK") {
+                        let _ = subscribed_tx.send(());
+                    }
+                    continue;
+                }
+                if let Some((topic, payload)) = line.split_once(' ')
+                    && tx
+                        .send((topic.to_owned(), payload.as_bytes().to_vec()))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        if subscribed.recv_timeout(WAIT).is_err() {
+            let _ = child.kill();
+            panic!("mosquitto_sub {id}: no SUBACK");
+        }
+        Self { child, messages }
+    }
+
+    pub fn expect(&self, n: usize) -> Vec<Received> {
+        collect(&self.messages, n, "mosquitto_sub")
+    }
+
+    pub fn drain(&self, window: Duration) -> Vec<Received> {
+        drain(&self.messages, window)
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A car on raw sockets, for tests that must see the gateway close it.
+pub struct RawCar {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+impl RawCar {
+    /// CONNECT (clean session) and SUBSCRIBE `filter`, waiting for both acks.
+    pub fn connect(gateway: &Proc, id: &str, filter: &str) -> Self {
+        let stream = TcpStream::connect(gateway.mqtt()).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut car = Self {
+            stream,
+            buffer: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        Connect::new(id, 60).encode(&mut out).unwrap();
+        car.stream.write_all(&out).unwrap();
+        assert!(
+            matches!(car.next(), Some(Packet::ConnAck(ack)) if ack.code == codec::ConnectReturnCode::Accepted),
+            "{id}: connection refused"
+        );
+        let mut out = BytesMut::new();
+        Subscribe::new(
+            std::num::NonZeroU16::MIN,
+            [(filter, codec::QoS::AtMostOnce)],
+        )
+        .unwrap()
+        .encode(&mut out)
+        .unwrap();
+        car.stream.write_all(&out).unwrap();
+        assert!(
+            matches!(car.next(), Some(Packet::SubAck(_))),
+            "{id}: no SUBACK"
+        );
+        car
+    }
+
+    /// The next packet, `None` once the gateway closed the connection.
+    pub fn next(&mut self) -> Option<Packet> {
+        let decoder = Decoder::new(Role::Client, 1 << 20);
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(packet) = decoder.decode(&mut self.buffer).unwrap() {
+                return Some(packet);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("no packet within {WAIT:?}: {e}"),
+            }
+        }
+    }
+}
