@@ -58,6 +58,9 @@ impl SlotConsumer {
             }
         }
         client
+            // librdkafka wants a group for any assignment; this one never
+            // joins (no subscribe) and never commits.
+            .set("group.id", format!("carbridge-gateway-slot-{slot}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer = client

@@ -487,7 +487,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let (listener, shard) = match setup() {
         Ok(ready) => ready,
         Err(error) => {
-            let _ = bound.send(Err(io::Error::other(error.to_string())));
+            let _ = bound.send(Err(io::Error::other(format!("{error:#}"))));
             return Err(error);
         }
     };

@@ -372,7 +372,10 @@ impl MosquittoSub {
     /// acknowledged (mosquitto_sub's debug output shows the SUBACK).
     pub fn start(gateway: &Proc, id: &str, filter: &str) -> Self {
         let addr = gateway.mqtt();
-        let mut child = Command::new("mosquitto_sub")
+        // Line-buffered: mosquitto_sub flushes only after messages, and
+        // the test must see its SUBACK line as it happens.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
             .args(["-i", id, "-t", filter, "-q", "0", "-v", "-d"])
             .stdin(Stdio::null())
@@ -386,7 +389,8 @@ impl MosquittoSub {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if line.starts_with("Client ") {
+                // -d's debug lines; the rest are "topic payload".
+                if line.starts_with("Client ") || line.starts_with("Subscribed (mid") {
                     if line.contains("received SUBACK") {
                         let _ = subscribed_tx.send(());
                     }
