@@ -619,10 +619,11 @@ impl Router {
         }
     }
 
+    /// Marks the request at `offset` done: the group resumes after it.
     fn store(&self, consumer: &GroupConsumer, partition: i32, offset: i64) {
-        if let Err(error) =
-            consumer.store_offset(&self.config.downlink_topic, partition, offset + 1)
-        {
+        // librdkafka's rd_kafka_offset_store (behind `store_offset`) takes
+        // the offset of the message handled and commits offset + 1 itself.
+        if let Err(error) = consumer.store_offset(&self.config.downlink_topic, partition, offset) {
             tracing::debug!(partition, %error, "storing an offset failed");
         }
     }

@@ -76,10 +76,10 @@ fn delivery_continues_when_a_router_stops_mid_stream() {
             })
             .collect()
     };
-    stack.request(&batch(0..PER_CAR / 2));
+    stack.request_unbatched(&batch(0..PER_CAR / 2));
     // Mid-stream: the first half is being routed as the router leaves.
     second.signal("TERM");
-    stack.request(&batch(PER_CAR / 2..PER_CAR));
+    stack.request_unbatched(&batch(PER_CAR / 2..PER_CAR));
     assert!(second.wait_exit(WAIT).success(), "router-2 failed to stop");
 
     for car in &cars {

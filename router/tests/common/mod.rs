@@ -85,6 +85,23 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- last lines of {}'s log ----", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            if matches!(self.child.try_wait(), Ok(None)) {
+                let mut samples: Vec<_> = self
+                    .metrics()
+                    .into_iter()
+                    .filter(|(_, value)| *value != 0.0)
+                    .collect();
+                samples.sort_by(|a, b| a.0.cmp(&b.0));
+                eprintln!("---- {}'s non-zero metrics: {samples:?}", self.name);
+            }
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -238,7 +255,18 @@ impl Stack {
 
     /// Produces downlink requests: (client id, MQTT topic, payload), in order.
     pub fn request(&self, requests: &[(&str, &str, Vec<u8>)]) {
-        let producer = self.broker.producer();
+        self.request_with(requests, &[]);
+    }
+
+    /// [`Stack::request`], one record per batch: for tests where a router
+    /// resumes a partition from a committed offset (see
+    /// `testkit::Broker::producer_with` for the tansu behaviour this avoids).
+    pub fn request_unbatched(&self, requests: &[(&str, &str, Vec<u8>)]) {
+        self.request_with(requests, &[("batch.num.messages", "1")]);
+    }
+
+    fn request_with(&self, requests: &[(&str, &str, Vec<u8>)], properties: &[(&str, &str)]) {
+        let producer = self.broker.producer_with(properties);
         producer.send_all(
             contract::topics::DOWNLINK,
             requests.iter().map(|(client, topic, payload)| {
