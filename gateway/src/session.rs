@@ -155,7 +155,9 @@ enum State {
     /// CONNECT received, the caller has not answered yet.
     Deciding,
     Connected(Connected),
-    Closed(CloseReason),
+    /// The first close reason, and the client id if the car had connected
+    /// (the caller's clean-up after the close needs it).
+    Closed(CloseReason, Option<ByteString>),
 }
 
 #[derive(Debug)]
@@ -185,10 +187,11 @@ impl Session {
         }
     }
 
-    /// The client id once connected.
+    /// The client id once connected; kept after the close.
     pub fn client_id(&self) -> Option<&ByteString> {
         match &self.state {
             State::Connected(c) => Some(&c.client_id),
+            State::Closed(_, client_id) => client_id.as_ref(),
             _ => None,
         }
     }
@@ -202,7 +205,7 @@ impl Session {
     }
 
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed(_))
+        matches!(self.state, State::Closed(..))
     }
 
     /// When the caller must call [`Session::on_deadline`] unless a packet
@@ -211,7 +214,7 @@ impl Session {
         match &self.state {
             State::AwaitingConnect { deadline } => Some(*deadline),
             State::Connected(c) => Some(c.deadline),
-            State::Deciding | State::Closed(_) => None,
+            State::Deciding | State::Closed(..) => None,
         }
     }
 
@@ -234,7 +237,7 @@ impl Session {
             State::AwaitingConnect { deadline } => {
                 *deadline = (*deadline).max(now + self.timing.connect_timeout);
             }
-            State::Deciding | State::Closed(_) => {}
+            State::Deciding | State::Closed(..) => {}
         }
     }
 
@@ -242,13 +245,13 @@ impl Session {
     /// takeover, unmapped topic, shutdown). Idempotent: the first reason
     /// stays.
     pub fn close(&mut self, reason: CloseReason) -> CloseReason {
-        match self.state {
-            State::Closed(first) => first,
-            _ => {
-                self.state = State::Closed(reason);
-                reason
-            }
-        }
+        let client_id = match &mut self.state {
+            State::Closed(first, _) => return *first,
+            State::Connected(c) => Some(std::mem::take(&mut c.client_id)),
+            _ => None,
+        };
+        self.state = State::Closed(reason, client_id);
+        reason
     }
 
     /// The codec refused the input. Appends a CONNACK where the spec asks
@@ -267,7 +270,7 @@ impl Session {
     /// Handles one packet received at `now`.
     pub fn on_packet(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Step {
         match &mut self.state {
-            State::Closed(_) => Step::Continue,
+            State::Closed(..) => Step::Continue,
             State::AwaitingConnect { .. } => match packet {
                 Packet::Connect(connect) => self.on_connect(connect),
                 _ => self.fail(CloseReason::Unsupported(Unsupported::PacketBeforeConnect)),
@@ -447,6 +450,24 @@ mod tests {
         let session = connected(t0, 30);
         assert_eq!(session.client_id().map(|c| &**c), Some("VIN0001"));
         assert_eq!(session.deadline(), Some(t0 + Duration::from_secs(45)));
+    }
+
+    #[test]
+    fn a_closed_session_still_names_its_client_for_the_clean_up() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 30);
+        assert_eq!(
+            session.close(CloseReason::PeerClosed),
+            CloseReason::PeerClosed
+        );
+        assert_eq!(session.close(CloseReason::Io), CloseReason::PeerClosed);
+        assert!(session.is_closed());
+        assert_eq!(session.client_id().map(|c| &**c), Some("VIN0001"));
+        assert!(session.filters().is_empty());
+        // A connection that never connected has no client to clean up.
+        let mut never = Session::new(TIMING, t0);
+        never.close(CloseReason::PeerClosed);
+        assert_eq!(never.client_id(), None);
     }
 
     #[test]

@@ -790,18 +790,35 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
 }
 
 /// Reads up to `want` bytes onto the end of `input`.
+///
+/// Cancel-safe: the read races the connection's signal and is dropped when
+/// the signal wins (a downlink message to write, a deadline). `input` then
+/// keeps exactly what it had; glommio's read only takes bytes from the
+/// socket when it completes.
 async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     input: &mut BytesMut,
     want: usize,
 ) -> io::Result<usize> {
+    /// Cuts the zero-filled room for the read back to what was read, also
+    /// when the read future is dropped before it completes.
+    struct Room<'a> {
+        input: &'a mut BytesMut,
+        keep: usize,
+    }
+    impl Drop for Room<'_> {
+        fn drop(&mut self) {
+            self.input.truncate(self.keep);
+        }
+    }
     let start = input.len();
     input.resize(start + want, 0);
-    let result = match input.get_mut(start..) {
+    let mut room = Room { input, keep: start };
+    let result = match room.input.get_mut(start..) {
         Some(tail) => stream.read(tail).await,
         None => Ok(0),
     };
-    input.truncate(start + *result.as_ref().unwrap_or(&0));
+    room.keep = start + *result.as_ref().unwrap_or(&0);
     result
 }
 
@@ -906,5 +923,42 @@ async fn handle_input(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A socket with nothing to read yet.
+    struct Quiet;
+
+    impl AsyncRead for Quiet {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_read_dropped_for_the_signal_leaves_the_input_as_it_was() {
+        let mut input = BytesMut::from(&b"\x30\x05ab"[..]);
+        let mut quiet = Quiet;
+        {
+            let read = read_some(&mut quiet, &mut input, 4096);
+            assert!(future::block_on(future::poll_once(pin!(read))).is_none());
+        }
+        // No zero-filled room is left behind for the decoder to choke on.
+        assert_eq!(&input[..], b"\x30\x05ab");
+        let mut rest: &[u8] = b"cde";
+        assert_eq!(
+            future::block_on(read_some(&mut rest, &mut input, 4096)).unwrap(),
+            3
+        );
+        assert_eq!(&input[..], b"\x30\x05abcde");
     }
 }

@@ -113,6 +113,26 @@ fn each_car_gets_its_own_messages_on_the_topics_it_subscribed() {
     assert!(mosquitto.drain(quiet).is_empty());
     assert!(rust.drain(quiet).is_empty());
     assert!(warn.drain(quiet).is_empty());
+
+    // Leaving ends the session in the registry: the router forgets the car.
+    assert_eq!(router.metric("carbridge_router_live_sessions"), 3.0);
+    rust.disconnect();
+    warn.disconnect();
+    wait_until(
+        "the end-of-session records to reach the router",
+        common::WAIT,
+        || router.metric("carbridge_router_live_sessions") == 1.0,
+    );
+    assert_eq!(
+        gateway.metric("carbridge_gateway_connections_closed_total{reason=\"disconnect\"}"),
+        2.0
+    );
+    stack.request(&[("VIN-RUMQTTC", "DL/INFO", b"gone".to_vec())]);
+    wait_until(
+        "the router to drop a request for a car that left",
+        common::WAIT,
+        || router.metric("carbridge_router_requests_dropped_total{reason=\"offline\"}") == 11.0,
+    );
 }
 
 /// 10,000 messages to one car arrive complete and in the order produced.
