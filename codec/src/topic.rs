@@ -74,22 +74,32 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), DecodeError> {
 /// level and any number of levels below it, and a filter starting with a
 /// wildcard does not match a topic starting with `$` (MQTT-4.7.2-1).
 pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+    let (filter, topic) = (filter.as_bytes(), topic.as_bytes());
+    if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
         return false;
     }
-    // Common case first: a filter without wildcards is an equality test.
-    if memchr::memchr2(b'+', b'#', filter.as_bytes()).is_none() {
-        return filter == topic;
-    }
-    let mut filter_levels = filter.split('/');
-    let mut topic_levels = topic.split('/');
+    // One pass over both, byte by byte: this runs per downlink request in
+    // the router and per message in the gateway, and splitting into levels
+    // cost more than the comparison itself.
+    let (mut f, mut t) = (0, 0);
     loop {
-        match (filter_levels.next(), topic_levels.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(f), Some(t)) if f == t => {}
-            (None, None) => return true,
-            _ => return false,
+        match filter.get(f) {
+            None => return t == topic.len(),
+            // Valid filters have '#' only as their whole last level.
+            Some(b'#') => return true,
+            Some(b'+') => {
+                while topic.get(t).is_some_and(|&c| c != b'/') {
+                    t += 1;
+                }
+                f += 1;
+            }
+            Some(c) if topic.get(t) == Some(c) => {
+                f += 1;
+                t += 1;
+            }
+            // "a/#" also matches "a": the topic ends where the filter
+            // has only "/#" left.
+            Some(_) => return t == topic.len() && filter.get(f..) == Some(&b"/#"[..]),
         }
     }
 }
@@ -97,6 +107,37 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The definition, level by level: what the fast `matches` must agree
+    /// with.
+    fn matches_by_levels(filter: &str, topic: &str) -> bool {
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let mut filter_levels = filter.split('/');
+        let mut topic_levels = topic.split('/');
+        loop {
+            match (filter_levels.next(), topic_levels.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(f), Some(t)) if f == t => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn matches_agrees_with_the_level_by_level_definition(
+            filter in "([a$]|b|\\+)?(/(a|b|\\+|)){0,3}(/#)?|#",
+            topic in "[a$b]?(/[ab]?){0,4}",
+        ) {
+            prop_assume!(validate_topic_filter(&filter).is_ok());
+            prop_assert_eq!(matches(&filter, &topic), matches_by_levels(&filter, &topic));
+        }
+    }
 
     #[test]
     fn matching_follows_section_4_7() {

@@ -7,18 +7,93 @@
 //! it only tells the router that an older connection may still be open
 //! somewhere, which then gets a takeover notice.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use contract::SessionRecord;
 
-/// What the table knows of one client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Separates the filters in a [`Key`]: MQTT forbids U+0000 in topic
+/// filters (MQTT-4.7.3-2).
+const SEPARATOR: u8 = 0;
+
+/// A client id and its live session's filters in one allocation: the
+/// id's length (2 bytes, MQTT strings are shorter than 64 KiB), the id,
+/// then each filter after a NUL. A lookup and the filter match that
+/// follows touch one heap block, and a client costs one allocation.
+/// Hashed and compared by the client id alone.
+#[derive(Debug)]
+struct Key(Box<[u8]>);
+
+impl Key {
+    /// `None` for an id too long to be an MQTT client id.
+    fn new(client: &str, filters: &[String]) -> Option<Self> {
+        let length = u16::try_from(client.len()).ok()?;
+        let mut bytes = Vec::with_capacity(
+            2 + client.len() + filters.iter().map(|f| f.len() + 1).sum::<usize>(),
+        );
+        bytes.extend_from_slice(&length.to_le_bytes());
+        bytes.extend_from_slice(client.as_bytes());
+        for filter in filters {
+            bytes.push(SEPARATOR);
+            bytes.extend_from_slice(filter.as_bytes());
+        }
+        Some(Self(bytes.into_boxed_slice()))
+    }
+
+    fn split(&self) -> (&[u8], &[u8]) {
+        let length = match self.0.get(..2) {
+            Some(&[lo, hi]) => usize::from(u16::from_le_bytes([lo, hi])),
+            _ => 0,
+        };
+        self.0.get(2..).map_or((&[][..], &[][..]), |rest| {
+            rest.split_at(length.min(rest.len()))
+        })
+    }
+
+    fn client(&self) -> &[u8] {
+        self.split().0
+    }
+
+    fn filters(&self) -> impl Iterator<Item = &str> {
+        let filters = self.split().1;
+        filters
+            .get(1..)
+            .unwrap_or_default()
+            .split(|&b| b == SEPARATOR)
+            .filter(move |_| !filters.is_empty())
+            .filter_map(|filter| std::str::from_utf8(filter).ok())
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.client().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.client() == other.client()
+    }
+}
+
+impl Eq for Key {}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.client()
+    }
+}
+
+/// What the table knows of one client's newest session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     session: u64,
     slot: u32,
-    /// `None` once the session ended: kept (small) so that a late record
-    /// of an older session cannot resurrect the client.
-    filters: Option<Box<[Box<str>]>>,
+    /// False once the session ended: the entry stays (small) so that a
+    /// late record of an older session cannot resurrect the client.
+    live: bool,
 }
 
 /// A connection that must close: a newer session of its client exists.
@@ -55,7 +130,7 @@ impl Miss {
 
 #[derive(Debug, Default)]
 pub struct Table {
-    clients: HashMap<Box<str>, Entry>,
+    clients: HashMap<Key, Entry>,
     live: usize,
 }
 
@@ -72,62 +147,67 @@ impl Table {
     /// Applies one registry record of `client`; returns the connection that
     /// must be closed, if the record reveals one.
     pub fn apply(&mut self, client: &str, record: &SessionRecord) -> Option<Takeover> {
-        let filters = || {
-            record
-                .filters
-                .iter()
-                .map(|f| Box::<str>::from(f.as_str()))
-                .collect::<Box<[_]>>()
-        };
-        let incoming = Entry {
-            session: record.session,
-            slot: record.slot,
-            filters: record.ended.is_none().then(filters),
-        };
-        let Some(current) = self.clients.get_mut(client) else {
-            self.live += usize::from(incoming.filters.is_some());
-            self.clients.insert(client.into(), incoming);
-            return None;
-        };
-        let was_live = current.filters.is_some();
-        let notice = if record.session > current.session {
+        let live = record.ended.is_none();
+        let (replace, notice) = match self.clients.get(client.as_bytes()) {
+            None => (true, None),
             // A newer session: the older one, if still open, must close.
-            let notice = was_live.then_some(Takeover {
-                slot: current.slot,
-                session: current.session,
-            });
-            *current = incoming;
-            notice
-        } else if record.session == current.session {
+            Some(current) if record.session > current.session => (
+                true,
+                current.live.then_some(Takeover {
+                    slot: current.slot,
+                    session: current.session,
+                }),
+            ),
             // The same session: filters changed, or it ended. An ended
             // session stays ended.
-            if was_live {
-                *current = incoming;
-            }
-            None
-        } else {
+            Some(current) if record.session == current.session => (current.live, None),
             // An older session still talking (a late record): if it is
             // live, its connection must close; the table does not change.
-            incoming.filters.is_some().then_some(Takeover {
-                slot: record.slot,
-                session: record.session,
-            })
+            Some(_) => (
+                false,
+                live.then_some(Takeover {
+                    slot: record.slot,
+                    session: record.session,
+                }),
+            ),
         };
-        let is_live = current.filters.is_some();
-        match (was_live, is_live) {
-            (false, true) => self.live += 1,
-            (true, false) => self.live -= 1,
-            _ => {}
+        if replace {
+            // Remove first: `insert` would keep the old key, and its filters.
+            let was_live = self
+                .clients
+                .remove(client.as_bytes())
+                .is_some_and(|e| e.live);
+            let filters: &[String] = if live { &record.filters } else { &[] };
+            let Some(key) = Key::new(client, filters) else {
+                // Longer than any MQTT client id: no car can have it.
+                return None;
+            };
+            let entry = Entry {
+                session: record.session,
+                slot: record.slot,
+                live,
+            };
+            self.clients.insert(key, entry);
+            match (was_live, live) {
+                (false, true) => self.live += 1,
+                (true, false) => self.live -= 1,
+                _ => {}
+            }
         }
         notice
     }
 
     /// Where a request for `client` on MQTT topic `topic` goes.
     pub fn route(&self, client: &str, topic: &str) -> Result<Route, Miss> {
-        let entry = self.clients.get(client).ok_or(Miss::Offline)?;
-        let filters = entry.filters.as_deref().ok_or(Miss::Offline)?;
-        if filters
-            .iter()
+        let (key, entry) = self
+            .clients
+            .get_key_value(client.as_bytes())
+            .ok_or(Miss::Offline)?;
+        if !entry.live {
+            return Err(Miss::Offline);
+        }
+        if key
+            .filters()
             .any(|filter| codec::topic::matches(filter, topic))
         {
             Ok(Route {

@@ -30,7 +30,11 @@ fn create_makes_every_topic_and_check_agrees() {
     let before = topics(&broker, &["check", "--partitions", "6", "--slots", "4"]);
     assert_eq!(before.status.code(), Some(1), "{}", text(&before));
     for topic in ["cs.uplink", "cs.downlink", "mqtt.sessions", "mqtt.downlink"] {
-        assert!(text(&before).contains(topic), "{topic} not reported: {}", text(&before));
+        assert!(
+            text(&before).contains(topic),
+            "{topic} not reported: {}",
+            text(&before)
+        );
     }
 
     let created = topics(&broker, &["create", "--partitions", "6", "--slots", "4"]);

@@ -226,8 +226,8 @@ impl Broker {
     /// the middle of what was produced (a consumer group handing a
     /// partition over): tansu 0.6.0 serves a fetch from an offset inside a
     /// record batch starting at the *next* batch, skipping the rest of that
-    /// batch, and reports a high watermark of the last batch's base offset
-    /// + 1. Kafka returns the whole batch and the consumer skips to the
+    /// batch, and reports as high watermark one past the last batch's base
+    /// offset. Kafka returns the whole batch and the consumer skips to the
     /// offset. One record per batch keeps such tests about our code.
     pub fn producer_with(&self, properties: &[(&str, &str)]) -> TestProducer {
         let mut config = self.client_config();
