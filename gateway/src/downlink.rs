@@ -52,7 +52,12 @@ impl SlotConsumer {
             // Producer-only tuning is meaningless here (and librdkafka warns).
             if !matches!(
                 key.as_str(),
-                "linger.ms" | "queue.buffering.max.ms" | "batch.size" | "acks" | "compression.type"
+                "linger.ms"
+                    | "queue.buffering.max.ms"
+                    | "batch.size"
+                    | "acks"
+                    | "compression.type"
+                    | "enable.idempotence"
             ) {
                 client.set(key, value);
             }

@@ -260,6 +260,11 @@ pub fn run(
     let mut producer_config = client_config(&config);
     producer_config
         .set("linger.ms", "1")
+        // A retried request must not overtake the next one: per-client
+        // order. (Idempotence would allow more in flight, but an
+        // idempotent producer stalls when the broker loses its producer
+        // state, as a restarted in-memory tansu does.)
+        .set("max.in.flight.requests.per.connection", "1")
         .set("client.id", "carbridge-router");
     let producer: BaseProducer<RoutedContext> = producer_config
         .create_with_context(RoutedContext {
