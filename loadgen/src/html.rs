@@ -1,0 +1,1012 @@
+//! The HTML report: one self-contained page (inline CSS and SVG, no scripts,
+//! no external resources), so it can be archived as a CI artifact or mailed
+//! and still open anywhere without a server.
+//!
+//! The charts are drawn by hand: a few polylines on "nice" axes are all a
+//! load report needs, and it keeps the load generator free of plotting
+//! dependencies.
+
+use std::fmt::Write;
+
+use crate::report::{ConnectStats, FlowStats, Report, Tick};
+
+/// Chart canvas width in SVG user units; the page scales it to its width.
+const CHART_WIDTH: f64 = 900.0;
+const CHART_HEIGHT: f64 = 300.0;
+/// The connected-cars chart only needs to show a ramp and a plateau.
+const SMALL_CHART_HEIGHT: f64 = 180.0;
+/// Room around the plot area for the legend, tick labels and axis titles.
+const MARGIN_LEFT: f64 = 70.0;
+const MARGIN_RIGHT: f64 = 35.0;
+const MARGIN_TOP: f64 = 30.0;
+const MARGIN_BOTTOM: f64 = 45.0;
+/// About this many ticks per axis: readable without crowding.
+const TARGET_TICKS: f64 = 6.0;
+/// Upper bound on ticks, in case rounding makes the step tiny against the range.
+const MAX_TICKS: usize = 50;
+/// Highest percentile plotted: 100 is infinitely far right on the log scale.
+const MAX_PERCENTILE: f64 = 99.9999;
+/// Most decades of "nines" on the percentile axis (0% … 99.9999%).
+const MAX_PERCENTILE_DECADES: f64 = 6.0;
+/// Rough width of one character of an 11-unit sans-serif label, to lay out the legend.
+const CHAR_WIDTH: f64 = 6.5;
+
+/// Distinct colours (the usual categorical palette), one per series of a chart.
+const BLUE: &str = "#1f77b4";
+const ORANGE: &str = "#ff7f0e";
+const GREEN: &str = "#2ca02c";
+const RED: &str = "#d62728";
+const PURPLE: &str = "#9467bd";
+
+const STYLE: &str = "\
+body { font-family: system-ui, sans-serif; color: #222; max-width: 960px; margin: 2em auto; padding: 0 1em; }
+h1 { font-size: 1.6em; }
+h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bad { color: #c00; font-weight: bold; }
+.muted { color: #666; }
+svg.chart { display: block; width: 100%; height: auto; margin-bottom: 1em; }
+";
+
+/// A self-contained HTML page (no scripts, no external resources) for `report`.
+pub fn render(report: &Report) -> String {
+    let mut page = String::with_capacity(64 * 1024);
+    write_head(&mut page, report);
+    write_header(&mut page, report);
+    write_summary(&mut page, report);
+    write_throughput_charts(&mut page, report);
+    write_latency_chart(&mut page, report);
+    write_distribution_chart(&mut page, report);
+    page.push_str("</body>\n</html>\n");
+    page
+}
+
+/// Escapes text from the report (hostnames, options) for HTML content and
+/// attribute values: it is free text and may contain markup characters.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// A measured value for a table cell, with precision that suits its size;
+/// non-finite values (e.g. no samples) show as a dash rather than "NaN".
+fn number(value: f64) -> String {
+    if !value.is_finite() {
+        return "–".to_owned();
+    }
+    let magnitude = value.abs();
+    if magnitude >= 100.0 {
+        format!("{value:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{value:.1}")
+    } else if magnitude >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// Counts are exact in the report; they become floats only to be plotted.
+fn count(value: u64) -> f64 {
+    value as f64
+}
+
+fn write_head(page: &mut String, report: &Report) {
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>Load test report: {} mode, {}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n",
+        escape(&report.mode),
+        escape(&report.started_at),
+    );
+}
+
+/// What was run, where and how: enough to reproduce or compare the run.
+fn write_header(page: &mut String, report: &Report) {
+    let machine = &report.machine;
+    page.push_str("<h1>Load test report</h1>\n<table class=\"facts\">\n");
+    let facts = [
+        ("Mode", escape(&report.mode)),
+        ("Started", escape(&report.started_at)),
+        (
+            "Machine",
+            format!(
+                "{} ({} CPUs, kernel {})",
+                escape(&machine.hostname),
+                machine.cpus,
+                escape(&machine.kernel)
+            ),
+        ),
+        ("Warm-up", format!("{} s", number(report.warmup_secs))),
+        ("Measured", format!("{} s", number(report.measured_secs))),
+        ("Report version", report.version.to_string()),
+    ];
+    for (name, value) in facts {
+        let _ = writeln!(page, "<tr><th>{name}</th><td>{value}</td></tr>");
+    }
+    page.push_str("</table>\n<h2>Options</h2>\n");
+    if report.options.is_empty() {
+        page.push_str("<p class=\"muted\">No options recorded.</p>\n");
+        return;
+    }
+    page.push_str("<table class=\"options\">\n<tr><th>Option</th><th>Value</th></tr>\n");
+    for (name, value) in &report.options {
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            escape(value)
+        );
+    }
+    page.push_str("</table>\n");
+}
+
+/// How a summary figure is shown.
+enum Figure {
+    /// A rate or a latency: shown with precision that suits its size.
+    Measure(f64),
+    /// An exact count.
+    Count(u64),
+    /// A count of failures: highlighted when not zero.
+    Problem(u64),
+}
+
+fn write_figure_cell(page: &mut String, figure: &Figure) {
+    let _ = match figure {
+        Figure::Measure(value) => write!(page, "<td class=\"num\">{}</td>", number(*value)),
+        Figure::Count(value) => write!(page, "<td class=\"num\">{value}</td>"),
+        Figure::Problem(value) if *value > 0 => {
+            write!(page, "<td class=\"num bad\">{value}</td>")
+        }
+        Figure::Problem(value) => write!(page, "<td class=\"num\">{value}</td>"),
+    };
+}
+
+fn connect_figures(connect: &ConnectStats) -> [(&'static str, Figure); 9] {
+    [
+        ("Cars", Figure::Count(connect.cars)),
+        ("Connected", Figure::Count(connect.connected)),
+        ("Failed", Figure::Problem(connect.failed)),
+        ("Asked rate (conn/s)", Figure::Measure(connect.asked_rate)),
+        (
+            "Achieved rate (conn/s)",
+            Figure::Measure(connect.achieved_rate),
+        ),
+        ("Latency p50 (ms)", Figure::Measure(connect.latency.p50_ms)),
+        ("Latency p99 (ms)", Figure::Measure(connect.latency.p99_ms)),
+        (
+            "Latency p99.9 (ms)",
+            Figure::Measure(connect.latency.p999_ms),
+        ),
+        ("Latency max (ms)", Figure::Measure(connect.latency.max_ms)),
+    ]
+}
+
+fn flow_figures(flow: &FlowStats) -> [(&'static str, Figure); 15] {
+    let latency = &flow.latency;
+    [
+        ("Asked rate (msg/s)", Figure::Measure(flow.asked_rate)),
+        ("Achieved rate (msg/s)", Figure::Measure(flow.achieved_rate)),
+        ("Sent", Figure::Count(flow.sent)),
+        ("Received", Figure::Count(flow.received)),
+        ("Lost", Figure::Problem(flow.lost)),
+        ("Duplicates", Figure::Problem(flow.duplicates)),
+        ("Out of order", Figure::Problem(flow.out_of_order)),
+        ("Latency min (ms)", Figure::Measure(latency.min_ms)),
+        ("Latency mean (ms)", Figure::Measure(latency.mean_ms)),
+        ("Latency p50 (ms)", Figure::Measure(latency.p50_ms)),
+        ("Latency p90 (ms)", Figure::Measure(latency.p90_ms)),
+        ("Latency p99 (ms)", Figure::Measure(latency.p99_ms)),
+        ("Latency p99.9 (ms)", Figure::Measure(latency.p999_ms)),
+        ("Latency max (ms)", Figure::Measure(latency.max_ms)),
+        ("Latency samples", Figure::Count(latency.count)),
+    ]
+}
+
+/// The measured figures, one table for connections and one with a column
+/// per direction so uplink and downlink read side by side.
+fn write_summary(page: &mut String, report: &Report) {
+    page.push_str("<h2>Summary</h2>\n<h3>Connections</h3>\n<table class=\"summary\">\n");
+    for (name, figure) in connect_figures(&report.connect) {
+        let _ = write!(page, "<tr><th>{name}</th>");
+        write_figure_cell(page, &figure);
+        page.push_str("</tr>\n");
+    }
+    page.push_str(
+        "</table>\n<h3>Messages</h3>\n<table class=\"summary\">\n<tr><th></th><th>Uplink</th>",
+    );
+    if report.downlink.is_some() {
+        page.push_str("<th>Downlink</th>");
+    }
+    page.push_str("</tr>\n");
+    let downlink_figures = report.downlink.as_ref().map(flow_figures);
+    let mut downlink_column = downlink_figures.into_iter().flatten();
+    for (name, uplink) in flow_figures(&report.uplink) {
+        let _ = write!(page, "<tr><th>{name}</th>");
+        write_figure_cell(page, &uplink);
+        if let Some((_, downlink)) = downlink_column.next() {
+            write_figure_cell(page, &downlink);
+        }
+        page.push_str("</tr>\n");
+    }
+    page.push_str("</table>\n");
+    if report.downlink.is_none() {
+        page.push_str("<p class=\"muted\">No downlink messages in this run.</p>\n");
+    }
+}
+
+/// The warm-up as spans of seconds to shade: each warm-up tick covers the
+/// second that ends at its `t`.
+fn warmup_bands(timeline: &[Tick]) -> Vec<(f64, f64)> {
+    let mut bands = Vec::new();
+    let mut current: Option<(f64, f64)> = None;
+    for tick in timeline {
+        if tick.warmup && tick.t.is_finite() {
+            let from = current.map_or(tick.t - 1.0, |(from, _)| from);
+            current = Some((from, tick.t));
+        } else if let Some(band) = current.take() {
+            bands.push(band);
+        }
+    }
+    bands.extend(current);
+    bands
+}
+
+fn tick_series(
+    name: &'static str,
+    colour: &'static str,
+    timeline: &[Tick],
+    value: fn(&Tick) -> f64,
+) -> Series {
+    Series {
+        name,
+        colour,
+        points: timeline.iter().map(|tick| (tick.t, value(tick))).collect(),
+    }
+}
+
+fn write_throughput_charts(page: &mut String, report: &Report) {
+    let timeline = &report.timeline;
+    let mut series = vec![
+        tick_series("uplink sent", BLUE, timeline, |tick| {
+            count(tick.uplink_sent)
+        }),
+        tick_series("uplink received", ORANGE, timeline, |tick| {
+            count(tick.uplink_received)
+        }),
+    ];
+    if report.downlink.is_some() {
+        series.push(tick_series("downlink sent", GREEN, timeline, |tick| {
+            count(tick.downlink_sent)
+        }));
+        series.push(tick_series("downlink received", RED, timeline, |tick| {
+            count(tick.downlink_received)
+        }));
+    }
+    let bands = warmup_bands(timeline);
+    page.push_str("<h2>Throughput over time</h2>\n");
+    write_chart(
+        page,
+        &Chart {
+            title: "Throughput over time",
+            height: CHART_HEIGHT,
+            x_scale: XScale::Seconds,
+            x_title: "Seconds since start (shaded: warm-up)",
+            y_title: "Messages per second",
+            series,
+            bands: bands.clone(),
+        },
+    );
+    write_chart(
+        page,
+        &Chart {
+            title: "Connected cars over time",
+            height: SMALL_CHART_HEIGHT,
+            x_scale: XScale::Seconds,
+            x_title: "Seconds since start (shaded: warm-up)",
+            y_title: "Connected cars",
+            series: vec![tick_series("connected", PURPLE, timeline, |tick| {
+                count(tick.connected)
+            })],
+            bands,
+        },
+    );
+}
+
+fn write_latency_chart(page: &mut String, report: &Report) {
+    let timeline = &report.timeline;
+    let mut series = vec![
+        tick_series("uplink p50", BLUE, timeline, |tick| tick.uplink_p50_ms),
+        tick_series("uplink p99", ORANGE, timeline, |tick| tick.uplink_p99_ms),
+    ];
+    if report.downlink.is_some() {
+        series.push(tick_series("downlink p99", GREEN, timeline, |tick| {
+            tick.downlink_p99_ms
+        }));
+    }
+    page.push_str("<h2>Latency over time</h2>\n");
+    write_chart(
+        page,
+        &Chart {
+            title: "Latency over time",
+            height: CHART_HEIGHT,
+            x_scale: XScale::Seconds,
+            x_title: "Seconds since start (shaded: warm-up)",
+            y_title: "Latency (ms)",
+            series,
+            bands: warmup_bands(timeline),
+        },
+    );
+}
+
+/// The HdrHistogram percentile scale: each extra "nine" gets the same width,
+/// so the tail, where the interesting latencies are, is not squashed.
+/// p = 100 would be infinitely far right, so it is drawn at `MAX_PERCENTILE`.
+fn percentile_x(percentile: f64) -> f64 {
+    let clamped = percentile.clamp(0.0, MAX_PERCENTILE);
+    -(1.0 - clamped / 100.0).log10()
+}
+
+/// The label of the tick `decades` nines to the right: 0%, 90%, 99%, 99.9%…
+fn percentile_label(decades: usize) -> String {
+    match decades {
+        0 => "0%".to_owned(),
+        1 => "90%".to_owned(),
+        2 => "99%".to_owned(),
+        _ => format!("99.{}%", "9".repeat(decades - 2)),
+    }
+}
+
+fn write_distribution_chart(page: &mut String, report: &Report) {
+    let distribution = |name, colour, pairs: &[(f64, f64)]| Series {
+        name,
+        colour,
+        points: pairs
+            .iter()
+            .map(|&(percentile, ms)| (percentile_x(percentile), ms))
+            .collect(),
+    };
+    let mut series = vec![distribution(
+        "uplink",
+        BLUE,
+        &report.uplink.latency.distribution,
+    )];
+    if let Some(downlink) = &report.downlink {
+        series.push(distribution(
+            "downlink",
+            GREEN,
+            &downlink.latency.distribution,
+        ));
+    }
+    page.push_str("<h2>Latency percentile distribution</h2>\n");
+    write_chart(
+        page,
+        &Chart {
+            title: "Latency percentile distribution",
+            height: CHART_HEIGHT,
+            x_scale: XScale::Percentile,
+            x_title: "Percentile",
+            y_title: "Latency (ms)",
+            series,
+            bands: Vec::new(),
+        },
+    );
+}
+
+/// How x values map onto the horizontal axis.
+#[derive(Clone, Copy)]
+enum XScale {
+    /// Seconds since the start of the run, linear.
+    Seconds,
+    /// Already converted by `percentile_x`; ticks at whole decades of nines.
+    Percentile,
+}
+
+/// One line on a chart.
+struct Series {
+    name: &'static str,
+    colour: &'static str,
+    /// (x, y) in data units; non-finite points are skipped when drawn.
+    points: Vec<(f64, f64)>,
+}
+
+struct Chart<'a> {
+    /// For screen readers (the visible title is the heading above the chart).
+    title: &'a str,
+    height: f64,
+    x_scale: XScale,
+    x_title: &'a str,
+    y_title: &'a str,
+    series: Vec<Series>,
+    /// Spans of x shaded behind the data (the warm-up).
+    bands: Vec<(f64, f64)>,
+}
+
+/// A chart axis: a finite, non-empty range and its labelled ticks.
+struct Axis {
+    low: f64,
+    high: f64,
+    ticks: Vec<(f64, String)>,
+}
+
+impl Axis {
+    /// A linear axis over at least `low..=high`, widened to round tick values
+    /// (steps of 1, 2 or 5 times a power of ten). Degenerate or non-finite
+    /// ranges fall back to something drawable instead of dividing by zero.
+    fn linear(low: f64, high: f64) -> Axis {
+        let (low, high) = if low.is_finite() && high.is_finite() && low <= high {
+            (low, high)
+        } else {
+            (0.0, 1.0)
+        };
+        let high = if high > low {
+            high
+        } else {
+            low + low.abs().max(1.0)
+        };
+        let step = nice_step((high - low) / TARGET_TICKS);
+        let axis_low = (low / step).floor() * step;
+        let axis_high = (high / step).ceil() * step;
+        if !(axis_low.is_finite() && axis_high.is_finite() && axis_high > axis_low) {
+            return Axis::linear(0.0, 1.0);
+        }
+        let (scale, suffix) = magnitude_suffix(axis_low.abs().max(axis_high.abs()));
+        let decimals = decimals_for(step / scale);
+        let steps = ((axis_high - axis_low) / step).round();
+        let ticks = (0..=(steps as usize).min(MAX_TICKS))
+            .map(|index| axis_low + step * index as f64)
+            .map(|value| {
+                // Rounding can leave -0.0 or 1e-17 where zero is meant.
+                let shown = if value.abs() < step * 1e-6 {
+                    0.0
+                } else {
+                    value / scale
+                };
+                (value, format!("{shown:.decimals$}{suffix}"))
+            })
+            .collect();
+        Axis {
+            low: axis_low,
+            high: axis_high,
+            ticks,
+        }
+    }
+
+    /// The percentile axis, from 0% to the decade of nines that holds `max_x`.
+    fn percentile(max_x: f64) -> Axis {
+        let decades = if max_x.is_finite() {
+            max_x.ceil().clamp(1.0, MAX_PERCENTILE_DECADES)
+        } else {
+            1.0
+        };
+        let ticks = (0..=decades as usize)
+            .map(|decade| (decade as f64, percentile_label(decade)))
+            .collect();
+        Axis {
+            low: 0.0,
+            high: decades,
+            ticks,
+        }
+    }
+
+    /// Where `value` falls on the axis, 0 at `low` and 1 at `high`.
+    fn fraction(&self, value: f64) -> f64 {
+        let fraction = (value - self.low) / (self.high - self.low);
+        if fraction.is_finite() { fraction } else { 0.0 }
+    }
+}
+
+/// A round step (1, 2 or 5 times a power of ten) close to `rough`.
+fn nice_step(rough: f64) -> f64 {
+    if !(rough.is_finite() && rough > 0.0) {
+        return 1.0;
+    }
+    let power = 10f64.powf(rough.log10().floor());
+    let ratio = rough / power;
+    let nice = if ratio <= 1.0 {
+        1.0
+    } else if ratio <= 2.0 {
+        2.0
+    } else if ratio <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    let step = nice * power;
+    if step.is_finite() && step > 0.0 {
+        step
+    } else {
+        1.0
+    }
+}
+
+/// Thousands and millions shown as "k" and "M" keep tick labels short.
+fn magnitude_suffix(largest: f64) -> (f64, &'static str) {
+    if largest >= 1e6 {
+        (1e6, "M")
+    } else if largest >= 1e4 {
+        (1e3, "k")
+    } else {
+        (1.0, "")
+    }
+}
+
+/// Just enough decimals to tell ticks `step` apart.
+fn decimals_for(step: f64) -> usize {
+    if step >= 1.0 || !step.is_finite() {
+        0
+    } else {
+        (-step.log10()).ceil().clamp(0.0, 9.0) as usize
+    }
+}
+
+/// The plot area inside the canvas, in SVG user units.
+struct Plot {
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+}
+
+impl Plot {
+    fn x(&self, axis: &Axis, value: f64) -> f64 {
+        self.left + self.width * axis.fraction(value)
+    }
+
+    fn y(&self, axis: &Axis, value: f64) -> f64 {
+        self.top + self.height * (1.0 - axis.fraction(value))
+    }
+
+    fn bottom(&self) -> f64 {
+        self.top + self.height
+    }
+
+    fn right(&self) -> f64 {
+        self.left + self.width
+    }
+}
+
+fn finite_points(series: &Series) -> impl Iterator<Item = (f64, f64)> + '_ {
+    series
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+}
+
+/// The smallest value; +inf when there is none (axes then fall back).
+fn min_of(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::INFINITY, f64::min)
+}
+
+/// The largest value; -inf when there is none (axes then fall back).
+fn max_of(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// An inline SVG line chart: shaded bands, grid, tick labels, axis titles,
+/// one polyline per series and a legend.
+fn write_chart(page: &mut String, chart: &Chart<'_>) {
+    let points = || chart.series.iter().flat_map(finite_points);
+    let xs = || points().map(|(x, _)| x);
+    let ys = || points().map(|(_, y)| y);
+    let has_data = points().next().is_some();
+    let x_axis = match chart.x_scale {
+        XScale::Seconds => Axis::linear(min_of(xs()).min(0.0), max_of(xs())),
+        XScale::Percentile => Axis::percentile(max_of(xs())),
+    };
+    // Counts and latencies are read from zero, so zero stays on the axis.
+    let y_axis = Axis::linear(min_of(ys()).min(0.0), max_of(ys()).max(0.0));
+    let plot = Plot {
+        left: MARGIN_LEFT,
+        top: MARGIN_TOP,
+        width: CHART_WIDTH - MARGIN_LEFT - MARGIN_RIGHT,
+        height: chart.height - MARGIN_TOP - MARGIN_BOTTOM,
+    };
+
+    let _ = writeln!(
+        page,
+        "<svg class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {CHART_WIDTH} {}\" \
+         role=\"img\" aria-label=\"{}\" font-family=\"sans-serif\" font-size=\"11\">",
+        chart.height,
+        escape(chart.title),
+    );
+    let _ = writeln!(
+        page,
+        "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#fff\" stroke=\"#999\"/>",
+        plot.left, plot.top, plot.width, plot.height
+    );
+    write_bands(page, chart, &plot, &x_axis);
+    write_grid(page, &plot, &x_axis, &y_axis);
+    write_axis_titles(page, chart, &plot);
+    for series in &chart.series {
+        write_series(page, series, &plot, &x_axis, &y_axis);
+    }
+    write_legend(page, &chart.series);
+    if !has_data {
+        let _ = writeln!(
+            page,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#666\" font-size=\"14\">No data</text>",
+            plot.left + plot.width / 2.0,
+            plot.top + plot.height / 2.0
+        );
+    }
+    page.push_str("</svg>\n");
+}
+
+fn write_bands(page: &mut String, chart: &Chart<'_>, plot: &Plot, x_axis: &Axis) {
+    for &(from, to) in &chart.bands {
+        let left = plot.x(x_axis, from).clamp(plot.left, plot.right());
+        let right = plot.x(x_axis, to).clamp(plot.left, plot.right());
+        if right <= left {
+            continue;
+        }
+        let _ = writeln!(
+            page,
+            "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#eee\"/>",
+            plot.top,
+            right - left,
+            plot.height
+        );
+        if right - left > 50.0 {
+            let _ = writeln!(
+                page,
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#888\">warm-up</text>",
+                left + 4.0,
+                plot.top + 14.0
+            );
+        }
+    }
+}
+
+fn write_grid(page: &mut String, plot: &Plot, x_axis: &Axis, y_axis: &Axis) {
+    for (value, label) in &y_axis.ticks {
+        let y = plot.y(y_axis, *value);
+        let _ = writeln!(
+            page,
+            "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            plot.left,
+            plot.right(),
+            plot.left - 6.0,
+            y + 4.0,
+            escape(label)
+        );
+    }
+    for (value, label) in &x_axis.ticks {
+        let x = plot.x(x_axis, *value);
+        let _ = writeln!(
+            page,
+            "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            plot.top,
+            plot.bottom(),
+            plot.bottom() + 15.0,
+            escape(label)
+        );
+    }
+}
+
+fn write_axis_titles(page: &mut String, chart: &Chart<'_>, plot: &Plot) {
+    let _ = writeln!(
+        page,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
+        plot.left + plot.width / 2.0,
+        chart.height - 8.0,
+        escape(chart.x_title)
+    );
+    let _ = writeln!(
+        page,
+        "<text transform=\"translate(16 {:.1}) rotate(-90)\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
+        plot.top + plot.height / 2.0,
+        escape(chart.y_title)
+    );
+}
+
+fn write_series(page: &mut String, series: &Series, plot: &Plot, x_axis: &Axis, y_axis: &Axis) {
+    let pixels: Vec<(f64, f64)> = finite_points(series)
+        .map(|(x, y)| (plot.x(x_axis, x), plot.y(y_axis, y)))
+        .collect();
+    match pixels.as_slice() {
+        [] => {}
+        // A polyline of one point draws nothing; a dot shows the lone value.
+        [(x, y)] => {
+            let _ = writeln!(
+                page,
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{}\"/>",
+                series.colour
+            );
+        }
+        _ => {
+            let _ = write!(
+                page,
+                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" \
+                 stroke-linejoin=\"round\" points=\"",
+                series.colour
+            );
+            for (index, (x, y)) in pixels.iter().enumerate() {
+                let separator = if index == 0 { "" } else { " " };
+                let _ = write!(page, "{separator}{x:.1},{y:.1}");
+            }
+            page.push_str("\"/>\n");
+        }
+    }
+}
+
+/// A one-line legend above the plot area: a colour swatch and a name per series.
+fn write_legend(page: &mut String, series: &[Series]) {
+    let mut x = MARGIN_LEFT;
+    let y = MARGIN_TOP - 12.0;
+    for entry in series {
+        let _ = writeln!(
+            page,
+            "<line x1=\"{x:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{}\" stroke-width=\"3\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            x + 18.0,
+            entry.colour,
+            x + 23.0,
+            y + 4.0,
+            escape(entry.name)
+        );
+        x += 23.0 + CHAR_WIDTH * entry.name.chars().count() as f64 + 18.0;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::report::{Latency, Machine, REPORT_VERSION};
+
+    fn latency(base: f64) -> Latency {
+        Latency {
+            count: 1000,
+            min_ms: base * 0.5,
+            mean_ms: base * 1.2,
+            p50_ms: base,
+            p90_ms: base * 2.0,
+            p99_ms: base * 4.0,
+            p999_ms: base * 8.0,
+            max_ms: base * 10.0,
+            distribution: vec![
+                (0.0, base * 0.5),
+                (50.0, base),
+                (90.0, base * 2.0),
+                (99.0, base * 4.0),
+                (99.9, base * 8.0),
+                (100.0, base * 10.0),
+            ],
+        }
+    }
+
+    fn flow(base: f64) -> FlowStats {
+        FlowStats {
+            asked_rate: 1000.0,
+            achieved_rate: 998.5,
+            sent: 10_000,
+            received: 9_990,
+            lost: 10,
+            duplicates: 0,
+            out_of_order: 0,
+            latency: latency(base),
+        }
+    }
+
+    fn tick(t: f64, warmup: bool) -> Tick {
+        Tick {
+            t,
+            warmup,
+            connected: if warmup { 50 } else { 100 },
+            uplink_sent: 1000,
+            uplink_received: 990,
+            uplink_p50_ms: 2.0,
+            uplink_p99_ms: 9.0,
+            downlink_sent: 100,
+            downlink_received: 100,
+            downlink_p99_ms: 12.0,
+        }
+    }
+
+    fn sample_report(downlink: Option<FlowStats>) -> Report {
+        Report {
+            version: REPORT_VERSION,
+            started_at: "2026-01-02T03:04:05Z".to_owned(),
+            machine: Machine {
+                hostname: "a<b&\"c\"".to_owned(),
+                cpus: 2,
+                kernel: "6.1.0".to_owned(),
+            },
+            mode: "gateway".to_owned(),
+            options: vec![
+                ("--cars".to_owned(), "100".to_owned()),
+                ("--topic".to_owned(), "cars/<id>/'up'".to_owned()),
+            ],
+            warmup_secs: 2.0,
+            measured_secs: 3.0,
+            connect: ConnectStats {
+                cars: 100,
+                connected: 99,
+                failed: 1,
+                asked_rate: 50.0,
+                achieved_rate: 49.2,
+                latency: latency(3.0),
+            },
+            uplink: flow(2.0),
+            downlink,
+            timeline: vec![
+                tick(1.0, true),
+                tick(2.0, true),
+                tick(3.0, false),
+                tick(4.0, false),
+                tick(5.0, false),
+            ],
+        }
+    }
+
+    fn assert_clean(html: &str) {
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.trim_end().ends_with("</html>"));
+        assert!(!html.contains("NaN"), "NaN in output");
+        assert!(!html.contains("inf"), "inf in output");
+        assert!(!html.contains("<script"));
+    }
+
+    #[test]
+    fn renders_a_full_report() {
+        let html = render(&sample_report(Some(flow(5.0))));
+        assert_clean(&html);
+        assert!(html.contains("<svg"));
+        assert_eq!(html.matches("<svg").count(), 4);
+        assert!(html.contains("Throughput over time"));
+        assert!(html.contains("Latency over time"));
+        assert!(html.contains("<th>Downlink</th>"));
+        assert!(html.contains("downlink received"));
+        assert!(html.contains("99.9%"));
+        assert!(html.contains(">warm-up<") || html.contains("fill=\"#eee\""));
+    }
+
+    #[test]
+    fn escapes_report_text() {
+        let html = render(&sample_report(None));
+        assert!(html.contains("a&lt;b&amp;&quot;c&quot;"));
+        assert!(!html.contains("a<b&\"c\""));
+        assert!(html.contains("cars/&lt;id&gt;/&#39;up&#39;"));
+        assert_eq!(escape("&<>\"'x"), "&amp;&lt;&gt;&quot;&#39;x");
+    }
+
+    #[test]
+    fn renders_without_downlink() {
+        let html = render(&sample_report(None));
+        assert_clean(&html);
+        assert!(!html.contains("<th>Downlink</th>"));
+        assert!(!html.contains("downlink p99"));
+        assert!(html.contains("No downlink messages"));
+    }
+
+    #[test]
+    fn highlights_problems() {
+        let html = render(&sample_report(None));
+        assert!(html.contains("<td class=\"num bad\">10</td>"));
+        assert!(html.contains("<td class=\"num bad\">1</td>"));
+        let mut report = sample_report(None);
+        report.uplink.lost = 0;
+        report.connect.failed = 0;
+        assert!(!render(&report).contains("num bad"));
+    }
+
+    #[test]
+    fn renders_empty_timeline_and_distributions() {
+        let mut empty_flow = flow(1.0);
+        empty_flow.latency.distribution.clear();
+        let mut report = sample_report(Some(empty_flow));
+        report.uplink.latency.distribution.clear();
+        report.timeline.clear();
+        report.options.clear();
+        let html = render(&report);
+        assert_clean(&html);
+        assert!(html.contains("No data"));
+        assert!(html.contains("No options recorded"));
+    }
+
+    #[test]
+    fn renders_all_zero_data() {
+        let mut report = sample_report(Some(flow(0.0)));
+        report.uplink.latency = latency(0.0);
+        for tick in &mut report.timeline {
+            *tick = Tick {
+                connected: 0,
+                uplink_sent: 0,
+                uplink_received: 0,
+                uplink_p50_ms: 0.0,
+                uplink_p99_ms: 0.0,
+                downlink_sent: 0,
+                downlink_received: 0,
+                downlink_p99_ms: 0.0,
+                ..tick.clone()
+            };
+        }
+        assert_clean(&render(&report));
+    }
+
+    #[test]
+    fn survives_non_finite_and_negative_values() {
+        let mut report = sample_report(Some(flow(1.0)));
+        report.warmup_secs = f64::NAN;
+        report.uplink.latency.p99_ms = f64::INFINITY;
+        report.uplink.latency.distribution = vec![
+            (f64::NAN, 1.0),
+            (-5.0, -2.0),
+            (50.0, f64::NAN),
+            (120.0, f64::INFINITY),
+            (99.0, 3.0),
+        ];
+        report.timeline[1].t = f64::NAN;
+        report.timeline[2].uplink_p50_ms = f64::NAN;
+        report.timeline[3].uplink_p99_ms = -4.0;
+        report.timeline[4].downlink_p99_ms = f64::NEG_INFINITY;
+        let html = render(&report);
+        assert_clean(&html);
+        // The single surviving point of a series is still drawn.
+        report.timeline.truncate(1);
+        assert_clean(&render(&report));
+    }
+
+    #[test]
+    fn linear_axis_has_nice_ticks() {
+        let axis = Axis::linear(0.0, 97.0);
+        let labels: Vec<&str> = axis.ticks.iter().map(|(_, label)| label.as_str()).collect();
+        assert_eq!(labels, ["0", "20", "40", "60", "80", "100"]);
+
+        let axis = Axis::linear(0.0, 0.0);
+        assert!(axis.high > axis.low);
+
+        let axis = Axis::linear(0.0, 0.7);
+        assert_eq!(axis.ticks[1].1, "0.2");
+
+        let axis = Axis::linear(0.0, 25_000.0);
+        assert_eq!(axis.ticks.last().unwrap().1, "25k");
+
+        let axis = Axis::linear(-3.0, 7.0);
+        assert!(axis.ticks.iter().any(|(_, label)| label == "0"));
+        assert!(axis.ticks.iter().all(|(_, label)| !label.starts_with("-0")));
+    }
+
+    #[test]
+    fn percentile_axis_uses_nines() {
+        assert_eq!(percentile_label(0), "0%");
+        assert_eq!(percentile_label(1), "90%");
+        assert_eq!(percentile_label(2), "99%");
+        assert_eq!(percentile_label(5), "99.999%");
+        assert!((percentile_x(99.0) - 2.0).abs() < 1e-9);
+        assert!(percentile_x(100.0).is_finite());
+        let axis = Axis::percentile(percentile_x(100.0));
+        assert_eq!(axis.ticks.len(), 7);
+        assert_eq!(Axis::percentile(f64::NAN).ticks.len(), 2);
+    }
+
+    #[test]
+    fn warmup_ticks_become_bands() {
+        let timeline = [
+            tick(1.0, true),
+            tick(2.0, true),
+            tick(3.0, false),
+            tick(4.0, true),
+        ];
+        assert_eq!(warmup_bands(&timeline), [(0.0, 2.0), (3.0, 4.0)]);
+    }
+}

@@ -1,0 +1,16 @@
+//! The load generator: simulates a fleet of cars over MQTT 3.1.1 and
+//! measures the bridge (or any MQTT server, in peer mode) end to end.
+//!
+//! The parent process ([`run`]) splits the fleet over worker processes
+//! ([`worker`]), each running its cars as tasks on one glommio executor,
+//! so no process exceeds its open-file limit. Payloads carry car, sequence
+//! number and send time ([`payload`]); the parent receives the uplink from
+//! Kafka (or from MQTT subscribers on the server in peer mode), sends
+//! downlink messages through Kafka, and builds the [`report`].
+
+pub mod html;
+pub mod payload;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,222 @@
+//! `loadgen`: simulates a fleet of cars against the gateway (or any MQTT
+//! 3.1.1 server) and reports what arrived, how fast, and what was lost.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use loadgen::run::{Options, run, summary};
+use loadgen::worker::Plan;
+
+/// Simulates cars: one MQTT connection each with its own VIN-like client id
+/// (CBLG0000000000042), publishing a payload every interval and receiving
+/// downlink messages.
+///
+/// Gateway mode (default): each payload carries car, sequence number and
+/// send time; loadgen reads them back from the Kafka topic the gateway
+/// maps them to, and sends downlink messages to the cars through
+/// cs.downlink, so it measures latency, loss, duplication and order end to
+/// end. Peer mode (--peer): the same fleet against any MQTT server, the
+/// uplink received by MQTT subscribers on that server.
+///
+/// The fleet is split over worker processes (--cars-per-worker) so no
+/// process exceeds its open-file limit, and on loopback targets every
+/// 20,000 cars connect from their own source address (127.1.x.y) so local
+/// ports never run out. Progress is printed every second; at the end a
+/// summary, and a JSON and an HTML report.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Internal: one worker process (started by loadgen itself).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        plan: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Number of cars.
+    #[arg(long, default_value_t = 1000)]
+    cars: u64,
+    /// MQTT server address(es), repeatable; cars are spread over them.
+    #[arg(long = "target", default_value = "127.0.0.1:1883")]
+    targets: Vec<String>,
+    /// New connections per second, all workers together.
+    #[arg(long, default_value_t = 20_000.0)]
+    connect_rate: f64,
+    /// Each car publishes once per this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    publish_interval_ms: u64,
+    /// Payload bytes per publish (at least 64: the header with car,
+    /// sequence number and send time).
+    #[arg(long, default_value_t = 64)]
+    payload_size: usize,
+    /// Uplink MQTT topic; {shard} is replaced in peer mode.
+    #[arg(long, default_value = "UL/POS")]
+    topic: String,
+    /// Filter each car subscribes to; {car} is replaced by its client id.
+    #[arg(long, default_value = "DL/#")]
+    subscribe: String,
+    /// Do not subscribe.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Seconds of connecting before the measured window.
+    #[arg(long, default_value_t = 5)]
+    warmup_secs: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// Kafka bootstrap servers (gateway mode).
+    #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// Kafka topic the gateway maps the uplink topic to.
+    #[arg(long, default_value = contract::topics::UPLINK)]
+    kafka_topic: String,
+    /// Downlink requests topic.
+    #[arg(long, default_value = contract::topics::DOWNLINK)]
+    downlink_topic: String,
+    /// Downlink messages per second to the cars (round-robin), sent
+    /// through Kafka during the measured window; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    downlink_rate: f64,
+    /// Peer mode: any MQTT 3.1.1 server, uplink measured by MQTT
+    /// subscribers on it (needs --topic with {shard}, e.g. UL/POS/{shard}).
+    #[arg(long)]
+    peer: bool,
+    /// Subscribers in peer mode (cars publish on their {shard}).
+    #[arg(long, default_value_t = 2)]
+    peer_subscribers: u64,
+    /// Source addresses to connect from (repeatable); default: 127.1.x.y
+    /// for loopback targets, the kernel's choice otherwise.
+    #[arg(long = "source")]
+    sources: Vec<IpAddr>,
+    /// Cars per source address.
+    #[arg(long, default_value_t = 20_000)]
+    cars_per_source: u64,
+    /// Cars per worker process (each needs one file per car).
+    #[arg(long, default_value_t = 15_000)]
+    cars_per_worker: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "loadgen-report.json")]
+    report_json: PathBuf,
+    /// Where to write the HTML report.
+    #[arg(long, default_value = "loadgen-report.html")]
+    report_html: PathBuf,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
+    target
+        .to_socket_addrs()
+        .with_context(|| format!("--target {target}"))?
+        .next()
+        .with_context(|| format!("--target {target}: no address"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    if let Some(Command::Worker { plan }) = cli.command {
+        let plan: Plan = serde_json::from_str(&plan).context("reading the worker plan")?;
+        return loadgen::worker::run(plan, stop);
+    }
+    let args = cli.run;
+    if args.payload_size < loadgen::payload::MIN_PAYLOAD {
+        bail!(
+            "--payload-size {}: at least {} bytes (car, sequence number and send time)",
+            args.payload_size,
+            loadgen::payload::MIN_PAYLOAD
+        );
+    }
+    if args.cars == 0 || args.publish_interval_ms == 0 || args.connect_rate <= 0.0 {
+        bail!("--cars, --publish-interval-ms and --connect-rate must be positive");
+    }
+    if args.peer && !args.topic.contains("{shard}") {
+        bail!(
+            "--peer needs --topic with {{shard}} (e.g. UL/POS/{{shard}}): each subscriber takes one shard"
+        );
+    }
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| resolve(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let described = vec![
+        ("cars".to_owned(), args.cars.to_string()),
+        ("targets".to_owned(), args.targets.join(" ")),
+        ("connect_rate".to_owned(), args.connect_rate.to_string()),
+        (
+            "publish_interval_ms".to_owned(),
+            args.publish_interval_ms.to_string(),
+        ),
+        ("payload_size".to_owned(), args.payload_size.to_string()),
+        ("topic".to_owned(), args.topic.clone()),
+        (
+            "subscribe".to_owned(),
+            if args.no_subscribe {
+                "no".to_owned()
+            } else {
+                args.subscribe.clone()
+            },
+        ),
+        ("warmup_secs".to_owned(), args.warmup_secs.to_string()),
+        ("duration_secs".to_owned(), args.duration_secs.to_string()),
+        ("downlink_rate".to_owned(), args.downlink_rate.to_string()),
+        (
+            "cars_per_worker".to_owned(),
+            args.cars_per_worker.to_string(),
+        ),
+    ];
+    let options = Options {
+        cars: args.cars,
+        targets,
+        connect_rate: args.connect_rate,
+        publish_interval_ms: args.publish_interval_ms,
+        payload_size: args.payload_size,
+        topic: args.topic,
+        subscribe: (!args.no_subscribe).then_some(args.subscribe),
+        warmup_secs: args.warmup_secs,
+        duration_secs: args.duration_secs,
+        kafka_bootstrap: args.kafka_bootstrap,
+        kafka_topic: args.kafka_topic,
+        downlink_topic: args.downlink_topic,
+        downlink_rate: args.downlink_rate,
+        peer: args.peer,
+        peer_subscribers: args.peer_subscribers,
+        sources: args.sources,
+        cars_per_source: args.cars_per_source,
+        cars_per_worker: args.cars_per_worker,
+        described,
+        quiet: args.quiet,
+    };
+    let report = run(&options, stop)?;
+    print!("{}", summary(&report));
+    std::fs::write(&args.report_json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.report_json.display()))?;
+    std::fs::write(&args.report_html, loadgen::html::render(&report))
+        .with_context(|| format!("writing {}", args.report_html.display()))?;
+    println!(
+        "reports: {} {}",
+        args.report_json.display(),
+        args.report_html.display()
+    );
+    Ok(())
+}

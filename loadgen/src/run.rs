@@ -1,0 +1,688 @@
+//! The parent process: splits the fleet over worker processes, receives
+//! what arrives (from Kafka, or from MQTT subscribers in peer mode), sends
+//! downlink messages, shows progress every second and builds the report.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::BytesMut;
+use codec::{Connect, Decoder, Packet, QoS, Role, Subscribe};
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::payload::{self, Arrivals};
+use crate::report::{ConnectStats, FlowStats, Machine, REPORT_VERSION, Report, Tick};
+use crate::stats::{histogram, latency};
+use crate::worker::{Plan, WorkerTick};
+
+/// What the user asked for (see `loadgen --help`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cars: u64,
+    pub targets: Vec<SocketAddr>,
+    pub connect_rate: f64,
+    pub publish_interval_ms: u64,
+    pub payload_size: usize,
+    pub topic: String,
+    pub subscribe: Option<String>,
+    pub warmup_secs: u64,
+    pub duration_secs: u64,
+    /// Gateway mode: where the uplink arrives and downlink is sent.
+    pub kafka_bootstrap: Option<String>,
+    pub kafka_topic: String,
+    pub downlink_topic: String,
+    pub downlink_rate: f64,
+    /// Peer mode: measure through MQTT subscribers on the target.
+    pub peer: bool,
+    pub peer_subscribers: u64,
+    pub sources: Vec<IpAddr>,
+    pub cars_per_source: u64,
+    pub cars_per_worker: u64,
+    /// The command line, for the report.
+    pub described: Vec<(String, String)>,
+    pub quiet: bool,
+}
+
+/// What arrived on the uplink side.
+struct Uplink {
+    arrivals: Arrivals,
+    /// Arrivals of messages sent in the measured window.
+    window: Histogram<u64>,
+    /// Arrivals since the last tick.
+    tick: Histogram<u64>,
+    tick_received: u64,
+    measure_from_us: u64,
+    measure_until_us: u64,
+}
+
+impl Uplink {
+    fn arrive(&mut self, payload: &[u8]) {
+        let now = payload::now_us();
+        let Some((car, seq, sent)) = payload::decode(payload) else {
+            return;
+        };
+        if !self.arrivals.record(car, seq) {
+            return;
+        }
+        let took = now.saturating_sub(sent).max(1);
+        self.tick_received += 1;
+        let _ = self.tick.record(took);
+        if (self.measure_from_us..self.measure_until_us).contains(&sent) {
+            let _ = self.window.record(took);
+        }
+    }
+}
+
+fn kafka_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+/// A consumer of every partition of `topic` from its current end.
+fn uplink_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = kafka_config(bootstrap)
+        .set("group.id", "carbridge-loadgen")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("creating the uplink consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of {topic} at {bootstrap}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if partitions == 0 {
+        bail!("topic {topic} does not exist at {bootstrap} (carbridge-topics create)");
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the end of {topic}/{partition}"))?;
+        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn receive_from_kafka(consumer: BaseConsumer, uplink: Arc<Mutex<Uplink>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
+            let payload = message.payload().unwrap_or_default();
+            if let Ok(mut uplink) = uplink.lock() {
+                uplink.arrive(payload);
+            }
+        }
+    }
+}
+
+/// Peer mode: one MQTT subscriber on `filter` feeding the uplink side.
+fn receive_from_mqtt(
+    target: SocketAddr,
+    id: String,
+    filter: String,
+    uplink: Arc<Mutex<Uplink>>,
+    stop: Arc<AtomicBool>,
+    subscribed: crossbeam_channel::Sender<anyhow::Result<()>>,
+) {
+    let setup = || -> anyhow::Result<TcpStream> {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))?;
+        stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut out = BytesMut::new();
+        Connect::new(id.as_str(), 600).encode(&mut out)?;
+        Subscribe::new(
+            std::num::NonZeroU16::MIN,
+            [(filter.as_str(), QoS::AtMostOnce)],
+        )?
+        .encode(&mut out)?;
+        stream.write_all(&out)?;
+        Ok(stream)
+    };
+    let mut stream = match setup() {
+        Ok(stream) => stream,
+        Err(error) => {
+            let _ = subscribed.send(Err(error));
+            return;
+        }
+    };
+    let decoder = Decoder::new(Role::Client, 1 << 20);
+    let mut input = BytesMut::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut acked = false;
+    while !stop.load(Ordering::Relaxed) {
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(Packet::SubAck(_))) if !acked => {
+                    acked = true;
+                    let _ = subscribed.send(Ok(()));
+                }
+                Ok(Some(Packet::Publish(publish))) => {
+                    if let Ok(mut uplink) = uplink.lock() {
+                        uplink.arrive(publish.payload());
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("peer subscriber {id}: {error}");
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => input.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends downlink messages at `rate` per second from `from_us` to
+/// `until_us`, round-robin over the cars; returns the count sent.
+#[allow(clippy::too_many_arguments)]
+fn send_downlink(
+    bootstrap: &str,
+    topic: &str,
+    cars: u64,
+    rate: f64,
+    from_us: u64,
+    until_us: u64,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let producer: BaseProducer = kafka_config(bootstrap)
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .context("creating the downlink producer")?;
+    let mut seqs = vec![0u64; usize::try_from(cars).unwrap_or(0)];
+    if let Some(wait) =
+        Duration::from_micros(from_us.saturating_sub(payload::now_us())).checked_sub(Duration::ZERO)
+    {
+        std::thread::sleep(wait);
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
+        // Paced: message n leaves at started + n / rate.
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            producer.poll(wait.min(Duration::from_millis(5)));
+            continue;
+        }
+        let car = n % cars.max(1);
+        let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
+            break;
+        };
+        *seq += 1;
+        let client = payload::client_id(car);
+        let body = payload::encode(car, *seq, payload::now_us(), payload::MIN_PAYLOAD);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: contract::HEADER_TOPIC,
+            value: Some("DL/LOAD"),
+        });
+        let record = BaseRecord::to(topic)
+            .key(&client)
+            .payload(&body)
+            .headers(headers);
+        if producer.send(record).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            *seq -= 1;
+            producer.poll(Duration::from_millis(10));
+            continue;
+        }
+        n += 1;
+        producer.poll(Duration::ZERO);
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Source addresses for loopback targets: 127.1.x.y, one per
+/// `per_source` cars, so local ports never run out.
+fn loopback_sources(cars: u64, per_source: u64) -> Vec<IpAddr> {
+    let needed = cars.div_ceil(per_source.max(1)).max(1);
+    (0..needed)
+        .map(|k| {
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                1,
+                ((k / 250) % 256) as u8,
+                (k % 250 + 1) as u8,
+            ))
+        })
+        .collect()
+}
+
+fn machine() -> Machine {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    Machine {
+        hostname: read("/proc/sys/kernel/hostname"),
+        cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        kernel: read("/proc/sys/kernel/osrelease"),
+    }
+}
+
+fn rfc3339(us: u64) -> String {
+    // Days since the epoch to a civil date (proleptic Gregorian).
+    let secs = us / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+struct Worker {
+    child: Child,
+    last: WorkerTick,
+    done: bool,
+}
+
+/// Runs the whole load test and returns its report.
+pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    if options.targets.is_empty() {
+        bail!("no --target");
+    }
+    if !options.peer && options.kafka_bootstrap.is_none() {
+        bail!("--kafka-bootstrap is needed to measure through Kafka (or use --peer)");
+    }
+    let started_us = payload::now_us();
+    // Workers need a moment to start before the first car is due.
+    let start_us = started_us + 500_000;
+    let measure_from_us = start_us + options.warmup_secs * 1_000_000;
+    let end_us = measure_from_us + options.duration_secs * 1_000_000;
+    let uplink = Arc::new(Mutex::new(Uplink {
+        arrivals: Arrivals::default(),
+        window: histogram(),
+        tick: histogram(),
+        tick_received: 0,
+        measure_from_us,
+        measure_until_us: end_us,
+    }));
+    let receiving = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
+    let shards = if options.peer {
+        options.peer_subscribers.max(1)
+    } else {
+        1
+    };
+    if options.peer {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let target = *options.targets.first().context("no target")?;
+        for shard in 0..shards {
+            let filter = options.topic.replace("{shard}", &shard.to_string());
+            let (uplink, stop, tx) = (uplink.clone(), receiving.clone(), tx.clone());
+            receivers.push(std::thread::spawn(move || {
+                receive_from_mqtt(
+                    target,
+                    format!("loadgen-sub-{shard}"),
+                    filter,
+                    uplink,
+                    stop,
+                    tx,
+                );
+            }));
+        }
+        for _ in 0..shards {
+            rx.recv_timeout(Duration::from_secs(10))
+                .context("a peer subscriber got no SUBACK within 10 s")??;
+        }
+    } else if let Some(bootstrap) = &options.kafka_bootstrap {
+        let consumer = uplink_consumer(bootstrap, &options.kafka_topic)?;
+        let (uplink, stop) = (uplink.clone(), receiving.clone());
+        receivers.push(std::thread::spawn(move || {
+            receive_from_kafka(consumer, uplink, stop)
+        }));
+    }
+
+    let sources =
+        if options.sources.is_empty() && options.targets.iter().all(|t| t.ip().is_loopback()) {
+            loopback_sources(options.cars, options.cars_per_source)
+        } else {
+            options.sources.clone()
+        };
+    let workers_needed = options.cars.div_ceil(options.cars_per_worker.max(1)).max(1);
+    let (ticks_tx, ticks) = crossbeam_channel::unbounded::<(usize, WorkerTick)>();
+    let mut workers = Vec::new();
+    let exe = std::env::current_exe().context("finding the loadgen binary")?;
+    for w in 0..workers_needed {
+        let first_car = w * options.cars / workers_needed;
+        let next = (w + 1) * options.cars / workers_needed;
+        let plan = Plan {
+            first_car,
+            cars: next - first_car,
+            targets: options.targets.clone(),
+            sources: sources.clone(),
+            cars_per_source: options.cars_per_source,
+            connect_rate: options.connect_rate / workers_needed as f64,
+            publish_interval_ms: options.publish_interval_ms,
+            payload_size: options.payload_size,
+            topic: options.topic.clone(),
+            shards,
+            subscribe: options.subscribe.clone(),
+            start_us,
+            end_us,
+        };
+        let mut child = Command::new(&exe)
+            .args(["worker", "--plan", &serde_json::to_string(&plan)?])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a worker process")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = ticks_tx.clone();
+        let index = usize::try_from(w).unwrap_or(usize::MAX);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(tick) = serde_json::from_str::<WorkerTick>(&line) {
+                    let _ = tx.send((index, tick));
+                }
+            }
+        });
+        workers.push(Worker {
+            child,
+            last: WorkerTick::default(),
+            done: false,
+        });
+    }
+    drop(ticks_tx);
+
+    let downlink_sent = Arc::new(AtomicU64::new(0));
+    let downlink_thread = match (
+        &options.kafka_bootstrap,
+        options.downlink_rate > 0.0 && !options.peer,
+    ) {
+        (Some(bootstrap), true) => {
+            let (bootstrap, topic) = (bootstrap.clone(), options.downlink_topic.clone());
+            let (cars, rate, sent, stop) = (
+                options.cars,
+                options.downlink_rate,
+                downlink_sent.clone(),
+                stop.clone(),
+            );
+            Some(std::thread::spawn(move || {
+                send_downlink(
+                    &bootstrap,
+                    &topic,
+                    cars,
+                    rate,
+                    measure_from_us,
+                    end_us,
+                    sent,
+                    stop,
+                )
+            }))
+        }
+        _ => None,
+    };
+
+    // Every second: merge the workers' ticks, print progress.
+    let mut connect_hist = histogram();
+    let mut downlink_window = histogram();
+    let mut timeline = Vec::new();
+    let (mut connects, mut connect_failures, mut uplink_sent, mut uplink_sent_window) =
+        (0u64, 0u64, 0u64, 0u64);
+    let (mut dl_received, mut dl_duplicates, mut dl_out_of_order, mut dropped) =
+        (0u64, 0u64, 0u64, 0u64);
+    let (mut first_connect_us, mut last_connect_us) = (None, 0u64);
+    let mut dl_sent_before = 0u64;
+    let mut signalled = false;
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    loop {
+        if stop.load(Ordering::Relaxed) && !signalled {
+            signalled = true;
+            for worker in &workers {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &worker.child.id().to_string()])
+                    .status();
+            }
+        }
+        let mut tick_sent = 0u64;
+        let mut tick_dl = 0u64;
+        let mut tick_dl_hist = histogram();
+        while let Ok((index, tick)) = ticks.recv_deadline(next_tick) {
+            let now = payload::now_us();
+            let in_window = (measure_from_us..end_us + 1_000_000).contains(&now);
+            connects += tick.connects;
+            connect_failures += tick.connect_failures;
+            if tick.connects > 0 {
+                first_connect_us.get_or_insert(now);
+                last_connect_us = now;
+            }
+            tick.connect_latency.add_to(&mut connect_hist);
+            uplink_sent += tick.uplink_sent;
+            tick_sent += tick.uplink_sent;
+            if in_window {
+                uplink_sent_window += tick.uplink_sent;
+                tick.downlink_latency.add_to(&mut downlink_window);
+            }
+            tick.downlink_latency.add_to(&mut tick_dl_hist);
+            dl_received += tick.downlink_received;
+            tick_dl += tick.downlink_received;
+            dl_duplicates += tick.downlink_duplicates;
+            dl_out_of_order += tick.downlink_out_of_order;
+            dropped += tick.dropped_connections;
+            if let Some(worker) = workers.get_mut(index) {
+                worker.done |= tick.done;
+                worker.last = tick;
+            }
+        }
+        next_tick += Duration::from_secs(1);
+        for worker in &mut workers {
+            if !worker.done && matches!(worker.child.try_wait(), Ok(Some(_))) {
+                worker.done = true;
+            }
+        }
+        let now = payload::now_us();
+        let connected: u64 = workers.iter().map(|w| w.last.connected_now).sum();
+        let (received, up_p50, up_p99) = uplink
+            .lock()
+            .map(|mut u| {
+                let tick = (
+                    u.tick_received,
+                    ms(u.tick.value_at_quantile(0.5)),
+                    ms(u.tick.value_at_quantile(0.99)),
+                );
+                u.tick_received = 0;
+                u.tick.reset();
+                tick
+            })
+            .unwrap_or_default();
+        let dl_sent_now = downlink_sent.load(Ordering::Relaxed);
+        let t = now.saturating_sub(started_us) as f64 / 1e6;
+        timeline.push(Tick {
+            t,
+            warmup: now < measure_from_us,
+            connected,
+            uplink_sent: tick_sent,
+            uplink_received: received,
+            uplink_p50_ms: up_p50,
+            uplink_p99_ms: up_p99,
+            downlink_sent: dl_sent_now - dl_sent_before,
+            downlink_received: tick_dl,
+            downlink_p99_ms: ms(tick_dl_hist.value_at_quantile(0.99)),
+        });
+        dl_sent_before = dl_sent_now;
+        if !options.quiet {
+            let phase = if now < measure_from_us {
+                "warm-up"
+            } else if now < end_us {
+                "measuring"
+            } else {
+                "draining"
+            };
+            eprintln!(
+                "[{t:6.1}s {phase:9}] cars {connected}/{} (failed {connect_failures})  uplink {tick_sent}/s sent {received}/s received p99 {up_p99:.1} ms  downlink {tick_dl}/s p99 {:.1} ms",
+                options.cars,
+                ms(tick_dl_hist.value_at_quantile(0.99)),
+            );
+        }
+        if workers.iter().all(|w| w.done) {
+            break;
+        }
+    }
+    for worker in &mut workers {
+        let _ = worker.child.wait();
+    }
+    if let Some(thread) = downlink_thread {
+        match thread.join() {
+            Ok(Err(error)) => eprintln!("downlink sender: {error:#}"),
+            Err(_) => eprintln!("downlink sender panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    // Let what is still on its way arrive: until everything did, or
+    // nothing more came for 3 s (bounded at 15 s).
+    let drain_until = Instant::now() + Duration::from_secs(15);
+    let mut last = (0u64, Instant::now());
+    loop {
+        let unique = uplink.lock().map(|u| u.arrivals.unique).unwrap_or(0);
+        if unique >= uplink_sent || Instant::now() > drain_until {
+            break;
+        }
+        if unique != last.0 {
+            last = (unique, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    receiving.store(true, Ordering::Relaxed);
+    for receiver in receivers {
+        let _ = receiver.join();
+    }
+
+    let uplink = uplink
+        .lock()
+        .map_err(|_| anyhow::anyhow!("uplink state poisoned"))?;
+    let measured_secs = options.duration_secs as f64;
+    let connect_span = first_connect_us
+        .map_or(0.0, |first| {
+            (last_connect_us.saturating_sub(first)) as f64 / 1e6
+        })
+        .max(1.0);
+    let dl_sent = downlink_sent.load(Ordering::Relaxed);
+    if dropped > 0 && !options.quiet {
+        eprintln!("{dropped} car connections were closed by the server or failed while publishing");
+    }
+    Ok(Report {
+        version: REPORT_VERSION,
+        started_at: rfc3339(started_us),
+        machine: machine(),
+        mode: if options.peer { "peer" } else { "gateway" }.to_owned(),
+        options: options.described.clone(),
+        warmup_secs: options.warmup_secs as f64,
+        measured_secs,
+        connect: ConnectStats {
+            cars: options.cars,
+            connected: connects,
+            failed: connect_failures,
+            asked_rate: options.connect_rate,
+            achieved_rate: connects as f64 / connect_span,
+            latency: latency(&connect_hist),
+        },
+        uplink: FlowStats {
+            asked_rate: options.cars as f64 * 1000.0 / options.publish_interval_ms.max(1) as f64,
+            achieved_rate: uplink_sent_window as f64 / measured_secs.max(1.0),
+            sent: uplink_sent,
+            received: uplink.arrivals.unique,
+            lost: uplink_sent.saturating_sub(uplink.arrivals.unique),
+            duplicates: uplink.arrivals.duplicates,
+            out_of_order: uplink.arrivals.out_of_order,
+            latency: latency(&uplink.window),
+        },
+        downlink: (dl_sent > 0 || options.downlink_rate > 0.0).then(|| FlowStats {
+            asked_rate: options.downlink_rate,
+            achieved_rate: dl_sent as f64 / measured_secs.max(1.0),
+            sent: dl_sent,
+            received: dl_received,
+            lost: dl_sent.saturating_sub(dl_received),
+            duplicates: dl_duplicates,
+            out_of_order: dl_out_of_order,
+            latency: latency(&downlink_window),
+        }),
+        timeline,
+    })
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// The human summary printed at the end.
+pub fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let c = &report.connect;
+    let line = |name: &str, f: &FlowStats| {
+        format!(
+            "{name:9} asked {:.0}/s, sent {:.0}/s; sent {} received {} lost {} duplicated {} out of order {}\n          latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
+            f.asked_rate,
+            f.achieved_rate,
+            f.sent,
+            f.received,
+            f.lost,
+            f.duplicates,
+            f.out_of_order,
+            f.latency.p50_ms,
+            f.latency.p90_ms,
+            f.latency.p99_ms,
+            f.latency.p999_ms,
+            f.latency.max_ms
+        )
+    };
+    out.push_str(&format!(
+        "loadgen {} mode, {} cars, {:.0} s measured after {:.0} s warm-up ({}, {} CPUs)\n",
+        report.mode,
+        c.cars,
+        report.measured_secs,
+        report.warmup_secs,
+        report.machine.hostname,
+        report.machine.cpus
+    ));
+    out.push_str(&format!(
+        "connect   {} of {} connected, {} failed; {:.0} cars/s (asked {:.0}); latency ms p50 {:.2} p99 {:.2} max {:.2}\n",
+        c.connected, c.cars, c.failed, c.achieved_rate, c.asked_rate, c.latency.p50_ms, c.latency.p99_ms, c.latency.max_ms
+    ));
+    out.push_str(&line("uplink", &report.uplink));
+    if let Some(downlink) = &report.downlink {
+        out.push_str(&line("downlink", downlink));
+    }
+    out
+}

@@ -1,0 +1,381 @@
+//! One worker process: a share of the fleet on one glommio executor.
+//!
+//! Each car is a task: it connects (from its source address), sends
+//! CONNECT, waits for the CONNACK, subscribes if asked, then publishes one
+//! message per interval until the run ends, and reads what the server sends
+//! it (downlink messages: latency, duplicates, order). Every second the
+//! worker prints one JSON line ([`WorkerTick`]) on stdout for the parent.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::packet::encode_publish;
+use codec::{Connect, Decoder, Packet, QoS, Role, Subscribe};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use glommio::net::TcpStream;
+use glommio::timer::sleep;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::payload::{self, Arrivals};
+use crate::stats::{Buckets, histogram};
+
+/// What one worker simulates (the parent's options, cut to its share).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub first_car: u64,
+    pub cars: u64,
+    pub targets: Vec<SocketAddr>,
+    /// Source addresses to bind, one per `cars_per_source` cars; empty:
+    /// let the kernel choose.
+    pub sources: Vec<IpAddr>,
+    pub cars_per_source: u64,
+    /// This worker's share of the connect rate, cars per second.
+    pub connect_rate: f64,
+    pub publish_interval_ms: u64,
+    pub payload_size: usize,
+    /// Uplink topic; `{car}` and `{shard}` are replaced.
+    pub topic: String,
+    /// Subscribers of the peer mode: `{shard}` = car % shards.
+    pub shards: u64,
+    /// Filter to subscribe to after connecting; `{car}` is replaced.
+    pub subscribe: Option<String>,
+    /// Run start (µs since the epoch) and end of publishing.
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+/// One second of a worker, sent to the parent as a JSON line. Counters are
+/// deltas since the previous tick.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerTick {
+    pub connected_now: u64,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub connect_latency: Buckets,
+    pub uplink_sent: u64,
+    pub downlink_received: u64,
+    pub downlink_duplicates: u64,
+    pub downlink_out_of_order: u64,
+    pub downlink_latency: Buckets,
+    /// Closes the server initiated (or I/O errors) while publishing.
+    pub dropped_connections: u64,
+    /// Set on the last line.
+    pub done: bool,
+}
+
+#[derive(Debug)]
+struct Stats {
+    connected_now: Cell<u64>,
+    connects: Cell<u64>,
+    connect_failures: Cell<u64>,
+    connect_latency: RefCell<Histogram<u64>>,
+    uplink_sent: Cell<u64>,
+    downlink: RefCell<Arrivals>,
+    downlink_reported: Cell<(u64, u64, u64)>,
+    downlink_latency: RefCell<Histogram<u64>>,
+    dropped_connections: Cell<u64>,
+    stop: Arc<AtomicBool>,
+}
+
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
+}
+
+impl Stats {
+    fn tick(&self, done: bool) -> WorkerTick {
+        let arrivals = self.downlink.borrow();
+        let (unique, duplicates, out_of_order) = self.downlink_reported.replace((
+            arrivals.unique,
+            arrivals.duplicates,
+            arrivals.out_of_order,
+        ));
+        let tick = WorkerTick {
+            connected_now: self.connected_now.get(),
+            connects: self.connects.replace(0),
+            connect_failures: self.connect_failures.replace(0),
+            connect_latency: Buckets::of(&self.connect_latency.borrow()),
+            uplink_sent: self.uplink_sent.replace(0),
+            downlink_received: arrivals.unique - unique,
+            downlink_duplicates: arrivals.duplicates - duplicates,
+            downlink_out_of_order: arrivals.out_of_order - out_of_order,
+            downlink_latency: Buckets::of(&self.downlink_latency.borrow()),
+            dropped_connections: self.dropped_connections.replace(0),
+            done,
+        };
+        self.connect_latency.borrow_mut().reset();
+        self.downlink_latency.borrow_mut().reset();
+        tick
+    }
+}
+
+/// Runs the plan on this thread; returns when the run ended (or SIGTERM).
+pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("loadgen-worker")
+        .make()
+        .map_err(|e| anyhow::anyhow!("starting the executor: {e}"))?;
+    executor.run(async move {
+        let stats = Rc::new(Stats {
+            connected_now: Cell::new(0),
+            connects: Cell::new(0),
+            connect_failures: Cell::new(0),
+            connect_latency: RefCell::new(histogram()),
+            uplink_sent: Cell::new(0),
+            downlink: RefCell::new(Arrivals::default()),
+            downlink_reported: Cell::new((0, 0, 0)),
+            downlink_latency: RefCell::new(histogram()),
+            dropped_connections: Cell::new(0),
+            stop,
+        });
+        let plan = Rc::new(plan);
+        let ticker = glommio::spawn_local(report_every_second(stats.clone(), plan.end_us));
+        let start =
+            Instant::now() + Duration::from_micros(plan.start_us.saturating_sub(payload::now_us()));
+        let mut cars = Vec::new();
+        for i in 0..plan.cars {
+            if stats.stop.load(Ordering::Relaxed) || payload::now_us() >= plan.end_us {
+                break;
+            }
+            // Paced: car i starts at start + i / rate.
+            let due = start + Duration::from_secs_f64(i as f64 / plan.connect_rate.max(0.001));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                sleep(wait).await;
+            }
+            cars.push(glommio::spawn_local(car(plan.clone(), stats.clone(), i)));
+        }
+        for car in cars {
+            car.await;
+        }
+        ticker.await;
+    });
+    Ok(())
+}
+
+async fn report_every_second(stats: Rc<Stats>, end_us: u64) {
+    loop {
+        sleep(Duration::from_secs(1)).await;
+        let done = stats.stop.load(Ordering::Relaxed)
+            || (payload::now_us() >= end_us && stats.connected_now.get() == 0);
+        let line = serde_json::to_string(&stats.tick(done)).unwrap_or_default();
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        if done {
+            stats.stop.store(true, Ordering::Relaxed);
+            return;
+        }
+    }
+}
+
+/// A socket bound to `source` (if any) with its connect to `target`
+/// started (non-blocking: the first write waits for the handshake).
+fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match socket.connect(&target.into()) {
+        Ok(()) => Ok(socket),
+        // EINPROGRESS (115 on Linux): the handshake continues.
+        Err(error)
+            if error.raw_os_error() == Some(115) || error.kind() == io::ErrorKind::WouldBlock =>
+        {
+            Ok(socket)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn fill(template: &str, car: u64, shards: u64) -> String {
+    template
+        .replace("{car}", &payload::client_id(car))
+        .replace("{shard}", &(car % shards.max(1)).to_string())
+}
+
+async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
+    let car = plan.first_car + index;
+    let target = plan
+        .targets
+        .get((car % plan.targets.len().max(1) as u64) as usize)
+        .copied();
+    let source = plan
+        .sources
+        .get(((car / plan.cars_per_source.max(1)) % plan.sources.len().max(1) as u64) as usize)
+        .copied();
+    let Some(target) = target else {
+        bump(&stats.connect_failures);
+        return;
+    };
+    let began = Instant::now();
+    let mut stream = match start_connect(target, source) {
+        Ok(socket) => TcpStream::from(socket),
+        Err(_) => {
+            bump(&stats.connect_failures);
+            return;
+        }
+    };
+    let client_id = payload::client_id(car);
+    let interval = Duration::from_millis(plan.publish_interval_ms.max(1));
+    let keep_alive = u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX);
+    let decoder = Decoder::new(Role::Client, 1 << 20);
+    let mut input = BytesMut::new();
+    let connected = async {
+        let mut out = BytesMut::new();
+        Connect::new(client_id.as_str(), keep_alive)
+            .encode(&mut out)
+            .ok()?;
+        stream.write_all(&out).await.ok()?;
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(Packet::ConnAck(ack))) => {
+                    return (ack.code == codec::ConnectReturnCode::Accepted).then_some(());
+                }
+                Ok(Some(_)) | Err(_) => return None,
+                Ok(None) => {}
+            }
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            input.extend_from_slice(chunk.get(..n)?);
+        }
+    };
+    let timeout = async {
+        sleep(Duration::from_secs(10)).await;
+        None
+    };
+    if future::or(connected, timeout).await.is_none() {
+        bump(&stats.connect_failures);
+        return;
+    }
+    bump(&stats.connects);
+    bump(&stats.connected_now);
+    let _ = stats.connect_latency.borrow_mut().record(
+        u64::try_from(began.elapsed().as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1),
+    );
+
+    if let Some(filter) = &plan.subscribe {
+        let filter = fill(filter, car, plan.shards);
+        let mut out = BytesMut::new();
+        if let Ok(subscribe) = Subscribe::new(
+            std::num::NonZeroU16::MIN,
+            [(filter.as_str(), QoS::AtMostOnce)],
+        ) && subscribe.encode(&mut out).is_ok()
+        {
+            let _ = stream.write_all(&out).await;
+        }
+    }
+
+    let (reader, mut writer) = futures_lite::io::split(stream);
+    let reading = glommio::spawn_local(read_downlink(reader, input, stats.clone(), plan.first_car));
+    let topic = fill(&plan.topic, car, plan.shards);
+    // Spread the cars' first publishes over one interval.
+    let offset = Duration::from_micros(
+        car.wrapping_mul(0x9E37_79B9)
+            % u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+    );
+    let mut next = Instant::now() + offset;
+    let mut seq = 0u64;
+    let mut out = BytesMut::new();
+    let mut failed = false;
+    loop {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            sleep(wait).await;
+        }
+        if stats.stop.load(Ordering::Relaxed) || payload::now_us() >= plan.end_us {
+            break;
+        }
+        seq += 1;
+        let body = payload::encode(car, seq, payload::now_us(), plan.payload_size);
+        out.clear();
+        if encode_publish(
+            &mut out,
+            topic.as_bytes(),
+            &body,
+            QoS::AtMostOnce,
+            None,
+            false,
+            false,
+        )
+        .is_err()
+            || writer.write_all(&out).await.is_err()
+        {
+            failed = true;
+            break;
+        }
+        bump(&stats.uplink_sent);
+        next += interval;
+    }
+    if failed {
+        bump(&stats.dropped_connections);
+    } else {
+        let _ = writer.write_all(&codec::packet::DISCONNECT).await;
+        let _ = writer.close().await;
+    }
+    // The reader ends when the server closes the connection.
+    let _ = future::or(reading, async {
+        sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    stats
+        .connected_now
+        .set(stats.connected_now.get().saturating_sub(1));
+}
+
+/// Reads what the server sends this car until the connection closes.
+/// Arrivals are indexed from `first_car`, this worker's first.
+async fn read_downlink<R: futures_lite::AsyncRead + Unpin>(
+    mut reader: R,
+    mut input: BytesMut,
+    stats: Rc<Stats>,
+    first_car: u64,
+) {
+    let decoder = Decoder::new(Role::Client, 1 << 20);
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        loop {
+            match decoder.decode(&mut input) {
+                Ok(Some(Packet::Publish(publish))) => {
+                    let now = payload::now_us();
+                    if let Some((car, seq, sent)) = payload::decode(publish.payload())
+                        && stats
+                            .downlink
+                            .borrow_mut()
+                            .record(car.saturating_sub(first_car), seq)
+                    {
+                        let _ = stats
+                            .downlink_latency
+                            .borrow_mut()
+                            .record(now.saturating_sub(sent).max(1));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => input.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+}
