@@ -479,7 +479,9 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         let mut tick_dl_hist = histogram();
         while let Ok((index, tick)) = ticks.recv_deadline(next_tick) {
             let now = payload::now_us();
-            let in_window = (measure_from_us..end_us + 1_000_000).contains(&now);
+            // A tick reports the second before it: the window's ticks arrive
+            // from just after its start to just after its end.
+            let in_window = (measure_from_us + 500_000..end_us + 500_000).contains(&now);
             connects += tick.connects;
             connect_failures += tick.connect_failures;
             if tick.connects > 0 {

@@ -1,0 +1,163 @@
+//! loadgen against real processes: a tansu broker, topics from
+//! `carbridge-topics`, gateway and router binaries. A clean run's report
+//! accounts for every message; a fault injected on the way (one gateway
+//! maps the uplink to a topic loadgen does not read) shows up as loss.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use loadgen::report::Report;
+use testkit::{Broker, free_port, http_get, wait_until, workspace_binary};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn topics(broker: &Broker) {
+    let status = Command::new(workspace_binary("carbridge-topics"))
+        .args(["create", "--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--partitions", "4", "--slots", "4"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
+}
+
+fn router(broker: &Broker) -> Proc {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(workspace_binary("router"))
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the router to be ready", WAIT, || ready(admin));
+    Proc(child)
+}
+
+/// A gateway with bridge id `bridge`; `config` is a TOML file or none.
+fn gateway(broker: &Broker, bridge: u32, config: Option<&std::path::Path>) -> (Proc, SocketAddr) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(workspace_binary("gateway"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let child = command
+        .args(["--listen", &mqtt.to_string(), "--shards", "2"])
+        .args(["--bridge-id", &bridge.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the gateway to be ready", WAIT, || ready(admin));
+    (Proc(child), mqtt)
+}
+
+fn loadgen(broker: &Broker, targets: &[SocketAddr], extra: &[&str]) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    for target in targets {
+        command.args(["--target", &target.to_string()]);
+    }
+    let output = command
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--cars", "60", "--cars-per-worker", "25"])
+        .args(["--publish-interval-ms", "500", "--payload-size", "100"])
+        .args(["--warmup-secs", "2", "--duration-secs", "3", "--quiet"])
+        .arg("--report-json")
+        .arg(&json)
+        .arg("--report-html")
+        .arg(&html)
+        .args(extra)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "loadgen failed:\n{said}");
+    assert!(said.contains("uplink"), "no summary:\n{said}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg"), "the HTML report has no plots");
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+#[test]
+fn a_clean_run_accounts_for_every_message() {
+    let broker = Broker::start();
+    topics(&broker);
+    let _router = router(&broker);
+    let (_gateway, mqtt) = gateway(&broker, 0, None);
+    let report = loadgen(&broker, &[mqtt], &["--downlink-rate", "40"]);
+
+    assert_eq!(report.connect.connected, 60, "{:?}", report.connect);
+    assert_eq!(report.connect.failed, 0);
+    let up = &report.uplink;
+    // 60 cars, one message per 500 ms, for about 5 s.
+    assert!(up.sent >= 400, "{up:?}");
+    assert_eq!(up.received, up.sent, "{up:?}");
+    assert_eq!((up.lost, up.duplicates, up.out_of_order), (0, 0, 0));
+    assert!(up.latency.count > 0 && up.latency.p99_ms > 0.0, "{up:?}");
+    let down = report.downlink.as_ref().unwrap();
+    assert!(down.sent >= 80, "{down:?}");
+    assert_eq!(down.received, down.sent, "{down:?}");
+    assert_eq!((down.lost, down.duplicates), (0, 0));
+    assert!(report.timeline.iter().any(|t| t.warmup));
+    assert!(
+        report
+            .timeline
+            .iter()
+            .any(|t| !t.warmup && t.uplink_received > 0)
+    );
+}
+
+#[test]
+fn records_that_never_reach_the_topic_are_reported_lost() {
+    let broker = Broker::start();
+    topics(&broker);
+    broker.create_topic("cs.elsewhere", 1, &[]);
+    let (_good, good) = gateway(&broker, 0, None);
+    // The fault: the second gateway writes the same cars' data elsewhere.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "mapping = [{ mqtt = \"^UL/.+\", kafka = \"cs.elsewhere\" }]\n",
+    )
+    .unwrap();
+    let (_bad, bad) = gateway(&broker, 1, Some(config.path()));
+    // Cars alternate between the two targets: half go through the bad one.
+    let report = loadgen(&broker, &[good, bad], &["--no-subscribe"]);
+
+    let up = &report.uplink;
+    assert_eq!(report.connect.connected, 60);
+    assert!(up.lost > 0, "the fault did not show: {up:?}");
+    assert_eq!(up.received + up.lost, up.sent, "{up:?}");
+    // Every car sends about as much: about half is lost.
+    let share = up.lost as f64 / up.sent as f64;
+    assert!((0.4..0.6).contains(&share), "lost share {share}: {up:?}");
+    assert_eq!(up.duplicates, 0);
+    assert!(report.downlink.is_none());
+}
