@@ -18,6 +18,14 @@ step "cargo test"
 # Every test bounds its own waits; this bounds the whole run on top.
 timeout 45m cargo test --workspace --locked
 
+step "the main job, small: scripts/stack.sh"
+# The whole local stack end to end (debug build, already made by the tests).
+stack_dir=$(mktemp -d)
+STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
+  --cars 300 --warmup-secs 2 --duration-secs 5 --downlink-rate 100 --quiet
+test -s "$stack_dir/report.json" && test -s "$stack_dir/report.html"
+rm -rf "$stack_dir"
+
 if [ -x fuzz/run.sh ]; then
   step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
   fuzz/run.sh "${FUZZ_SECONDS:-20}"

@@ -848,6 +848,8 @@ mod tests {
             },
             uplink: flow(2.0),
             downlink,
+            other_downlink: 0,
+            dropped_connections: 0,
             timeline: vec![
                 tick(1.0, true),
                 tick(2.0, true),

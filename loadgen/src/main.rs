@@ -28,7 +28,13 @@ use loadgen::worker::Plan;
 /// ports never run out. Progress is printed every second; at the end a
 /// summary, and a JSON and an HTML report.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -118,6 +124,9 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Exit with status 3 if any message was lost or duplicated (for CI).
+    #[arg(long)]
+    fail_on_loss: bool,
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
@@ -218,5 +227,10 @@ fn main() -> anyhow::Result<()> {
         args.report_json.display(),
         args.report_html.display()
     );
+    let flows = std::iter::once(&report.uplink).chain(report.downlink.as_ref());
+    if args.fail_on_loss && flows.clone().any(|f| f.lost > 0 || f.duplicates > 0) {
+        eprintln!("loss or duplication (--fail-on-loss)");
+        std::process::exit(3);
+    }
     Ok(())
 }

@@ -22,13 +22,25 @@ pub fn car_of(client_id: &str) -> Option<u64> {
     client_id.strip_prefix("CBLG")?.parse().ok()
 }
 
+/// The MQTT topic of the downlink messages loadgen sends (through Kafka).
+pub const DOWNLINK_TOPIC: &str = "DL/LOAD";
+
 /// The smallest payload that holds the header of the largest values.
 pub const MIN_PAYLOAD: usize = 64;
 
-/// `"{car} {seq} {sent_us} "` padded with `.` to `size` bytes (at least
-/// the header): readable in any Kafka tool.
+/// Where car `car` is at its message `seq`: every car drives its own slow
+/// circle around Gothenburg (57.70 N, 11.97 E), so some of them cross the
+/// water-warning service's area now and then.
+pub fn position(car: u64, seq: u64) -> (f64, f64) {
+    let phase = car as f64 * 0.618_034 * std::f64::consts::TAU + seq as f64 * 0.05;
+    (57.70 + 0.05 * phase.sin(), 11.97 + 0.08 * phase.cos())
+}
+
+/// `"{car} {seq} {sent_us} {lat} {lon} "` padded with `.` to `size` bytes
+/// (at least the header): readable in any Kafka tool.
 pub fn encode(car: u64, seq: u64, sent_us: u64, size: usize) -> Vec<u8> {
-    let mut payload = format!("{car} {seq} {sent_us} ").into_bytes();
+    let (lat, lon) = position(car, seq);
+    let mut payload = format!("{car} {seq} {sent_us} {lat:.5} {lon:.5} ").into_bytes();
     if payload.len() < size {
         payload.resize(size, b'.');
     }
@@ -43,6 +55,16 @@ pub fn decode(payload: &[u8]) -> Option<(u64, u64, u64)> {
     let seq = fields.next()?.parse().ok()?;
     let sent = fields.next()?.parse().ok()?;
     Some((car, seq, sent))
+}
+
+/// (car, latitude, longitude) of an uplink payload made by [`encode`].
+pub fn car_position(payload: &[u8]) -> Option<(u64, f64, f64)> {
+    let text = std::str::from_utf8(payload.get(..payload.len().min(96))?).ok()?;
+    let mut fields = text.split(' ');
+    let car = fields.next()?.parse().ok()?;
+    let lat = fields.nth(2)?.parse().ok()?;
+    let lon = fields.next()?.parse().ok()?;
+    Some((car, lat, lon))
 }
 
 /// Which messages of each car arrived: counts duplicates and arrivals
@@ -106,6 +128,20 @@ mod tests {
         let payload = encode(700_000, 42, 1_795_000_000_000_000, 100);
         assert_eq!(payload.len(), 100);
         assert_eq!(decode(&payload), Some((700_000, 42, 1_795_000_000_000_000)));
+        let (lat, lon) = position(700_000, 42);
+        let (car, at_lat, at_lon) = car_position(&payload).unwrap();
+        assert_eq!(car, 700_000);
+        assert!((at_lat - lat).abs() < 1e-4 && (at_lon - lon).abs() < 1e-4);
+        assert_eq!(
+            encode(
+                u64::from(u32::MAX),
+                u64::from(u32::MAX),
+                u64::MAX,
+                MIN_PAYLOAD
+            )
+            .len(),
+            MIN_PAYLOAD
+        );
         assert_eq!(decode(b"garbage"), None);
         assert_eq!(decode(b""), None);
         assert_eq!(car_of(&client_id(12)), Some(12));

@@ -27,6 +27,14 @@ pub struct Report {
     pub uplink: FlowStats,
     /// Absent when the run sent no downlink messages.
     pub downlink: Option<FlowStats>,
+    /// Messages cars received that loadgen did not send (another
+    /// service's, such as the water-warning service's DL/WARN).
+    #[serde(default)]
+    pub other_downlink: u64,
+    /// Car connections the server closed (or that failed) while the car
+    /// was publishing.
+    #[serde(default)]
+    pub dropped_connections: u64,
     /// One entry per second of the whole run (warm-up included).
     pub timeline: Vec<Tick>,
 }

@@ -237,7 +237,7 @@ fn send_downlink(
         let body = payload::encode(car, *seq, payload::now_us(), payload::MIN_PAYLOAD);
         let headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
-            value: Some("DL/LOAD"),
+            value: Some(payload::DOWNLINK_TOPIC),
         });
         let record = BaseRecord::to(topic)
             .key(&client)
@@ -459,6 +459,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let mut timeline = Vec::new();
     let (mut connects, mut connect_failures, mut uplink_sent, mut uplink_sent_window) =
         (0u64, 0u64, 0u64, 0u64);
+    let mut other_downlink = 0u64;
     let (mut dl_received, mut dl_duplicates, mut dl_out_of_order, mut dropped) =
         (0u64, 0u64, 0u64, 0u64);
     let (mut first_connect_us, mut last_connect_us) = (None, 0u64);
@@ -501,6 +502,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             dl_duplicates += tick.downlink_duplicates;
             dl_out_of_order += tick.downlink_out_of_order;
             dropped += tick.dropped_connections;
+            other_downlink += tick.other_downlink;
             if let Some(worker) = workers.get_mut(index) {
                 worker.done |= tick.done;
                 worker.last = tick;
@@ -640,6 +642,8 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             out_of_order: dl_out_of_order,
             latency: latency(&downlink_window),
         }),
+        other_downlink,
+        dropped_connections: dropped,
         timeline,
     })
 }
@@ -685,6 +689,18 @@ pub fn summary(report: &Report) -> String {
     out.push_str(&line("uplink", &report.uplink));
     if let Some(downlink) = &report.downlink {
         out.push_str(&line("downlink", downlink));
+    }
+    if report.other_downlink > 0 {
+        out.push_str(&format!(
+            "other     {} messages to cars from other services (such as DL/WARN)\n",
+            report.other_downlink
+        ));
+    }
+    if report.dropped_connections > 0 {
+        out.push_str(&format!(
+            "closed    {} car connections closed by the server or failed while publishing\n",
+            report.dropped_connections
+        ));
     }
     out
 }

@@ -27,6 +27,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::payload::{self, Arrivals};
 use crate::stats::{Buckets, histogram};
 
+/// How long cars stay connected after the last publish, for downlink
+/// messages in flight.
+const LINGER_US: u64 = 3_000_000;
+
 /// What one worker simulates (the parent's options, cut to its share).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -67,6 +71,9 @@ pub struct WorkerTick {
     pub downlink_latency: Buckets,
     /// Closes the server initiated (or I/O errors) while publishing.
     pub dropped_connections: u64,
+    /// Messages to cars loadgen did not send (another service's, such as
+    /// the water-warning service's DL/WARN).
+    pub other_downlink: u64,
     /// Set on the last line.
     pub done: bool,
 }
@@ -82,6 +89,7 @@ struct Stats {
     downlink_reported: Cell<(u64, u64, u64)>,
     downlink_latency: RefCell<Histogram<u64>>,
     dropped_connections: Cell<u64>,
+    other_downlink: Cell<u64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -108,6 +116,7 @@ impl Stats {
             downlink_out_of_order: arrivals.out_of_order - out_of_order,
             downlink_latency: Buckets::of(&self.downlink_latency.borrow()),
             dropped_connections: self.dropped_connections.replace(0),
+            other_downlink: self.other_downlink.replace(0),
             done,
         };
         self.connect_latency.borrow_mut().reset();
@@ -133,6 +142,7 @@ pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             downlink_reported: Cell::new((0, 0, 0)),
             downlink_latency: RefCell::new(histogram()),
             dropped_connections: Cell::new(0),
+            other_downlink: Cell::new(0),
             stop,
         });
         let plan = Rc::new(plan);
@@ -328,6 +338,12 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
     if failed {
         bump(&stats.dropped_connections);
     } else {
+        // Stay a moment after the last publish: downlink messages sent
+        // just before the end are still on their way.
+        let linger_until = plan.end_us + LINGER_US;
+        while !stats.stop.load(Ordering::Relaxed) && payload::now_us() < linger_until {
+            sleep(Duration::from_millis(100)).await;
+        }
         let _ = writer.write_all(&codec::packet::DISCONNECT).await;
         let _ = writer.close().await;
     }
@@ -354,6 +370,11 @@ async fn read_downlink<R: futures_lite::AsyncRead + Unpin>(
     loop {
         loop {
             match decoder.decode(&mut input) {
+                Ok(Some(Packet::Publish(publish)))
+                    if publish.topic() != payload::DOWNLINK_TOPIC =>
+                {
+                    bump(&stats.other_downlink);
+                }
                 Ok(Some(Packet::Publish(publish))) => {
                     let now = payload::now_us();
                     if let Some((car, seq, sent)) = payload::decode(publish.payload())

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The main job: builds everything, starts a local stack (tansu with memory
+# storage, topics from carbridge-topics, gateway, router and the
+# water-warning service), runs loadgen against it, prints the report and
+# tears everything down, also on Ctrl-C.
+#
+#   scripts/stack.sh                      # 10,000 cars, about a minute
+#   scripts/stack.sh --cars 100000 --duration-secs 120
+#
+# Every argument goes to loadgen (see `loadgen --help`). Environment:
+#   STACK_DIR        where logs and reports go (default target/stack/<time>)
+#   STACK_SHARDS     gateway shards (default: the number of CPUs)
+#   STACK_PROFILE    cargo profile, release (default) or dev
+#   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+profile=${STACK_PROFILE:-release}
+case "$profile" in
+  release) build=(cargo build --release --workspace --bins); bin=target/release ;;
+  dev) build=(cargo build --workspace --bins); bin=target/debug ;;
+  *) echo "STACK_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
+kafka_port=${STACK_KAFKA_PORT:-29092}
+mqtt_port=${STACK_MQTT_PORT:-21883}
+shards=${STACK_SHARDS:-$(nproc)}
+dir=${STACK_DIR:-target/stack/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$dir"
+kafka=127.0.0.1:$kafka_port
+
+log() { printf '\033[1mstack:\033[0m %s\n' "$*" >&2; }
+
+command -v tansu >/dev/null || { echo "tansu not found: run scripts/setup.sh" >&2; exit 1; }
+log "building ($profile)"
+"${build[@]}" 2>&1 | tail -n 3 >&2
+
+pids=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ ${#pids[@]} -gt 0 ]; then
+    log "stopping the stack"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 "${pids[@]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+  fi
+  log "logs and reports in $dir"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits until $1 (a description) holds, running the rest as the check.
+await() {
+  local what=$1; shift
+  for _ in $(seq 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $what; see $dir" >&2
+  return 1
+}
+ready() { curl -fsS "http://$1/readyz"; }
+
+log "tansu on $kafka (memory storage)"
+tansu broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
+  --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+pids+=($!)
+await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
+
+log "topics: $((shards * 2)) partitions, $shards slots"
+"$bin/carbridge-topics" create --kafka-bootstrap "$kafka" --partitions $((shards * 2)) --slots "$shards" \
+  >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
+
+log "router"
+"$bin/router" --kafka-bootstrap "$kafka" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
+pids+=($!)
+await "the router" ready 127.0.0.1:29101
+
+log "gateway on 127.0.0.1:$mqtt_port ($shards shards)"
+"$bin/gateway" --kafka-bootstrap "$kafka" --listen "127.0.0.1:$mqtt_port" --shards "$shards" \
+  --bridge-id 0 --admin-listen 127.0.0.1:29100 >"$dir/gateway.log" 2>&1 &
+pids+=($!)
+await "the gateway" ready 127.0.0.1:29100
+
+log "water-warning service"
+"$bin/water-warning" --kafka-bootstrap "$kafka" >"$dir/water-warning.log" 2>&1 &
+pids+=($!)
+
+log "loadgen $*"
+"$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" \
+  --cars 10000 --publish-interval-ms 1000 --downlink-rate 1000 \
+  --warmup-secs 10 --duration-secs 40 \
+  --report-json "$dir/report.json" --report-html "$dir/report.html" \
+  "$@"
+
+log "gateway: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
+log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
+log "HTML report: $dir/report.html"
