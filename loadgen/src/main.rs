@@ -24,7 +24,7 @@ use loadgen::worker::Plan;
 ///
 /// The fleet is split over worker processes (--cars-per-worker) so no
 /// process exceeds its open-file limit, and on loopback targets every
-/// 20,000 cars connect from their own source address (127.1.x.y) so local
+/// 20,000 cars connect from their own source address (127.r.x.y) so local
 /// ports never run out. Progress is printed every second; at the end a
 /// summary, and a JSON and an HTML report.
 #[derive(Debug, Parser)]
@@ -105,7 +105,7 @@ struct RunArgs {
     /// Subscribers in peer mode (cars publish on their {shard}).
     #[arg(long, default_value_t = 2)]
     peer_subscribers: u64,
-    /// Source addresses to connect from (repeatable); default: 127.1.x.y
+    /// Source addresses to connect from (repeatable); default: 127.r.x.y
     /// for loopback targets, the kernel's choice otherwise.
     #[arg(long = "source")]
     sources: Vec<IpAddr>,

@@ -257,15 +257,18 @@ fn send_downlink(
     Ok(())
 }
 
-/// Source addresses for loopback targets: 127.1.x.y, one per
-/// `per_source` cars, so local ports never run out.
+/// Source addresses for loopback targets: 127.r.x.y, one per
+/// `per_source` cars, so local ports never run out. `r` changes from run
+/// to run: the previous run's connections linger in TIME_WAIT on the
+/// server side, and a new SYN on the same address pair can stall there.
 fn loopback_sources(cars: u64, per_source: u64) -> Vec<IpAddr> {
+    let run = 1 + (payload::now_us() / 1_000_000 % 250) as u8;
     let needed = cars.div_ceil(per_source.max(1)).max(1);
     (0..needed)
         .map(|k| {
             IpAddr::V4(Ipv4Addr::new(
                 127,
-                1,
+                run,
                 ((k / 250) % 256) as u8,
                 (k % 250 + 1) as u8,
             ))
