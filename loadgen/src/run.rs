@@ -488,9 +488,10 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             let in_window = (measure_from_us + 500_000..end_us + 500_000).contains(&now);
             connects += tick.connects;
             connect_failures += tick.connect_failures;
-            if tick.connects > 0 {
-                first_connect_us.get_or_insert(now);
-                last_connect_us = now;
+            if tick.first_connack_us > 0 {
+                let first = first_connect_us.get_or_insert(tick.first_connack_us);
+                *first = (*first).min(tick.first_connack_us);
+                last_connect_us = last_connect_us.max(tick.last_connack_us);
             }
             tick.connect_latency.add_to(&mut connect_hist);
             uplink_sent += tick.uplink_sent;
@@ -604,7 +605,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         .map_or(0.0, |first| {
             (last_connect_us.saturating_sub(first)) as f64 / 1e6
         })
-        .max(1.0);
+        .max(1e-3);
     let dl_sent = downlink_sent.load(Ordering::Relaxed);
     if dropped > 0 && !options.quiet {
         eprintln!("{dropped} car connections were closed by the server or failed while publishing");

@@ -64,6 +64,10 @@ pub struct WorkerTick {
     pub connects: u64,
     pub connect_failures: u64,
     pub connect_latency: Buckets,
+    /// When the first and the latest CONNACK of this worker arrived (µs
+    /// since the epoch; 0 before any).
+    pub first_connack_us: u64,
+    pub last_connack_us: u64,
     pub uplink_sent: u64,
     pub downlink_received: u64,
     pub downlink_duplicates: u64,
@@ -84,6 +88,8 @@ struct Stats {
     connects: Cell<u64>,
     connect_failures: Cell<u64>,
     connect_latency: RefCell<Histogram<u64>>,
+    first_connack_us: Cell<u64>,
+    last_connack_us: Cell<u64>,
     uplink_sent: Cell<u64>,
     downlink: RefCell<Arrivals>,
     downlink_reported: Cell<(u64, u64, u64)>,
@@ -110,6 +116,8 @@ impl Stats {
             connects: self.connects.replace(0),
             connect_failures: self.connect_failures.replace(0),
             connect_latency: Buckets::of(&self.connect_latency.borrow()),
+            first_connack_us: self.first_connack_us.get(),
+            last_connack_us: self.last_connack_us.get(),
             uplink_sent: self.uplink_sent.replace(0),
             downlink_received: arrivals.unique - unique,
             downlink_duplicates: arrivals.duplicates - duplicates,
@@ -137,6 +145,8 @@ pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             connects: Cell::new(0),
             connect_failures: Cell::new(0),
             connect_latency: RefCell::new(histogram()),
+            first_connack_us: Cell::new(0),
+            last_connack_us: Cell::new(0),
             uplink_sent: Cell::new(0),
             downlink: RefCell::new(Arrivals::default()),
             downlink_reported: Cell::new((0, 0, 0)),
@@ -275,6 +285,11 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
     }
     bump(&stats.connects);
     bump(&stats.connected_now);
+    let now = payload::now_us();
+    if stats.first_connack_us.get() == 0 {
+        stats.first_connack_us.set(now);
+    }
+    stats.last_connack_us.set(now);
     let _ = stats.connect_latency.borrow_mut().record(
         u64::try_from(began.elapsed().as_micros())
             .unwrap_or(u64::MAX)
