@@ -8,6 +8,9 @@
 #   scripts/stack.sh --cars 100000 --duration-secs 120
 #
 # Every argument goes to loadgen (see `loadgen --help`). Environment:
+#   STACK_BASELINE=1 first runs loadgen --raw-kafka with the same arguments
+#                    (the same records from one rdkafka producer, no MQTT)
+#                    and prints the gateway's uplink throughput as a ratio
 #   STACK_DIR        where logs and reports go (default target/stack/<time>)
 #   STACK_SHARDS     gateway shards (default: the number of CPUs)
 #   STACK_PROFILE    cargo profile, release (default) or dev
@@ -92,12 +95,28 @@ log "water-warning service"
 "$bin/water-warning" --kafka-bootstrap "$kafka" >"$dir/water-warning.log" 2>&1 &
 pids+=($!)
 
+defaults=(--cars 10000 --publish-interval-ms 1000 --downlink-rate 1000 --warmup-secs 10 --duration-secs 40)
+
+# Uplink records per second that reached Kafka in the measured window.
+received_rate() {
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(t["uplink_received"] for t in r["timeline"] if not t["warmup"]) / r["measured_secs"])' "$1"
+}
+
+if [ -n "${STACK_BASELINE:-}" ]; then
+  log "baseline: loadgen --raw-kafka $* (the same records from one rdkafka producer, no MQTT)"
+  "$bin/loadgen" --kafka-bootstrap "$kafka" --raw-kafka "${defaults[@]}" \
+    --report-json "$dir/baseline.json" --report-html "$dir/baseline.html" "$@"
+fi
+
 log "loadgen $*"
-"$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" \
-  --cars 10000 --publish-interval-ms 1000 --downlink-rate 1000 \
-  --warmup-secs 10 --duration-secs 40 \
-  --report-json "$dir/report.json" --report-html "$dir/report.html" \
-  "$@"
+"$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${defaults[@]}" \
+  --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+
+if [ -n "${STACK_BASELINE:-}" ]; then
+  raw=$(received_rate "$dir/baseline.json")
+  gw=$(received_rate "$dir/report.json")
+  log "uplink into Kafka: gateway $gw/s, raw producer $raw/s, ratio $(python3 -c "print(round($gw / $raw, 3) if $raw else 'n/a')")"
+fi
 
 log "gateway: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
 log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"

@@ -102,6 +102,11 @@ struct RunArgs {
     /// subscribers on it (needs --topic with {shard}, e.g. UL/POS/{shard}).
     #[arg(long)]
     peer: bool,
+    /// Baseline: no MQTT; one rdkafka producer writes the records the
+    /// gateway would write for this fleet (same keys, header, payloads,
+    /// rate and producer settings) to --kafka-topic, measured the same way.
+    #[arg(long, conflicts_with = "peer")]
+    raw_kafka: bool,
     /// Subscribers in peer mode (cars publish on their {shard}).
     #[arg(long, default_value_t = 2)]
     peer_subscribers: u64,
@@ -189,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         ("warmup_secs".to_owned(), args.warmup_secs.to_string()),
         ("duration_secs".to_owned(), args.duration_secs.to_string()),
         ("downlink_rate".to_owned(), args.downlink_rate.to_string()),
+        ("raw_kafka".to_owned(), args.raw_kafka.to_string()),
         (
             "cars_per_worker".to_owned(),
             args.cars_per_worker.to_string(),
@@ -209,6 +215,7 @@ fn main() -> anyhow::Result<()> {
         downlink_topic: args.downlink_topic,
         downlink_rate: args.downlink_rate,
         peer: args.peer,
+        raw_kafka: args.raw_kafka,
         peer_subscribers: args.peer_subscribers,
         sources: args.sources,
         cars_per_source: args.cars_per_source,

@@ -42,6 +42,8 @@ pub struct Options {
     pub downlink_rate: f64,
     /// Peer mode: measure through MQTT subscribers on the target.
     pub peer: bool,
+    /// Baseline: produce the fleet's records straight to Kafka, no MQTT.
+    pub raw_kafka: bool,
     pub peer_subscribers: u64,
     pub sources: Vec<IpAddr>,
     pub cars_per_source: u64,
@@ -311,9 +313,107 @@ fn rfc3339(us: u64) -> String {
 }
 
 struct Worker {
-    child: Child,
+    /// `None` for the raw producer thread of `--raw-kafka`.
+    child: Option<Child>,
     last: WorkerTick,
     done: bool,
+}
+
+/// What `--raw-kafka` produces: the records the gateway would write for
+/// the same fleet, straight from one rdkafka producer.
+struct RawPlan {
+    bootstrap: String,
+    topic: String,
+    mqtt_topic: String,
+    cars: u64,
+    rate: f64,
+    payload_size: usize,
+    start_us: u64,
+    end_us: u64,
+}
+
+/// The baseline for the gateway's uplink: the same records, keys, header
+/// and producer settings (`linger.ms` 5, `murmur2_random`) as the gateway
+/// writes, produced at the fleet's rate by one producer. Reports like a
+/// worker (`index` 0) so the parent measures both the same way.
+fn produce_raw(
+    plan: &RawPlan,
+    ticks: &crossbeam_channel::Sender<(usize, WorkerTick)>,
+    stop: &AtomicBool,
+) {
+    let producer: BaseProducer = match kafka_config(&plan.bootstrap)
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .create()
+    {
+        Ok(producer) => producer,
+        Err(error) => {
+            eprintln!("raw producer: {error}");
+            let _ = ticks.send((
+                0,
+                WorkerTick {
+                    done: true,
+                    ..WorkerTick::default()
+                },
+            ));
+            return;
+        }
+    };
+    std::thread::sleep(Duration::from_micros(
+        plan.start_us.saturating_sub(payload::now_us()),
+    ));
+    let started = Instant::now();
+    let mut seqs = vec![0u64; usize::try_from(plan.cars).unwrap_or(0)];
+    let (mut n, mut sent_tick) = (0u64, 0u64);
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    let mut first = true;
+    let report = |sent: u64, done: bool, first: &mut bool| {
+        let tick = WorkerTick {
+            connected_now: if done { 0 } else { plan.cars },
+            connects: if std::mem::take(first) { plan.cars } else { 0 },
+            uplink_sent: sent,
+            done,
+            ..WorkerTick::default()
+        };
+        let _ = ticks.send((0, tick));
+    };
+    while !stop.load(Ordering::Relaxed) && payload::now_us() < plan.end_us {
+        if Instant::now() >= next_tick {
+            report(std::mem::take(&mut sent_tick), false, &mut first);
+            next_tick += Duration::from_secs(1);
+        }
+        let due = started + Duration::from_secs_f64(n as f64 / plan.rate.max(0.001));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            producer.poll(wait.min(Duration::from_millis(1)));
+            continue;
+        }
+        let car = n % plan.cars.max(1);
+        let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
+            break;
+        };
+        *seq += 1;
+        let client = payload::client_id(car);
+        let body = payload::encode(car, *seq, payload::now_us(), plan.payload_size);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: contract::HEADER_TOPIC,
+            value: Some(plan.mqtt_topic.as_str()),
+        });
+        let record = BaseRecord::to(&plan.topic)
+            .key(&client)
+            .payload(&body)
+            .headers(headers);
+        if producer.send(record).is_err() {
+            *seq -= 1;
+            producer.poll(Duration::from_millis(1));
+            continue;
+        }
+        n += 1;
+        sent_tick += 1;
+        producer.poll(Duration::ZERO);
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    report(sent_tick, false, &mut first);
+    report(0, true, &mut first);
 }
 
 /// Runs the whole load test and returns its report.
@@ -383,7 +483,26 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let (ticks_tx, ticks) = crossbeam_channel::unbounded::<(usize, WorkerTick)>();
     let mut workers = Vec::new();
     let exe = std::env::current_exe().context("finding the loadgen binary")?;
-    for w in 0..workers_needed {
+    if let (true, Some(bootstrap)) = (options.raw_kafka, &options.kafka_bootstrap) {
+        let raw = RawPlan {
+            bootstrap: bootstrap.clone(),
+            topic: options.kafka_topic.clone(),
+            mqtt_topic: options.topic.clone(),
+            cars: options.cars,
+            rate: options.cars as f64 * 1000.0 / options.publish_interval_ms.max(1) as f64,
+            payload_size: options.payload_size,
+            start_us,
+            end_us,
+        };
+        let (tx, stop) = (ticks_tx.clone(), stop.clone());
+        std::thread::spawn(move || produce_raw(&raw, &tx, &stop));
+        workers.push(Worker {
+            child: None,
+            last: WorkerTick::default(),
+            done: false,
+        });
+    }
+    for w in 0..if options.raw_kafka { 0 } else { workers_needed } {
         let first_car = w * options.cars / workers_needed;
         let next = (w + 1) * options.cars / workers_needed;
         let plan = Plan {
@@ -420,7 +539,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             }
         });
         workers.push(Worker {
-            child,
+            child: Some(child),
             last: WorkerTick::default(),
             done: false,
         });
@@ -472,9 +591,9 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     loop {
         if stop.load(Ordering::Relaxed) && !signalled {
             signalled = true;
-            for worker in &workers {
+            for child in workers.iter().filter_map(|w| w.child.as_ref()) {
                 let _ = Command::new("kill")
-                    .args(["-TERM", &worker.child.id().to_string()])
+                    .args(["-TERM", &child.id().to_string()])
                     .status();
             }
         }
@@ -514,7 +633,10 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         }
         next_tick += Duration::from_secs(1);
         for worker in &mut workers {
-            if !worker.done && matches!(worker.child.try_wait(), Ok(Some(_))) {
+            if !worker.done
+                && let Some(child) = worker.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
                 worker.done = true;
             }
         }
@@ -567,7 +689,9 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         }
     }
     for worker in &mut workers {
-        let _ = worker.child.wait();
+        if let Some(child) = worker.child.as_mut() {
+            let _ = child.wait();
+        }
     }
     if let Some(thread) = downlink_thread {
         match thread.join() {
@@ -614,7 +738,14 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         version: REPORT_VERSION,
         started_at: rfc3339(started_us),
         machine: machine(),
-        mode: if options.peer { "peer" } else { "gateway" }.to_owned(),
+        mode: if options.peer {
+            "peer"
+        } else if options.raw_kafka {
+            "raw-kafka"
+        } else {
+            "gateway"
+        }
+        .to_owned(),
         options: options.described.clone(),
         warmup_secs: options.warmup_secs as f64,
         measured_secs,
