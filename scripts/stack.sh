@@ -12,7 +12,9 @@
 #                    (the same records from one rdkafka producer, no MQTT)
 #                    and prints the gateway's uplink throughput as a ratio
 #   STACK_DIR        where logs and reports go (default target/stack/<time>)
-#   STACK_SHARDS     gateway shards (default: the number of CPUs)
+#   STACK_SHARDS     shards per gateway (default: the number of CPUs)
+#   STACK_GATEWAYS   gateway processes (default 1); each holds at most
+#                    about 19,000 cars (20,000 open files per process here)
 #   STACK_PROFILE    cargo profile, release (default) or dev
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
@@ -28,6 +30,8 @@ esac
 kafka_port=${STACK_KAFKA_PORT:-29092}
 mqtt_port=${STACK_MQTT_PORT:-21883}
 shards=${STACK_SHARDS:-$(nproc)}
+gateways=${STACK_GATEWAYS:-1}
+slots=$((gateways * shards))
 dir=${STACK_DIR:-target/stack/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$dir"
 kafka=127.0.0.1:$kafka_port
@@ -76,8 +80,8 @@ tansu broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kaf
 pids+=($!)
 await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
 
-log "topics: $((shards * 2)) partitions, $shards slots"
-"$bin/carbridge-topics" create --kafka-bootstrap "$kafka" --partitions $((shards * 2)) --slots "$shards" \
+log "topics: $((shards * 2)) partitions, $slots slots"
+"$bin/carbridge-topics" create --kafka-bootstrap "$kafka" --partitions $((shards * 2)) --slots "$slots" \
   >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
 
 log "router"
@@ -85,11 +89,17 @@ log "router"
 pids+=($!)
 await "the router" ready 127.0.0.1:29101
 
-log "gateway on 127.0.0.1:$mqtt_port ($shards shards)"
-"$bin/gateway" --kafka-bootstrap "$kafka" --listen "127.0.0.1:$mqtt_port" --shards "$shards" \
-  --bridge-id 0 --admin-listen 127.0.0.1:29100 >"$dir/gateway.log" 2>&1 &
-pids+=($!)
-await "the gateway" ready 127.0.0.1:29100
+targets=()
+for ((g = 0; g < gateways; g++)); do
+  port=$((mqtt_port + g)); admin=127.0.0.1:$((29110 + g))
+  [ "$g" -eq 0 ] && admin=127.0.0.1:29100
+  log "gateway $g on 127.0.0.1:$port ($shards shards)"
+  "$bin/gateway" --kafka-bootstrap "$kafka" --listen "127.0.0.1:$port" --shards "$shards" \
+    --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
+  pids+=($!)
+  targets+=(--target "127.0.0.1:$port")
+  await "gateway $g" ready "$admin"
+done
 
 log "water-warning service"
 "$bin/water-warning" --kafka-bootstrap "$kafka" >"$dir/water-warning.log" 2>&1 &
@@ -109,7 +119,7 @@ if [ -n "${STACK_BASELINE:-}" ]; then
 fi
 
 log "loadgen $*"
-"$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${defaults[@]}" \
+"$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
 
 if [ -n "${STACK_BASELINE:-}" ]; then
@@ -118,6 +128,6 @@ if [ -n "${STACK_BASELINE:-}" ]; then
   log "uplink into Kafka: gateway $gw/s, raw producer $raw/s, ratio $(python3 -c "print(round($gw / $raw, 3) if $raw else 'n/a')")"
 fi
 
-log "gateway: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
+log "gateway 0: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
 log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
 log "HTML report: $dir/report.html"

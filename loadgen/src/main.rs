@@ -23,9 +23,9 @@ use loadgen::worker::Plan;
 /// uplink received by MQTT subscribers on that server.
 ///
 /// The fleet is split over worker processes (--cars-per-worker) so no
-/// process exceeds its open-file limit, and on loopback targets every
-/// 20,000 cars connect from their own source address (127.r.x.y) so local
-/// ports never run out. Progress is printed every second; at the end a
+/// process exceeds its open-file limit. When more than 25,000 cars share
+/// one loopback target, every 20,000 of them connect from their own source
+/// address (127.r.x.y) so local ports never run out. Progress is printed every second; at the end a
 /// summary, and a JSON and an HTML report.
 #[derive(Debug, Parser)]
 #[command(
@@ -111,7 +111,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 2)]
     peer_subscribers: u64,
     /// Source addresses to connect from (repeatable); default: 127.r.x.y
-    /// for loopback targets, the kernel's choice otherwise.
+    /// when more than 25,000 cars share one loopback target, the kernel's
+    /// choice otherwise.
     #[arg(long = "source")]
     sources: Vec<IpAddr>,
     /// Cars per source address.

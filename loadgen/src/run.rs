@@ -473,12 +473,20 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         }));
     }
 
-    let sources =
-        if options.sources.is_empty() && options.targets.iter().all(|t| t.ip().is_loopback()) {
-            loopback_sources(options.cars, options.cars_per_source)
-        } else {
-            options.sources.clone()
-        };
+    // Binding a source address makes the kernel search for a free port at
+    // bind time, which gets slow (system CPU) with tens of thousands of
+    // sockets; without it the port is picked per destination at connect.
+    // So bind only where one destination needs more ports than one source
+    // address has (about 28,000).
+    let per_target = options.cars.div_ceil(options.targets.len().max(1) as u64);
+    let sources = if options.sources.is_empty()
+        && per_target > 25_000
+        && options.targets.iter().all(|t| t.ip().is_loopback())
+    {
+        loopback_sources(options.cars, options.cars_per_source)
+    } else {
+        options.sources.clone()
+    };
     let workers_needed = options.cars.div_ceil(options.cars_per_worker.max(1)).max(1);
     let (ticks_tx, ticks) = crossbeam_channel::unbounded::<(usize, WorkerTick)>();
     let mut workers = Vec::new();
