@@ -1,7 +1,9 @@
 //! What every carbridge process (gateway, router) shows its operators: the
-//! admin HTTP endpoint and the logging set-up, so both behave alike.
+//! admin HTTP endpoint, the logging set-up and the Kafka flags, so they
+//! behave alike.
 
 pub mod admin;
+pub mod kafka;
 
 /// Installs the global `tracing` subscriber: `filter` unless `RUST_LOG` is
 /// set; JSON lines when `json`, human-readable otherwise.

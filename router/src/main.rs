@@ -21,16 +21,8 @@ use router::metrics::Metrics;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
-        default_value = "localhost:9092"
-    )]
-    kafka_bootstrap: String,
-    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
-    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE")]
-    kafka_properties: Vec<String>,
+    #[command(flatten)]
+    kafka: ops::kafka::KafkaArgs,
     /// Consumer group shared by all router instances.
     #[arg(
         long,
@@ -73,15 +65,8 @@ fn main() -> anyhow::Result<()> {
         cli.log_format
     );
     ops::init_logging(&cli.log_filter, cli.log_format == "json");
-    let mut config = Config::new(&cli.kafka_bootstrap);
-    for property in &cli.kafka_properties {
-        let (key, value) = property
-            .split_once('=')
-            .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
-        config
-            .kafka_properties
-            .insert(key.to_owned(), value.to_owned());
-    }
+    let mut config = Config::new(&cli.kafka.kafka_bootstrap);
+    config.kafka_properties = cli.kafka.properties()?;
     config.group = cli.group;
     config.downlink_topic = cli.downlink_topic;
     config.sessions_topic = cli.sessions_topic;

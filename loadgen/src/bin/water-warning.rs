@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message};
 
 /// Warns cars that are inside an area: reads positions ("car seq time lat
 /// lon", as loadgen's cars send them) from the uplink topic and sends each
@@ -23,13 +23,8 @@ use rdkafka::{ClientConfig, Message};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
-        default_value = "localhost:9092"
-    )]
-    kafka_bootstrap: String,
+    #[command(flatten)]
+    kafka: ops::kafka::KafkaArgs,
     /// Topic with the cars' positions.
     #[arg(long, default_value = contract::topics::UPLINK)]
     uplink_topic: String,
@@ -88,8 +83,7 @@ fn main() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &cli.kafka_bootstrap);
+    let mut config = cli.kafka.client_config()?;
     let consumer: BaseConsumer = config
         .clone()
         .set("group.id", &cli.group)

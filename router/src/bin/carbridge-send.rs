@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientConfig, ClientContext, Message};
+use rdkafka::{ClientContext, Message};
 
 /// Keeps Kafka's answer for the one record.
 struct Answer(std::sync::Mutex<Option<Result<(i32, i64), String>>>);
@@ -41,16 +41,8 @@ struct Cli {
     topic: String,
     /// The payload (UTF-8 text as given).
     payload: String,
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
-        default_value = "localhost:9092"
-    )]
-    kafka_bootstrap: String,
-    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
-    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE")]
-    kafka_properties: Vec<String>,
+    #[command(flatten)]
+    kafka: ops::kafka::KafkaArgs,
     /// Topic of downlink requests.
     #[arg(long, default_value = contract::topics::DOWNLINK)]
     downlink_topic: String,
@@ -64,17 +56,10 @@ fn main() -> anyhow::Result<()> {
             cli.topic
         );
     }
-    let mut config = ClientConfig::new();
+    let mut config = cli.kafka.client_config()?;
     config
-        .set("bootstrap.servers", &cli.kafka_bootstrap)
         .set("partitioner", "murmur2_random")
         .set("message.timeout.ms", "10000");
-    for property in &cli.kafka_properties {
-        let (key, value) = property
-            .split_once('=')
-            .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
-        config.set(key, value);
-    }
     let producer: BaseProducer<Answer> = config
         .create_with_context(Answer(std::sync::Mutex::new(None)))
         .context("creating the producer")?;

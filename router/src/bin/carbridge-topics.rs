@@ -1,8 +1,6 @@
 //! `carbridge-topics`: creates or checks every topic the system uses.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rdkafka::ClientConfig;
 use router::topics::{self, Layout};
 
 /// Creates, or checks, the Kafka topics of the MQTT bridge with the right
@@ -17,26 +15,12 @@ use router::topics::{self, Layout};
 /// mqtt.sessions must have equal partition counts (the router relies on it).
 /// Exit status: 0 when every topic is as needed, 1 otherwise.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, verbatim_doc_comment)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
-        default_value = "localhost:9092",
-        global = true
-    )]
-    kafka_bootstrap: String,
-    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
-    #[arg(
-        short = 'X',
-        long = "kafka-property",
-        value_name = "KEY=VALUE",
-        global = true
-    )]
-    kafka_properties: Vec<String>,
+    #[command(flatten)]
+    kafka: ops::kafka::KafkaArgs,
     /// Partitions of cs.uplink, cs.downlink and mqtt.sessions.
     #[arg(long, default_value_t = 12, global = true)]
     partitions: i32,
@@ -68,14 +52,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(cli.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(cli.slots > 0, "--slots must be at least 1");
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &cli.kafka_bootstrap);
-    for property in &cli.kafka_properties {
-        let (key, value) = property
-            .split_once('=')
-            .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
-        client.set(key, value);
-    }
+    let client = cli.kafka.client_config()?;
     let mut layout = Layout::new(cli.partitions, cli.slots);
     layout.replication = cli.replication;
     layout.uplink = cli.uplink_topic;

@@ -1,0 +1,82 @@
+//! The Kafka connection flags every carbridge command takes, defined once:
+//! `--kafka-bootstrap` (or `CARBRIDGE_KAFKA_BOOTSTRAP`) and any librdkafka
+//! property with `-X KEY=VALUE` (security, tuning).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "CARBRIDGE_KAFKA_BOOTSTRAP",
+        default_value = "localhost:9092",
+        global = true
+    )]
+    pub kafka_bootstrap: String,
+    /// Any librdkafka property, repeatable: -X security.protocol=SASL_SSL.
+    #[arg(
+        short = 'X',
+        long = "kafka-property",
+        value_name = "KEY=VALUE",
+        global = true
+    )]
+    pub kafka_properties: Vec<String>,
+}
+
+impl KafkaArgs {
+    /// The `-X` properties, checked.
+    pub fn properties(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        self.kafka_properties
+            .iter()
+            .map(|property| {
+                property
+                    .split_once('=')
+                    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                    .with_context(|| format!("-X {property}: expected KEY=VALUE"))
+            })
+            .collect()
+    }
+
+    /// A client configuration with the bootstrap servers and every `-X`
+    /// property.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut config = ClientConfig::new();
+        for (key, value) in self.properties()? {
+            config.set(key, value);
+        }
+        config.set("bootstrap.servers", &self.kafka_bootstrap);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_are_checked() {
+        let args = KafkaArgs {
+            kafka_bootstrap: "k:9092".to_owned(),
+            kafka_properties: vec!["security.protocol=SASL_SSL".to_owned()],
+        };
+        let properties = args.properties().unwrap_or_default();
+        assert_eq!(
+            properties.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        let config = args.client_config().ok();
+        assert_eq!(
+            config.as_ref().and_then(|c| c.get("bootstrap.servers")),
+            Some("k:9092")
+        );
+        let bad = KafkaArgs {
+            kafka_properties: vec!["no-equals".to_owned()],
+            ..args
+        };
+        assert!(bad.properties().is_err());
+    }
+}
