@@ -13,6 +13,7 @@ apt_packages=(
   libssl-dev zlib1g-dev             # librdkafka's TLS/SASL and compression
   mosquitto-clients mosquitto       # third-party MQTT clients and peer broker
   python3-pip
+  curl                              # scripts/stack.sh probes /readyz
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do
