@@ -74,6 +74,15 @@ await() {
 }
 ready() { curl -fsS "http://$1/readyz"; }
 
+# Another stack (or anything) on these ports would mix into this run:
+# SO_REUSEPORT even lets a second gateway share the MQTT port.
+for port in "$kafka_port" "$mqtt_port" 29100 29101; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use (another stack still running?): stop it first" >&2
+    exit 1
+  fi
+done
+
 log "tansu on $kafka (memory storage)"
 tansu broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
   --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &

@@ -322,12 +322,18 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
     let mut seq = 0u64;
     let mut out = BytesMut::new();
     let mut failed = false;
+    let end_at =
+        Instant::now() + Duration::from_micros(plan.end_us.saturating_sub(payload::now_us()));
     loop {
-        if let Some(wait) = next.checked_duration_since(Instant::now()) {
-            sleep(wait).await;
-        }
-        if stats.stop.load(Ordering::Relaxed) || payload::now_us() >= plan.end_us {
+        let now = Instant::now();
+        if stats.stop.load(Ordering::Relaxed) || now >= end_at {
             break;
+        }
+        if now < next {
+            // Wake at least every second: the run may end (or be stopped)
+            // long before a slow car's next publish.
+            sleep((next - now).min(end_at - now).min(Duration::from_secs(1))).await;
+            continue;
         }
         seq += 1;
         let body = payload::encode(car, seq, payload::now_us(), plan.payload_size);
