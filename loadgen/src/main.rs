@@ -74,8 +74,10 @@ struct RunArgs {
     #[arg(long, default_value = "UL/POS")]
     topic: String,
     /// Filter each car subscribes to; {car} is replaced by its client id.
-    #[arg(long, default_value = "DL/#")]
-    subscribe: String,
+    /// Default: DL/# (the gateway delivers only the car's own messages);
+    /// in peer mode DL/LOAD/{car}, where downlink messages are published.
+    #[arg(long)]
+    subscribe: Option<String>,
     /// Do not subscribe.
     #[arg(long)]
     no_subscribe: bool,
@@ -176,6 +178,13 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| resolve(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let subscribe = args.subscribe.clone().unwrap_or_else(|| {
+        if args.peer {
+            format!("{}/{{car}}", loadgen::payload::DOWNLINK_TOPIC)
+        } else {
+            "DL/#".to_owned()
+        }
+    });
     let described = vec![
         ("cars".to_owned(), args.cars.to_string()),
         ("targets".to_owned(), args.targets.join(" ")),
@@ -191,7 +200,7 @@ fn main() -> anyhow::Result<()> {
             if args.no_subscribe {
                 "no".to_owned()
             } else {
-                args.subscribe.clone()
+                subscribe.clone()
             },
         ),
         ("warmup_secs".to_owned(), args.warmup_secs.to_string()),
@@ -210,7 +219,7 @@ fn main() -> anyhow::Result<()> {
         publish_interval_ms: args.publish_interval_ms,
         payload_size: args.payload_size,
         topic: args.topic,
-        subscribe: (!args.no_subscribe).then_some(args.subscribe),
+        subscribe: (!args.no_subscribe).then_some(subscribe),
         warmup_secs: args.warmup_secs,
         duration_secs: args.duration_secs,
         kafka_bootstrap: args.kafka_bootstrap,

@@ -259,6 +259,65 @@ fn send_downlink(
     Ok(())
 }
 
+/// Peer mode's downlink: one MQTT connection publishes to
+/// `DL/LOAD/{client id}` (each car subscribed to its own) at `rate` per
+/// second from `from_us` to `until_us`, round-robin over the cars.
+fn send_downlink_mqtt(
+    target: SocketAddr,
+    cars: u64,
+    rate: f64,
+    from_us: u64,
+    until_us: u64,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+        .with_context(|| format!("connecting the downlink publisher to {target}"))?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    Connect::new("loadgen-downlink", 600).encode(&mut out)?;
+    stream.write_all(&out)?;
+    // The server's CONNACK and PINGRESPs are not read: QoS 0 only, and a
+    // keep-alive of 10 minutes outlasts any run this publishes in.
+    let mut seqs = vec![0u64; usize::try_from(cars).unwrap_or(0)];
+    std::thread::sleep(Duration::from_micros(
+        from_us.saturating_sub(payload::now_us()),
+    ));
+    let started = Instant::now();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
+        out.clear();
+        // Everything due now goes out in one write.
+        while started + Duration::from_secs_f64(n as f64 / rate) <= Instant::now() {
+            let car = n % cars.max(1);
+            let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
+                break;
+            };
+            *seq += 1;
+            let topic = format!("{}/{}", payload::DOWNLINK_TOPIC, payload::client_id(car));
+            let body = payload::encode(car, *seq, payload::now_us(), payload::MIN_PAYLOAD);
+            codec::packet::encode_publish(
+                &mut out,
+                topic.as_bytes(),
+                &body,
+                QoS::AtMostOnce,
+                None,
+                false,
+                false,
+            )?;
+            n += 1;
+        }
+        if out.is_empty() {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        stream.write_all(&out)?;
+        sent.store(n, Ordering::Relaxed);
+    }
+    let _ = stream.write_all(&codec::packet::DISCONNECT);
+    Ok(())
+}
+
 /// Source addresses for loopback targets: 127.r.x.y, one per
 /// `per_source` cars, so local ports never run out. `r` changes from run
 /// to run: the previous run's connections linger in TIME_WAIT on the
@@ -578,6 +637,18 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
                     sent,
                     stop,
                 )
+            }))
+        }
+        _ if options.peer && options.downlink_rate > 0.0 => {
+            let target = *options.targets.first().context("no target")?;
+            let (cars, rate, sent, stop) = (
+                options.cars,
+                options.downlink_rate,
+                downlink_sent.clone(),
+                stop.clone(),
+            );
+            Some(std::thread::spawn(move || {
+                send_downlink_mqtt(target, cars, rate, measure_from_us, end_us, &sent, &stop)
             }))
         }
         _ => None,

@@ -392,7 +392,7 @@ async fn read_downlink<R: futures_lite::AsyncRead + Unpin>(
         loop {
             match decoder.decode(&mut input) {
                 Ok(Some(Packet::Publish(publish)))
-                    if publish.topic() != payload::DOWNLINK_TOPIC =>
+                    if !publish.topic().starts_with(payload::DOWNLINK_TOPIC) =>
                 {
                     bump(&stats.other_downlink);
                 }

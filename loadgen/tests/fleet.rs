@@ -161,3 +161,69 @@ fn records_that_never_reach_the_topic_are_reported_lost() {
     assert_eq!(up.duplicates, 0);
     assert!(report.downlink.is_none());
 }
+
+/// Peer mode against mosquitto (Debian's): the same fleet and the same
+/// accounting through MQTT subscribers and an MQTT publisher.
+#[test]
+fn peer_mode_measures_any_mqtt_server() {
+    let port = free_port();
+    let mosquitto = Proc(
+        Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt install mosquitto; scripts/setup.sh does)"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("mosquitto to listen", WAIT, || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--peer",
+            "--target",
+            &addr.to_string(),
+            "--topic",
+            "UL/POS/{shard}",
+        ])
+        .args([
+            "--cars",
+            "50",
+            "--publish-interval-ms",
+            "200",
+            "--downlink-rate",
+            "100",
+        ])
+        .args([
+            "--warmup-secs",
+            "2",
+            "--duration-secs",
+            "3",
+            "--quiet",
+            "--fail-on-loss",
+        ])
+        .arg("--report-json")
+        .arg(&json)
+        .arg("--report-html")
+        .arg(dir.path().join("report.html"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.mode, "peer");
+    assert_eq!(report.connect.connected, 50);
+    assert!(report.uplink.sent >= 500, "{:?}", report.uplink);
+    assert_eq!(report.uplink.received, report.uplink.sent);
+    let down = report.downlink.as_ref().unwrap();
+    assert!(down.sent >= 250, "{down:?}");
+    assert_eq!(down.received, down.sent, "{down:?}");
+    drop(mosquitto);
+}
