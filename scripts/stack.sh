@@ -11,6 +11,8 @@
 #   STACK_BASELINE=1 first runs loadgen --raw-kafka with the same arguments
 #                    (the same records from one rdkafka producer, no MQTT)
 #                    and prints the gateway's uplink throughput as a ratio
+#   STACK_MOSQUITTO=1 afterwards runs the same loadgen arguments in peer mode
+#                    against mosquitto and prints the ingest ratio
 #   STACK_DIR        where logs and reports go (default target/stack/<time>)
 #   STACK_SHARDS     shards per gateway (default: the number of CPUs)
 #   STACK_GATEWAYS   gateway processes (default 1); each holds at most
@@ -130,6 +132,22 @@ fi
 log "loadgen $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+
+if [ -n "${STACK_MOSQUITTO:-}" ]; then
+  # The same fleet against mosquitto, the uplink received by loadgen's
+  # MQTT subscribers instead of read from Kafka.
+  command -v mosquitto >/dev/null || { echo "mosquitto not found: run scripts/setup.sh" >&2; exit 1; }
+  peer_port=$((mqtt_port + 1000))
+  log "mosquitto on 127.0.0.1:$peer_port, same loadgen arguments in peer mode"
+  mosquitto -p "$peer_port" >"$dir/mosquitto.log" 2>&1 &
+  pids+=($!)
+  await "mosquitto" bash -c "exec 3<>/dev/tcp/127.0.0.1/$peer_port"
+  "$bin/loadgen" --peer --target "127.0.0.1:$peer_port" "${defaults[@]}" --topic 'UL/POS/{shard}' \
+    --report-json "$dir/mosquitto.json" --report-html "$dir/mosquitto.html" "$@"
+  gw=$(received_rate "$dir/report.json")
+  mq=$(received_rate "$dir/mosquitto.json")
+  log "uplink ingest: gateway $gw/s into Kafka, mosquitto $mq/s to its subscribers, ratio $(python3 -c "print(round($gw / $mq, 3) if $mq else 'n/a')")"
+fi
 
 if [ -n "${STACK_BASELINE:-}" ]; then
   raw=$(received_rate "$dir/baseline.json")
