@@ -72,15 +72,7 @@ impl SlotConsumer {
             .create_with_context(DefaultConsumerContext)
             .context("creating the downlink consumer")?;
 
-        let metadata = consumer
-            .fetch_metadata(Some(topic), STARTUP_TIMEOUT)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .filter(|t| t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
+        let partitions = ops::kafka::partition_count(&consumer, topic, STARTUP_TIMEOUT)?;
         if partitions == 0 {
             bail!(
                 "topic {topic} does not exist: create the topics first \

@@ -97,15 +97,8 @@ fn uplink_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer>
         .set("fetch.wait.max.ms", "10")
         .create()
         .context("creating the uplink consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("reading the metadata of {topic} at {bootstrap}"))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
+    let partitions = ops::kafka::partition_count(&consumer, topic, Duration::from_secs(10))
+        .with_context(|| format!("at {bootstrap}"))?;
     if partitions == 0 {
         bail!("topic {topic} does not exist at {bootstrap} (carbridge-topics create)");
     }

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
@@ -51,6 +54,24 @@ impl KafkaArgs {
         config.set("bootstrap.servers", &self.kafka_bootstrap);
         Ok(config)
     }
+}
+
+/// How many partitions `topic` has; 0 when it does not exist (the caller
+/// says what to do about it).
+pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len()))
 }
 
 #[cfg(test)]

@@ -201,15 +201,7 @@ pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     topic: &str,
 ) -> anyhow::Result<usize> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
-    let count = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
+    let count = ops::kafka::partition_count(consumer, topic, REQUEST_TIMEOUT)?;
     if count == 0 {
         bail!("topic {topic} does not exist: create the topics first (`carbridge-topics create`)");
     }
