@@ -850,6 +850,7 @@ mod tests {
             downlink,
             other_downlink: 0,
             dropped_connections: 0,
+            uplink_in_topic: None,
             timeline: vec![
                 tick(1.0, true),
                 tick(2.0, true),

@@ -134,6 +134,11 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// After the run, read the uplink topic again from where the run
+    /// started and count what Kafka holds (tells loss on the way into
+    /// Kafka from loss in the live read).
+    #[arg(long)]
+    recount: bool,
     /// Exit with status 3 if any message was lost or duplicated (for CI).
     #[arg(long)]
     fail_on_loss: bool,
@@ -228,6 +233,7 @@ fn main() -> anyhow::Result<()> {
         downlink_rate: args.downlink_rate,
         peer: args.peer,
         raw_kafka: args.raw_kafka,
+        recount: args.recount,
         peer_subscribers: args.peer_subscribers,
         sources: args.sources,
         cars_per_source: args.cars_per_source,

@@ -35,8 +35,20 @@ pub struct Report {
     /// was publishing.
     #[serde(default)]
     pub dropped_connections: u64,
+    /// With `--recount`: the uplink topic read again after the run.
+    #[serde(default)]
+    pub uplink_in_topic: Option<TopicCount>,
     /// One entry per second of the whole run (warm-up included).
     pub timeline: Vec<Tick>,
+}
+
+/// The uplink topic read again from the start of the run: what Kafka
+/// holds, as opposed to what the live read saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicCount {
+    pub records: u64,
+    pub unique: u64,
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

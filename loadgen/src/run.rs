@@ -19,7 +19,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::payload::{self, Arrivals};
-use crate::report::{ConnectStats, FlowStats, Machine, REPORT_VERSION, Report, Tick};
+use crate::report::{ConnectStats, FlowStats, Machine, REPORT_VERSION, Report, Tick, TopicCount};
 use crate::stats::{histogram, latency};
 use crate::worker::{Plan, WorkerTick};
 
@@ -44,6 +44,8 @@ pub struct Options {
     pub peer: bool,
     /// Baseline: produce the fleet's records straight to Kafka, no MQTT.
     pub raw_kafka: bool,
+    /// After the run, read the uplink topic again from the start.
+    pub recount: bool,
     pub peer_subscribers: u64,
     pub sources: Vec<IpAddr>,
     pub cars_per_source: u64,
@@ -90,7 +92,10 @@ fn kafka_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// A consumer of every partition of `topic` from its current end.
-fn uplink_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+fn uplink_consumer(
+    bootstrap: &str,
+    topic: &str,
+) -> anyhow::Result<(BaseConsumer, TopicPartitionList)> {
     let consumer: BaseConsumer = kafka_config(bootstrap)
         .set("group.id", "carbridge-loadgen")
         .set("enable.auto.commit", "false")
@@ -110,7 +115,38 @@ fn uplink_consumer(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer>
         assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
     }
     consumer.assign(&assignment)?;
-    Ok(consumer)
+    Ok((consumer, assignment))
+}
+
+/// Reads `topic` again from where the run started (`start`) until nothing
+/// new comes for 2 s (bounded at 120 s), counting distinct and repeated
+/// records: tells loss on the way into Kafka from loss in the live read.
+fn recount(bootstrap: &str, start: &TopicPartitionList) -> anyhow::Result<TopicCount> {
+    let consumer: BaseConsumer = kafka_config(bootstrap)
+        .set("group.id", "carbridge-loadgen-recount")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .context("creating the recount consumer")?;
+    consumer.assign(start)?;
+    let mut arrivals = Arrivals::default();
+    let mut records = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100))
+            && let Some((car, seq, _)) = payload::decode(message.payload().unwrap_or_default())
+        {
+            records += 1;
+            arrivals.record(car, seq);
+            last = Instant::now();
+        }
+    }
+    Ok(TopicCount {
+        records,
+        unique: arrivals.unique,
+        duplicates: arrivals.duplicates,
+    })
 }
 
 fn receive_from_kafka(consumer: BaseConsumer, uplink: Arc<Mutex<Uplink>>, stop: Arc<AtomicBool>) {
@@ -490,6 +526,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         measure_until_us: end_us,
     }));
     let receiving = Arc::new(AtomicBool::new(false));
+    let mut recount_from = None;
     let mut receivers = Vec::new();
     let shards = if options.peer {
         options.peer_subscribers.max(1)
@@ -518,7 +555,8 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
                 .context("a peer subscriber got no SUBACK within 10 s")??;
         }
     } else if let Some(bootstrap) = &options.kafka_bootstrap {
-        let consumer = uplink_consumer(bootstrap, &options.kafka_topic)?;
+        let (consumer, start) = uplink_consumer(bootstrap, &options.kafka_topic)?;
+        recount_from = Some((bootstrap.clone(), start));
         let (uplink, stop) = (uplink.clone(), receiving.clone());
         receivers.push(std::thread::spawn(move || {
             receive_from_kafka(consumer, uplink, stop)
@@ -792,6 +830,16 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     for receiver in receivers {
         let _ = receiver.join();
     }
+    let in_topic = match (options.recount, recount_from) {
+        (true, Some((bootstrap, start))) => match recount(&bootstrap, &start) {
+            Ok(count) => Some(count),
+            Err(error) => {
+                eprintln!("recount: {error:#}");
+                None
+            }
+        },
+        _ => None,
+    };
 
     let uplink = uplink
         .lock()
@@ -851,6 +899,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         }),
         other_downlink,
         dropped_connections: dropped,
+        uplink_in_topic: in_topic,
         timeline,
     })
 }
@@ -896,6 +945,12 @@ pub fn summary(report: &Report) -> String {
     out.push_str(&line("uplink", &report.uplink));
     if let Some(downlink) = &report.downlink {
         out.push_str(&line("downlink", downlink));
+    }
+    if let Some(count) = &report.uplink_in_topic {
+        out.push_str(&format!(
+            "recount   {} uplink records in the topic, {} distinct, {} repeated\n",
+            count.records, count.unique, count.duplicates
+        ));
     }
     if report.other_downlink > 0 {
         out.push_str(&format!(
