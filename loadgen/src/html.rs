@@ -248,6 +248,51 @@ fn write_summary(page: &mut String, report: &Report) {
     if report.downlink.is_none() {
         page.push_str("<p class=\"muted\">No downlink messages in this run.</p>\n");
     }
+    write_other(page, report);
+}
+
+/// What the run saw besides its own messages: other services' messages to
+/// the cars, connections the server closed, and the topic re-read.
+fn write_other(page: &mut String, report: &Report) {
+    let mut rows = Vec::new();
+    if report.other_downlink > 0 {
+        rows.push((
+            "Messages to cars from other services (such as DL/WARN)",
+            report.other_downlink.to_string(),
+            false,
+        ));
+    }
+    if report.dropped_connections > 0 {
+        rows.push((
+            "Car connections closed by the server while publishing",
+            report.dropped_connections.to_string(),
+            true,
+        ));
+    }
+    if let Some(count) = &report.uplink_in_topic {
+        rows.push((
+            "Uplink topic re-read after the run: records / distinct / repeated",
+            format!(
+                "{} / {} / {}",
+                count.records, count.unique, count.duplicates
+            ),
+            count.duplicates > 0 || count.unique < report.uplink.sent,
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    page.push_str("<h3>Also seen</h3>\n<table class=\"summary\">\n");
+    for (name, value, bad) in rows {
+        let class = if bad { "num bad" } else { "num" };
+        let _ = writeln!(
+            page,
+            "<tr><th>{}</th><td class=\"{class}\">{}</td></tr>",
+            escape(name),
+            escape(&value)
+        );
+    }
+    page.push_str("</table>\n");
 }
 
 /// The warm-up as spans of seconds to shade: each warm-up tick covers the
@@ -890,6 +935,21 @@ mod tests {
         assert!(!html.contains("a<b&\"c\""));
         assert!(html.contains("cars/&lt;id&gt;/&#39;up&#39;"));
         assert_eq!(escape("&<>\"'x"), "&amp;&lt;&gt;&quot;&#39;x");
+    }
+
+    #[test]
+    fn shows_what_else_the_run_saw() {
+        let mut report = sample_report(None);
+        report.other_downlink = 7;
+        report.uplink_in_topic = Some(crate::report::TopicCount {
+            records: 3,
+            unique: 2,
+            duplicates: 1,
+        });
+        let page = render(&report);
+        assert!(page.contains("Also seen"));
+        assert!(page.contains("3 / 2 / 1"));
+        assert!(!render(&sample_report(None)).contains("Also seen"));
     }
 
     #[test]
