@@ -226,8 +226,60 @@ fn receive_from_mqtt(
     }
 }
 
+/// Messages to the fleet at a fixed rate, round-robin over the cars, each
+/// car's numbered from 1: the pacing shared by the downlink senders and
+/// the raw producer.
+struct RoundRobin {
+    started: Instant,
+    rate: f64,
+    cars: u64,
+    /// Messages sent so far: message `n` is due at `started + n / rate`.
+    count: u64,
+    /// The last sequence number sent to each car.
+    seqs: Vec<u64>,
+}
+
+impl RoundRobin {
+    /// Starts pacing now.
+    fn new(cars: u64, rate: f64) -> Self {
+        Self {
+            started: Instant::now(),
+            rate: rate.max(0.001),
+            cars: cars.max(1),
+            count: 0,
+            seqs: vec![0; usize::try_from(cars.max(1)).unwrap_or(0)],
+        }
+    }
+
+    /// How long until the next message is due; `None` when it is.
+    fn wait(&self) -> Option<Duration> {
+        (self.started + Duration::from_secs_f64(self.count as f64 / self.rate))
+            .checked_duration_since(Instant::now())
+    }
+
+    /// (car, seq) of the next message; it counts once [`Self::mark_sent`].
+    fn next(&self) -> (u64, u64) {
+        let car = self.count % self.cars;
+        let last = usize::try_from(car)
+            .ok()
+            .and_then(|i| self.seqs.get(i))
+            .copied()
+            .unwrap_or(0);
+        (car, last + 1)
+    }
+
+    /// The message [`Self::next`] named went out.
+    fn mark_sent(&mut self) {
+        let (car, seq) = self.next();
+        if let Some(last) = usize::try_from(car).ok().and_then(|i| self.seqs.get_mut(i)) {
+            *last = seq;
+        }
+        self.count += 1;
+    }
+}
+
 /// Sends downlink messages at `rate` per second from `from_us` to
-/// `until_us`, round-robin over the cars; returns the count sent.
+/// `until_us`, round-robin over the cars, counting them in `sent`.
 #[allow(clippy::too_many_arguments)]
 fn send_downlink(
     bootstrap: &str,
@@ -244,28 +296,18 @@ fn send_downlink(
         .set("partitioner", "murmur2_random")
         .create()
         .context("creating the downlink producer")?;
-    let mut seqs = vec![0u64; usize::try_from(cars).unwrap_or(0)];
-    if let Some(wait) =
-        Duration::from_micros(from_us.saturating_sub(payload::now_us())).checked_sub(Duration::ZERO)
-    {
-        std::thread::sleep(wait);
-    }
-    let started = Instant::now();
-    let mut n = 0u64;
+    std::thread::sleep(Duration::from_micros(
+        from_us.saturating_sub(payload::now_us()),
+    ));
+    let mut pace = RoundRobin::new(cars, rate);
     while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
-        // Paced: message n leaves at started + n / rate.
-        let due = started + Duration::from_secs_f64(n as f64 / rate);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        if let Some(wait) = pace.wait() {
             producer.poll(wait.min(Duration::from_millis(5)));
             continue;
         }
-        let car = n % cars.max(1);
-        let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
-            break;
-        };
-        *seq += 1;
+        let (car, seq) = pace.next();
         let client = payload::client_id(car);
-        let body = payload::encode(car, *seq, payload::now_us(), payload::MIN_PAYLOAD);
+        let body = payload::encode(car, seq, payload::now_us(), payload::MIN_PAYLOAD);
         let headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
             value: Some(payload::DOWNLINK_TOPIC),
@@ -274,14 +316,12 @@ fn send_downlink(
             .key(&client)
             .payload(&body)
             .headers(headers);
-        if producer.send(record).is_ok() {
-            sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            *seq -= 1;
+        if producer.send(record).is_err() {
             producer.poll(Duration::from_millis(10));
             continue;
         }
-        n += 1;
+        pace.mark_sent();
+        sent.fetch_add(1, Ordering::Relaxed);
         producer.poll(Duration::ZERO);
     }
     let _ = producer.flush(Duration::from_secs(10));
@@ -308,23 +348,17 @@ fn send_downlink_mqtt(
     stream.write_all(&out)?;
     // The server's CONNACK and PINGRESPs are not read: QoS 0 only, and a
     // keep-alive of 10 minutes outlasts any run this publishes in.
-    let mut seqs = vec![0u64; usize::try_from(cars).unwrap_or(0)];
     std::thread::sleep(Duration::from_micros(
         from_us.saturating_sub(payload::now_us()),
     ));
-    let started = Instant::now();
-    let mut n = 0u64;
+    let mut pace = RoundRobin::new(cars, rate);
     while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
         out.clear();
         // Everything due now goes out in one write.
-        while started + Duration::from_secs_f64(n as f64 / rate) <= Instant::now() {
-            let car = n % cars.max(1);
-            let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
-                break;
-            };
-            *seq += 1;
+        while pace.wait().is_none() {
+            let (car, seq) = pace.next();
             let topic = format!("{}/{}", payload::DOWNLINK_TOPIC, payload::client_id(car));
-            let body = payload::encode(car, *seq, payload::now_us(), payload::MIN_PAYLOAD);
+            let body = payload::encode(car, seq, payload::now_us(), payload::MIN_PAYLOAD);
             codec::packet::encode_publish(
                 &mut out,
                 topic.as_bytes(),
@@ -334,14 +368,14 @@ fn send_downlink_mqtt(
                 false,
                 false,
             )?;
-            n += 1;
+            pace.mark_sent();
         }
         if out.is_empty() {
             std::thread::sleep(Duration::from_micros(500));
             continue;
         }
         stream.write_all(&out)?;
-        sent.store(n, Ordering::Relaxed);
+        sent.store(pace.count, Ordering::Relaxed);
     }
     let _ = stream.write_all(&codec::packet::DISCONNECT);
     Ok(())
@@ -450,9 +484,8 @@ fn produce_raw(
     std::thread::sleep(Duration::from_micros(
         plan.start_us.saturating_sub(payload::now_us()),
     ));
-    let started = Instant::now();
-    let mut seqs = vec![0u64; usize::try_from(plan.cars).unwrap_or(0)];
-    let (mut n, mut sent_tick) = (0u64, 0u64);
+    let mut pace = RoundRobin::new(plan.cars, plan.rate);
+    let mut sent_tick = 0u64;
     let mut next_tick = Instant::now() + Duration::from_secs(1);
     let mut first = true;
     let report = |sent: u64, done: bool, first: &mut bool| {
@@ -470,18 +503,13 @@ fn produce_raw(
             report(std::mem::take(&mut sent_tick), false, &mut first);
             next_tick += Duration::from_secs(1);
         }
-        let due = started + Duration::from_secs_f64(n as f64 / plan.rate.max(0.001));
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        if let Some(wait) = pace.wait() {
             producer.poll(wait.min(Duration::from_millis(1)));
             continue;
         }
-        let car = n % plan.cars.max(1);
-        let Some(seq) = seqs.get_mut(usize::try_from(car).unwrap_or(usize::MAX)) else {
-            break;
-        };
-        *seq += 1;
+        let (car, seq) = pace.next();
         let client = payload::client_id(car);
-        let body = payload::encode(car, *seq, payload::now_us(), plan.payload_size);
+        let body = payload::encode(car, seq, payload::now_us(), plan.payload_size);
         let headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
             value: Some(plan.mqtt_topic.as_str()),
@@ -491,11 +519,10 @@ fn produce_raw(
             .payload(&body)
             .headers(headers);
         if producer.send(record).is_err() {
-            *seq -= 1;
             producer.poll(Duration::from_millis(1));
             continue;
         }
-        n += 1;
+        pace.mark_sent();
         sent_tick += 1;
         producer.poll(Duration::ZERO);
     }
@@ -965,4 +992,28 @@ pub fn summary(report: &Report) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_numbers_each_car_from_one_and_counts_only_what_went_out() {
+        let mut pace = RoundRobin::new(2, 1e9);
+        assert_eq!(pace.next(), (0, 1));
+        // Not sent (say the queue was full): the same message again.
+        assert_eq!(pace.next(), (0, 1));
+        pace.mark_sent();
+        assert_eq!(pace.next(), (1, 1));
+        pace.mark_sent();
+        assert_eq!(pace.next(), (0, 2));
+        assert_eq!(pace.count, 2);
+        // At a slow rate the third message is not due yet.
+        let slow = RoundRobin {
+            count: 3,
+            ..RoundRobin::new(2, 1.0)
+        };
+        assert!(slow.wait().is_some());
+    }
 }
