@@ -63,6 +63,10 @@ struct Uplink {
     /// Arrivals since the last tick.
     tick: Histogram<u64>,
     tick_received: u64,
+    /// Records sent before this (an earlier run into the same topic) are
+    /// not this run's: the consumer may start before the topic's true end
+    /// (tansu reports a high watermark inside the last batch).
+    run_from_us: u64,
     measure_from_us: u64,
     measure_until_us: u64,
 }
@@ -73,7 +77,7 @@ impl Uplink {
         let Some((car, seq, sent)) = payload::decode(payload) else {
             return;
         };
-        if !self.arrivals.record(car, seq) {
+        if sent < self.run_from_us || !self.arrivals.record(car, seq) {
             return;
         }
         let took = now.saturating_sub(sent).max(1);
@@ -119,9 +123,14 @@ fn uplink_consumer(
 }
 
 /// Reads `topic` again from where the run started (`start`) until nothing
-/// new comes for 2 s (bounded at 120 s), counting distinct and repeated
-/// records: tells loss on the way into Kafka from loss in the live read.
-fn recount(bootstrap: &str, start: &TopicPartitionList) -> anyhow::Result<TopicCount> {
+/// new comes for 2 s (bounded at 120 s), counting this run's distinct and
+/// repeated records: tells loss on the way into Kafka from loss in the
+/// live read.
+fn recount(
+    bootstrap: &str,
+    start: &TopicPartitionList,
+    run_from_us: u64,
+) -> anyhow::Result<TopicCount> {
     let consumer: BaseConsumer = kafka_config(bootstrap)
         .set("group.id", "carbridge-loadgen-recount")
         .set("enable.auto.commit", "false")
@@ -135,7 +144,8 @@ fn recount(bootstrap: &str, start: &TopicPartitionList) -> anyhow::Result<TopicC
     let mut last = Instant::now();
     while last.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100))
-            && let Some((car, seq, _)) = payload::decode(message.payload().unwrap_or_default())
+            && let Some((car, seq, sent)) = payload::decode(message.payload().unwrap_or_default())
+            && sent >= run_from_us
         {
             records += 1;
             arrivals.record(car, seq);
@@ -549,6 +559,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         window: histogram(),
         tick: histogram(),
         tick_received: 0,
+        run_from_us: started_us,
         measure_from_us,
         measure_until_us: end_us,
     }));
@@ -674,7 +685,8 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let downlink_sent = Arc::new(AtomicU64::new(0));
     let downlink_thread = match (
         &options.kafka_bootstrap,
-        options.downlink_rate > 0.0 && !options.peer,
+        // Raw mode has no cars to receive downlink messages.
+        options.downlink_rate > 0.0 && !options.peer && !options.raw_kafka,
     ) {
         (Some(bootstrap), true) => {
             let (bootstrap, topic) = (bootstrap.clone(), options.downlink_topic.clone());
@@ -858,7 +870,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         let _ = receiver.join();
     }
     let in_topic = match (options.recount, recount_from) {
-        (true, Some((bootstrap, start))) => match recount(&bootstrap, &start) {
+        (true, Some((bootstrap, start))) => match recount(&bootstrap, &start, started_us) {
             Ok(count) => Some(count),
             Err(error) => {
                 eprintln!("recount: {error:#}");
@@ -914,15 +926,17 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             out_of_order: uplink.arrivals.out_of_order,
             latency: latency(&uplink.window),
         },
-        downlink: (dl_sent > 0 || options.downlink_rate > 0.0).then(|| FlowStats {
-            asked_rate: options.downlink_rate,
-            achieved_rate: dl_sent as f64 / measured_secs.max(1.0),
-            sent: dl_sent,
-            received: dl_received,
-            lost: dl_sent.saturating_sub(dl_received),
-            duplicates: dl_duplicates,
-            out_of_order: dl_out_of_order,
-            latency: latency(&downlink_window),
+        downlink: (dl_sent > 0 || (options.downlink_rate > 0.0 && !options.raw_kafka)).then(|| {
+            FlowStats {
+                asked_rate: options.downlink_rate,
+                achieved_rate: dl_sent as f64 / measured_secs.max(1.0),
+                sent: dl_sent,
+                received: dl_received,
+                lost: dl_sent.saturating_sub(dl_received),
+                duplicates: dl_duplicates,
+                out_of_order: dl_out_of_order,
+                latency: latency(&downlink_window),
+            }
         }),
         other_downlink,
         dropped_connections: dropped,
