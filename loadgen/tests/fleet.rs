@@ -6,72 +6,14 @@
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
+use common::{Proc, WAIT, gateway, router, topics};
 use loadgen::report::Report;
-use testkit::{Broker, free_port, http_get, wait_until, workspace_binary};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn topics(broker: &Broker) {
-    let status = Command::new(workspace_binary("carbridge-topics"))
-        .args(["create", "--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(["--partitions", "4", "--slots", "4"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn ready(admin: SocketAddr) -> bool {
-    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
-}
-
-fn router(broker: &Broker) -> Proc {
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(workspace_binary("router"))
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(["--admin-listen", &admin.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the router to be ready", WAIT, || ready(admin));
-    Proc(child)
-}
-
-/// A gateway with bridge id `bridge`; `config` is a TOML file or none.
-fn gateway(broker: &Broker, bridge: u32, config: Option<&std::path::Path>) -> (Proc, SocketAddr) {
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut command = Command::new(workspace_binary("gateway"));
-    if let Some(config) = config {
-        command.arg("--config").arg(config);
-    }
-    let child = command
-        .args(["--listen", &mqtt.to_string(), "--shards", "2"])
-        .args(["--bridge-id", &bridge.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the gateway to be ready", WAIT, || ready(admin));
-    (Proc(child), mqtt)
-}
+use testkit::{Broker, free_port, wait_until};
 
 fn loadgen(broker: &Broker, targets: &[SocketAddr], extra: &[&str]) -> Report {
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +50,7 @@ fn loadgen(broker: &Broker, targets: &[SocketAddr], extra: &[&str]) -> Report {
 #[test]
 fn a_clean_run_accounts_for_every_message() {
     let broker = Broker::start();
-    topics(&broker);
+    topics(&broker, 4, 4);
     let _router = router(&broker);
     let (_gateway, mqtt) = gateway(&broker, 0, None);
     let report = loadgen(&broker, &[mqtt], &["--downlink-rate", "40"]);
@@ -137,7 +79,7 @@ fn a_clean_run_accounts_for_every_message() {
 #[test]
 fn records_that_never_reach_the_topic_are_reported_lost() {
     let broker = Broker::start();
-    topics(&broker);
+    topics(&broker, 4, 4);
     broker.create_topic("cs.elsewhere", 1, &[]);
     let (_good, good) = gateway(&broker, 0, None);
     // The fault: the second gateway writes the same cars' data elsewhere.

@@ -5,38 +5,15 @@
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use testkit::{Broker, free_port, http_get, wait_until, workspace_binary};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(binary: &str, args: &[&str]) -> Proc {
-    Proc(
-        Command::new(workspace_binary(binary))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn ready(admin: SocketAddr) -> bool {
-    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
-}
+use common::{Proc, WAIT, gateway, router, topics};
+use testkit::Broker;
 
 /// A car on rumqttc, subscribed to DL/#; returns its client and what it
 /// receives (topic, payload).
@@ -71,49 +48,9 @@ fn car(mqtt: SocketAddr, id: &str) -> (rumqttc::Client, Receiver<(String, String
 fn a_car_in_the_water_area_is_warned_and_one_outside_is_not() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap_servers();
-    let status = Command::new(workspace_binary("carbridge-topics"))
-        .args([
-            "create",
-            "--kafka-bootstrap",
-            &bootstrap,
-            "--partitions",
-            "2",
-            "--slots",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let router_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _router = spawn(
-        "router",
-        &[
-            "--kafka-bootstrap",
-            &bootstrap,
-            "--admin-listen",
-            &router_admin.to_string(),
-        ],
-    );
-    wait_until("the router", WAIT, || ready(router_admin));
-    let gateway_admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _gateway = spawn(
-        "gateway",
-        &[
-            "--kafka-bootstrap",
-            &bootstrap,
-            "--listen",
-            &mqtt.to_string(),
-            "--shards",
-            "2",
-            "--bridge-id",
-            "0",
-            "--admin-listen",
-            &gateway_admin.to_string(),
-        ],
-    );
-    wait_until("the gateway", WAIT, || ready(gateway_admin));
+    topics(&broker, 2, 2);
+    let _router = router(&broker);
+    let (_gateway, mqtt) = gateway(&broker, 0, None);
     // The service reads from the end of cs.uplink once its group has the
     // partitions; positions are sent until it answers, so no sleep guesses
     // when that is.

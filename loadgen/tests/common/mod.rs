@@ -1,0 +1,76 @@
+//! The stack's processes for loadgen's integration tests: topics by
+//! `carbridge-topics`, router and gateway binaries, each killed when its
+//! guard drops.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use testkit::{Broker, free_port, http_get, wait_until, workspace_binary};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every topic, with `partitions` partitions and `slots` slots.
+pub fn topics(broker: &Broker, partitions: u32, slots: u32) {
+    let status = Command::new(workspace_binary("carbridge-topics"))
+        .args(["create", "--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--partitions", &partitions.to_string()])
+        .args(["--slots", &slots.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub fn ready(admin: SocketAddr) -> bool {
+    http_get(admin, "/readyz").is_some_and(|(status, _)| status == 200)
+}
+
+pub fn router(broker: &Broker) -> Proc {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(workspace_binary("router"))
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--admin-listen", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the router to be ready", WAIT, || ready(admin));
+    Proc(child)
+}
+
+/// A gateway with bridge id `bridge`; `config` is a TOML file or none.
+pub fn gateway(
+    broker: &Broker,
+    bridge: u32,
+    config: Option<&std::path::Path>,
+) -> (Proc, SocketAddr) {
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(workspace_binary("gateway"));
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let child = command
+        .args(["--listen", &mqtt.to_string(), "--shards", "2"])
+        .args(["--bridge-id", &bridge.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the gateway to be ready", WAIT, || ready(admin));
+    (Proc(child), mqtt)
+}
