@@ -59,8 +59,21 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// new CONNECTs are refused with 0x03 (server unavailable). Shorter stalls
 /// are ordinary backpressure.
 const UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
-/// At most one "reads paused" warning per shard per interval.
-const PAUSE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one warning of a kind ("reads paused", downlink consumer
+/// errors) per shard per interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a warning last logged at `at` may be logged again at `now`;
+/// if so, `now` becomes its last time.
+fn log_due(at: &Cell<Option<Instant>>, now: Instant) -> bool {
+    let due = at
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
+    if due {
+        at.set(Some(now));
+    }
+    due
+}
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bound on flushing the producer at shutdown; with the grace above, the
@@ -285,15 +298,9 @@ impl Shard {
                 None => return,
                 Some(Ok(message)) => self.route(downlink, &message),
                 Some(Err(error)) => {
-                    let now = Instant::now();
-                    if downlink
-                        .error_logged_at
-                        .get()
-                        .is_none_or(|at| now.duration_since(at) >= PAUSE_LOG_INTERVAL)
-                    {
+                    if log_due(&downlink.error_logged_at, Instant::now()) {
                         tracing::warn!(shard = self.id, slot = downlink.consumer.slot, %error,
                             "downlink consumer error");
-                        downlink.error_logged_at.set(Some(now));
                     }
                     return;
                 }
@@ -398,18 +405,13 @@ impl Shard {
             // Under heavy load pauses come and go many times a second:
             // warn once per interval, with the count, not once per pause.
             self.pauses_unlogged.set(self.pauses_unlogged.get() + 1);
-            if self
-                .pause_logged_at
-                .get()
-                .is_none_or(|at| now.duration_since(at) >= PAUSE_LOG_INTERVAL)
-            {
+            if log_due(&self.pause_logged_at, now) {
                 tracing::warn!(
                     shard = self.id,
                     pauses = self.pauses_unlogged.replace(0),
                     "Kafka is behind: reads paused until it catches up \
                      (pauses since the last warning)"
                 );
-                self.pause_logged_at.set(Some(now));
             }
         }
     }
