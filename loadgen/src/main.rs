@@ -23,9 +23,10 @@ use loadgen::worker::Plan;
 /// uplink received by MQTT subscribers on that server.
 ///
 /// The fleet is split over worker processes (--cars-per-worker) so no
-/// process exceeds its open-file limit. When more than 25,000 cars share
-/// one loopback target, every 20,000 of them connect from their own source
-/// address (127.r.x.y) so local ports never run out. Progress is printed every second; at the end a
+/// process exceeds its open-file limit. Against loopback targets, every
+/// 20,000 cars connect from their own source address (127.r.x.y), each car
+/// from its own port, so local ports never run out and the kernel never
+/// searches for one. Progress is printed every second; at the end a
 /// summary, and a JSON and an HTML report.
 #[derive(Debug, Parser)]
 #[command(
@@ -112,12 +113,12 @@ struct RunArgs {
     /// Subscribers in peer mode (cars publish on their {shard}).
     #[arg(long, default_value_t = 2)]
     peer_subscribers: u64,
-    /// Source addresses to connect from (repeatable); default: 127.r.x.y
-    /// when more than 25,000 cars share one loopback target, the kernel's
-    /// choice otherwise.
+    /// Source addresses to connect from (repeatable), each car from its own
+    /// port (10,000 and up); default: 127.r.x.y for loopback targets, the
+    /// kernel's choice otherwise.
     #[arg(long = "source")]
     sources: Vec<IpAddr>,
-    /// Cars per source address.
+    /// Cars per source address (at most 50,000: one port each).
     #[arg(long, default_value_t = 20_000)]
     cars_per_source: u64,
     /// Cars per worker process (each car needs one open file; a process
@@ -172,6 +173,14 @@ fn main() -> anyhow::Result<()> {
     }
     if args.cars == 0 || args.publish_interval_ms == 0 || args.connect_rate <= 0.0 {
         bail!("--cars, --publish-interval-ms and --connect-rate must be positive");
+    }
+    if args.cars_per_source == 0 || args.cars_per_source > loadgen::worker::SOURCE_PORTS {
+        bail!(
+            "--cars-per-source {}: between 1 and {} (each car has its own local port from {})",
+            args.cars_per_source,
+            loadgen::worker::SOURCE_PORTS,
+            loadgen::worker::SOURCE_PORT_BASE
+        );
     }
     if args.peer && !args.topic.contains("{shard}") {
         bail!(

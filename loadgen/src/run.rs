@@ -601,15 +601,14 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
         }));
     }
 
-    // Binding a source address makes the kernel search for a free port at
-    // bind time, which gets slow (system CPU) with tens of thousands of
-    // sockets; without it the port is picked per destination at connect.
-    // So bind only where one destination needs more ports than one source
-    // address has (about 28,000).
-    let per_target = options.cars.div_ceil(options.targets.len().max(1) as u64);
+    // Loopback targets: every car connects from its own source address
+    // and port (see `worker::source_of`). Left to itself, the kernel
+    // searches the port range for a free port at each connect (or bind),
+    // which at tens of thousands of connections to one address takes
+    // most of the CPU.
     let sources = if options.sources.is_empty()
-        && per_target > 25_000
         && options.targets.iter().all(|t| t.ip().is_loopback())
+        && options.targets.iter().all(SocketAddr::is_ipv4)
     {
         loopback_sources(options.cars, options.cars_per_source)
     } else {
