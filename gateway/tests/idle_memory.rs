@@ -1,5 +1,7 @@
 //! Gateway memory per idle connection, measured on the real binary: the
-//! growth of its resident set from 500 to 10,500 connected, silent cars.
+//! growth of its resident set from 500 to 10,500 connected, silent cars,
+//! and again once each of them has published one position (a car between
+//! two publishes is what a fleet mostly is).
 
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -41,11 +43,32 @@ fn idle_connections_cost_little_memory() {
         "resident {baseline} KiB with 500 idle cars, {loaded} KiB with 10,500: \
          {per_connection} bytes per idle connection"
     );
+
+    // Each car publishes a loadgen-sized position once; all of them are
+    // in Kafka (so every connection has handled its PUBLISH and is back
+    // waiting) before the resident set is read again.
+    let uplink = broker.collector("cs.uplink");
+    let position = [b'.'; 100];
+    for car in &mut cars {
+        car.publish("UL/POS", &position);
+    }
+    uplink.collect(cars.len(), Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let published = resident_kib(child.id());
+    let per_publisher = (published.saturating_sub(baseline)) * 1024 / 10_000;
+    eprintln!(
+        "resident {published} KiB once every car published: \
+         {per_publisher} bytes per connection"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     drop(cars);
     assert!(
         per_connection <= GOAL_BYTES,
         "{per_connection} bytes per idle connection (goal {GOAL_BYTES})"
+    );
+    assert!(
+        per_publisher <= GOAL_BYTES,
+        "{per_publisher} bytes per connection after one publish each (goal {GOAL_BYTES})"
     );
 }
