@@ -18,6 +18,11 @@
 #   STACK_GATEWAYS   gateway processes (default 1); each holds at most
 #                    about 19,000 cars (20,000 open files per process here)
 #   STACK_PROFILE    cargo profile, release (default) or dev
+#   STACK_TANSU      the tansu binary (default: tansu on PATH)
+#   STACK_STORAGE    tansu's storage engine (default memory://tansu/; a tansu
+#                    built with --features libsql also takes sqlite://FILE)
+#   STACK_KAFKA_PROPS librdkafka properties for the router and gateways,
+#                    space-separated KEY=VALUE (e.g. fetch.wait.max.ms=2)
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,10 +42,14 @@ slots=$((gateways * shards))
 dir=${STACK_DIR:-target/stack/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$dir"
 kafka=127.0.0.1:$kafka_port
+tansu=${STACK_TANSU:-tansu}
+storage=${STACK_STORAGE:-memory://tansu/}
+props=()
+for p in ${STACK_KAFKA_PROPS:-}; do props+=(-X "$p"); done
 
 log() { printf '\033[1mstack:\033[0m %s\n' "$*" >&2; }
 
-command -v tansu >/dev/null || { echo "tansu not found: run scripts/setup.sh" >&2; exit 1; }
+command -v "$tansu" >/dev/null || { echo "$tansu not found: run scripts/setup.sh" >&2; exit 1; }
 log "building ($profile)"
 "${build[@]}" 2>&1 | tail -n 3 >&2
 
@@ -85,9 +94,9 @@ for port in "$kafka_port" "$mqtt_port" 29100 29101; do
   fi
 done
 
-log "tansu on $kafka (memory storage)"
-tansu broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
-  --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+log "tansu on $kafka ($storage)"
+"$tansu" broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
+  --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
 pids+=($!)
 await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
 
@@ -96,18 +105,22 @@ log "topics: $((shards * 2)) partitions, $slots slots"
   >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
 
 log "router"
-"$bin/router" --kafka-bootstrap "$kafka" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
+"$bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
 pids+=($!)
 await "the router" ready 127.0.0.1:29101
 
 targets=()
+gateway_pids=()
+admins=()
 for ((g = 0; g < gateways; g++)); do
   port=$((mqtt_port + g)); admin=127.0.0.1:$((29110 + g))
   [ "$g" -eq 0 ] && admin=127.0.0.1:29100
   log "gateway $g on 127.0.0.1:$port ($shards shards)"
-  "$bin/gateway" --kafka-bootstrap "$kafka" --listen "127.0.0.1:$port" --shards "$shards" \
+  "$bin/gateway" --kafka-bootstrap "$kafka" "${props[@]}" --listen "127.0.0.1:$port" --shards "$shards" \
     --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
   pids+=($!)
+  gateway_pids+=($!)
+  admins+=("$admin")
   targets+=(--target "127.0.0.1:$port")
   await "gateway $g" ready "$admin"
 done
@@ -129,9 +142,39 @@ if [ -n "${STACK_BASELINE:-}" ]; then
     --report-json "$dir/baseline.json" --report-html "$dir/baseline.html" "$@"
 fi
 
+# Gateway memory per connection under load: every second, each gateway's
+# resident set and open connections; the growth over the idle gateways at
+# the sample with the most connections, divided by those connections.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+open_connections() {
+  curl -fsS "http://$1/metrics" 2>/dev/null | awk '/^carbridge_gateway_connections_open/ {s += $2} END {print s + 0}'
+}
+idle_kib=0
+for p in "${gateway_pids[@]}"; do idle_kib=$((idle_kib + $(rss_kib "$p"))); done
+(
+  while true; do
+    kib=0; conns=0
+    for i in "${!gateway_pids[@]}"; do
+      kib=$((kib + $(rss_kib "${gateway_pids[$i]}")))
+      conns=$((conns + $(open_connections "${admins[$i]}")))
+    done
+    echo "$(date +%s) $conns $kib"
+    sleep 1
+  done
+) >"$dir/gateway-memory.txt" &
+sampler=$!
+pids+=($sampler)
+
 log "loadgen $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+
+kill "$sampler" 2>/dev/null || true
+log "$(awk -v idle="$idle_kib" -v n="${#gateway_pids[@]}" '$2 > best {best = $2; kib = $3}
+  END {
+    if (best > 0) printf "gateway memory: %d connections at most, resident %.1f MiB over %d idle gateway(s) (%.1f MiB): %d bytes per connection", best, (kib - idle) / 1024, n, idle / 1024, (kib - idle) * 1024 / best
+    else print "gateway memory: no connections seen"
+  }' "$dir/gateway-memory.txt")"
 
 if [ -n "${STACK_MOSQUITTO:-}" ]; then
   # The same fleet against mosquitto, the uplink received by loadgen's

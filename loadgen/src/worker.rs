@@ -138,6 +138,11 @@ impl Stats {
 pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("loadgen-worker")
+        // The kernel looks up cancelled requests among all pending polls in
+        // a hash table sized by the ring: glommio's default of 128 entries
+        // gives 8 buckets for the worker's thousands of cars (see the
+        // gateway's RING_DEPTH).
+        .ring_depth(4096)
         .make()
         .map_err(|e| anyhow::anyhow!("starting the executor: {e}"))?;
     executor.run(async move {
