@@ -14,6 +14,7 @@
 //! reason. Keep alive: a car asking for `k` seconds is closed after 1.5 ×
 //! min(`k`, maximum) without a packet; asking for 0 gets the maximum.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -166,7 +167,8 @@ struct Connected {
     /// 1.5 × the effective keep-alive.
     grace: Duration,
     deadline: Instant,
-    filters: Vec<ByteString>,
+    /// Shared with the shard's downlink matching; none until a SUBSCRIBE.
+    filters: Option<Rc<[ByteString]>>,
 }
 
 /// One connection's MQTT state.
@@ -198,9 +200,14 @@ impl Session {
 
     /// The topic filters the car subscribed to, in subscription order.
     pub fn filters(&self) -> &[ByteString] {
+        self.shared_filters().map_or(&[], |filters| filters)
+    }
+
+    /// The same filters, to share without a copy (none: no filter yet).
+    pub fn shared_filters(&self) -> Option<&Rc<[ByteString]>> {
         match &self.state {
-            State::Connected(c) => &c.filters,
-            _ => &[],
+            State::Connected(c) => c.filters.as_ref(),
+            _ => None,
         }
     }
 
@@ -360,7 +367,7 @@ impl Session {
             client_id: ByteString::from(&*connect.client_id),
             grace,
             deadline: now + grace,
-            filters: Vec::new(),
+            filters: None,
         });
     }
 
@@ -386,24 +393,32 @@ impl Session {
     }
 
     fn on_subscribe(session: &mut Connected, subscribe: &Subscribe, out: &mut BytesMut) {
+        let mut filters = session.filters.as_deref().unwrap_or_default().to_vec();
         let mut count = 0;
         for (filter, _requested) in subscribe.filters() {
             count += 1;
             // A repeated filter replaces the old one (MQTT-3.8.4-3); with
             // QoS 0 only, there is nothing to replace but the entry itself.
-            if !session.filters.contains(&filter) {
-                session.filters.push(filter);
+            if !filters.contains(&filter) {
+                // A copy: the decoded filter shares the whole read buffer,
+                // which it would keep alive for as long as the session.
+                filters.push(ByteString::from(&*filter));
             }
         }
+        // Held for the whole session: one exact allocation, shared with
+        // the shard's downlink matching.
+        session.filters = Some(filters.into());
         // Every filter is granted, at QoS 0 whatever was asked (ARCHITECTURE.md).
         // `count` >= 1: the codec refuses a SUBSCRIBE without filters.
         let _ = encode_suback_qos0(out, subscribe.packet_id, count);
     }
 
     fn on_unsubscribe(session: &mut Connected, unsubscribe: &Unsubscribe, out: &mut BytesMut) {
+        let mut filters = session.filters.as_deref().unwrap_or_default().to_vec();
         for filter in unsubscribe.filters() {
-            session.filters.retain(|f| *f != filter);
+            filters.retain(|f| *f != filter);
         }
+        session.filters = (!filters.is_empty()).then(|| filters.into());
         encode_unsuback(out, unsubscribe.packet_id);
     }
 }

@@ -103,8 +103,8 @@ struct Signal {
     waker: RefCell<Option<Waker>>,
     /// The session id, once the CONNECT is accepted.
     session: Cell<Option<u64>>,
-    /// The session's topic filters, mirrored for downlink matching.
-    filters: RefCell<Vec<ByteString>>,
+    /// The session's topic filters, shared for downlink matching.
+    filters: RefCell<Option<Rc<[ByteString]>>>,
     /// Encoded downlink PUBLISH packets not yet written, and their count.
     outbox: RefCell<BytesMut>,
     queued: Cell<u64>,
@@ -346,6 +346,7 @@ impl Shard {
                     .filters
                     .borrow()
                     .iter()
+                    .flat_map(|filters| filters.iter())
                     .any(|filter| codec::topic::matches(filter, topic))
                 {
                     self.metrics.drop_downlink("no_filter");
@@ -766,7 +767,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             Event::Signal(reason) => return session.close(reason),
         }
 
-        let closed = handle_input(shard, signal, id, session, &mut input, &mut output, now).await;
+        // Boxed: its state (over 300 bytes) would otherwise be part of
+        // every connection's task for all the time the car is quiet.
+        let closed = Box::pin(handle_input(
+            shard,
+            signal,
+            id,
+            session,
+            &mut input,
+            &mut output,
+            now,
+        ))
+        .await;
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {
                 return session.close(CloseReason::Io);
@@ -871,7 +883,7 @@ async fn handle_input(
         match session.on_packet(packet, now, output) {
             Step::Continue => {}
             Step::FiltersChanged => {
-                *signal.filters.borrow_mut() = session.filters().to_vec();
+                *signal.filters.borrow_mut() = session.shared_filters().cloned();
                 if let (Some(downlink), Some(client_id), Some(session_id)) =
                     (&shard.downlink, session.client_id(), signal.session.get())
                 {
