@@ -21,6 +21,11 @@ pub struct Config {
     /// Executors, one pinned per CPU; 0 means one per CPU this process may
     /// run on.
     pub shards: usize,
+    /// Log a task that holds its shard too long, with a backtrace. Off by
+    /// default: glommio resolves every such backtrace on the shard thread,
+    /// which loads the binary's debug info (about 90 MiB resident, kept)
+    /// and makes the stall it reports longer; for debugging only.
+    pub detect_stalls: bool,
     pub mqtt: Mqtt,
     /// Ordered topic mapping rules; the first match wins. A PUBLISH no rule
     /// accepts closes the connection.
@@ -114,6 +119,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             shards: 0,
+            detect_stalls: false,
             mqtt: Mqtt::default(),
             mapping: vec![Rule::new("^UL/.+", "cs.uplink")],
             kafka: Kafka::default(),

@@ -158,12 +158,16 @@ impl Gateway {
                 registry.clone(),
                 inboxes.pop().context("one inbox per shard")?,
             );
-            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
-                .ring_depth(RING_DEPTH)
+                .ring_depth(RING_DEPTH);
+            if config.detect_stalls {
                 // A task that hogs its core delays every car on the shard:
                 // glommio logs a warning with a backtrace when one does.
-                .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})))
+                builder = builder
+                    .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
+            }
+            let handle = builder
                 .spawn(move || {
                     shard::serve(shard::Start {
                         id,

@@ -54,6 +54,10 @@ struct Cli {
     /// Uplink only: no session registry, no downlink delivery.
     #[arg(long, global = true)]
     no_downlink: bool,
+    /// Log tasks that hold a shard too long, with a backtrace (debugging:
+    /// resolving a backtrace loads the debug info, about 90 MiB).
+    #[arg(long, global = true)]
+    detect_stalls: bool,
     /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
     #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", global = true)]
     admin_listen: Option<String>,
@@ -113,6 +117,9 @@ impl Cli {
         }
         if self.no_downlink {
             config.downlink.enabled = false;
+        }
+        if self.detect_stalls {
+            config.detect_stalls = true;
         }
         if let Some(admin) = &self.admin_listen {
             config.admin.listen = admin.clone();
