@@ -198,6 +198,26 @@ if [ -n "${STACK_BASELINE:-}" ]; then
   log "uplink into Kafka: gateway $gw/s, raw producer $raw/s, ratio $(python3 -c "print(round($gw / $raw, 3) if $raw else 'n/a')")"
 fi
 
+# Kafka's acknowledgement of the gateways' uplink records (whole run, all
+# gateways): the gateway's share of the uplink, without the consumer side.
+acks=$(for a in "${admins[@]}"; do curl -fsS "http://$a/metrics" 2>/dev/null; done | python3 -c '
+import sys, collections
+buckets = collections.Counter()
+for line in sys.stdin:
+    if line.startswith("carbridge_gateway_kafka_ack_seconds_bucket"):
+        le = line.split("le=\"")[1].split("\"")[0]
+        buckets[float("inf") if le == "+Inf" else float(le)] += float(line.split()[-1])
+bounds = sorted(buckets)
+total = buckets[bounds[-1]] if bounds else 0
+def q(p):
+    for b in bounds:
+        if buckets[b] >= p * total:
+            return "%g ms" % (b * 1000) if b != float("inf") else "over 30 s"
+if total:
+    print("Kafka acknowledged %d gateway records: p50 <= %s, p99 <= %s (histogram bounds)" % (total, q(0.5), q(0.99)))
+')
+[ -n "$acks" ] && log "$acks"
+
 log "gateway 0: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
 log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
 log "HTML report: $dir/report.html"

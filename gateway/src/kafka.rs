@@ -52,11 +52,12 @@ impl ClientContext for UplinkContext {
 }
 
 impl ProducerContext for UplinkContext {
-    /// The record's size in bytes, as counted in flight.
+    /// An uplink record's size in bytes (as counted in flight) and when it
+    /// was handed over: see [`uplink_opaque`].
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, size: usize) {
-        if size == REGISTRY_RECORD {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if opaque == REGISTRY_RECORD {
             match result {
                 Ok(_) => bump(&self.metrics.registry_acked),
                 Err((error, _)) => {
@@ -67,11 +68,16 @@ impl ProducerContext for UplinkContext {
             }
             return;
         }
+        let (size, sent_us) = split_opaque(opaque);
         self.metrics
             .in_flight_bytes
-            .fetch_sub(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
+            .fetch_sub(i64::from(size), Ordering::Relaxed);
         match result {
-            Ok(_) => bump(&self.metrics.publish_acked),
+            Ok(_) => {
+                bump(&self.metrics.publish_acked);
+                self.metrics
+                    .record_ack(u64::from(clock_us().wrapping_sub(sent_us)));
+            }
             Err((error, _)) => {
                 let reason = match error.rdkafka_error_code() {
                     Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
@@ -91,8 +97,31 @@ impl ProducerContext for UplinkContext {
 }
 
 /// The delivery opaque of a session-registry record; an uplink record's
-/// opaque is its size, always smaller.
+/// opaque ([`uplink_opaque`]) never has all bits set: its size is below
+/// `u32::MAX`.
 const REGISTRY_RECORD: usize = usize::MAX;
+
+/// Microseconds on a process-wide monotonic clock, wrapping every 71
+/// minutes: differences stay right for acknowledgements within that.
+fn clock_us() -> u32 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let micros = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros();
+    (micros & u128::from(u32::MAX)) as u32
+}
+
+/// An uplink record's delivery opaque: its size in the low 32 bits, the
+/// time it was handed over ([`clock_us`]) in the high 32.
+fn uplink_opaque(size: u32) -> usize {
+    ((u64::from(clock_us()) << 32) | u64::from(size)) as usize
+}
+
+fn split_opaque(opaque: usize) -> (u32, u32) {
+    let opaque = opaque as u64;
+    ((opaque & u64::from(u32::MAX)) as u32, (opaque >> 32) as u32)
+}
 
 /// Why a record was not handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,11 +189,13 @@ impl ShardProducer {
         mqtt_topic: &[u8],
     ) -> Result<(), SendError> {
         let size = client_id.len() + payload.len() + mqtt_topic.len();
+        // Packets are at most `max_packet_size` (validated < 256 MiB).
+        let size32 = u32::try_from(size).unwrap_or(u32::MAX - 1);
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: &self.header,
             value: Some(mqtt_topic),
         });
-        let record = BaseRecord::with_opaque_to(kafka_topic, size)
+        let record = BaseRecord::with_opaque_to(kafka_topic, uplink_opaque(size32))
             .key(client_id)
             .payload(payload)
             .headers(headers);
@@ -172,7 +203,7 @@ impl ShardProducer {
             Ok(()) => {
                 self.metrics
                     .in_flight_bytes
-                    .fetch_add(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
+                    .fetch_add(i64::from(size32), Ordering::Relaxed);
                 Ok(())
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -239,5 +270,21 @@ impl ShardProducer {
     /// Records librdkafka still holds.
     pub fn queued(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_opaque_carries_size_and_time_and_is_never_a_registry_record() {
+        let before = clock_us();
+        let opaque = uplink_opaque(u32::MAX - 1);
+        let (size, sent) = split_opaque(opaque);
+        assert_eq!(size, u32::MAX - 1);
+        assert!(sent.wrapping_sub(before) < 1_000_000);
+        assert_ne!(opaque, REGISTRY_RECORD);
+        assert_eq!(split_opaque(uplink_opaque(17)).0, 17);
     }
 }

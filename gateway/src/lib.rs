@@ -164,8 +164,8 @@ impl Gateway {
             if config.detect_stalls {
                 // A task that hogs its core delays every car on the shard:
                 // glommio logs a warning with a backtrace when one does.
-                builder = builder
-                    .detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
+                builder =
+                    builder.detect_stalls(Some(Box::new(glommio::DefaultStallDetectionHandler {})));
             }
             let handle = builder
                 .spawn(move || {

@@ -30,6 +30,12 @@ pub const FAILURE_REASONS: [&str; 4] = ["kafka_error", "timed_out", "too_large",
 /// `closed`: queued for a connection that closed before it was written.
 pub const DROP_REASONS: [&str; 5] = ["not_held", "no_filter", "slow_car", "closed", "invalid"];
 
+/// Upper bounds (ms) of the buckets of the Kafka acknowledgement latency
+/// histogram; one more bucket counts the rest (+Inf).
+pub const ACK_BUCKETS_MS: [u64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000,
+];
+
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
     pub connections_accepted: AtomicU64,
@@ -40,6 +46,10 @@ pub struct ShardMetrics {
     pub publish_acked: AtomicU64,
     pub publish_failed: [AtomicU64; FAILURE_REASONS.len()],
     pub in_flight_bytes: AtomicI64,
+    /// PUBLISH handed to the producer → acknowledged by Kafka, by bucket
+    /// of [`ACK_BUCKETS_MS`] (not cumulative; the last one is +Inf).
+    pub ack_latency: [AtomicU64; ACK_BUCKETS_MS.len() + 1],
+    pub ack_latency_sum_us: AtomicU64,
     /// Times the shard stopped reading because Kafka could not keep up.
     pub read_pauses: AtomicU64,
     /// Routed downlink messages read from this shard's slot.
@@ -63,6 +73,18 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl ShardMetrics {
+    /// Counts one acknowledgement that took `us` microseconds.
+    pub fn record_ack(&self, us: u64) {
+        let bucket = ACK_BUCKETS_MS
+            .iter()
+            .position(|&ms| us <= ms * 1000)
+            .unwrap_or(ACK_BUCKETS_MS.len());
+        if let Some(counter) = self.ack_latency.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ack_latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     pub fn close(&self, label: &str) {
         if let Some(counter) = CLOSE_REASONS
             .iter()
@@ -195,6 +217,35 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             })
             .collect(),
     );
+    // Prometheus histogram: cumulative buckets, then sum and count.
+    let _ = writeln!(
+        out,
+        "# HELP carbridge_gateway_kafka_ack_seconds Time from a PUBLISH handed to \
+         the producer to Kafka's acknowledgement.\n# TYPE carbridge_gateway_kafka_ack_seconds histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, ms) in ACK_BUCKETS_MS.iter().enumerate() {
+        cumulative += sum(&|s| s.ack_latency.get(i).map_or(0, load));
+        let _ = writeln!(
+            out,
+            "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *ms as f64 / 1000.0
+        );
+    }
+    cumulative += sum(&|s| s.ack_latency.get(ACK_BUCKETS_MS.len()).map_or(0, load));
+    let _ = writeln!(
+        out,
+        "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+         carbridge_gateway_kafka_ack_seconds_sum {}\n\
+         carbridge_gateway_kafka_ack_seconds_count {cumulative}",
+        sum(&|s| load(&s.ack_latency_sum_us)) as f64 / 1e6
+    );
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, i128)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
     metric(
         "carbridge_gateway_kafka_in_flight_bytes",
         "gauge",
@@ -273,4 +324,57 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn ack_latency_is_a_cumulative_prometheus_histogram() {
+        let shards = [
+            Arc::new(ShardMetrics::default()),
+            Arc::new(ShardMetrics::default()),
+        ];
+        shards[0].record_ack(800); // 0.8 ms: le 0.001
+        shards[0].record_ack(1_000); // exactly 1 ms: le 0.001
+        shards[1].record_ack(15_000); // le 0.02
+        shards[1].record_ack(60_000_000); // a minute: +Inf only
+        let text = render(&shards);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            line("carbridge_gateway_kafka_ack_seconds_bucket{le=\"0.001\"}"),
+            "2"
+        );
+        assert_eq!(
+            line("carbridge_gateway_kafka_ack_seconds_bucket{le=\"0.01\"}"),
+            "2"
+        );
+        assert_eq!(
+            line("carbridge_gateway_kafka_ack_seconds_bucket{le=\"0.02\"}"),
+            "3"
+        );
+        assert_eq!(
+            line("carbridge_gateway_kafka_ack_seconds_bucket{le=\"30\"}"),
+            "3"
+        );
+        assert_eq!(
+            line("carbridge_gateway_kafka_ack_seconds_bucket{le=\"+Inf\"}"),
+            "4"
+        );
+        assert_eq!(line("carbridge_gateway_kafka_ack_seconds_count"), "4");
+        assert_eq!(line("carbridge_gateway_kafka_ack_seconds_sum"), "60.0168");
+        assert!(text.contains("# TYPE carbridge_gateway_kafka_ack_seconds histogram"));
+    }
 }
