@@ -99,6 +99,12 @@ impl SlotConsumer {
         Ok(Self { consumer, slot })
     }
 
+    /// Calls `arrived` (on a librdkafka thread) whenever records arrive
+    /// while none were waiting to be polled.
+    pub(crate) fn on_arrival(&mut self, arrived: impl Fn() + Send + Sync + 'static) {
+        self.consumer.set_nonempty_callback(arrived);
+    }
+
     /// The next record, without waiting.
     pub(crate) fn poll(&self) -> Option<Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>> {
         self.consumer.poll(Duration::ZERO)
