@@ -18,6 +18,9 @@ step "cargo test"
 # Every test bounds its own waits; this bounds the whole run on top.
 timeout 45m cargo test --workspace --locked
 
+step "gateway memory per connection, release build (goal 2 KiB)"
+timeout 20m cargo test --release --locked -p gateway --test idle_memory -- --nocapture
+
 step "the main job, small: scripts/stack.sh"
 # The whole local stack end to end (debug build, already made by the tests).
 stack_dir=$(mktemp -d)

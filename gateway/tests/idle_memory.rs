@@ -17,8 +17,13 @@ use codec::{QoS, Subscribe};
 use common::{RawClient, resident_kib, spawn_binary};
 use testkit::Broker;
 
-/// ARCHITECTURE goal: at most 2 KiB of gateway memory per connection.
-const GOAL_BYTES: u64 = 2048;
+/// ARCHITECTURE goal: at most 2 KiB of gateway memory per connection, for
+/// the release build. A debug build's tasks are larger (its futures are
+/// laid out without optimization: about 2,100 bytes subscribed, 2,200
+/// after a publish), so there the bound only catches gross regressions
+/// such as a 4 KiB buffer held per car; `scripts/test.sh` also runs this
+/// test on the release build.
+const GOAL_BYTES: u64 = if cfg!(debug_assertions) { 2560 } else { 2048 };
 const WARM: usize = 500;
 const CARS: usize = 10_000;
 
