@@ -217,6 +217,12 @@ impl Kick {
         }
     }
 
+    /// Drops the stored waker here, on the shard's thread, rather than
+    /// wherever the last owner of this `Kick` ends up.
+    fn forget(&self) {
+        drop(self.waker.lock().ok().and_then(|mut waker| waker.take()));
+    }
+
     /// Completes once kicked (at once if kicked since the last time).
     async fn kicked(&self) {
         future::poll_fn(|cx| {
@@ -678,6 +684,7 @@ async fn poll_producer(shard: Rc<Shard>) {
         }
         if shard.stopping.get() && (shard.connections.borrow().is_empty() || shard.abandoned.get())
         {
+            shard.kick.forget();
             return;
         }
         let busy =
@@ -815,7 +822,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     session: &mut Session,
 ) -> CloseReason {
     let mut input = BytesMut::new();
-    let mut output = BytesMut::new();
     let mut busy = false;
     loop {
         if !shard.producer.has_room() {
@@ -883,6 +889,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             Event::Signal(reason) => return session.close(reason),
         }
 
+        // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
+        // this turn, not held in the task while the car is quiet.
+        let mut output = BytesMut::new();
         // Boxed: its state (over 300 bytes) would otherwise be part of
         // every connection's task for all the time the car is quiet.
         let closed = Box::pin(handle_input(
@@ -899,9 +908,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             if stream.write_all(&output).await.is_err() {
                 return session.close(CloseReason::Io);
             }
-            // Writes are rare (CONNACK, PINGRESP, SUBACK): keep no buffer.
-            output = BytesMut::new();
         }
+        drop(output);
         if let Some(reason) = closed {
             return reason;
         }
