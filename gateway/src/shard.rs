@@ -904,10 +904,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             now,
         ))
         .await;
-        if !output.is_empty() {
-            if stream.write_all(&output).await.is_err() {
-                return session.close(CloseReason::Io);
-            }
+        if !output.is_empty() && stream.write_all(&output).await.is_err() {
+            return session.close(CloseReason::Io);
         }
         drop(output);
         if let Some(reason) = closed {
