@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::config::Config;
+use crate::metrics::ShardMetrics;
+
 /// io_uring submission-queue depth of each shard (glommio's default: 128).
 ///
 /// Every reactor turn, glommio cancels and re-arms its preemption timers,
@@ -38,9 +41,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 /// CPU (perf). 4096 entries give the full 256 buckets, for about 1 MiB of
 /// ring memory per shard.
 pub const RING_DEPTH: usize = 4096;
-
-use crate::config::Config;
-use crate::metrics::ShardMetrics;
 
 /// The CPUs this process may run on (its affinity mask, as a container's
 /// CPU set or `taskset` leaves it), from `/proc/self/status`; all online

@@ -217,35 +217,6 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             })
             .collect(),
     );
-    // Prometheus histogram: cumulative buckets, then sum and count.
-    let _ = writeln!(
-        out,
-        "# HELP carbridge_gateway_kafka_ack_seconds Time from a PUBLISH handed to \
-         the producer to Kafka's acknowledgement.\n# TYPE carbridge_gateway_kafka_ack_seconds histogram"
-    );
-    let mut cumulative = 0u64;
-    for (i, ms) in ACK_BUCKETS_MS.iter().enumerate() {
-        cumulative += sum(&|s| s.ack_latency.get(i).map_or(0, load));
-        let _ = writeln!(
-            out,
-            "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *ms as f64 / 1000.0
-        );
-    }
-    cumulative += sum(&|s| s.ack_latency.get(ACK_BUCKETS_MS.len()).map_or(0, load));
-    let _ = writeln!(
-        out,
-        "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
-         carbridge_gateway_kafka_ack_seconds_sum {}\n\
-         carbridge_gateway_kafka_ack_seconds_count {cumulative}",
-        sum(&|s| load(&s.ack_latency_sum_us)) as f64 / 1e6
-    );
-    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, i128)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
     metric(
         "carbridge_gateway_kafka_in_flight_bytes",
         "gauge",
@@ -323,6 +294,29 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             vec![(String::new(), sum(&counter).into())],
         );
     }
+    // Prometheus histogram: cumulative buckets, then sum and count.
+    let _ = writeln!(
+        out,
+        "# HELP carbridge_gateway_kafka_ack_seconds Time from a PUBLISH handed to \
+         the producer to Kafka's acknowledgement.\n# TYPE carbridge_gateway_kafka_ack_seconds histogram"
+    );
+    let mut cumulative = 0u64;
+    for (i, ms) in ACK_BUCKETS_MS.iter().enumerate() {
+        cumulative += sum(&|s| s.ack_latency.get(i).map_or(0, load));
+        let _ = writeln!(
+            out,
+            "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *ms as f64 / 1000.0
+        );
+    }
+    cumulative += sum(&|s| s.ack_latency.get(ACK_BUCKETS_MS.len()).map_or(0, load));
+    let _ = writeln!(
+        out,
+        "carbridge_gateway_kafka_ack_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+         carbridge_gateway_kafka_ack_seconds_sum {}\n\
+         carbridge_gateway_kafka_ack_seconds_count {cumulative}",
+        sum(&|s| load(&s.ack_latency_sum_us)) as f64 / 1e6
+    );
     out
 }
 

@@ -200,6 +200,9 @@ fn main() -> anyhow::Result<()> {
             "DL/#".to_owned()
         }
     });
+    let cars_per_worker = args
+        .cars_per_worker
+        .unwrap_or_else(|| loadgen::run::default_cars_per_worker(args.cars));
     let described = vec![
         ("cars".to_owned(), args.cars.to_string()),
         ("targets".to_owned(), args.targets.join(" ")),
@@ -222,16 +225,8 @@ fn main() -> anyhow::Result<()> {
         ("duration_secs".to_owned(), args.duration_secs.to_string()),
         ("downlink_rate".to_owned(), args.downlink_rate.to_string()),
         ("raw_kafka".to_owned(), args.raw_kafka.to_string()),
-        (
-            "cars_per_worker".to_owned(),
-            args.cars_per_worker
-                .unwrap_or_else(|| loadgen::run::default_cars_per_worker(args.cars))
-                .to_string(),
-        ),
+        ("cars_per_worker".to_owned(), cars_per_worker.to_string()),
     ];
-    let cars_per_worker = args
-        .cars_per_worker
-        .unwrap_or_else(|| loadgen::run::default_cars_per_worker(args.cars));
     let options = Options {
         cars: args.cars,
         targets,

@@ -1018,6 +1018,7 @@ pub fn summary(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_default_fleet_is_three_workers_of_at_most_15000() {
@@ -1027,8 +1028,6 @@ mod tests {
         assert_eq!(default_cars_per_worker(700_000), 15_000);
         assert_eq!(700_000u64.div_ceil(default_cars_per_worker(700_000)), 47);
     }
-
-    use super::*;
 
     #[test]
     fn round_robin_numbers_each_car_from_one_and_counts_only_what_went_out() {

@@ -208,12 +208,13 @@ pub const SOURCE_PORT_BASE: u16 = 10_000;
 pub const SOURCE_PORTS: u64 = 50_000;
 
 /// A socket bound to `source` (if any) with its connect to `target`
-/// started (non-blocking: the first write waits for the handshake). A source with a port is bound to exactly that
-/// port: the kernel then has no free port to search for, a search that at
-/// 24,000 connections to one address took 70 % of loadgen's CPU
-/// (`__inet_check_established`, found with `perf`). Should that port be
-/// taken (another program listening on it on all addresses), the kernel
-/// picks one after all.
+/// started (non-blocking: the first write waits for the handshake).
+///
+/// A source with a port is bound to exactly that port: the kernel then has
+/// no free port to search for, a search that at 24,000 connections to one
+/// address took 70 % of loadgen's CPU (`__inet_check_established`, found
+/// with `perf`). Should that port be taken (another program listening on
+/// it on all addresses), the kernel picks one after all.
 fn start_connect(target: SocketAddr, source: Option<SocketAddr>) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(target),
