@@ -105,10 +105,33 @@ impl SlotConsumer {
         self.consumer.set_nonempty_callback(arrived);
     }
 
-    /// The next record, without waiting.
-    pub(crate) fn poll(&self) -> Option<Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>> {
-        self.consumer.poll(Duration::ZERO)
+    /// Reads the next record, without waiting, and hands what it asks
+    /// (`None` for a record this build does not understand) to `handle`.
+    pub(crate) fn poll_with(
+        &self,
+        topic_header: &str,
+        handle: impl FnOnce(Option<Routed<'_>>),
+    ) -> Polled {
+        match self.consumer.poll(Duration::ZERO) {
+            None => Polled::Empty,
+            Some(Ok(message)) => {
+                handle(read(&message, topic_header));
+                Polled::Read
+            }
+            Some(Err(error)) => Polled::Failed(error.to_string()),
+        }
     }
+}
+
+/// What one [`SlotConsumer::poll_with`] found.
+#[derive(Debug)]
+pub(crate) enum Polled {
+    /// Nothing waiting.
+    Empty,
+    /// One record, handed over.
+    Read,
+    /// The consumer reported an error (the broker unreachable, ...).
+    Failed(String),
 }
 
 /// What a routed record asks of the shard.
@@ -127,7 +150,7 @@ pub(crate) enum Routed<'a> {
 
 /// Reads a routed record; `None` if it is not one this build understands
 /// (counted as `invalid` by the caller).
-pub(crate) fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Routed<'a>> {
+fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Routed<'a>> {
     let client = std::str::from_utf8(message.key()?).ok()?;
     let (mut session, mut topic, mut control) = (None, None, None);
     if let Some(headers) = message.headers() {

@@ -25,7 +25,7 @@ use crate::config::Kafka;
 use crate::metrics::{ShardMetrics, bump};
 
 #[derive(Debug)]
-pub struct UplinkContext {
+pub(crate) struct UplinkContext {
     shard: usize,
     metrics: Arc<ShardMetrics>,
 }
@@ -125,14 +125,14 @@ fn split_opaque(opaque: usize) -> (u32, u32) {
 
 /// Why a record was not handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// librdkafka's queue is full: poll, wait, and offer the record again.
     QueueFull,
     /// The record can never be sent (counted as failed already).
     Failed,
 }
 
-pub struct ShardProducer {
+pub(crate) struct ShardProducer {
     producer: BaseProducer<UplinkContext>,
     metrics: Arc<ShardMetrics>,
     max_in_flight: i64,
@@ -148,7 +148,7 @@ impl std::fmt::Debug for ShardProducer {
 }
 
 impl ShardProducer {
-    pub fn new(
+    pub(crate) fn new(
         config: &Kafka,
         shard: usize,
         metrics: Arc<ShardMetrics>,
@@ -176,12 +176,12 @@ impl ShardProducer {
     }
 
     /// Whether the shard may read more from its sockets.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.metrics.in_flight_bytes.load(Ordering::Relaxed) < self.max_in_flight
     }
 
     /// Hands one record to librdkafka.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         kafka_topic: &str,
         client_id: &[u8],
@@ -224,7 +224,7 @@ impl ShardProducer {
     /// Hands one session-registry record (key = client id) to librdkafka.
     /// Not subject to the in-flight bound: these are few and small, and
     /// losing one would misroute the car's downlink.
-    pub fn send_registry(
+    pub(crate) fn send_registry(
         &self,
         topic: &str,
         client_id: &[u8],
@@ -250,25 +250,25 @@ impl ShardProducer {
     }
 
     /// Serves delivery reports without blocking.
-    pub fn poll(&self) {
+    pub(crate) fn poll(&self) {
         self.producer.poll(Duration::ZERO);
     }
 
     /// Waits up to `timeout` for every record to be acknowledged or failed.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
     }
 
     /// Drops every record still queued or in flight; their delivery reports
     /// (failed, "shutdown") are served before this returns.
-    pub fn purge(&self) {
+    pub(crate) fn purge(&self) {
         self.producer
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         self.producer.poll(Duration::ZERO);
     }
 
     /// Records librdkafka still holds.
-    pub fn queued(&self) -> i32 {
+    pub(crate) fn queued(&self) -> i32 {
         self.producer.in_flight_count()
     }
 }

@@ -14,7 +14,7 @@
 
 pub mod config;
 mod downlink;
-pub mod kafka;
+mod kafka;
 pub mod mapping;
 pub mod metrics;
 mod registry;

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Close reasons, in label order (see `session::CloseReason::label`).
-pub const CLOSE_REASONS: [&str; 11] = [
+pub const CLOSE_REASONS: [&str; 12] = [
     "disconnect",
     "peer_closed",
     "connect_timeout",
@@ -17,6 +17,7 @@ pub const CLOSE_REASONS: [&str; 11] = [
     "malformed",
     "unsupported",
     "refused",
+    "not_authorized",
     "unmapped_topic",
     "taken_over",
     "shutdown",

@@ -61,6 +61,9 @@ pub enum CloseReason {
     Unsupported(Unsupported),
     /// CONNECT refused with this CONNACK return code.
     Refused(ConnectReturnCode),
+    /// CONNECT refused with 0x05: the client id is not the identity the
+    /// connection proved (its certificate's, or a trusted proxy's).
+    NotAuthorized,
     /// A PUBLISH to a topic no mapping rule accepts.
     UnmappedTopic,
     /// A newer connection with the same client id took over.
@@ -82,6 +85,7 @@ impl CloseReason {
             Self::Malformed(_) => "malformed",
             Self::Unsupported(_) => "unsupported",
             Self::Refused(_) => "refused",
+            Self::NotAuthorized => "not_authorized",
             Self::UnmappedTopic => "unmapped_topic",
             Self::TakenOver => "taken_over",
             Self::Shutdown => "shutdown",
@@ -94,7 +98,11 @@ impl CloseReason {
     pub const fn is_car_fault(&self) -> bool {
         matches!(
             self,
-            Self::Malformed(_) | Self::Unsupported(_) | Self::UnmappedTopic | Self::ConnectTimeout
+            Self::Malformed(_)
+                | Self::Unsupported(_)
+                | Self::UnmappedTopic
+                | Self::ConnectTimeout
+                | Self::NotAuthorized
         )
     }
 }
@@ -380,6 +388,17 @@ impl Session {
         }
         .encode(out);
         self.close(CloseReason::Refused(code))
+    }
+
+    /// Refuses the pending CONNECT with 0x05 (not authorized): its client
+    /// id is not the identity the connection proved.
+    pub fn deny(&mut self, out: &mut BytesMut) -> CloseReason {
+        ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::NotAuthorized,
+        }
+        .encode(out);
+        self.close(CloseReason::NotAuthorized)
     }
 
     fn on_publish(&mut self, publish: Publish) -> Step {

@@ -1,0 +1,90 @@
+//! Flow control: while the shard's unacknowledged bytes are at
+//! `kafka.max_in_flight_bytes` (or librdkafka's queue is full), connections
+//! stop reading, so TCP pushes back on the cars; their keep-alive restarts
+//! when reading resumes, and new CONNECTs are refused with 0x03 once the
+//! stall has lasted [`UNAVAILABLE_AFTER`].
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+
+use super::signal::log_due;
+use crate::metrics::{ShardMetrics, bump};
+
+/// A shard stalled this long by Kafka counts as "Kafka cannot take data":
+/// new CONNECTs are refused with 0x03 (server unavailable). Shorter stalls
+/// are ordinary backpressure.
+const UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether the shard's connections may read, and who waits until they may.
+#[derive(Debug, Default)]
+pub(super) struct FlowControl {
+    paused: Cell<bool>,
+    paused_since: Cell<Option<Instant>>,
+    logged_at: Cell<Option<Instant>>,
+    unlogged: Cell<u64>,
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl FlowControl {
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.get()
+    }
+
+    /// Stops reading on every connection of shard `shard` until
+    /// [`FlowControl::resume`].
+    pub(super) fn pause(&self, shard: usize, metrics: &ShardMetrics) {
+        if self.paused.replace(true) {
+            return;
+        }
+        let now = Instant::now();
+        self.paused_since.set(Some(now));
+        bump(&metrics.read_pauses);
+        // Under heavy load pauses come and go many times a second: warn
+        // once per interval, with the count, not once per pause.
+        self.unlogged.set(self.unlogged.get() + 1);
+        if log_due(&self.logged_at, now) {
+            tracing::warn!(
+                shard,
+                pauses = self.unlogged.replace(0),
+                "Kafka is behind: reads paused until it catches up \
+                 (pauses since the last warning)"
+            );
+        }
+    }
+
+    /// Reopens reading and wakes every connection that waited; whether the
+    /// shard was paused.
+    pub(super) fn resume(&self) -> bool {
+        if !self.paused.replace(false) {
+            return false;
+        }
+        self.paused_since.set(None);
+        for waker in self.waiting.borrow_mut().drain(..) {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Resolves once reading is open again.
+    pub(super) fn resumed(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(|cx| {
+            if self.paused.get() {
+                self.waiting.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    }
+
+    /// Whether Kafka has been unable to take data for a while.
+    pub(super) fn kafka_unavailable(&self) -> bool {
+        self.paused_since
+            .get()
+            .is_some_and(|since| since.elapsed() >= UNAVAILABLE_AFTER)
+    }
+}

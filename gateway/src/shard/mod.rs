@@ -1,0 +1,334 @@
+//! One shard: a pinned glommio executor with its own SO_REUSEPORT
+//! listeners, its own connections and sessions, and its own Kafka producer.
+//!
+//! - this module: the shard's lifecycle (start, accept, poller, sweeper,
+//!   shutdown);
+//! - [`connection`]: one car's connection, where bytes meet sockets, and
+//!   the CONNECT/PUBLISH policy;
+//! - [`delivery`]: the downlink (registry records, routed messages);
+//! - [`flow`]: reads paused while Kafka is behind;
+//! - [`table`]: the open connections and the client ids they hold;
+//! - [`signal`]: what wakes a connection or the poller.
+//!
+//! A poller task serves the producer's delivery reports and the downlink
+//! slot on this thread, and reopens reading when Kafka has caught up.
+
+mod connection;
+mod delivery;
+mod flow;
+mod signal;
+mod table;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use codec::{Decoder, Role};
+use crossbeam_channel::Receiver;
+use futures_lite::future;
+use glommio::net::TcpListener;
+use glommio::timer::sleep;
+
+use crate::config::Config;
+use crate::kafka::ShardProducer;
+use crate::mapping::TopicMapper;
+use crate::metrics::ShardMetrics;
+use crate::registry::Registry;
+use crate::session::{CloseReason, Timing};
+use connection::{Peer, WRITE_TIMEOUT, connection};
+use delivery::Downlink;
+use flow::FlowControl;
+use signal::Kick;
+use table::ConnectionTable;
+
+/// How often the poller serves delivery reports and routed messages while
+/// records are in flight or messages arriving.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest the poller sleeps while nothing is in flight or arriving: it is
+/// woken early by a record handed to the producer and by librdkafka when a
+/// routed message arrives, so this only bounds how late it sees a shutdown
+/// or a takeover order from another shard. A 1 ms tick when idle cost
+/// 6 % of a core per shard (perf), and every reactor turn of a shard with
+/// many cars costs more (see `RING_DEPTH`).
+const IDLE_POLL: Duration = Duration::from_millis(25);
+/// Listening sockets per shard on the one address (SO_REUSEPORT): glommio
+/// listens with a backlog of 1024, so four hold 4,096 cars that connect
+/// faster than the shard accepts. At 25,000 connects/s asked over three
+/// single-shard gateways, one listener each overflowed 10,138 times.
+const LISTENERS_PER_SHARD: usize = 4;
+/// Bound on waiting for connections to close at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Bound on flushing the producer at shutdown; with the grace above, the
+/// whole shutdown takes at most about 13 s.
+const FLUSH_BOUND: Duration = Duration::from_secs(8);
+/// How often the shard's sweeper checks connection deadlines. One sweep
+/// over the shard's connections replaces a timer per connection: no timer
+/// allocation held by every idle car, none re-armed on every packet.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+struct Shard {
+    id: usize,
+    /// Wakes the poller; `poller_idle` says whether it sleeps long.
+    kick: Arc<Kick>,
+    poller_idle: Cell<bool>,
+    producer: ShardProducer,
+    mapper: RefCell<TopicMapper>,
+    decoder: Decoder,
+    timing: Timing,
+    metrics: Arc<ShardMetrics>,
+    flow: FlowControl,
+    /// Which connection holds each client id, across shards.
+    registry: Arc<Registry>,
+    /// Takeover orders from other shards: connection ids to close.
+    orders: Receiver<u64>,
+    table: ConnectionTable,
+    downlink: Option<Downlink>,
+    /// The process-wide stop flag (signal handlers, `Gateway::stop`).
+    shutdown: Arc<AtomicBool>,
+    stopping: Cell<bool>,
+    /// Set when connections outlived the close grace: stop waiting for them.
+    abandoned: Cell<bool>,
+}
+
+impl Shard {
+    /// Starts the shutdown once: no new CONNECT is accepted and every
+    /// connection is told to close.
+    fn begin_stop(&self) {
+        if !self.stopping.replace(true) {
+            tracing::info!(shard = self.id, "shutting down: closing connections");
+            self.table.fire_all(CloseReason::Shutdown);
+        }
+    }
+
+    /// Wakes the poller if it sleeps long: a record was handed over.
+    fn handed_over(&self) {
+        if self.poller_idle.get() {
+            self.kick.kick();
+        }
+    }
+
+    /// Whether the shard has stopped and has no connection left to wait for.
+    fn finished(&self) -> bool {
+        self.stopping.get() && (self.table.is_empty() || self.abandoned.get())
+    }
+}
+
+/// What a shard is started with.
+pub(crate) struct Start {
+    pub(crate) id: usize,
+    pub(crate) config: Arc<Config>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) metrics: Arc<ShardMetrics>,
+    /// Set by signal handlers or `Gateway::stop`.
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) orders: Receiver<u64>,
+    /// This shard's `mqtt.downlink` partition, when the downlink is on.
+    pub(crate) slot: Option<u32>,
+    /// Receives the listener's address (or the error) once it listens.
+    pub(crate) bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+}
+
+/// Runs one shard on the current glommio executor until shutdown.
+pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
+    let Start {
+        id,
+        config,
+        listen,
+        metrics,
+        shutdown,
+        registry,
+        orders,
+        slot,
+        bound,
+    } = start;
+    let setup = move || -> anyhow::Result<(TcpListener, Shard)> {
+        let listener = TcpListener::bind(listen).map_err(io::Error::from)?;
+        let kick = Arc::new(Kick::default());
+        let downlink = match slot {
+            None => None,
+            Some(slot) => Some(Downlink::new(&config, id, slot, &kick)?),
+        };
+        let shard = Shard {
+            id,
+            kick,
+            poller_idle: Cell::new(false),
+            producer: ShardProducer::new(&config.kafka, id, metrics.clone())?,
+            mapper: RefCell::new(TopicMapper::new(&config.mapping)?),
+            decoder: Decoder::new(Role::Server, config.mqtt.max_packet_size),
+            timing: config.timing(),
+            metrics: metrics.clone(),
+            flow: FlowControl::default(),
+            registry,
+            orders,
+            table: ConnectionTable::default(),
+            downlink,
+            shutdown,
+            stopping: Cell::new(false),
+            abandoned: Cell::new(false),
+        };
+        Ok((listener, shard))
+    };
+    let (listener, shard) = match setup() {
+        Ok(ready) => ready,
+        Err(error) => {
+            let _ = bound.send(Err(io::Error::other(format!("{error:#}"))));
+            return Err(error);
+        }
+    };
+    let _ = bound.send(listener.local_addr().map_err(io::Error::from));
+    tracing::info!(shard = id, address = %listen, "listening");
+    let shard = Rc::new(shard);
+    let poller = glommio::spawn_local(poll_producer(shard.clone()));
+    let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
+
+    // More listeners on the same address: each has glommio's backlog of
+    // 1024, and a connect storm beyond what the shard accepts overflows
+    // it (the car retries its SYN after a second).
+    let address = listener.local_addr();
+    let mut listeners = vec![listener];
+    if let Ok(address) = address {
+        for _ in 1..LISTENERS_PER_SHARD {
+            match TcpListener::bind(address) {
+                Ok(more) => listeners.push(more),
+                Err(error) => {
+                    tracing::warn!(shard = id, %error, "extra listener not bound");
+                    break;
+                }
+            }
+        }
+    }
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| glommio::spawn_local(accept(listener, shard.clone())))
+        .collect();
+    for acceptor in acceptors {
+        acceptor.await;
+    }
+
+    shard.begin_stop();
+    let closing = Instant::now();
+    while !shard.table.is_empty() && closing.elapsed() < CLOSE_GRACE {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let left = shard.table.len();
+    if left > 0 {
+        tracing::warn!(
+            shard = id,
+            connections = left,
+            "connections did not close within {CLOSE_GRACE:?}; abandoning them"
+        );
+        shard.abandoned.set(true);
+    }
+    poller.await;
+    sweeper.await;
+    // End-of-session records of the connections just closed.
+    if let Some(downlink) = &shard.downlink {
+        shard.retry_registry(downlink);
+    }
+    let closed_in = closing.elapsed();
+    // Each record ends acknowledged or failed: flush within the bound, then
+    // purge what is left so its reports (failed, "shutdown") are counted.
+    let flushing = Instant::now();
+    let queued = shard.producer.queued();
+    if let Err(error) = shard.producer.flush(FLUSH_BOUND) {
+        tracing::warn!(shard = id, %error, queued = shard.producer.queued(), "flush incomplete");
+        shard.producer.purge();
+    }
+    tracing::info!(
+        shard = id,
+        closed_in_ms = closed_in.as_millis(),
+        flushed_in_ms = flushing.elapsed().as_millis(),
+        records_flushed = queued,
+        "shard stopped"
+    );
+    Ok(())
+}
+
+/// Wakes the connections whose session deadline has passed.
+async fn sweep_deadlines(shard: Rc<Shard>) {
+    loop {
+        shard.table.check_deadlines(Instant::now());
+        if shard.finished() {
+            return;
+        }
+        sleep(SWEEP_INTERVAL).await;
+    }
+}
+
+/// Serves delivery reports and reopens reading when there is room.
+async fn poll_producer(shard: Rc<Shard>) {
+    loop {
+        if shard.shutdown.load(Ordering::Relaxed) {
+            shard.begin_stop();
+        }
+        shard.producer.poll();
+        let arriving = shard.serve_downlink();
+        for connection in shard.orders.try_iter() {
+            shard.table.fire(connection, CloseReason::TakenOver);
+        }
+        if shard.flow.is_paused() && shard.producer.has_room() && shard.flow.resume() {
+            tracing::debug!(shard = shard.id, "Kafka caught up: reads resumed");
+        }
+        if shard.finished() {
+            shard.kick.forget();
+            return;
+        }
+        let busy = arriving
+            || shard.producer.queued() > 0
+            || shard.flow.is_paused()
+            || shard.stopping.get();
+        if busy {
+            sleep(POLL_INTERVAL).await;
+        } else {
+            // Nothing ran since `busy` was computed: a record handed over
+            // from now on kicks.
+            shard.poller_idle.set(true);
+            future::or(sleep(IDLE_POLL), shard.kick.kicked()).await;
+            shard.poller_idle.set(false);
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the shard stops.
+async fn accept(listener: TcpListener, shard: Rc<Shard>) {
+    // The poller notices the stop flag (within IDLE_POLL) and begins the
+    // stop; this only ends the accept loop.
+    let mut stop = pin!(async {
+        while !shard.stopping.get() {
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+    loop {
+        let stopped = async {
+            stop.as_mut().await;
+            None
+        };
+        match future::or(async { Some(listener.accept().await) }, stopped).await {
+            None => return,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                let Ok(addr) = stream.peer_addr() else {
+                    // Reset before we looked: nothing to serve.
+                    continue;
+                };
+                let peer = Peer {
+                    addr,
+                    identity: None,
+                };
+                glommio::spawn_local(connection(stream, shard.clone(), peer)).detach();
+            }
+            Some(Err(error)) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Wake-up primitives: what a connection waits on beside its socket
+//! ([`Signal`]), what wakes the shard's poller from another thread
+//! ([`Kick`]), and the rate limit for repeated warnings.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use codec::ByteString;
+use futures_lite::future;
+
+use crate::session::CloseReason;
+
+/// At most one warning of a kind ("reads paused", downlink consumer
+/// errors) per shard per interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a warning last logged at `at` may be logged again at `now`;
+/// if so, `now` becomes its last time.
+pub(super) fn log_due(at: &Cell<Option<Instant>>, now: Instant) -> bool {
+    let due = at
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
+    if due {
+        at.set(Some(now));
+    }
+    due
+}
+
+/// What a connection waits on beside its socket: a close order (takeover,
+/// shutdown), its session deadline coming due, or downlink messages to
+/// write. Shared between the connection task and the shard's poller.
+#[derive(Debug, Default)]
+pub(super) struct Signal {
+    pub(super) reason: Cell<Option<CloseReason>>,
+    pub(super) deadline: Cell<Option<Instant>>,
+    due: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    /// The session id, once the CONNECT is accepted.
+    pub(super) session: Cell<Option<u64>>,
+    /// The session's topic filters, shared for downlink matching.
+    pub(super) filters: RefCell<Option<Rc<[ByteString]>>>,
+    /// Encoded downlink PUBLISH packets not yet written, and their count.
+    pub(super) outbox: RefCell<BytesMut>,
+    pub(super) queued: Cell<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Wake {
+    Close(CloseReason),
+    Deadline,
+    Output,
+}
+
+impl Signal {
+    pub(super) fn fire(&self, reason: CloseReason) {
+        if self.reason.get().is_none() {
+            self.reason.set(Some(reason));
+            self.wake();
+        }
+    }
+
+    pub(super) fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Called by the sweeper.
+    pub(super) fn check_deadline(&self, now: Instant) {
+        if self.deadline.get().is_some_and(|at| at <= now) && !self.due.replace(true) {
+            self.wake();
+        }
+    }
+
+    pub(super) fn wait(&self) -> impl Future<Output = Wake> + '_ {
+        future::poll_fn(|cx| {
+            if let Some(reason) = self.reason.get() {
+                Poll::Ready(Wake::Close(reason))
+            } else if self.due.replace(false) {
+                Poll::Ready(Wake::Deadline)
+            } else if self.queued.get() > 0 {
+                Poll::Ready(Wake::Output)
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Resolves on a close order only; deadlines and downlink output wait
+    /// until reading resumes.
+    pub(super) fn closed(&self) -> impl Future<Output = CloseReason> + '_ {
+        future::poll_fn(|cx| match self.reason.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Takes the queued downlink bytes and their message count.
+    pub(super) fn take_output(&self) -> (BytesMut, u64) {
+        (self.outbox.take(), self.queued.replace(0))
+    }
+}
+
+/// Wakes the shard's poller from its idle sleep, from the shard's own
+/// thread or another one (librdkafka's, when a routed message arrives;
+/// glommio wakers may be woken from any thread).
+#[derive(Debug, Default)]
+pub(super) struct Kick {
+    kicked: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Kick {
+    pub(super) fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        let waker = self.waker.lock().ok().and_then(|mut waker| waker.take());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Drops the stored waker here, on the shard's thread, rather than
+    /// wherever the last owner of this `Kick` ends up.
+    pub(super) fn forget(&self) {
+        drop(self.waker.lock().ok().and_then(|mut waker| waker.take()));
+    }
+
+    /// Completes once kicked (at once if kicked since the last time).
+    pub(super) async fn kicked(&self) {
+        future::poll_fn(|cx| {
+            if self.kicked.swap(false, Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if let Ok(mut waker) = self.waker.lock() {
+                *waker = Some(cx.waker().clone());
+            }
+            // A kick between the check and storing the waker found no
+            // waker to wake: look again.
+            if self.kicked.swap(false, Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
