@@ -12,12 +12,19 @@ use serde::{Deserialize, Serialize};
 use crate::mapping::{Rule, TopicMapper};
 use crate::session::Timing;
 
+mod listener;
+pub use listener::{ClientAuth, IDENTITY_PLACEHOLDER, IdentitySource, Listener, Tls};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address the MQTT listeners bind; every shard binds it (SO_REUSEPORT)
-    /// and the kernel spreads new connections over them.
+    /// Address of the one plain MQTT listener used when `listeners` is
+    /// empty; every shard binds it (SO_REUSEPORT) and the kernel spreads
+    /// new connections over them.
     pub listen: SocketAddr,
+    /// MQTT listeners, each plain or TLS; empty: one plain listener on
+    /// `listen`.
+    pub listeners: Vec<Listener>,
     /// Executors, one pinned per CPU; 0 means one per CPU this process may
     /// run on.
     pub shards: usize,
@@ -32,8 +39,40 @@ pub struct Config {
     pub mapping: Vec<Rule>,
     pub kafka: Kafka,
     pub downlink: Downlink,
+    pub limits: Limits,
+    pub authorization: Authorization,
     pub admin: Admin,
     pub log: Log,
+}
+
+/// Overload limits, each counted when hit
+/// (`carbridge_gateway_limited_total{limit=...}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections one shard holds at most; a socket beyond it is closed
+    /// as soon as it is accepted, before any TLS work.
+    pub max_connections_per_shard: usize,
+    /// New connections one shard accepts per second at most; a reconnect
+    /// storm waits in the kernel's listen backlog (and the cars retry)
+    /// instead of taking the shard's CPU from the cars already connected.
+    pub accept_rate_per_shard: u32,
+    /// Longest client id in bytes; a longer one gets CONNACK 0x02.
+    pub max_client_id_length: usize,
+    /// Topic filters one session may hold; more get 0x80 in the SUBACK.
+    pub max_filters_per_session: usize,
+    /// Longest topic filter in bytes; a longer one gets 0x80.
+    pub max_filter_length: usize,
+}
+
+/// What a car may do beyond the topic mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Authorization {
+    /// Topic filters a car may SUBSCRIBE to (or narrower ones); a level
+    /// `{client_id}` stands for the car's id. Empty: any filter. A filter
+    /// outside them gets 0x80 in the SUBACK; the session stays.
+    pub subscribe: Vec<String>,
 }
 
 /// Delivery of messages to cars (ARCHITECTURE.md, contracts 3 and 4).
@@ -118,14 +157,34 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listeners: Vec::new(),
             shards: 0,
             detect_stalls: false,
             mqtt: Mqtt::default(),
             mapping: vec![Rule::new("^UL/.+", "cs.uplink")],
             kafka: Kafka::default(),
             downlink: Downlink::default(),
+            limits: Limits::default(),
+            authorization: Authorization::default(),
             admin: Admin::default(),
             log: Log::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // 700,000 cars over a few dozen shards is some 20,000 each;
+            // twice that leaves room for a failed-over neighbour's fleet.
+            max_connections_per_shard: 50_000,
+            // About half of what one core does in full TLS handshakes
+            // (BENCHMARKS.md): a storm never takes the whole core.
+            accept_rate_per_shard: 2_000,
+            // A VIN is 17 bytes; MQTT 3.1.1 asks servers for at least 23.
+            max_client_id_length: 128,
+            max_filters_per_session: 32,
+            max_filter_length: 256,
         }
     }
 }
@@ -251,6 +310,38 @@ impl Config {
             value: value.to_string(),
             fix,
         };
+        let listeners = self.listeners();
+        for (i, listener) in listeners.iter().enumerate() {
+            if listeners
+                .iter()
+                .skip(i + 1)
+                .any(|other| other.address == listener.address)
+            {
+                return Err(invalid(
+                    "listeners",
+                    &listener.address,
+                    "two listeners on one address: give each its own port",
+                ));
+            }
+            if !listener.client_id.contains(IDENTITY_PLACEHOLDER) {
+                return Err(invalid(
+                    "listeners.client_id",
+                    &listener.client_id,
+                    "must contain {identity}, e.g. \"{identity}\" or \"car-{identity}\"",
+                ));
+            }
+            if let Some(tls) = &listener.tls
+                && tls.client_auth != ClientAuth::None
+                && tls.client_ca.is_none()
+            {
+                return Err(invalid(
+                    "listeners.tls.client_ca",
+                    &"(unset)",
+                    "name the PEM file of the CAs that issue car certificates, \
+                     or set client_auth = \"none\"",
+                ));
+            }
+        }
         if self.shards > 1024 {
             return Err(invalid(
                 "shards",
@@ -327,8 +418,67 @@ impl Config {
                 ));
             }
         }
+        for (field, value) in [
+            (
+                "limits.max_connections_per_shard",
+                self.limits.max_connections_per_shard,
+            ),
+            (
+                "limits.accept_rate_per_shard",
+                self.limits.accept_rate_per_shard as usize,
+            ),
+            (
+                "limits.max_client_id_length",
+                self.limits.max_client_id_length,
+            ),
+            (
+                "limits.max_filters_per_session",
+                self.limits.max_filters_per_session,
+            ),
+            ("limits.max_filter_length", self.limits.max_filter_length),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, &0, "must be at least 1"));
+            }
+        }
+        if self.limits.max_client_id_length < 23 {
+            return Err(invalid(
+                "limits.max_client_id_length",
+                &self.limits.max_client_id_length,
+                "must be at least 23 (MQTT 3.1.1 servers must accept ids of 1 to 23 bytes)",
+            ));
+        }
+        for pattern in &self.authorization.subscribe {
+            let filter = pattern.replace(crate::policy::CLIENT_ID_PLACEHOLDER, "id");
+            if codec::topic::validate_topic_filter(&filter).is_err() {
+                return Err(invalid(
+                    "authorization.subscribe",
+                    pattern,
+                    "each entry must be an MQTT topic filter, e.g. \"DL/{client_id}/#\"",
+                ));
+            }
+        }
         TopicMapper::new(&self.mapping)?;
         Ok(())
+    }
+
+    /// The listeners to bind: `listeners`, or one plain listener on
+    /// `listen` when none is configured.
+    pub fn listeners(&self) -> Vec<Listener> {
+        if self.listeners.is_empty() {
+            vec![Listener::plain(self.listen)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+
+    /// What cars may subscribe to, as the sessions apply it.
+    pub fn subscribe_policy(&self) -> crate::policy::SubscribePolicy {
+        crate::policy::SubscribePolicy {
+            max_filters: self.limits.max_filters_per_session,
+            max_filter_length: self.limits.max_filter_length,
+            allowed: self.authorization.subscribe.clone(),
+        }
     }
 
     pub fn timing(&self) -> Timing {

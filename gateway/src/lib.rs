@@ -17,9 +17,11 @@ mod downlink;
 mod kafka;
 pub mod mapping;
 pub mod metrics;
+pub mod policy;
 mod registry;
 pub mod session;
 mod shard;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,7 +86,8 @@ pub struct Gateway {
     metrics: Vec<Arc<ShardMetrics>>,
     shutdown: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
+    reloader: Arc<tls::Reloader>,
     admin_addr: Option<SocketAddr>,
 }
 
@@ -103,17 +106,41 @@ impl Gateway {
         let metrics: Vec<Arc<ShardMetrics>> = (0..count)
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
+        let mut doors = Vec::new();
+        for listener in config.listeners() {
+            let tls = match &listener.tls {
+                None => None,
+                Some(spec) => {
+                    Some(Arc::new(tls::Terminator::new(spec).with_context(|| {
+                        format!("TLS of the listener on {}", listener.address)
+                    })?))
+                }
+            };
+            doors.push(shard::Door { listener, tls });
+        }
+        let reloader = Arc::new(tls::Reloader::new(
+            doors.iter().filter_map(|door| door.tls.clone()).collect(),
+        ));
+
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
             addr => Some(
-                ops::admin::spawn(
+                ops::admin::spawn_with_reload(
                     addr,
                     {
-                        let metrics = metrics.clone();
-                        Box::new(move || metrics::render(&metrics))
+                        let (metrics, reloader) = (metrics.clone(), reloader.clone());
+                        Box::new(move || {
+                            let mut page = metrics::render(&metrics);
+                            reloader.render(&mut page);
+                            page
+                        })
                     },
                     ready.clone(),
                     shutdown.clone(),
+                    Some({
+                        let reloader = reloader.clone();
+                        Box::new(move || reloader.reload())
+                    }),
                 )
                 .with_context(|| format!("admin endpoint on {addr}"))?,
             ),
@@ -145,8 +172,7 @@ impl Gateway {
         inboxes.reverse();
 
         // Shard 0 binds first, so that with port 0 every shard shares the
-        // port it was given.
-        let mut listen = config.listen;
+        // ports it was given.
         let mut shards = Vec::with_capacity(count);
         for (id, shard_metrics) in metrics.iter().enumerate() {
             let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
@@ -154,6 +180,7 @@ impl Gateway {
             let (config, shard_metrics, stop) =
                 (config.clone(), shard_metrics.clone(), shutdown.clone());
             let enabled = config.downlink.enabled;
+            let shard_doors = doors.clone();
             let (registry, orders) = (
                 registry.clone(),
                 inboxes.pop().context("one inbox per shard")?,
@@ -172,7 +199,7 @@ impl Gateway {
                     shard::serve(shard::Start {
                         id,
                         config,
-                        listen,
+                        doors: shard_doors,
                         metrics: shard_metrics,
                         shutdown: stop,
                         registry,
@@ -185,10 +212,14 @@ impl Gateway {
                 .with_context(|| format!("starting shard {id} on CPU {cpu}"))?;
             shards.push(handle);
             match bound_rx.recv() {
-                Ok(Ok(addr)) => listen = addr,
+                Ok(Ok(addresses)) => {
+                    for (door, address) in doors.iter_mut().zip(addresses) {
+                        door.listener.address = address;
+                    }
+                }
                 Ok(Err(error)) => {
                     shutdown.store(true, Ordering::Relaxed);
-                    return Err(error).with_context(|| format!("shard {id} on {listen}"));
+                    return Err(error).with_context(|| format!("shard {id}"));
                 }
                 Err(_) => anyhow::bail!("shard {id} exited before listening"),
             }
@@ -199,14 +230,31 @@ impl Gateway {
             metrics,
             shutdown,
             ready,
-            local_addr: listen,
+            local_addrs: doors.iter().map(|door| door.listener.address).collect(),
+            reloader,
             admin_addr,
         })
     }
 
-    /// The address the MQTT listeners share.
+    /// The address of the first MQTT listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The addresses of all MQTT listeners, in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Reads every TLS listener's certificate, key, CA and CRL files
+    /// again (SIGHUP, `POST /reload`). New connections use what loaded,
+    /// live ones keep theirs; a listener whose files do not load keeps its
+    /// old ones, and the error says which file and why.
+    pub fn reload_tls(&self) -> Result<String, String> {
+        self.reloader.reload()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

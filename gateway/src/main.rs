@@ -26,7 +26,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(short, long, env = "CARBRIDGE_CONFIG", global = true)]
     config: Option<String>,
-    /// MQTT listen address, e.g. 0.0.0.0:1883.
+    /// MQTT address of the plain listener used when the config file has no
+    /// [[listeners]], e.g. 0.0.0.0:1883.
     #[arg(long, env = "CARBRIDGE_LISTEN", global = true)]
     listen: Option<std::net::SocketAddr>,
     /// Shards (pinned executors); 0 = one per CPU.
@@ -160,15 +161,23 @@ fn main() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("installing the SIGHUP handler")?;
     let gateway = Gateway::start(config)?;
     tracing::info!(
-        listen = %gateway.local_addr(),
+        listeners = ?gateway.local_addrs(),
         admin = ?gateway.admin_addr(),
         shards = gateway.metrics().len(),
         "gateway running"
     );
     let flag = gateway.shutdown_flag();
     while !stop.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGHUP: reloading TLS files");
+            // The outcome is logged and counted by the reload itself.
+            let _ = gateway.reload_tls();
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("signal received: stopping");

@@ -27,6 +27,11 @@ pub struct Rule {
     pub mqtt: String,
     /// Kafka topic name, possibly with `$1`, `${1}` or `${name}`.
     pub kafka: String,
+    /// The topic must have the publishing car's client id as one of its
+    /// levels (`UL/VIN123/POS`); otherwise the PUBLISH closes the
+    /// connection (`forbidden_topic`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_id: bool,
 }
 
 impl Rule {
@@ -34,6 +39,7 @@ impl Rule {
         Self {
             mqtt: mqtt.into(),
             kafka: kafka.into(),
+            require_client_id: false,
         }
     }
 }
@@ -45,6 +51,9 @@ pub enum Unmapped {
     NoRule,
     /// A rule matched, but the captured text makes an illegal Kafka name.
     InvalidKafkaTopic,
+    /// The matching rule requires the car's client id in the topic, and
+    /// it is not there.
+    NotOwnTopic,
 }
 
 impl Unmapped {
@@ -52,6 +61,7 @@ impl Unmapped {
         match self {
             Self::NoRule => "no_rule",
             Self::InvalidKafkaTopic => "invalid_kafka_topic",
+            Self::NotOwnTopic => "not_own_topic",
         }
     }
 }
@@ -108,6 +118,7 @@ struct CompiledRule {
     constant: Option<String>,
     pieces: Vec<Piece>,
     captures: Captures,
+    require_client_id: bool,
 }
 
 /// The compiled rule list.
@@ -184,8 +195,14 @@ impl TopicMapper {
         })
     }
 
-    /// The Kafka topic for `mqtt_topic`.
+    /// The Kafka topic for `mqtt_topic`, published by any car.
     pub fn map(&mut self, mqtt_topic: &str) -> Result<&str, Unmapped> {
+        self.map_for(mqtt_topic, None)
+    }
+
+    /// The Kafka topic for `mqtt_topic` published by car `client_id`; a
+    /// rule with `require_client_id` also checks the topic's levels.
+    pub fn map_for(&mut self, mqtt_topic: &str, client_id: Option<&str>) -> Result<&str, Unmapped> {
         let index = match &mut self.set {
             Some((regex, matched)) => {
                 matched.clear();
@@ -200,6 +217,12 @@ impl TopicMapper {
         let rule = index
             .and_then(|i| self.rules.get_mut(i))
             .ok_or(Unmapped::NoRule)?;
+        if rule.require_client_id
+            && let Some(client_id) = client_id
+            && !mqtt_topic.split('/').any(|level| level == client_id)
+        {
+            return Err(Unmapped::NotOwnTopic);
+        }
         if let Some(constant) = &rule.constant {
             return Ok(constant);
         }
@@ -250,6 +273,7 @@ fn compile(index: usize, rule: &Rule) -> Result<CompiledRule, MappingError> {
         constant,
         pieces,
         captures,
+        require_client_id: rule.require_client_id,
     })
 }
 
@@ -453,5 +477,26 @@ mod tests {
                 (a, b) => prop_assert_eq!(a.err(), b.err()),
             }
         }
+    }
+
+    #[test]
+    fn a_rule_may_require_the_cars_own_id_in_the_topic() {
+        let mut rule = Rule::new("^UL/[^/]+/POS$", "cs.uplink");
+        rule.require_client_id = true;
+        let mut mapper = TopicMapper::new(&[rule]).unwrap();
+        assert_eq!(mapper.map_for("UL/VIN1/POS", Some("VIN1")), Ok("cs.uplink"));
+        assert_eq!(
+            mapper.map_for("UL/VIN2/POS", Some("VIN1")),
+            Err(Unmapped::NotOwnTopic)
+        );
+        // A substring is not the id: only a whole level is.
+        assert_eq!(
+            mapper.map_for("UL/VIN12/POS", Some("VIN1")),
+            Err(Unmapped::NotOwnTopic)
+        );
+        assert_eq!(
+            mapper.map_for("DL/VIN1", Some("VIN1")),
+            Err(Unmapped::NoRule)
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Close reasons, in label order (see `session::CloseReason::label`).
-pub const CLOSE_REASONS: [&str; 12] = [
+pub const CLOSE_REASONS: [&str; 13] = [
     "disconnect",
     "peer_closed",
     "connect_timeout",
@@ -19,9 +19,19 @@ pub const CLOSE_REASONS: [&str; 12] = [
     "refused",
     "not_authorized",
     "unmapped_topic",
+    "forbidden_topic",
     "taken_over",
     "shutdown",
     "io_error",
+];
+
+/// Overload limits (`[limits]`), in label order.
+pub const LIMITS: [&str; 5] = [
+    "connections_per_shard",
+    "accept_rate",
+    "client_id_length",
+    "filters_per_session",
+    "filter_length",
 ];
 
 /// Why an accepted PUBLISH did not reach Kafka.
@@ -67,6 +77,13 @@ pub struct ShardMetrics {
     pub registry_sent: AtomicU64,
     pub registry_acked: AtomicU64,
     pub registry_failed: AtomicU64,
+    /// Times a limit was hit, by [`LIMITS`]: a socket closed, an accept
+    /// delayed, a CONNECT or a filter refused.
+    pub limited: [AtomicU64; LIMITS.len()],
+    /// SUBSCRIBE filters outside `[authorization] subscribe` (0x80).
+    pub subscribe_denied: AtomicU64,
+    /// TLS handshakes by outcome ([`crate::tls::HANDSHAKE_RESULTS`]).
+    pub tls_handshakes: [AtomicU64; crate::tls::HANDSHAKE_RESULTS.len()],
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -101,6 +118,26 @@ impl ShardMetrics {
             .iter()
             .position(|r| *r == reason)
             .and_then(|i| self.publish_failed.get(i))
+        {
+            bump(counter);
+        }
+    }
+
+    pub fn limit(&self, limit: &str, times: u64) {
+        if let Some(counter) = LIMITS
+            .iter()
+            .position(|l| *l == limit)
+            .and_then(|i| self.limited.get(i))
+        {
+            counter.fetch_add(times, Ordering::Relaxed);
+        }
+    }
+
+    pub fn handshake(&self, result: &str) {
+        if let Some(counter) = crate::tls::HANDSHAKE_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .and_then(|i| self.tls_handshakes.get(i))
         {
             bump(counter);
         }
@@ -295,6 +332,41 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
             vec![(String::new(), sum(&counter).into())],
         );
     }
+    metric(
+        "carbridge_gateway_limited_total",
+        "counter",
+        "Times an overload limit was hit: connections_per_shard (socket closed on accept), \
+         accept_rate (accepting paused), client_id_length (CONNACK 0x02), \
+         filters_per_session and filter_length (0x80 in the SUBACK).",
+        LIMITS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let n = sum(&|s| s.limited.get(i).map_or(0, load));
+                (format!("{{limit=\"{l}\"}}"), n.into())
+            })
+            .collect(),
+    );
+    metric(
+        "carbridge_gateway_subscribe_denied_total",
+        "counter",
+        "SUBSCRIBE filters outside [authorization] subscribe (0x80 in the SUBACK).",
+        vec![(String::new(), sum(&|s| load(&s.subscribe_denied)).into())],
+    );
+    metric(
+        "carbridge_gateway_tls_handshakes_total",
+        "counter",
+        "TLS handshakes on TLS listeners, by result: full and resumed succeeded; \
+         the others closed the connection before MQTT.",
+        crate::tls::HANDSHAKE_RESULTS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let n = sum(&|s| s.tls_handshakes.get(i).map_or(0, load));
+                (format!("{{result=\"{r}\"}}"), n.into())
+            })
+            .collect(),
+    );
     // Prometheus histogram: cumulative buckets, then sum and count.
     let _ = writeln!(
         out,

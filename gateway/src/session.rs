@@ -10,7 +10,8 @@
 //!
 //! Policy (ARCHITECTURE.md, "MQTT subset"): QoS 0 only, no retain, no will,
 //! one CONNECT per connection; SUBSCRIBE is answered with QoS 0 granted for
-//! every filter; everything else closes the connection with a counted
+//! every filter the [`SubscribePolicy`] allows (0x80 for the others);
+//! everything else closes the connection with a counted
 //! reason. Keep alive: a car asking for `k` seconds is closed after 1.5 ×
 //! min(`k`, maximum) without a packet; asking for 0 gets the maximum.
 
@@ -18,11 +19,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use codec::packet::{PINGRESP, encode_suback_qos0, encode_unsuback};
+use codec::packet::{PINGRESP, SubAck, SubAckReturnCode, encode_suback_qos0, encode_unsuback};
 use codec::{
     ByteString, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, Subscribe,
     Unsubscribe,
 };
+
+pub use crate::policy::SubscribePolicy;
 
 /// Session timing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,9 @@ pub enum CloseReason {
     NotAuthorized,
     /// A PUBLISH to a topic no mapping rule accepts.
     UnmappedTopic,
+    /// A PUBLISH to a topic whose rule requires the car's own id in it,
+    /// without it.
+    ForbiddenTopic,
     /// A newer connection with the same client id took over.
     TakenOver,
     /// The gateway is shutting down.
@@ -87,6 +93,7 @@ impl CloseReason {
             Self::Refused(_) => "refused",
             Self::NotAuthorized => "not_authorized",
             Self::UnmappedTopic => "unmapped_topic",
+            Self::ForbiddenTopic => "forbidden_topic",
             Self::TakenOver => "taken_over",
             Self::Shutdown => "shutdown",
             Self::Io => "io_error",
@@ -101,6 +108,7 @@ impl CloseReason {
             Self::Malformed(_)
                 | Self::Unsupported(_)
                 | Self::UnmappedTopic
+                | Self::ForbiddenTopic
                 | Self::ConnectTimeout
                 | Self::NotAuthorized
         )
@@ -139,6 +147,17 @@ impl Unsupported {
     }
 }
 
+/// Filters of one SUBSCRIBE answered with 0x80, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// Longer than `max_filter_length`.
+    pub too_long: u32,
+    /// Beyond `max_filters` for the session.
+    pub too_many: u32,
+    /// Outside the authorization patterns.
+    pub not_allowed: u32,
+}
+
 /// What the connection does next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -150,8 +169,9 @@ pub enum Step {
     Connect(Box<Connect>),
     /// An accepted QoS 0 PUBLISH: map its topic and produce it.
     Publish(Publish),
-    /// The filter set changed (SUBSCRIBE or UNSUBSCRIBE was answered).
-    FiltersChanged,
+    /// The filter set changed (SUBSCRIBE or UNSUBSCRIBE was answered),
+    /// with the filters of a SUBSCRIBE that were refused.
+    FiltersChanged(Refused),
     /// Close the connection after flushing the output buffer.
     Close(CloseReason),
 }
@@ -282,8 +302,20 @@ impl Session {
         self.close(CloseReason::Malformed(error))
     }
 
-    /// Handles one packet received at `now`.
+    /// Handles one packet received at `now`, any filter allowed.
     pub fn on_packet(&mut self, packet: Packet, now: Instant, out: &mut BytesMut) -> Step {
+        self.on_packet_with(packet, now, &SubscribePolicy::default(), out)
+    }
+
+    /// Handles one packet received at `now`; `policy` decides which
+    /// filters of a SUBSCRIBE are granted.
+    pub fn on_packet_with(
+        &mut self,
+        packet: Packet,
+        now: Instant,
+        policy: &SubscribePolicy,
+        out: &mut BytesMut,
+    ) -> Step {
         match &mut self.state {
             State::Closed(..) => Step::Continue,
             State::AwaitingConnect { .. } => match packet {
@@ -298,12 +330,11 @@ impl Session {
                 match packet {
                     Packet::Publish(publish) => self.on_publish(publish),
                     Packet::Subscribe(subscribe) => {
-                        Self::on_subscribe(session, &subscribe, out);
-                        Step::FiltersChanged
+                        Step::FiltersChanged(Self::on_subscribe(session, &subscribe, policy, out))
                     }
                     Packet::Unsubscribe(unsubscribe) => {
                         Self::on_unsubscribe(session, &unsubscribe, out);
-                        Step::FiltersChanged
+                        Step::FiltersChanged(Refused::default())
                     }
                     Packet::PingReq => {
                         out.extend_from_slice(&PINGRESP);
@@ -411,25 +442,55 @@ impl Session {
         Step::Publish(publish)
     }
 
-    fn on_subscribe(session: &mut Connected, subscribe: &Subscribe, out: &mut BytesMut) {
+    fn on_subscribe(
+        session: &mut Connected,
+        subscribe: &Subscribe,
+        policy: &SubscribePolicy,
+        out: &mut BytesMut,
+    ) -> Refused {
         let mut filters = session.filters.as_deref().unwrap_or_default().to_vec();
-        let mut count = 0;
+        let mut codes = Vec::new();
+        let mut refused = Refused::default();
         for (filter, _requested) in subscribe.filters() {
-            count += 1;
             // A repeated filter replaces the old one (MQTT-3.8.4-3); with
             // QoS 0 only, there is nothing to replace but the entry itself.
-            if !filters.contains(&filter) {
+            let held = filters.contains(&filter);
+            let granted = if held {
+                true
+            } else if filter.len() > policy.max_filter_length {
+                refused.too_long += 1;
+                false
+            } else if filters.len() >= policy.max_filters {
+                refused.too_many += 1;
+                false
+            } else if !policy.allows(&session.client_id, &filter) {
+                refused.not_allowed += 1;
+                false
+            } else {
+                true
+            };
+            if granted && !held {
                 // A copy: the decoded filter shares the whole read buffer,
                 // which it would keep alive for as long as the session.
                 filters.push(ByteString::from(&*filter));
             }
+            codes.push(if granted {
+                SubAckReturnCode::Success(QoS::AtMostOnce)
+            } else {
+                SubAckReturnCode::Failure
+            });
         }
         // Held for the whole session: one exact allocation, shared with
         // the shard's downlink matching.
-        session.filters = Some(filters.into());
-        // Every filter is granted, at QoS 0 whatever was asked (ARCHITECTURE.md).
-        // `count` >= 1: the codec refuses a SUBSCRIBE without filters.
-        let _ = encode_suback_qos0(out, subscribe.packet_id, count);
+        session.filters = (!filters.is_empty()).then(|| filters.into());
+        // Granted at QoS 0 whatever was asked (ARCHITECTURE.md). The codec
+        // refuses a SUBSCRIBE without filters, so `codes` is not empty.
+        if codes.iter().all(|code| *code != SubAckReturnCode::Failure) {
+            let _ = encode_suback_qos0(out, subscribe.packet_id, codes.len());
+        } else if let Ok(suback) = SubAck::new(subscribe.packet_id, codes) {
+            let _ = suback.encode(out);
+        }
+        refused
     }
 
     fn on_unsubscribe(session: &mut Connected, unsubscribe: &Unsubscribe, out: &mut BytesMut) {
@@ -617,16 +678,51 @@ mod tests {
         )
         .unwrap();
         let (step, out) = feed(&mut session, Packet::Subscribe(subscribe), t0);
-        assert_eq!(step, Step::FiltersChanged);
+        assert_eq!(step, Step::FiltersChanged(Refused::default()));
         // One QoS 0 grant per filter in the request, duplicates included.
         assert_eq!(&out[..], &[0x90, 5, 0, 7, 0, 0, 0]);
         assert_eq!(session.filters(), ["DL/#", "DL/WARN"]);
 
         let unsubscribe = Unsubscribe::new(id(8), ["DL/#", "never/subscribed"]).unwrap();
         let (step, out) = feed(&mut session, Packet::Unsubscribe(unsubscribe), t0);
-        assert_eq!(step, Step::FiltersChanged);
+        assert_eq!(step, Step::FiltersChanged(Refused::default()));
         assert_eq!(&out[..], &[0xb0, 2, 0, 8]);
         assert_eq!(session.filters(), ["DL/WARN"]);
+    }
+
+    #[test]
+    fn filters_outside_the_policy_get_0x80_and_the_session_stays() {
+        let t0 = Instant::now();
+        let mut session = connected(t0, 10);
+        let policy = SubscribePolicy {
+            max_filters: 2,
+            max_filter_length: 16,
+            allowed: vec!["DL/{client_id}/#".to_owned(), "DL/ALL".to_owned()],
+        };
+        let subscribe = Subscribe::new(
+            id(9),
+            [
+                ("DL/VIN0001/#", QoS::AtMostOnce),
+                ("DL/VIN0002/#", QoS::AtMostOnce),
+                ("DL/VIN0001/a/very/long", QoS::AtMostOnce),
+                ("DL/ALL", QoS::AtMostOnce),
+                ("DL/VIN0001/x", QoS::AtMostOnce),
+            ],
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        let step = session.on_packet_with(Packet::Subscribe(subscribe), t0, &policy, &mut out);
+        assert_eq!(
+            step,
+            Step::FiltersChanged(Refused {
+                too_long: 1,
+                too_many: 1,
+                not_allowed: 1,
+            })
+        );
+        assert_eq!(&out[..], &[0x90, 7, 0, 9, 0, 0x80, 0x80, 0, 0x80]);
+        assert_eq!(session.filters(), ["DL/VIN0001/#", "DL/ALL"]);
+        assert!(!session.is_closed());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! (the process says it is ready: the gateway once every shard listens, the
 //! router once its tables are rebuilt).
 //!
+//! `POST /reload` runs a process's reload action where it has one (the
+//! gateway re-reads its TLS files).
+//!
 //! A plain blocking thread: it serves scrapes and probes, a few requests a
 //! second, and must keep answering while the shards are saturated.
 
@@ -15,12 +18,26 @@ use std::time::Duration;
 /// Renders the metrics page.
 pub type Render = Box<dyn Fn() -> String + Send>;
 
+/// Runs a reload; `Ok` or `Err` with what to tell the caller.
+pub type Reload = Box<dyn Fn() -> Result<String, String> + Send>;
+
 /// Binds `addr` and serves on a background thread until `stop`.
 pub fn spawn(
     addr: &str,
     render: Render,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+) -> std::io::Result<SocketAddr> {
+    spawn_with_reload(addr, render, ready, stop, None)
+}
+
+/// As [`spawn`], and `POST /reload` runs `reload`.
+pub fn spawn_with_reload(
+    addr: &str,
+    render: Render,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    reload: Option<Reload>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -31,7 +48,7 @@ pub fn spawn(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = answer(stream, &render, &ready);
+                        let _ = answer(stream, &render, &ready, reload.as_ref());
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -46,14 +63,37 @@ pub fn spawn(
     Ok(local)
 }
 
-fn answer(stream: TcpStream, render: &Render, ready: &AtomicBool) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    render: &Render,
+    ready: &AtomicBool,
+    reload: Option<&Reload>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut request_line = String::new();
     BufReader::new(&stream).read_line(&mut request_line)?;
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = match path {
+    let mut words = request_line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or("GET"), words.next().unwrap_or("/"));
+    let (status, body) = match (path, reload) {
+        ("/reload", Some(reload)) if method == "POST" => match reload() {
+            Ok(done) => ("200 OK", done),
+            Err(failed) => ("500 Internal Server Error", failed),
+        },
+        ("/reload", Some(_)) => ("405 Method Not Allowed", "use POST /reload\n".to_owned()),
+        _ => answer_get(path, render, ready),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn answer_get(path: &str, render: &Render, ready: &AtomicBool) -> (&'static str, String) {
+    match path {
         "/metrics" => ("200 OK", render()),
         "/healthz" => ("200 OK", "ok\n".to_owned()),
         "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n".to_owned()),
@@ -62,11 +102,5 @@ fn answer(stream: TcpStream, render: &Render, ready: &AtomicBool) -> std::io::Re
             "404 Not Found",
             "try /metrics, /healthz or /readyz\n".to_owned(),
         ),
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
+    }
 }

@@ -16,14 +16,18 @@ use codec::ConnectReturnCode;
 use contract::{End, SessionRecord};
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
 use glommio::timer::sleep;
+use rustls::HandshakeKind;
 
 use super::signal::{Signal, Wake};
-use super::{POLL_INTERVAL, Shard};
+use super::{Door, POLL_INTERVAL, Shard};
 use crate::kafka::SendError;
+use crate::mapping::Unmapped;
 use crate::metrics::bump;
 use crate::registry::Holder;
 use crate::session::{CloseReason, Session, Step};
+use crate::tls;
 
 /// Bytes asked for when the car has been quiet: the buffer is held while
 /// the read waits, and most connections wait most of the time. A small
@@ -46,6 +50,51 @@ pub(crate) struct Peer {
     /// The car's proven identity (from its client certificate or a trusted
     /// proxy); when present, the CONNECT's client id must match it.
     pub(crate) identity: Option<Box<str>>,
+}
+
+/// A connection on a TLS listener: the handshake on this shard, bounded by
+/// the connect timeout, the car's identity from its verified certificate,
+/// then the car's connection over TLS.
+pub(super) async fn tls(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>, mut peer: Peer) {
+    let Some(terminator) = &door.tls else {
+        return;
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(terminator.config());
+    let handshake = async { Some(acceptor.accept(stream).await) };
+    let timeout = async {
+        sleep(shard.timing.connect_timeout).await;
+        None
+    };
+    let stream = match future::or(handshake, timeout).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => {
+            let label = tls::failure_label(&error);
+            shard.metrics.handshake(label);
+            tracing::debug!(shard = shard.id, peer = %peer.addr, %error, reason = label,
+                "TLS handshake failed");
+            return;
+        }
+        None => {
+            shard.metrics.handshake("timeout");
+            tracing::debug!(shard = shard.id, peer = %peer.addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = stream.get_ref().1;
+    if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
+        let Some(identity) = tls::identity(leaf, terminator.identity_source()) else {
+            shard.metrics.handshake("no_identity");
+            tracing::info!(shard = shard.id, peer = %peer.addr, source = ?terminator.identity_source(),
+                "closed: the certificate names no identity");
+            return;
+        };
+        peer.identity = Some(door.listener.bound_client_id(&identity).into());
+    }
+    shard.metrics.handshake(match session.handshake_kind() {
+        Some(HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    });
+    connection(stream, shard, peer).await;
 }
 
 /// One car's connection, from accept to close, over any byte stream (a
@@ -220,7 +269,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             now,
         ))
         .await;
-        if !output.is_empty() && stream.write_all(&output).await.is_err() {
+        if !output.is_empty() && write(stream, &output).await.is_err() {
             return session.close(CloseReason::Io);
         }
         drop(output);
@@ -247,7 +296,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
     if count == 0 {
         return Ok(());
     }
-    match stream.write_all(&bytes).await {
+    match write(stream, &bytes).await {
         Ok(()) => {
             shard
                 .metrics
@@ -262,6 +311,13 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
             Err(error)
         }
     }
+}
+
+/// Writes `bytes` and flushes them: TLS holds what it encrypted until a
+/// flush (on plain TCP the flush does nothing).
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Reads up to `want` bytes onto the end of `input`.
@@ -323,9 +379,19 @@ async fn handle_input(
             Ok(None) => return None,
             Err(error) => return Some(session.on_decode_error(error, output)),
         };
-        match session.on_packet(packet, now, output) {
+        match session.on_packet_with(packet, now, &shard.policy, output) {
             Step::Continue => {}
-            Step::FiltersChanged => {
+            Step::FiltersChanged(refused) => {
+                shard
+                    .metrics
+                    .limit("filter_length", refused.too_long.into());
+                shard
+                    .metrics
+                    .limit("filters_per_session", refused.too_many.into());
+                shard
+                    .metrics
+                    .subscribe_denied
+                    .fetch_add(refused.not_allowed.into(), Ordering::Relaxed);
                 *signal.filters.borrow_mut() = session.shared_filters().cloned();
                 if let (Some(downlink), Some(client_id), Some(session_id)) =
                     (&shard.downlink, session.client_id(), signal.session.get())
@@ -339,6 +405,10 @@ async fn handle_input(
             Step::Connect(connect) => {
                 if shard.flow.kafka_unavailable() || shard.stopping.get() {
                     return Some(session.refuse(ConnectReturnCode::ServerUnavailable, output));
+                }
+                if connect.client_id.len() > shard.limits.max_client_id_length {
+                    shard.metrics.limit("client_id_length", 1);
+                    return Some(session.refuse(ConnectReturnCode::IdentifierRejected, output));
                 }
                 // A proven identity binds the client id: no one takes over
                 // another car's session, reads its commands or writes
@@ -374,20 +444,32 @@ async fn handle_input(
                 let client_id = session.client_id().cloned().unwrap_or_default();
                 bump(&shard.metrics.publish_received);
                 loop {
-                    let sent = match shard.mapper.borrow_mut().map(publish.topic()) {
-                        Ok(kafka_topic) => shard.producer.send(
-                            kafka_topic,
-                            client_id.as_bytes(),
-                            publish.payload(),
-                            publish.topic_bytes(),
-                        ),
-                        Err(_) => {
+                    let mapped = shard
+                        .mapper
+                        .borrow_mut()
+                        .map_for(publish.topic(), Some(&client_id))
+                        .map(|kafka_topic| {
+                            shard.producer.send(
+                                kafka_topic,
+                                client_id.as_bytes(),
+                                publish.payload(),
+                                publish.topic_bytes(),
+                            )
+                        });
+                    let sent = match mapped {
+                        Ok(sent) => sent,
+                        Err(unmapped) => {
                             // Refused, not lost: the car's PUBLISH never entered the pipeline.
                             shard
                                 .metrics
                                 .publish_received
                                 .fetch_sub(1, Ordering::Relaxed);
-                            return Some(session.close(CloseReason::UnmappedTopic));
+                            return Some(session.close(match unmapped {
+                                Unmapped::NotOwnTopic => CloseReason::ForbiddenTopic,
+                                Unmapped::NoRule | Unmapped::InvalidKafkaTopic => {
+                                    CloseReason::UnmappedTopic
+                                }
+                            }));
                         }
                     };
                     match sent {

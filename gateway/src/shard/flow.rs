@@ -88,3 +88,68 @@ impl FlowControl {
             .is_some_and(|since| since.elapsed() >= UNAVAILABLE_AFTER)
     }
 }
+
+/// The shard's accept rate limit: a token bucket of one second's worth.
+#[derive(Debug)]
+pub(super) struct AcceptRate {
+    per_second: f64,
+    tokens: Cell<f64>,
+    at: Cell<Instant>,
+}
+
+impl AcceptRate {
+    pub(super) fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            tokens: Cell::new(per_second),
+            at: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Takes a token for one accept; without one, how long until the next.
+    pub(super) fn take(&self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at.get()).as_secs_f64();
+        self.at.set(now);
+        let tokens = (self.tokens.get() + elapsed * self.per_second).min(self.per_second);
+        if tokens >= 1.0 {
+            self.tokens.set(tokens - 1.0);
+            Ok(())
+        } else {
+            self.tokens.set(tokens);
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_holds_one_second_and_refills_at_the_rate() {
+        let rate = AcceptRate::new(100);
+        let t0 = rate.at.get();
+        for _ in 0..100 {
+            rate.take(t0).unwrap();
+        }
+        let wait = rate.take(t0).unwrap_err();
+        assert!(
+            wait <= Duration::from_millis(10) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        // 50 ms later: five more.
+        let later = t0 + Duration::from_millis(50);
+        for _ in 0..5 {
+            rate.take(later).unwrap();
+        }
+        assert!(rate.take(later).is_err());
+        // Never more than a second's worth, however long it was quiet.
+        let much_later = t0 + Duration::from_secs(60);
+        let taken = (0..1000)
+            .take_while(|_| rate.take(much_later).is_ok())
+            .count();
+        assert_eq!(taken, 100);
+    }
+}

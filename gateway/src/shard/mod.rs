@@ -28,21 +28,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use codec::{Decoder, Role};
 use crossbeam_channel::Receiver;
 use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::timer::sleep;
 
-use crate::config::Config;
+use crate::config::{Config, Limits, Listener};
 use crate::kafka::ShardProducer;
 use crate::mapping::TopicMapper;
 use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
-use crate::session::{CloseReason, Timing};
+use crate::session::{CloseReason, SubscribePolicy, Timing};
+use crate::tls::Terminator;
 use connection::{Peer, WRITE_TIMEOUT, connection};
 use delivery::Downlink;
-use flow::FlowControl;
+use flow::{AcceptRate, FlowControl};
 use signal::Kick;
 use table::ConnectionTable;
 
@@ -80,8 +83,11 @@ struct Shard {
     mapper: RefCell<TopicMapper>,
     decoder: Decoder,
     timing: Timing,
+    limits: Limits,
+    policy: SubscribePolicy,
     metrics: Arc<ShardMetrics>,
     flow: FlowControl,
+    accept_rate: AcceptRate,
     /// Which connection holds each client id, across shards.
     registry: Arc<Registry>,
     /// Takeover orders from other shards: connection ids to close.
@@ -118,11 +124,21 @@ impl Shard {
     }
 }
 
+/// A listener as the shards serve it: its settings and, for TLS, the
+/// configuration shared by all shards and replaced on reload.
+#[derive(Debug, Clone)]
+pub(crate) struct Door {
+    pub(crate) listener: Listener,
+    pub(crate) tls: Option<Arc<Terminator>>,
+}
+
 /// What a shard is started with.
 pub(crate) struct Start {
     pub(crate) id: usize,
     pub(crate) config: Arc<Config>,
-    pub(crate) listen: SocketAddr,
+    /// Shard 0 binds the configured addresses; the others bind what it got
+    /// (the same ports, also where port 0 was configured).
+    pub(crate) doors: Vec<Door>,
     pub(crate) metrics: Arc<ShardMetrics>,
     /// Set by signal handlers or `Gateway::stop`.
     pub(crate) shutdown: Arc<AtomicBool>,
@@ -130,8 +146,8 @@ pub(crate) struct Start {
     pub(crate) orders: Receiver<u64>,
     /// This shard's `mqtt.downlink` partition, when the downlink is on.
     pub(crate) slot: Option<u32>,
-    /// Receives the listener's address (or the error) once it listens.
-    pub(crate) bound: std::sync::mpsc::Sender<io::Result<SocketAddr>>,
+    /// Receives the listeners' addresses (or the error) once it listens.
+    pub(crate) bound: std::sync::mpsc::Sender<io::Result<Vec<SocketAddr>>>,
 }
 
 /// Runs one shard on the current glommio executor until shutdown.
@@ -139,7 +155,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let Start {
         id,
         config,
-        listen,
+        doors,
         metrics,
         shutdown,
         registry,
@@ -147,8 +163,15 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         slot,
         bound,
     } = start;
-    let setup = move || -> anyhow::Result<(TcpListener, Shard)> {
-        let listener = TcpListener::bind(listen).map_err(io::Error::from)?;
+    let setup = || -> anyhow::Result<(Vec<TcpListener>, Shard)> {
+        let mut listeners = Vec::with_capacity(doors.len());
+        for door in &doors {
+            let address = door.listener.address;
+            let listener = TcpListener::bind(address)
+                .map_err(io::Error::from)
+                .with_context(|| format!("binding {address}"))?;
+            listeners.push(listener);
+        }
         let kick = Arc::new(Kick::default());
         let downlink = match slot {
             None => None,
@@ -162,8 +185,11 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             mapper: RefCell::new(TopicMapper::new(&config.mapping)?),
             decoder: Decoder::new(Role::Server, config.mqtt.max_packet_size),
             timing: config.timing(),
+            limits: config.limits.clone(),
+            policy: config.subscribe_policy(),
             metrics: metrics.clone(),
             flow: FlowControl::default(),
+            accept_rate: AcceptRate::new(config.limits.accept_rate_per_shard),
             registry,
             orders,
             table: ConnectionTable::default(),
@@ -172,41 +198,57 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             stopping: Cell::new(false),
             abandoned: Cell::new(false),
         };
-        Ok((listener, shard))
+        Ok((listeners, shard))
     };
-    let (listener, shard) = match setup() {
+    let (listeners, shard) = match setup() {
         Ok(ready) => ready,
         Err(error) => {
             let _ = bound.send(Err(io::Error::other(format!("{error:#}"))));
             return Err(error);
         }
     };
-    let _ = bound.send(listener.local_addr().map_err(io::Error::from));
-    tracing::info!(shard = id, address = %listen, "listening");
+    let addresses = listeners
+        .iter()
+        .map(|listener| listener.local_addr().map_err(io::Error::from))
+        .collect::<io::Result<Vec<_>>>();
+    let _ = bound.send(addresses);
     let shard = Rc::new(shard);
     let poller = glommio::spawn_local(poll_producer(shard.clone()));
     let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
 
-    // More listeners on the same address: each has glommio's backlog of
-    // 1024, and a connect storm beyond what the shard accepts overflows
-    // it (the car retries its SYN after a second).
-    let address = listener.local_addr();
-    let mut listeners = vec![listener];
-    if let Ok(address) = address {
-        for _ in 1..LISTENERS_PER_SHARD {
-            match TcpListener::bind(address) {
-                Ok(more) => listeners.push(more),
-                Err(error) => {
-                    tracing::warn!(shard = id, %error, "extra listener not bound");
-                    break;
+    let mut acceptors = Vec::new();
+    for (listener, door) in listeners.into_iter().zip(doors) {
+        let door = Rc::new(door);
+        tracing::info!(
+            shard = id,
+            address = %door.listener.address,
+            tls = door.tls.is_some(),
+            "listening"
+        );
+        // More listeners on the same address: each has glommio's backlog
+        // of 1024, and a connect storm beyond what the shard accepts
+        // overflows it (the car retries its SYN after a second).
+        let address = listener.local_addr();
+        let mut same = vec![listener];
+        if let Ok(address) = address {
+            for _ in 1..LISTENERS_PER_SHARD {
+                match TcpListener::bind(address) {
+                    Ok(more) => same.push(more),
+                    Err(error) => {
+                        tracing::warn!(shard = id, %error, "extra listener not bound");
+                        break;
+                    }
                 }
             }
         }
+        for listener in same {
+            acceptors.push(glommio::spawn_local(accept(
+                listener,
+                shard.clone(),
+                door.clone(),
+            )));
+        }
     }
-    let acceptors: Vec<_> = listeners
-        .into_iter()
-        .map(|listener| glommio::spawn_local(accept(listener, shard.clone())))
-        .collect();
     for acceptor in acceptors {
         acceptor.await;
     }
@@ -296,7 +338,7 @@ async fn poll_producer(shard: Rc<Shard>) {
 }
 
 /// Accepts connections on `listener` until the shard stops.
-async fn accept(listener: TcpListener, shard: Rc<Shard>) {
+async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
     // The poller notices the stop flag (within IDLE_POLL) and begins the
     // stop; this only ends the accept loop.
     let mut stop = pin!(async {
@@ -305,12 +347,34 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>) {
         }
     });
     loop {
+        // A reconnect storm waits in the listen backlog rather than take
+        // the shard from the cars it holds.
+        if let Err(wait) = shard.accept_rate.take(Instant::now()) {
+            shard.metrics.limit("accept_rate", 1);
+            let paused = async {
+                sleep(wait).await;
+                Some(())
+            };
+            let stopped = async {
+                stop.as_mut().await;
+                None
+            };
+            if future::or(paused, stopped).await.is_none() {
+                return;
+            }
+            continue;
+        }
         let stopped = async {
             stop.as_mut().await;
             None
         };
         match future::or(async { Some(listener.accept().await) }, stopped).await {
             None => return,
+            Some(Ok(stream)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
+                // Full: closed before any TLS or MQTT work.
+                shard.metrics.limit("connections_per_shard", 1);
+                drop(stream);
+            }
             Some(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -322,7 +386,16 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>) {
                     addr,
                     identity: None,
                 };
-                glommio::spawn_local(connection(stream, shard.clone(), peer)).detach();
+                let task = match door.tls {
+                    None => glommio::spawn_local(connection(stream, shard.clone(), peer)),
+                    Some(_) => glommio::spawn_local(connection::tls(
+                        stream,
+                        shard.clone(),
+                        door.clone(),
+                        peer,
+                    )),
+                };
+                task.detach();
             }
             Some(Err(error)) => {
                 // Typically EMFILE: back off instead of spinning.

@@ -1,0 +1,335 @@
+//! TLS termination for a listener: the rustls server configuration built
+//! from PEM files, re-read on demand (SIGHUP, `POST /reload`) without
+//! touching live connections, and the car's identity read from its
+//! verified certificate.
+//!
+//! The crypto provider is ring (BENCHMARKS.md: server handshakes per
+//! second, ring against aws-lc-rs). The handshake itself runs on the shard
+//! that accepted the socket (`shard::connection`).
+
+use std::fmt::Write;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::config::{ClientAuth, IdentitySource, Tls};
+
+/// Handshake outcomes, in label order (`carbridge_gateway_tls_handshakes_total`).
+pub const HANDSHAKE_RESULTS: [&str; 8] = [
+    "full",
+    "resumed",
+    "timeout",
+    "no_certificate",
+    "bad_certificate",
+    "no_identity",
+    "protocol",
+    "io_error",
+];
+
+/// Why TLS settings could not be loaded; says which file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {problem}")]
+    File { path: PathBuf, problem: String },
+    #[error("server certificate and key: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn file_error(path: &Path, problem: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| file_error(path, error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| file_error(path, error))?;
+    if certificates.is_empty() {
+        return Err(file_error(path, "no CERTIFICATE in the file"));
+    }
+    Ok(certificates)
+}
+
+/// Builds a server configuration from the files `tls` names.
+pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
+    let provider = provider();
+    let chain = certificates(&tls.cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&tls.key).map_err(|error| file_error(&tls.key, error))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match (tls.client_auth, &tls.client_ca) {
+        (ClientAuth::None, _) => builder.with_no_client_auth(),
+        (_, None) => {
+            return Err(file_error(
+                Path::new("client_ca"),
+                "unset: required unless client_auth = \"none\"",
+            ));
+        }
+        (auth, Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates(ca)? {
+                roots
+                    .add(certificate)
+                    .map_err(|error| file_error(ca, error))?;
+            }
+            let mut crls = Vec::new();
+            for path in &tls.crls {
+                let file = CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|error| file_error(path, error))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| file_error(path, error))?;
+                if file.is_empty() {
+                    return Err(file_error(path, "no X509 CRL in the file"));
+                }
+                crls.extend(file);
+            }
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .with_crls(crls);
+            if auth == ClientAuth::Optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            builder.with_client_cert_verifier(verifier.build()?)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    // The server's cipher suite order (ring's: AES-GCM first, fast with
+    // AES-NI) rather than whatever the car lists first.
+    config.ignore_client_order = true;
+    Ok(config)
+}
+
+/// A listener's TLS: the current configuration, replaced whole on reload.
+#[derive(Debug)]
+pub struct Terminator {
+    spec: Tls,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Terminator {
+    pub fn new(spec: &Tls) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: RwLock::new(Arc::new(server_config(spec)?)),
+            spec: spec.clone(),
+        })
+    }
+
+    /// The configuration new connections use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again; on an error the old configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = Arc::new(server_config(&self.spec)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        Ok(())
+    }
+
+    pub fn identity_source(&self) -> IdentitySource {
+        self.spec.identity
+    }
+}
+
+/// Every TLS listener's files, reloaded together, the outcome logged and
+/// counted (a failed reload stays visible in a gauge until one succeeds).
+#[derive(Debug, Default)]
+pub struct Reloader {
+    terminators: Vec<Arc<Terminator>>,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    failing: AtomicBool,
+}
+
+impl Reloader {
+    pub fn new(terminators: Vec<Arc<Terminator>>) -> Self {
+        Self {
+            terminators,
+            ..Self::default()
+        }
+    }
+
+    /// Reloads every listener; the message says what happened.
+    pub fn reload(&self) -> Result<String, String> {
+        let mut errors = Vec::new();
+        for terminator in &self.terminators {
+            if let Err(error) = terminator.reload() {
+                tracing::error!(%error, "TLS reload failed: this listener keeps its old files");
+                errors.push(error.to_string());
+            }
+        }
+        self.failing.store(!errors.is_empty(), Ordering::Relaxed);
+        if errors.is_empty() {
+            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            let done = format!("reloaded {} TLS listener(s)\n", self.terminators.len());
+            tracing::info!("{}", done.trim_end());
+            Ok(done)
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            Err(format!(
+                "kept the old files of {} listener(s):\n{}\n",
+                errors.len(),
+                errors.join("\n")
+            ))
+        }
+    }
+
+    /// Appends the reload metrics (Prometheus text).
+    pub fn render(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "# HELP carbridge_gateway_tls_reloads_total TLS file reloads (SIGHUP, POST /reload), by result.\n\
+             # TYPE carbridge_gateway_tls_reloads_total counter\n\
+             carbridge_gateway_tls_reloads_total{{result=\"ok\"}} {}\n\
+             carbridge_gateway_tls_reloads_total{{result=\"failed\"}} {}\n\
+             # HELP carbridge_gateway_tls_reload_failing 1 while the last reload failed: some listener serves old files.\n\
+             # TYPE carbridge_gateway_tls_reload_failing gauge\n\
+             carbridge_gateway_tls_reload_failing {}\n",
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            u8::from(self.failing.load(Ordering::Relaxed)),
+        );
+    }
+}
+
+/// The identity a verified certificate names, if it names one.
+pub fn identity(certificate: &CertificateDer<'_>, source: IdentitySource) -> Option<String> {
+    let (_, certificate) = X509Certificate::from_der(certificate.as_ref()).ok()?;
+    let name = match source {
+        IdentitySource::Cn => certificate
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok()),
+        san => certificate
+            .subject_alternative_name()
+            .ok()
+            .flatten()?
+            .value
+            .general_names
+            .iter()
+            .find_map(|name| match (san, name) {
+                (IdentitySource::SanDns, GeneralName::DNSName(dns)) => Some(*dns),
+                (IdentitySource::SanUri, GeneralName::URI(uri)) => Some(*uri),
+                (IdentitySource::SanEmail, GeneralName::RFC822Name(email)) => Some(*email),
+                _ => None,
+            }),
+    }?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The label of a failed handshake (`HANDSHAKE_RESULTS`).
+pub fn failure_label(error: &io::Error) -> &'static str {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
+        Some(_) => "protocol",
+        None if error.kind() == io::ErrorKind::InvalidData => "protocol",
+        None => "io_error",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_from_cn_or_a_san() {
+        let ca = pki::Ca::new().unwrap();
+        let car = ca
+            .car_with(&pki::CarOptions {
+                common_name: Some("WVW00000000000001".to_owned()),
+                sans: vec![
+                    pki::San::Dns("car1.fleet.example".to_owned()),
+                    pki::San::Uri("urn:vin:WVW00000000000001".to_owned()),
+                    pki::San::Email("car1@fleet.example".to_owned()),
+                ],
+                expired: false,
+            })
+            .unwrap();
+        let der = CertificateDer::from(car.cert_der);
+        assert_eq!(
+            identity(&der, IdentitySource::Cn).as_deref(),
+            Some("WVW00000000000001")
+        );
+        assert_eq!(
+            identity(&der, IdentitySource::SanDns).as_deref(),
+            Some("car1.fleet.example")
+        );
+        assert_eq!(
+            identity(&der, IdentitySource::SanUri).as_deref(),
+            Some("urn:vin:WVW00000000000001")
+        );
+        assert_eq!(
+            identity(&der, IdentitySource::SanEmail).as_deref(),
+            Some("car1@fleet.example")
+        );
+        let bare = ca.car_with(&pki::CarOptions::default()).unwrap();
+        let bare = CertificateDer::from(bare.cert_der);
+        assert_eq!(identity(&bare, IdentitySource::Cn), None);
+        assert_eq!(identity(&bare, IdentitySource::SanDns), None);
+        assert_eq!(
+            identity(&CertificateDer::from(vec![0x30, 0x03]), IdentitySource::Cn),
+            None
+        );
+    }
+
+    #[test]
+    fn a_broken_file_says_which_and_keeps_the_old_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::new().unwrap();
+        ca.server(&["localhost"])
+            .unwrap()
+            .write(dir.path(), "server")
+            .unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        let spec = Tls {
+            cert: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+            client_auth: ClientAuth::Required,
+            client_ca: Some(dir.path().join("ca.crt")),
+            crls: Vec::new(),
+            identity: IdentitySource::Cn,
+        };
+        let terminator = Terminator::new(&spec).unwrap();
+        let before = terminator.config();
+        std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
+        let error = terminator.reload().unwrap_err().to_string();
+        assert!(error.contains("server.key"), "{error}");
+        assert!(Arc::ptr_eq(&before, &terminator.config()));
+        ca.server(&["localhost"])
+            .unwrap()
+            .write(dir.path(), "server")
+            .unwrap();
+        terminator.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &terminator.config()));
+    }
+}

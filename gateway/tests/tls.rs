@@ -1,0 +1,434 @@
+//! Mutual TLS with identity binding, end to end: real clients
+//! (mosquitto_pub, paho-mqtt, a rustls client on a socket) with
+//! certificates from a test CA, a real broker, the gateway in-process.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use bytes::BytesMut;
+use codec::Connect;
+use common::WAIT;
+use gateway::Gateway;
+use gateway::config::{ClientAuth, IdentitySource, Listener, Tls};
+use gateway::metrics::ShardMetrics;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use testkit::Broker;
+
+/// A test PKI on disk: the CA, the gateway's certificate, car certificates.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: pki::Ca,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::new().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        ca.server(&["localhost", "127.0.0.1"])
+            .unwrap()
+            .write(dir.path(), "server")
+            .unwrap();
+        Self { dir, ca }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues and writes `<name>.crt`/`.key`.
+    fn car(&self, name: &str, options: &pki::CarOptions) -> pki::Issued {
+        let issued = self.ca.car_with(options).unwrap();
+        issued.write(self.dir.path(), name).unwrap();
+        issued
+    }
+
+    fn tls(&self, crls: Vec<PathBuf>) -> Tls {
+        Tls {
+            cert: self.path("server.crt"),
+            key: self.path("server.key"),
+            client_auth: ClientAuth::Required,
+            client_ca: Some(self.path("ca.crt")),
+            crls,
+            identity: IdentitySource::Cn,
+        }
+    }
+}
+
+fn start(broker: &Broker, tls: Tls, connect_timeout_secs: u64) -> Gateway {
+    let mut config = common::config(broker, 2);
+    config.mqtt.connect_timeout_secs = connect_timeout_secs;
+    let mut listener = Listener::plain("127.0.0.1:0".parse().unwrap());
+    listener.tls = Some(tls);
+    config.listeners = vec![listener];
+    Gateway::start(config).unwrap()
+}
+
+fn total(gateway: &Gateway, counter: impl Fn(&ShardMetrics) -> u64) -> u64 {
+    common::total(gateway, counter)
+}
+
+fn handshakes(gateway: &Gateway, result: &str) -> u64 {
+    let i = gateway::tls::HANDSHAKE_RESULTS
+        .iter()
+        .position(|r| *r == result)
+        .unwrap();
+    total(gateway, |m| m.tls_handshakes[i].load(Ordering::Relaxed))
+}
+
+fn closed(gateway: &Gateway, reason: &str) -> u64 {
+    let i = gateway::metrics::CLOSE_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap();
+    total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+}
+
+/// mosquitto_pub over TLS with the car certificate `cert` (a name in the
+/// PKI directory, or none); whether it succeeded, and what it printed.
+fn mosquitto_pub(
+    gateway: &Gateway,
+    dir: &Path,
+    cert: Option<&str>,
+    client_id: &str,
+    message: &str,
+) -> (bool, String) {
+    let port = gateway.local_addr().port().to_string();
+    let mut command = Command::new("mosquitto_pub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-q", "0"])
+        .args(["-i", client_id, "-t", "UL/POS", "-m", message])
+        .arg("--cafile")
+        .arg(dir.join("ca.crt"));
+    if let Some(cert) = cert {
+        command
+            .arg("--cert")
+            .arg(dir.join(format!("{cert}.crt")))
+            .arg("--key")
+            .arg(dir.join(format!("{cert}.key")));
+    }
+    let output = command
+        .output()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+/// paho-mqtt (PyPI) over TLS with a car certificate, MQTT 3.1.1.
+fn paho_pub(gateway: &Gateway, dir: &Path, cert: &str, client_id: &str, message: &str) {
+    let script = r#"
+import sys
+import paho.mqtt.client as mqtt
+host, port, ca, cert, key, client_id, message = sys.argv[1:]
+try:  # paho-mqtt 2.x
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+except AttributeError:  # 1.x, as Debian packages it
+    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+client.connect(host, int(port), keepalive=30)
+client.loop_start()
+info = client.publish("UL/POS", message, qos=0)
+info.wait_for_publish(timeout=10)
+client.disconnect()
+client.loop_stop()
+"#;
+    let port = gateway.local_addr().port().to_string();
+    let path = |name: String| dir.join(name).to_string_lossy().into_owned();
+    let status = Command::new("python3")
+        .args(["-c", script, "localhost", &port])
+        .args([
+            path("ca.crt".to_owned()),
+            path(format!("{cert}.crt")),
+            path(format!("{cert}.key")),
+        ])
+        .args([client_id, message])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "paho-mqtt over TLS failed: {status}");
+}
+
+/// A blocking MQTT client over rustls, for exact checks.
+struct TlsCar {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsCar {
+    fn client_config(ca: &pki::Ca, car: &pki::Issued) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.cert_der())).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(car.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(car.key_der.clone())),
+        )
+        .unwrap();
+        Arc::new(config)
+    }
+
+    /// Connects with `config` and sends CONNECT; returns the CONNACK code.
+    fn connect(
+        addr: SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        client_id: &str,
+    ) -> (Self, u8) {
+        let socket = TcpStream::connect(addr).unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let session = rustls::ClientConnection::new(
+            config.clone(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut car = Self {
+            stream: rustls::StreamOwned::new(session, socket),
+        };
+        let mut out = BytesMut::new();
+        Connect::new(client_id, 30).encode(&mut out).unwrap();
+        car.stream.write_all(&out).unwrap();
+        let mut connack = [0u8; 4];
+        car.stream.read_exact(&mut connack).unwrap();
+        assert_eq!(&connack[..3], &[0x20, 2, 0], "not a CONNACK: {connack:?}");
+        (car, connack[3])
+    }
+
+    fn publish(&mut self, topic: &str, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        codec::Publish::qos0(topic, payload)
+            .unwrap()
+            .encode(&mut out)
+            .unwrap();
+        self.stream.write_all(&out).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// Whether the gateway closed the connection within `within`.
+    fn closed_within(&mut self, within: Duration) -> bool {
+        self.stream.sock.set_read_timeout(Some(within)).unwrap();
+        let mut byte = [0u8; 1];
+        !matches!(self.stream.read(&mut byte), Err(error)
+            if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    }
+}
+
+#[test]
+fn mutual_tls_binds_the_client_id_to_the_certificate() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 3, &[]);
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
+    pki.car(
+        "expired",
+        &pki::CarOptions {
+            expired: true,
+            ..pki::CarOptions::named("VIN00000000000003")
+        },
+    );
+    let revoked = pki.car("revoked", &pki::CarOptions::named("VIN00000000000004"));
+    std::fs::write(pki.path("cars.crl"), pki.ca.crl(&[revoked.serial]).unwrap()).unwrap();
+    // A certificate from a CA the gateway does not trust.
+    let stranger = pki::Ca::new().unwrap();
+    stranger
+        .car("VIN00000000000005")
+        .unwrap()
+        .write(dir, "stranger")
+        .unwrap();
+    let gateway = start(&broker, pki.tls(vec![pki.path("cars.crl")]), 10);
+
+    // Each car with its own certificate and id.
+    let (ok, printed) = mosquitto_pub(&gateway, dir, Some("car1"), "VIN00000000000001", "one");
+    assert!(ok, "{printed}");
+    paho_pub(&gateway, dir, "car2", "VIN00000000000002", "two");
+
+    // Another car's id with one's own certificate: CONNACK 0x05.
+    let (ok, printed) = mosquitto_pub(&gateway, dir, Some("car1"), "VIN00000000000002", "forged");
+    assert!(!ok, "a forged client id was accepted: {printed}");
+    assert!(printed.contains("not authori"), "{printed}");
+
+    // No certificate, another CA's, expired, revoked: no MQTT at all.
+    for (cert, id) in [
+        (None, "VIN00000000000001"),
+        (Some("stranger"), "VIN00000000000005"),
+        (Some("expired"), "VIN00000000000003"),
+        (Some("revoked"), "VIN00000000000004"),
+    ] {
+        let (ok, printed) = mosquitto_pub(&gateway, dir, cert, id, "refused");
+        assert!(!ok, "{cert:?} was accepted: {printed}");
+    }
+
+    // Exactly the two cars' records reached Kafka.
+    let collector = broker.collector("cs.uplink");
+    let mut records = collector.collect(2, WAIT);
+    records.extend(collector.collect_for(Duration::from_secs(1)));
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| (r.key.clone().unwrap(), r.value.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (b"VIN00000000000001".to_vec(), b"one".to_vec()),
+            (b"VIN00000000000002".to_vec(), b"two".to_vec()),
+        ]
+    );
+    testkit::wait_until("the counters", WAIT, || {
+        closed(&gateway, "not_authorized") == 1
+    });
+    assert_eq!(handshakes(&gateway, "full"), 3);
+    testkit::wait_until("the counters", WAIT, || {
+        handshakes(&gateway, "bad_certificate") == 3
+    });
+    assert_eq!(handshakes(&gateway, "no_certificate"), 1);
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn plain_mqtt_garbage_and_silence_on_a_tls_port_are_closed() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let gateway = start(&broker, pki.tls(Vec::new()), 1);
+    let addr = gateway.local_addr();
+
+    // Plain MQTT: a CONNECT where a ClientHello belongs.
+    let mut plain = common::RawClient::connect_tcp(addr);
+    let mut out = BytesMut::new();
+    Connect::new("VIN00000000000001", 30)
+        .encode(&mut out)
+        .unwrap();
+    plain.send(&out);
+    let answered = plain.expect_closed(WAIT);
+    assert!(!answered.starts_with(&[0x20]), "a CONNACK on a TLS port");
+
+    // Garbage.
+    let mut garbage = common::RawClient::connect_tcp(addr);
+    garbage.send(&[0xff; 64]);
+    garbage.expect_closed(WAIT);
+
+    // Silence: closed by the connect timeout (1 s here), not held.
+    let started = Instant::now();
+    let mut silent = common::RawClient::connect_tcp(addr);
+    silent.expect_closed(WAIT);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A slow handshake: half a ClientHello, then nothing.
+    let mut slow = common::RawClient::connect_tcp(addr);
+    slow.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+    slow.expect_closed(WAIT);
+
+    testkit::wait_until("the counters", WAIT, || {
+        handshakes(&gateway, "timeout") == 2
+    });
+    assert_eq!(handshakes(&gateway, "protocol"), 2);
+    assert_eq!(handshakes(&gateway, "full"), 0);
+    assert_eq!(
+        total(&gateway, |m| m.publish_received.load(Ordering::Relaxed)),
+        0
+    );
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn a_session_is_taken_over_only_by_the_same_identity() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
+    let gateway = start(&broker, pki.tls(Vec::new()), 10);
+    let addr = gateway.local_addr();
+    let (as_car1, as_car2) = (
+        TlsCar::client_config(&pki.ca, &car1),
+        TlsCar::client_config(&pki.ca, &car2),
+    );
+
+    let (mut first, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
+    assert_eq!(code, 0);
+    // Car 2 claiming car 1's id is refused, and car 1 stays connected.
+    let (mut intruder, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000001");
+    assert_eq!(code, 5);
+    assert!(intruder.closed_within(WAIT));
+    assert!(!first.closed_within(Duration::from_millis(500)));
+    assert_eq!(closed(&gateway, "taken_over"), 0);
+
+    // Car 1 again (a reconnect): the newer connection wins.
+    let (mut second, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
+    assert_eq!(code, 0);
+    assert!(first.closed_within(WAIT));
+    assert!(!second.closed_within(Duration::from_millis(200)));
+    testkit::wait_until("the counters", WAIT, || closed(&gateway, "taken_over") == 1);
+    assert_eq!(closed(&gateway, "not_authorized"), 1);
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
+    let gateway = start(&broker, pki.tls(Vec::new()), 10);
+    let addr = gateway.local_addr();
+    let (as_car1, as_car2) = (
+        TlsCar::client_config(&pki.ca, &car1),
+        TlsCar::client_config(&pki.ca, &car2),
+    );
+    let (mut live, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
+    assert_eq!(code, 0);
+    let served = |car: &TlsCar| {
+        car.stream
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first().cloned())
+            .unwrap()
+    };
+    let old = served(&live);
+
+    // A broken key: the reload fails, says why, and the old files serve.
+    std::fs::write(pki.path("server.key"), "garbage").unwrap();
+    let error = gateway.reload_tls().unwrap_err();
+    assert!(error.contains("server.key"), "{error}");
+    let (car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
+    assert_eq!(code, 0);
+    assert_eq!(served(&car), old);
+    drop(car);
+
+    // A new chain: new connections get it; the live one stays up.
+    let fresh = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    fresh.write(pki.dir.path(), "server").unwrap();
+    gateway.reload_tls().unwrap();
+    let (car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
+    assert_eq!(code, 0);
+    assert_eq!(served(&car).as_ref(), fresh.cert_der.as_slice());
+    assert!(!live.closed_within(Duration::from_millis(300)));
+    live.publish("UL/POS", b"still here");
+    let records = broker.collector("cs.uplink").collect(1, WAIT);
+    assert_eq!(records[0].value.as_deref(), Some(&b"still here"[..]));
+    assert_eq!(
+        closed(&gateway, "io_error") + closed(&gateway, "taken_over"),
+        0
+    );
+    gateway.stop().unwrap();
+}
