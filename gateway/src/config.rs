@@ -13,7 +13,7 @@ use crate::mapping::{Rule, TopicMapper};
 use crate::session::Timing;
 
 mod listener;
-pub use listener::{ClientAuth, IDENTITY_PLACEHOLDER, IdentitySource, Listener, Tls};
+pub use listener::{ClientAuth, IDENTITY_PLACEHOLDER, IdentitySource, Listener, Proxy, Tls};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -329,6 +329,28 @@ impl Config {
                     &listener.client_id,
                     "must contain {identity}, e.g. \"{identity}\" or \"car-{identity}\"",
                 ));
+            }
+            if let Some(proxy) = &listener.proxy {
+                if proxy.trusted_networks.is_empty() {
+                    return Err(invalid(
+                        "listeners.proxy.trusted_networks",
+                        &"[]",
+                        "name the load balancers' networks, e.g. [\"10.0.0.0/8\"]",
+                    ));
+                }
+                if proxy.identity_from_proxy
+                    && listener
+                        .tls
+                        .as_ref()
+                        .is_some_and(|tls| tls.client_auth != ClientAuth::None)
+                {
+                    return Err(invalid(
+                        "listeners.proxy.identity_from_proxy",
+                        &true,
+                        "the identity comes from the proxy or from the TLS client \
+                         certificate, not both: set tls.client_auth = \"none\" or drop it",
+                    ));
+                }
             }
             if let Some(tls) = &listener.tls
                 && tls.client_auth != ClientAuth::None

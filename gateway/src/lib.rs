@@ -18,6 +18,7 @@ mod kafka;
 pub mod mapping;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 mod registry;
 pub mod session;
 mod shard;

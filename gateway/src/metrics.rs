@@ -82,6 +82,8 @@ pub struct ShardMetrics {
     pub limited: [AtomicU64; LIMITS.len()],
     /// SUBSCRIBE filters outside `[authorization] subscribe` (0x80).
     pub subscribe_denied: AtomicU64,
+    /// PROXY headers by outcome ([`crate::proxy::PROXY_RESULTS`]).
+    pub proxy_headers: [AtomicU64; crate::proxy::PROXY_RESULTS.len()],
     /// TLS handshakes by outcome ([`crate::tls::HANDSHAKE_RESULTS`]).
     pub tls_handshakes: [AtomicU64; crate::tls::HANDSHAKE_RESULTS.len()],
 }
@@ -130,6 +132,16 @@ impl ShardMetrics {
             .and_then(|i| self.limited.get(i))
         {
             counter.fetch_add(times, Ordering::Relaxed);
+        }
+    }
+
+    pub fn proxy_header(&self, result: &str) {
+        if let Some(counter) = crate::proxy::PROXY_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .and_then(|i| self.proxy_headers.get(i))
+        {
+            bump(counter);
         }
     }
 
@@ -352,6 +364,20 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         "counter",
         "SUBSCRIBE filters outside [authorization] subscribe (0x80 in the SUBACK).",
         vec![(String::new(), sum(&|s| load(&s.subscribe_denied)).into())],
+    );
+    metric(
+        "carbridge_gateway_proxy_headers_total",
+        "counter",
+        "PROXY protocol headers on listeners that expect them, by result: proxied and \
+         local went on; the others closed the connection.",
+        crate::proxy::PROXY_RESULTS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let n = sum(&|s| s.proxy_headers.get(i).map_or(0, load));
+                (format!("{{result=\"{r}\"}}"), n.into())
+            })
+            .collect(),
     );
     metric(
         "carbridge_gateway_tls_handshakes_total",

@@ -219,6 +219,12 @@ impl TlsCar {
         self.stream.flush().unwrap();
     }
 
+    fn disconnect(&mut self) {
+        self.stream.write_all(&codec::packet::DISCONNECT).unwrap();
+        self.stream.flush().unwrap();
+        assert!(self.closed_within(WAIT));
+    }
+
     /// Whether the gateway closed the connection within `within`.
     fn closed_within(&mut self, within: Duration) -> bool {
         self.stream.sock.set_read_timeout(Some(within)).unwrap();
@@ -410,10 +416,10 @@ fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old()
     std::fs::write(pki.path("server.key"), "garbage").unwrap();
     let error = gateway.reload_tls().unwrap_err();
     assert!(error.contains("server.key"), "{error}");
-    let (car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
+    let (mut car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
     assert_eq!(code, 0);
     assert_eq!(served(&car), old);
-    drop(car);
+    car.disconnect();
 
     // A new chain: new connections get it; the live one stays up.
     let fresh = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();

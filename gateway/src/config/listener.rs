@@ -18,6 +18,10 @@ pub struct Listener {
     /// TLS on this listener; absent: plain TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// A PROXY protocol header (v1 or v2) expected first on every
+    /// connection; absent: none expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
     /// The client id a connection with a proven identity (a verified client
     /// certificate) must CONNECT with; `{identity}` stands for the
     /// identity. Any other client id is refused with CONNACK 0x05.
@@ -35,6 +39,7 @@ impl Listener {
         Self {
             address,
             tls: None,
+            proxy: None,
             client_id: default_client_id(),
         }
     }
@@ -43,6 +48,22 @@ impl Listener {
     pub fn bound_client_id(&self, identity: &str) -> String {
         self.client_id.replace(IDENTITY_PLACEHOLDER, identity)
     }
+}
+
+/// The PROXY protocol on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// Networks that may send the header (the load balancers), as CIDR;
+    /// a connection from anywhere else is closed. `0.0.0.0/0` and `::/0`
+    /// trust anyone: never on a port the internet reaches.
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    /// The car's identity is the CN of the client certificate the proxy
+    /// verified (v2 SSL TLVs: client SSL, certificate on this connection,
+    /// verify 0); a connection without one is closed. For a TLS-terminating
+    /// proxy such as HAProxy.
+    #[serde(default)]
+    pub identity_from_proxy: bool,
 }
 
 /// TLS on a listener (rustls; TLS 1.2 and 1.3).

@@ -52,10 +52,72 @@ pub(crate) struct Peer {
     pub(crate) identity: Option<Box<str>>,
 }
 
+/// A connection on a listener that expects a PROXY header: the source
+/// checked against the trusted networks, the header read (bounded by the
+/// connect timeout), then TLS or MQTT over what follows it.
+pub(super) async fn proxied(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>, mut peer: Peer) {
+    let Some(proxy) = &door.listener.proxy else {
+        return;
+    };
+    if !crate::proxy::trusted(&proxy.trusted_networks, peer.addr.ip()) {
+        shard.metrics.proxy_header("untrusted_source");
+        tracing::info!(shard = shard.id, peer = %peer.addr,
+            "closed: PROXY header from a network not in trusted_networks");
+        return;
+    }
+    let mut stream = stream;
+    let header = async { Some(crate::proxy::read_header(&mut stream).await) };
+    let timeout = async {
+        sleep(shard.timing.connect_timeout).await;
+        None
+    };
+    let (proxied, rest) = match future::or(header, timeout).await {
+        Some(Ok(read)) => read,
+        Some(Err(error)) => {
+            shard.metrics.proxy_header("malformed");
+            tracing::info!(shard = shard.id, peer = %peer.addr, ?error,
+                "closed: no valid PROXY header");
+            return;
+        }
+        None => {
+            shard.metrics.proxy_header("timeout");
+            return;
+        }
+    };
+    match proxied.source {
+        Some(source) => {
+            shard.metrics.proxy_header("proxied");
+            peer.addr = source;
+        }
+        // The proxy's own connection (a health check): its address stays.
+        None => shard.metrics.proxy_header("local"),
+    }
+    if proxy.identity_from_proxy {
+        let Some(cn) = proxied.verified_cn else {
+            shard.metrics.proxy_header("no_identity");
+            tracing::info!(shard = shard.id, peer = %peer.addr,
+                "closed: the PROXY header names no verified client certificate");
+            return;
+        };
+        peer.identity = Some(door.listener.bound_client_id(&cn).into());
+    }
+    let stream = crate::proxy::Prefixed::new(rest, stream);
+    if door.tls.is_some() {
+        tls(stream, shard, door, peer).await;
+    } else {
+        connection(stream, shard, peer).await;
+    }
+}
+
 /// A connection on a TLS listener: the handshake on this shard, bounded by
 /// the connect timeout, the car's identity from its verified certificate,
 /// then the car's connection over TLS.
-pub(super) async fn tls(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>, mut peer: Peer) {
+pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shard: Rc<Shard>,
+    door: Rc<Door>,
+    mut peer: Peer,
+) {
     let Some(terminator) = &door.tls else {
         return;
     };

@@ -386,14 +386,15 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
                     addr,
                     identity: None,
                 };
-                let task = match door.tls {
-                    None => glommio::spawn_local(connection(stream, shard.clone(), peer)),
-                    Some(_) => glommio::spawn_local(connection::tls(
-                        stream,
-                        shard.clone(),
-                        door.clone(),
-                        peer,
-                    )),
+                let (shard, door) = (shard.clone(), door.clone());
+                let task = match (&door.listener.proxy, &door.tls) {
+                    (None, None) => glommio::spawn_local(connection(stream, shard, peer)),
+                    (None, Some(_)) => {
+                        glommio::spawn_local(connection::tls(stream, shard, door, peer))
+                    }
+                    (Some(_), _) => {
+                        glommio::spawn_local(connection::proxied(stream, shard, door, peer))
+                    }
                 };
                 task.detach();
             }
