@@ -61,6 +61,8 @@ impl Pki {
             client_ca: Some(self.path("ca.crt")),
             crls,
             identity: IdentitySource::Cn,
+            ticket_keys: None,
+            ticket_lifetime_secs: 3600,
         }
     }
 }
@@ -171,7 +173,7 @@ impl TlsCar {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(ca.cert_der())).unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -437,4 +439,55 @@ fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old()
         0
     );
     gateway.stop().unwrap();
+}
+
+#[test]
+fn a_session_resumes_on_another_gateway_with_the_shared_ticket_key() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    std::fs::write(
+        pki.path("tickets"),
+        "# carbridge ticket secrets, newest first\n\
+         6f0cbe2d1a4a5b1c8e7d9f00112233445566778899aabbccddeeff0011223344\n",
+    )
+    .unwrap();
+    let mut tls = pki.tls(Vec::new());
+    tls.ticket_keys = Some(pki.path("tickets"));
+    let (one, other) = (start(&broker, tls.clone(), 10), start(&broker, tls, 10));
+    // A gateway with its own random ticket key.
+    let stranger = start(&broker, pki.tls(Vec::new()), 10);
+    let config = TlsCar::client_config(&pki.ca, &car1);
+
+    let (mut car, code) = TlsCar::connect(one.local_addr(), &config, "VIN00000000000001");
+    assert_eq!(code, 0);
+    assert_eq!(
+        car.stream.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    car.disconnect();
+    // "After a restart": another instance, same key file.
+    let (mut car, code) = TlsCar::connect(other.local_addr(), &config, "VIN00000000000001");
+    assert_eq!(code, 0);
+    assert_eq!(
+        car.stream.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    car.disconnect();
+    assert_eq!(handshakes(&other, "resumed"), 1);
+    assert_eq!(handshakes(&other, "full"), 0);
+    // The car's identity survives resumption: binding still applies.
+    let (_car, code) = TlsCar::connect(other.local_addr(), &config, "VIN00000000000002");
+    assert_eq!(code, 5);
+
+    let (car, code) = TlsCar::connect(stranger.local_addr(), &config, "VIN00000000000001");
+    assert_eq!(code, 0);
+    assert_eq!(
+        car.stream.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    for gateway in [one, other, stranger] {
+        gateway.stop().unwrap();
+    }
 }

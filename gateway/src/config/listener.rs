@@ -89,6 +89,23 @@ pub struct Tls {
     /// Where in the car's certificate its identity is.
     #[serde(default)]
     pub identity: IdentitySource,
+    /// File of session-ticket secrets shared by every gateway instance
+    /// (one hex line each, at least 32 bytes, e.g. `openssl rand -hex
+    /// 32`): a car resumes its TLS session on any instance, also after a
+    /// restart. The first line encrypts new tickets, every line decrypts:
+    /// rotate by adding a new first line, and drop the last one a ticket
+    /// lifetime later. Absent: tickets from a random key of this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_keys: Option<PathBuf>,
+    /// Seconds a ticket key is used; a ticket is accepted for one to two
+    /// of these. A resumed session does not check the CRLs again, so this
+    /// also bounds how long a revoked car can resume.
+    #[serde(default = "default_ticket_lifetime")]
+    pub ticket_lifetime_secs: u32,
+}
+
+fn default_ticket_lifetime() -> u32 {
+    6 * 3600
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
