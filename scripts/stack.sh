@@ -2,7 +2,10 @@
 # The main job: builds everything, starts a local stack (tansu with memory
 # storage, topics from carbridge-topics, gateway, router and the
 # water-warning service), runs loadgen against it, prints the report and
-# tears everything down, also on Ctrl-C.
+# tears everything down, also on Ctrl-C. A broker probe runs beside the
+# fleet (records produced and consumed through the same broker at the same
+# time), and the verdict at the end says whether the run was healthy and
+# which part of the latency is the broker's.
 #
 #   scripts/stack.sh                      # 10,000 cars, about a minute
 #   scripts/stack.sh --cars 100000 --duration-secs 120
@@ -30,8 +33,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 profile=${STACK_PROFILE:-release}
 case "$profile" in
-  release) build=(cargo build --release --workspace --bins); bin=target/release ;;
-  dev) build=(cargo build --workspace --bins); bin=target/debug ;;
+  release) build=(cargo build --release --workspace --bins --example kafka_rtt); bin=target/release ;;
+  dev) build=(cargo build --workspace --bins --example kafka_rtt); bin=target/debug ;;
   *) echo "STACK_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
 kafka_port=${STACK_KAFKA_PORT:-29092}
@@ -129,7 +132,20 @@ log "water-warning service"
 "$bin/water-warning" --kafka-bootstrap "$kafka" >"$dir/water-warning.log" 2>&1 &
 pids+=($!)
 
-defaults=(--cars 10000 --publish-interval-ms 1000 --downlink-rate 1000 --warmup-secs 10 --duration-secs 40)
+# The fleet goal's rates: every car publishes every 10 s; services send a
+# car a message every 100 s on average.
+defaults=(--cars 10000 --publish-interval-ms 10000 --downlink-rate 100 --warmup-secs 10 --duration-secs 40)
+# The measured window, for the probe (the last value given wins, as in loadgen).
+warmup=10 duration=40
+all=("${defaults[@]}" "$@")
+for ((i = 0; i < ${#all[@]}; i++)); do
+  case "${all[$i]}" in
+    --warmup-secs) warmup=${all[$((i + 1))]:-$warmup} ;;
+    --warmup-secs=*) warmup=${all[$i]#*=} ;;
+    --duration-secs) duration=${all[$((i + 1))]:-$duration} ;;
+    --duration-secs=*) duration=${all[$i]#*=} ;;
+  esac
+done
 
 # Uplink records per second that reached Kafka in the measured window.
 received_rate() {
@@ -165,9 +181,18 @@ for p in "${gateway_pids[@]}"; do idle_kib=$((idle_kib + $(rss_kib "$p"))); done
 sampler=$!
 pids+=($sampler)
 
+# The broker alone, beside the fleet in its measured window: 100 records/s
+# produced and consumed with the gateway's linger and loadgen's fetch wait.
+"$bin/examples/kafka_rtt" --kafka-bootstrap "$kafka" --topic stack.probe --create \
+  --rate 100 --delay-secs "$warmup" --secs "$duration" --linger-ms 5 --fetch-wait-ms 10 \
+  --quiet --json "$dir/probe.json" >"$dir/probe.log" 2>&1 &
+probe=$!
+pids+=($probe)
+
 log "loadgen $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true
 log "$(awk -v idle="$idle_kib" -v n="${#gateway_pids[@]}" '$2 > best {best = $2; kib = $3}
@@ -220,4 +245,9 @@ if total:
 
 log "gateway 0: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
 log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
+gateway_metrics=()
+for a in "${admins[@]}"; do gateway_metrics+=(--gateway-metrics "http://$a/metrics"); done
+echo >&2
+python3 scripts/verdict.py "$dir/report.json" "$dir/probe.json" --broker "tansu ($storage)" \
+  "${gateway_metrics[@]}" --router-metrics http://127.0.0.1:29101/metrics >&2 || true
 log "HTML report: $dir/report.html"

@@ -9,6 +9,11 @@
 //!
 //! Every hop of the downlink (loadgen → `cs.downlink` → router →
 //! `mqtt.downlink` → gateway) pays this once.
+//!
+//! `scripts/stack.sh` runs it as a probe beside the fleet (`--create` a
+//! topic of its own, `--json` for the report): the broker's latency under
+//! the same load at the same time, to tell the broker's share of the
+//! fleet's latency from the bridge's.
 
 use std::time::{Duration, Instant};
 
@@ -39,12 +44,47 @@ struct Args {
     /// The consumer's fetch.wait.max.ms.
     #[arg(long, default_value = "20")]
     fetch_wait_ms: String,
+    /// Create the topic (one partition) if it does not exist.
+    #[arg(long)]
+    create: bool,
+    /// Wait this many seconds before sending (a probe started with the
+    /// fleet skips its warm-up).
+    #[arg(long, default_value_t = 0)]
+    delay_secs: u64,
+    /// Write the totals as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Print only the totals.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Creates `topic` with one partition; an existing topic is fine.
+fn create_topic(common: &ClientConfig, topic: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = common.create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_lite::future::block_on(admin.create_topics(
+        &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+        &options,
+    ))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating {name}: {code}"),
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut common = ClientConfig::new();
     common.set("bootstrap.servers", &args.kafka_bootstrap);
+    if args.create {
+        create_topic(&common, &args.topic)?;
+    }
     let consumer: BaseConsumer = common
         .clone()
         .set("group.id", "kafka-rtt")
@@ -59,6 +99,7 @@ fn main() -> anyhow::Result<()> {
     }
     consumer.assign(&assignment)?;
     let producer: BaseProducer = common.clone().set("linger.ms", &args.linger_ms).create()?;
+    std::thread::sleep(Duration::from_secs(args.delay_secs));
 
     let start = Instant::now();
     let run_us = now_us();
@@ -99,7 +140,7 @@ fn main() -> anyhow::Result<()> {
             second.saturating_record(latency);
             received += 1;
         }
-        if start.elapsed() >= Duration::from_secs(next_report) {
+        if start.elapsed() >= Duration::from_secs(next_report) && !args.quiet {
             println!(
                 "{next_report:>3}s sent {sent:>8} received {received:>8}  p50 {:>7.2} ms p99 {:>7.2} ms max {:>7.2} ms",
                 second.value_at_quantile(0.5) as f64 / 1e3,
@@ -111,6 +152,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
     producer.flush(Duration::from_secs(5))?;
+    if let Some(path) = &args.json {
+        let ms = |q: f64| total.value_at_quantile(q) as f64 / 1e3;
+        let summary = serde_json::json!({
+            "sent": sent,
+            "received": received,
+            "p50_ms": ms(0.5),
+            "p90_ms": ms(0.9),
+            "p99_ms": ms(0.99),
+            "max_ms": total.max() as f64 / 1e3,
+        });
+        std::fs::write(path, summary.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     println!(
         "total: sent {sent} received {received}  p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms max {:.2} ms",
         total.value_at_quantile(0.5) as f64 / 1e3,

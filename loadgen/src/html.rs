@@ -849,6 +849,7 @@ mod tests {
             duplicates: 0,
             out_of_order: 0,
             latency: latency(base),
+            stages: None,
         }
     }
 

@@ -90,6 +90,23 @@ pub struct FlowStats {
     pub out_of_order: u64,
     /// From the send to the arrival.
     pub latency: Latency,
+    /// Uplink through Kafka: the latency split at the record's Kafka
+    /// timestamp (CreateTime, set when the gateway handed the record to
+    /// its producer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Stages>,
+}
+
+/// One flow's latency in two parts, split at the record's Kafka timestamp
+/// (millisecond resolution).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stages {
+    /// The car's send to the gateway's hand-over to its producer: the
+    /// bridge's part (the car's own stack and the network included).
+    pub bridge: Latency,
+    /// The hand-over to the arrival at the consumer: producer batching,
+    /// the broker, and the consumer's fetch.
+    pub kafka: Latency,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,7 +19,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::payload::{self, Arrivals};
-use crate::report::{ConnectStats, FlowStats, Machine, REPORT_VERSION, Report, Tick, TopicCount};
+use crate::report::{
+    ConnectStats, FlowStats, Machine, REPORT_VERSION, Report, Stages, Tick, TopicCount,
+};
 use crate::stats::{histogram, latency};
 use crate::worker::{Plan, WorkerTick};
 
@@ -60,6 +62,9 @@ struct Uplink {
     arrivals: Arrivals,
     /// Arrivals of messages sent in the measured window.
     window: Histogram<u64>,
+    /// The same, split at the record's Kafka timestamp (gateway mode).
+    bridge: Histogram<u64>,
+    kafka: Histogram<u64>,
     /// Arrivals since the last tick.
     tick: Histogram<u64>,
     tick_received: u64,
@@ -72,7 +77,8 @@ struct Uplink {
 }
 
 impl Uplink {
-    fn arrive(&mut self, payload: &[u8]) {
+    /// A message arrived; `created_us`: its Kafka record's timestamp.
+    fn arrive(&mut self, payload: &[u8], created_us: Option<u64>) {
         let now = payload::now_us();
         let Some((car, seq, sent)) = payload::decode(payload) else {
             return;
@@ -85,6 +91,10 @@ impl Uplink {
         let _ = self.tick.record(took);
         if (self.measure_from_us..self.measure_until_us).contains(&sent) {
             let _ = self.window.record(took);
+            if let Some(created) = created_us {
+                let _ = self.bridge.record(created.saturating_sub(sent).max(1));
+                let _ = self.kafka.record(now.saturating_sub(created).max(1));
+            }
         }
     }
 }
@@ -163,8 +173,13 @@ fn receive_from_kafka(consumer: BaseConsumer, uplink: Arc<Mutex<Uplink>>, stop: 
     while !stop.load(Ordering::Relaxed) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
             let payload = message.payload().unwrap_or_default();
+            let created_us = message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(|ms| ms * 1000);
             if let Ok(mut uplink) = uplink.lock() {
-                uplink.arrive(payload);
+                uplink.arrive(payload, created_us);
             }
         }
     }
@@ -212,7 +227,7 @@ fn receive_from_mqtt(
                 }
                 Ok(Some(Packet::Publish(publish))) => {
                     if let Ok(mut uplink) = uplink.lock() {
-                        uplink.arrive(publish.payload());
+                        uplink.arrive(publish.payload(), None);
                     }
                 }
                 Ok(Some(_)) => {}
@@ -566,6 +581,8 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let uplink = Arc::new(Mutex::new(Uplink {
         arrivals: Arrivals::default(),
         window: histogram(),
+        bridge: histogram(),
+        kafka: histogram(),
         tick: histogram(),
         tick_received: 0,
         run_from_us: started_us,
@@ -933,6 +950,10 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             duplicates: uplink.arrivals.duplicates,
             out_of_order: uplink.arrivals.out_of_order,
             latency: latency(&uplink.window),
+            stages: (!uplink.bridge.is_empty()).then(|| Stages {
+                bridge: latency(&uplink.bridge),
+                kafka: latency(&uplink.kafka),
+            }),
         },
         downlink: (dl_sent > 0 || (options.downlink_rate > 0.0 && !options.raw_kafka)).then(|| {
             FlowStats {
@@ -944,6 +965,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
                 duplicates: dl_duplicates,
                 out_of_order: dl_out_of_order,
                 latency: latency(&downlink_window),
+                stages: None,
             }
         }),
         other_downlink,
@@ -962,8 +984,15 @@ pub fn summary(report: &Report) -> String {
     let mut out = String::new();
     let c = &report.connect;
     let line = |name: &str, f: &FlowStats| {
+        let stages = f.stages.as_ref().map_or(String::new(), |s| {
+            format!(
+                "          of which to the gateway's producer (the bridge) p50 {:.2} p99 {:.2}; \
+                 in Kafka (batching, broker, fetch) p50 {:.2} p99 {:.2} (ms resolution)\n",
+                s.bridge.p50_ms, s.bridge.p99_ms, s.kafka.p50_ms, s.kafka.p99_ms
+            )
+        });
         format!(
-            "{name:9} asked {:.0}/s, sent {:.0}/s; sent {} received {} lost {} duplicated {} out of order {}\n          latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
+            "{name:9} asked {:.0}/s, sent {:.0}/s; sent {} received {} lost {} duplicated {} out of order {}\n          latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n{stages}",
             f.asked_rate,
             f.achieved_rate,
             f.sent,

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""The main job's verdict: did the system keep up, and whose latency is it?
+
+Reads loadgen's JSON report, the broker probe's totals (kafka_rtt run
+beside the fleet: produce -> consume through the same broker at the same
+time, nothing of the bridge in between) and the gateway's and router's
+metrics, and says in plain words whether the run was healthy, which goals
+it met, and which part of the latency is the broker's.
+
+    verdict.py REPORT.json PROBE.json --broker NAME [--gateway-metrics URL ...] [--router-metrics URL]
+"""
+
+import argparse
+import json
+import sys
+import urllib.request
+
+UPLINK_GOAL_MS = 50.0
+DOWNLINK_GOAL_MS = 20.0
+# A probe this slow means the broker itself is the bottleneck.
+BROKER_SLOW_MS = 250.0
+
+
+def scrape(url):
+    """Prometheus text page -> {sample name with labels: value}; {} if down."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as page:
+            text = page.read().decode()
+    except OSError:
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        try:
+            samples[name] = samples.get(name, 0.0) + float(value)
+        except ValueError:
+            pass
+    return samples
+
+
+def count(n):
+    return f"{int(n):,}"
+
+
+def flow_lines(name, flow, goal_ms, probe, hops):
+    """Lines for one direction, and (met, lost) for the result."""
+    sent, received, lost = flow["sent"], flow["received"], flow["lost"]
+    latency = flow["latency"]
+    p50, p99 = latency["p50_ms"], latency["p99_ms"]
+    rate = flow.get("achieved_rate", 0.0)
+    met = lost == 0 and p99 < goal_ms
+    lines = [
+        f"{name:<9} {count(sent)} sent ({rate:,.0f}/s measured), {count(received)} arrived, "
+        + ("none lost" if lost == 0 else f"{count(lost)} LOST"),
+        f"{'':<9} latency p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        f"(goal p99 < {goal_ms:.0f} ms): {'met' if p99 < goal_ms else 'missed'}",
+    ]
+    stages = flow.get("stages")
+    if stages:
+        # Split at each record's Kafka timestamp: measured, not estimated.
+        lines.append(
+            f"{'':<9} the bridge (car -> gateway -> its producer): p50 {stages['bridge']['p50_ms']:.1f} ms, "
+            f"p99 {stages['bridge']['p99_ms']:.1f} ms"
+        )
+        lines.append(
+            f"{'':<9} Kafka (producer batching, broker, consumer fetch): p50 {stages['kafka']['p50_ms']:.1f} ms, "
+            f"p99 {stages['kafka']['p99_ms']:.1f} ms"
+        )
+    elif probe:
+        broker50, broker99 = hops * probe["p50_ms"], hops * probe["p99_ms"]
+        where = "one hop" if hops == 1 else f"{hops} hops"
+        lines.append(
+            f"{'':<9} the broker's part, estimated ({where} at the probe's figures, "
+            f"a quiet topic of its own): p50 {broker50:.1f} ms, p99 {broker99:.1f} ms"
+        )
+        lines.append(
+            f"{'':<9} the rest (the bridge, the clients, and whatever the busy topics cost "
+            f"the broker beyond the probe's): about {max(p50 - broker50, 0):.1f} ms at the median"
+        )
+    return lines, met, lost
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report")
+    parser.add_argument("probe")
+    parser.add_argument("--broker", default="the broker")
+    parser.add_argument("--gateway-metrics", action="append", default=[])
+    parser.add_argument("--router-metrics")
+    args = parser.parse_args()
+
+    with open(args.report) as f:
+        report = json.load(f)
+    try:
+        with open(args.probe) as f:
+            probe = json.load(f)
+    except (OSError, ValueError):
+        probe = None
+
+    out = [f"== verdict (broker: {args.broker}) =="]
+    connect = report["connect"]
+    out.append(
+        f"cars      {count(connect['connected'])} of {count(connect['cars'])} connected"
+        + (f", {count(connect['failed'])} FAILED" if connect["failed"] else "")
+    )
+    lines, up_met, up_lost = flow_lines("uplink", report["uplink"], UPLINK_GOAL_MS, probe, 1)
+    out += lines
+    down_met, down_lost = True, 0
+    downlink = report.get("downlink")
+    if downlink:
+        lines, down_met, down_lost = flow_lines(
+            "downlink", downlink, DOWNLINK_GOAL_MS, probe, 2
+        )
+        out += lines
+    if probe:
+        out.append(
+            f"probe     {count(probe['sent'])} records through {args.broker} alone: "
+            f"p50 {probe['p50_ms']:.1f} ms, p99 {probe['p99_ms']:.1f} ms, max {probe['max_ms']:.1f} ms"
+            + ("" if probe["received"] >= probe["sent"] else f", {count(probe['sent'] - probe['received'])} not read back")
+        )
+
+    gateway = {}
+    for url in args.gateway_metrics:
+        for name, value in scrape(url).items():
+            gateway[name] = gateway.get(name, 0.0) + value
+    router = scrape(args.router_metrics) if args.router_metrics else {}
+    failed = sum(v for k, v in gateway.items() if k.startswith("carbridge_gateway_publish_failed_total"))
+    if gateway:
+        out.append(
+            f"gateway   {count(gateway.get('carbridge_gateway_publish_acked_total', 0))} records acknowledged "
+            f"by {args.broker}, {count(failed)} failed, "
+            f"{count(gateway.get('carbridge_gateway_downlink_delivered_total', 0))} downlink messages written to cars"
+        )
+    if router and downlink:
+        received = router.get("carbridge_router_requests_received_total", 0)
+        out.append(f"router    {count(received)} downlink requests read from {args.broker}")
+
+    broker_slow = probe is not None and (
+        probe["p99_ms"] > BROKER_SLOW_MS or probe["received"] < probe["sent"]
+    )
+    # Every uplink record acknowledged by the broker, yet not all read back
+    # in time: the broker's fetch side is behind, not the bridge.
+    acked = gateway.get("carbridge_gateway_publish_acked_total", 0)
+    if up_lost and gateway and failed == 0 and acked >= report["uplink"]["sent"]:
+        out.append(
+            f"{'':<9} every uplink record was acknowledged by {args.broker}; "
+            f"the {count(up_lost)} missing were not read back from it in time"
+        )
+        broker_slow = True
+    if down_lost and router and downlink:
+        received = router.get("carbridge_router_requests_received_total", 0)
+        if received < downlink["sent"]:
+            out.append(
+                f"{'':<9} the router read {count(received)} requests from {args.broker}: "
+                f"the broker did not hand it the rest in time"
+            )
+            broker_slow = True
+    lost = up_lost + down_lost
+    if lost == 0 and up_met and down_met:
+        verdict = "HEALTHY: nothing lost, every latency goal met."
+    elif lost == 0 and broker_slow:
+        verdict = (
+            f"HEALTHY BUT SLOW: nothing lost, but {args.broker} itself is slow here "
+            f"(probe p99 {probe['p99_ms']:.0f} ms): the latencies above are mostly the broker's."
+        )
+    elif lost == 0:
+        missed = [n for n, m in (("uplink", up_met), ("downlink", down_met)) if not m]
+        stages = report["uplink"].get("stages")
+        bridge = (
+            f"the bridge's own part of the uplink is p99 {stages['bridge']['p99_ms']:.1f} ms, "
+            f"Kafka's p99 {stages['kafka']['p99_ms']:.1f} ms"
+            if stages
+            else "see the broker's part above"
+        )
+        verdict = (
+            f"HEALTHY: nothing lost. The {' and '.join(missed)} p99 "
+            f"goal{'s are' if len(missed) > 1 else ' is'} missed, and the time goes to "
+            f"{args.broker}: {bridge}; each downlink message crosses the broker twice."
+        )
+    elif broker_slow:
+        verdict = (
+            f"OVERLOADED BROKER: {count(lost)} messages did not arrive in time, and {args.broker} "
+            f"is what fell behind (see above; the probe alone saw p99 "
+            f"{probe['p99_ms'] if probe else float('nan'):.0f} ms). This run measures the broker, "
+            f"not the bridge: lower the load (--cars, --publish-interval-ms, --downlink-rate) "
+            f"or run a broker that keeps up."
+        )
+    else:
+        verdict = (
+            f"LOST: {count(lost)} messages did not arrive while the broker kept up "
+            f"(probe p99 {probe['p99_ms']:.0f} ms): look at the gateway and router logs."
+        )
+    out.append(verdict)
+    print("\n".join(out))
+    return 0 if lost == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
