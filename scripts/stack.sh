@@ -26,6 +26,13 @@
 #                    built with --features libsql also takes sqlite://FILE)
 #   STACK_KAFKA_PROPS librdkafka properties for the router and gateways,
 #                    space-separated KEY=VALUE (e.g. fetch.wait.max.ms=2)
+#   STACK_TLS=1      the whole stack over mutual TLS with identity binding:
+#                    a test PKI in target/testpki (carbridge-testpki; kept
+#                    between runs), TLS listeners that require a car
+#                    certificate whose CN is the client id, and loadgen
+#                    --tls (one certificate per car, made once)
+#   STACK_TLS_RESUME=1 with STACK_TLS: each car's measured connection
+#                    resumes a TLS session (loadgen --tls-resume)
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -112,14 +119,39 @@ log "router"
 pids+=($!)
 await "the router" ready 127.0.0.1:29101
 
+tls_args=()
+if [ -n "${STACK_TLS:-}" ]; then
+  pki=$(pwd)/target/testpki
+  log "test PKI in $pki"
+  "$bin/carbridge-testpki" "$pki" >"$dir/testpki.log" 2>&1 || { cat "$dir/testpki.log" >&2; exit 1; }
+  tls_args=(--tls --tls-dir "$pki")
+  [ -n "${STACK_TLS_RESUME:-}" ] && tls_args+=(--tls-resume)
+fi
+
 targets=()
 gateway_pids=()
 admins=()
 for ((g = 0; g < gateways; g++)); do
   port=$((mqtt_port + g)); admin=127.0.0.1:$((29110 + g))
   [ "$g" -eq 0 ] && admin=127.0.0.1:29100
-  log "gateway $g on 127.0.0.1:$port ($shards shards)"
-  "$bin/gateway" --kafka-bootstrap "$kafka" "${props[@]}" --listen "127.0.0.1:$port" --shards "$shards" \
+  listen=(--listen "127.0.0.1:$port")
+  if [ -n "${STACK_TLS:-}" ]; then
+    # Mutual TLS: a car certificate from the test CA whose CN is the client id.
+    cat >"$dir/gateway-$g.toml" <<EOF
+[[listeners]]
+address = "127.0.0.1:$port"
+client_id = "{identity}"
+[listeners.tls]
+cert = "$pki/server.crt"
+key = "$pki/server.key"
+client_auth = "required"
+client_ca = "$pki/ca.crt"
+ticket_keys = "$pki/tickets"
+EOF
+    listen=(--config "$dir/gateway-$g.toml")
+  fi
+  log "gateway $g on 127.0.0.1:$port ($shards shards${STACK_TLS:+, mutual TLS})"
+  "$bin/gateway" --kafka-bootstrap "$kafka" "${props[@]}" "${listen[@]}" --shards "$shards" \
     --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
   pids+=($!)
   gateway_pids+=($!)
@@ -189,9 +221,9 @@ pids+=($sampler)
 probe=$!
 pids+=($probe)
 
-log "loadgen $*"
+log "loadgen ${tls_args[*]} $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
-  --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+  "${tls_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true

@@ -13,4 +13,5 @@ pub mod payload;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tls;
 pub mod worker;

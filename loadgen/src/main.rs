@@ -144,6 +144,24 @@ struct RunArgs {
     /// Exit with status 3 if any message was lost or duplicated (for CI).
     #[arg(long)]
     fail_on_loss: bool,
+    /// TLS: each car presents its own client certificate (subject CN = its
+    /// client id), made from the test CA in --tls-dir, and trusts that CA
+    /// for the server.
+    #[arg(long)]
+    tls: bool,
+    /// Test PKI directory: ca.crt and ca.key (made if missing), cars/ with
+    /// the cars' certificates (made once, kept for later runs).
+    /// `carbridge-testpki DIR` makes it with the gateway's certificate.
+    #[arg(long, default_value = "target/testpki")]
+    tls_dir: PathBuf,
+    /// The name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
+    /// Each car connects once before its measured connection, so that the
+    /// measured one resumes the TLS session (a session ticket) instead of
+    /// a full handshake.
+    #[arg(long, requires = "tls")]
+    tls_resume: bool,
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
@@ -227,7 +245,26 @@ fn main() -> anyhow::Result<()> {
         ("raw_kafka".to_owned(), args.raw_kafka.to_string()),
         ("cars_per_worker".to_owned(), cars_per_worker.to_string()),
     ];
+    let tls = if args.tls {
+        let started = std::time::Instant::now();
+        let made = loadgen::tls::prepare(&args.tls_dir, 0, args.cars)?;
+        if made > 0 && !args.quiet {
+            println!(
+                "made {made} car certificates in {} ({:.1} s; kept for later runs)",
+                args.tls_dir.join("cars").display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Some(loadgen::worker::TlsPlan {
+            dir: std::path::absolute(&args.tls_dir)?,
+            server_name: args.tls_server_name.clone(),
+            resume: args.tls_resume,
+        })
+    } else {
+        None
+    };
     let options = Options {
+        tls,
         cars: args.cars,
         targets,
         connect_rate: args.connect_rate,

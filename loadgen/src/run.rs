@@ -55,6 +55,8 @@ pub struct Options {
     /// The command line, for the report.
     pub described: Vec<(String, String)>,
     pub quiet: bool,
+    /// TLS for the cars; `None`: plain TCP.
+    pub tls: Option<crate::worker::TlsPlan>,
 }
 
 /// What arrived on the uplink side.
@@ -673,6 +675,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             sources: sources.clone(),
             cars_per_source: options.cars_per_source,
             connect_rate: options.connect_rate / workers_needed as f64,
+            tls: options.tls.clone(),
             publish_interval_ms: options.publish_interval_ms,
             payload_size: options.payload_size,
             topic: options.topic.clone(),

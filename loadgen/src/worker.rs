@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use codec::packet::encode_publish;
 use codec::{Connect, Decoder, Packet, QoS, Role, Subscribe};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use hdrhistogram::Histogram;
@@ -55,6 +55,21 @@ pub struct Plan {
     /// Run start (µs since the epoch) and end of publishing.
     pub start_us: u64,
     pub end_us: u64,
+    /// TLS with a client certificate per car; `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsPlan>,
+}
+
+/// The cars' TLS: a test PKI directory (see [`crate::tls`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsPlan {
+    /// `ca.crt` (trusted for the server) and `cars/<client id>.{crt,key}`.
+    pub dir: std::path::PathBuf,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// Each car connects once before its measured connection, which then
+    /// resumes the TLS session (a ticket) instead of a full handshake.
+    pub resume: bool,
 }
 
 /// One second of a worker, sent to the parent as a JSON line. Counters are
@@ -274,41 +289,112 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
         bump(&stats.connect_failures);
         return;
     };
+    let client_id = payload::client_id(car);
+    let tls = match &plan.tls {
+        None => None,
+        Some(tls) => match crate::tls::car_config(&tls.dir, &client_id) {
+            Ok(config) => Some((tls, futures_rustls::TlsConnector::from(config))),
+            Err(error) => {
+                if index == 0 {
+                    eprintln!("loadgen worker: TLS for {client_id}: {error:#}");
+                }
+                bump(&stats.connect_failures);
+                return;
+            }
+        },
+    };
+    if let Some((tls, connector)) = &tls
+        && tls.resume
+    {
+        // A first session, for the ticket the measured one resumes.
+        let primed = async {
+            let stream = TcpStream::from(start_connect(target, source).ok()?);
+            let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone()).ok()?;
+            let mut stream = connector.connect(name, stream).await.ok()?;
+            mqtt_connect(&mut stream, &client_id, 60, &mut BytesMut::new()).await?;
+            stream.write_all(&codec::packet::DISCONNECT).await.ok()?;
+            stream.close().await.ok()
+        };
+        let timeout = async {
+            sleep(Duration::from_secs(10)).await;
+            None
+        };
+        if future::or(primed, timeout).await.is_none() {
+            bump(&stats.connect_failures);
+            return;
+        }
+    }
     let began = Instant::now();
-    let mut stream = match start_connect(target, source) {
+    let stream = match start_connect(target, source) {
         Ok(socket) => TcpStream::from(socket),
         Err(_) => {
             bump(&stats.connect_failures);
             return;
         }
     };
-    let client_id = payload::client_id(car);
+    match tls {
+        None => session(stream, plan, stats, car, client_id, began).await,
+        Some((tls, connector)) => {
+            let Ok(name) = rustls::pki_types::ServerName::try_from(tls.server_name.clone()) else {
+                bump(&stats.connect_failures);
+                return;
+            };
+            let handshake = async { connector.connect(name, stream).await.ok() };
+            let timeout = async {
+                sleep(Duration::from_secs(10)).await;
+                None
+            };
+            match future::or(handshake, timeout).await {
+                Some(stream) => session(stream, plan, stats, car, client_id, began).await,
+                None => bump(&stats.connect_failures),
+            }
+        }
+    }
+}
+
+/// Sends CONNECT and reads up to the CONNACK; `Some` when accepted. What
+/// arrived after the CONNACK stays in `input`.
+async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    client_id: &str,
+    keep_alive: u16,
+    input: &mut BytesMut,
+) -> Option<()> {
+    let decoder = Decoder::new(Role::Client, 1 << 20);
+    let mut out = BytesMut::new();
+    Connect::new(client_id, keep_alive).encode(&mut out).ok()?;
+    stream.write_all(&out).await.ok()?;
+    stream.flush().await.ok()?;
+    loop {
+        match decoder.decode(input) {
+            Ok(Some(Packet::ConnAck(ack))) => {
+                return (ack.code == codec::ConnectReturnCode::Accepted).then_some(());
+            }
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => {}
+        }
+        let mut chunk = [0u8; 512];
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        input.extend_from_slice(chunk.get(..n)?);
+    }
+}
+
+/// One car's MQTT session over its connected stream (TCP or TLS).
+async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    mut stream: S,
+    plan: Rc<Plan>,
+    stats: Rc<Stats>,
+    car: u64,
+    client_id: String,
+    began: Instant,
+) {
     let interval = Duration::from_millis(plan.publish_interval_ms.max(1));
     let keep_alive = u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX);
-    let decoder = Decoder::new(Role::Client, 1 << 20);
     let mut input = BytesMut::new();
-    let connected = async {
-        let mut out = BytesMut::new();
-        Connect::new(client_id.as_str(), keep_alive)
-            .encode(&mut out)
-            .ok()?;
-        stream.write_all(&out).await.ok()?;
-        loop {
-            match decoder.decode(&mut input) {
-                Ok(Some(Packet::ConnAck(ack))) => {
-                    return (ack.code == codec::ConnectReturnCode::Accepted).then_some(());
-                }
-                Ok(Some(_)) | Err(_) => return None,
-                Ok(None) => {}
-            }
-            let mut chunk = [0u8; 512];
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            input.extend_from_slice(chunk.get(..n)?);
-        }
-    };
+    let connected = mqtt_connect(&mut stream, &client_id, keep_alive, &mut input);
     let timeout = async {
         sleep(Duration::from_secs(10)).await;
         None
@@ -339,6 +425,7 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
         ) && subscribe.encode(&mut out).is_ok()
         {
             let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
         }
     }
 
@@ -383,6 +470,7 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
         )
         .is_err()
             || writer.write_all(&out).await.is_err()
+            || writer.flush().await.is_err()
         {
             failed = true;
             break;
@@ -480,6 +568,7 @@ mod tests {
             subscribe: None,
             start_us: 0,
             end_us: 0,
+            tls: None,
         }
     }
 
