@@ -230,7 +230,7 @@ pub const SOURCE_PORTS: u64 = 50_000;
 /// address took 70 % of loadgen's CPU (`__inet_check_established`, found
 /// with `perf`). Should that port be taken (another program listening on
 /// it on all addresses), the kernel picks one after all.
-fn start_connect(target: SocketAddr, source: Option<SocketAddr>) -> io::Result<Socket> {
+pub fn start_connect(target: SocketAddr, source: Option<SocketAddr>) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(target),
         Type::STREAM,
