@@ -56,6 +56,16 @@ pub fn gateway(
     bridge: u32,
     config: Option<&std::path::Path>,
 ) -> (Proc, SocketAddr) {
+    let (process, mqtt, _) = gateway_with_admin(broker, bridge, config);
+    (process, mqtt)
+}
+
+/// As [`gateway`], with its admin address too.
+pub fn gateway_with_admin(
+    broker: &Broker,
+    bridge: u32,
+    config: Option<&std::path::Path>,
+) -> (Proc, SocketAddr, SocketAddr) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut command = Command::new(workspace_binary("gateway"));
@@ -72,5 +82,5 @@ pub fn gateway(
         .spawn()
         .unwrap();
     wait_until("the gateway to be ready", WAIT, || ready(admin));
-    (Proc(child), mqtt)
+    (Proc(child), mqtt, admin)
 }

@@ -1,0 +1,148 @@
+//! Overload limits and authorization, each refused as MQTT says and
+//! counted: connections per shard, client id length, filters per session,
+//! filter length, subscribe patterns, and a mapping rule that requires the
+//! car's own id in the topic.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use codec::{Packet, QoS, Subscribe};
+use common::{RawClient, WAIT};
+use gateway::Gateway;
+use gateway::mapping::Rule;
+use testkit::Broker;
+
+fn limited(gateway: &Gateway, limit: &str) -> u64 {
+    let i = gateway::metrics::LIMITS
+        .iter()
+        .position(|l| *l == limit)
+        .unwrap();
+    common::total(gateway, |m| m.limited[i].load(Ordering::Relaxed))
+}
+
+fn closed(gateway: &Gateway, reason: &str) -> u64 {
+    let i = gateway::metrics::CLOSE_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap();
+    common::total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+}
+
+fn subscribe(car: &mut RawClient, filters: &[&str]) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    Subscribe::new(
+        NonZeroU16::new(1).unwrap(),
+        filters.iter().map(|f| (*f, QoS::AtMostOnce)),
+    )
+    .unwrap()
+    .encode(&mut out)
+    .unwrap();
+    car.send(&out);
+    match car.next_packet() {
+        Some(Packet::SubAck(suback)) => suback
+            .return_codes()
+            .map(|code| match code {
+                codec::SubAckReturnCode::Success(qos) => qos as u8,
+                codec::SubAckReturnCode::Failure => 0x80,
+            })
+            .collect(),
+        other => panic!("no SUBACK: {other:?}"),
+    }
+}
+
+/// CONNECT as `client_id`: the CONNACK code, `None` if closed first.
+fn try_connect(addr: std::net::SocketAddr, client_id: &str) -> Option<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    let mut out = BytesMut::new();
+    codec::Connect::new(client_id, 30).encode(&mut out).ok()?;
+    stream.write_all(&out).ok()?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).ok()?;
+    Some(connack[3])
+}
+
+#[test]
+fn limits_and_authorization_refuse_and_count() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 1);
+    config.limits.max_connections_per_shard = 3;
+    config.limits.max_client_id_length = 24;
+    config.limits.max_filters_per_session = 2;
+    config.limits.max_filter_length = 24;
+    config.authorization.subscribe = vec!["DL/{client_id}/#".to_owned()];
+    let mut own = Rule::new("^UL/[^/]+/POS$", "cs.uplink");
+    own.require_client_id = true;
+    config.mapping = vec![own];
+    let gateway = Gateway::start(config).unwrap();
+    let addr = gateway.local_addr();
+
+    // A client id over the limit: CONNACK 0x02 (identifier rejected).
+    let (_, code) = RawClient::connect(addr, "VIN0000000000000000000001", 30);
+    assert_eq!(code, 2);
+    assert_eq!(limited(&gateway, "client_id_length"), 1);
+
+    // Filters: own id allowed, another car's not, too long, too many.
+    let (mut car, code) = RawClient::connect(addr, "VIN1", 30);
+    assert_eq!(code, 0);
+    let codes = subscribe(
+        &mut car,
+        &[
+            "DL/VIN1/#",
+            "DL/VIN2/#",
+            "DL/VIN1/a/filter/far/too/long",
+            "DL/VIN1/WARN",
+            "DL/VIN1/INFO",
+        ],
+    );
+    assert_eq!(codes, [0x00, 0x80, 0x80, 0x00, 0x80]);
+    assert_eq!(limited(&gateway, "filter_length"), 1);
+    assert_eq!(limited(&gateway, "filters_per_session"), 1);
+    assert_eq!(
+        common::total(&gateway, |m| m.subscribe_denied.load(Ordering::Relaxed)),
+        1
+    );
+
+    // Publishing: the car's own topic goes to Kafka, another car's closes.
+    car.publish("UL/VIN1/POS", b"own");
+    let record = broker.collector("cs.uplink").collect(1, WAIT);
+    assert_eq!(record[0].value.as_deref(), Some(&b"own"[..]));
+    car.publish("UL/VIN2/POS", b"forged");
+    car.expect_closed(WAIT);
+    testkit::wait_until("the close", WAIT, || {
+        closed(&gateway, "forbidden_topic") == 1
+    });
+
+    // Three connections fill the shard; the fourth is closed on accept.
+    let held: Vec<_> = (1..=3)
+        .map(|n| {
+            let (car, code) = RawClient::connect(addr, &format!("CAR{n}"), 30);
+            assert_eq!(code, 0);
+            car
+        })
+        .collect();
+    let mut fourth = RawClient::connect_tcp(addr);
+    let mut out = BytesMut::new();
+    codec::Connect::new("CAR4", 30).encode(&mut out).unwrap();
+    let _ = std::io::Write::write_all(&mut fourth.stream, &out);
+    assert!(
+        fourth.expect_closed(WAIT).is_empty(),
+        "no CONNACK when full"
+    );
+    assert_eq!(limited(&gateway, "connections_per_shard"), 1);
+    // One leaves: there is room again.
+    held.into_iter().next().unwrap().disconnect();
+    testkit::wait_until("room on the shard", Duration::from_secs(10), || {
+        try_connect(addr, "CAR5") == Some(0)
+    });
+    gateway.stop().unwrap();
+}
