@@ -67,14 +67,43 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certificates)
 }
 
+/// Revoked certificates of the configured CRLs: (issuer name, serial),
+/// both as DER. rustls checks the CRLs in a full handshake; a resumed one
+/// does not, so the gateway checks every handshake's leaf against these.
+pub type Revoked = std::collections::HashSet<(Vec<u8>, Vec<u8>)>;
+
+fn revoked(crls: &[CertificateRevocationListDer<'_>]) -> Revoked {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let mut revoked = Revoked::new();
+    for crl in crls {
+        // A CRL that does not parse was refused by rustls' verifier first.
+        if let Ok((_, crl)) = CertificateRevocationList::from_der(crl.as_ref()) {
+            let issuer = crl.issuer().as_raw().to_vec();
+            for certificate in crl.iter_revoked_certificates() {
+                revoked.insert((issuer.clone(), certificate.raw_serial().to_vec()));
+            }
+        }
+    }
+    revoked
+}
+
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+
 /// Builds a server configuration from the files `tls` names.
 pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
+    Ok(load(tls, &rustls::crypto::aws_lc_rs::Ticketer::new()?)?.0)
+}
+
+/// The server configuration and the revoked certificates; `random` makes
+/// the tickets when no ticket key file is configured.
+fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsError> {
     let provider = provider();
     let chain = certificates(&tls.cert)?;
     let key =
         PrivateKeyDer::from_pem_file(&tls.key).map_err(|error| file_error(&tls.key, error))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut revoked_certificates = Revoked::new();
     let builder = match (tls.client_auth, &tls.client_ca) {
         (ClientAuth::None, _) => builder.with_no_client_auth(),
         (_, None) => {
@@ -101,6 +130,7 @@ pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
                 }
                 crls.extend(file);
             }
+            revoked_certificates = revoked(&crls);
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .with_crls(crls);
@@ -113,15 +143,15 @@ pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
     let mut config = builder.with_single_cert(chain, key)?;
     config.ticketer = match &tls.ticket_keys {
         Some(path) => Arc::new(SharedTicketer::from_file(path, tls.ticket_lifetime_secs)?),
-        None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        None => random.clone(),
     };
     // One ticket per car is enough to resume once; each costs bytes and
     // an encryption per handshake.
     config.send_tls13_tickets = 1;
-    // The server's cipher suite order (ring's: AES-GCM first, fast with
-    // AES-NI) rather than whatever the car lists first.
+    // The server's cipher suite order (AES-GCM first, fast with AES-NI)
+    // rather than whatever the car lists first.
     config.ignore_client_order = true;
-    Ok(config)
+    Ok((config, revoked_certificates))
 }
 
 /// Session tickets under keys shared by every gateway instance: a key per
@@ -281,32 +311,80 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A listener's TLS as loaded from its files.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Arc<ServerConfig>,
+    pub revoked: Revoked,
+}
+
+impl Loaded {
+    /// What a verified car certificate says: its identity, or why the
+    /// connection may not go on (`HANDSHAKE_RESULTS` label).
+    pub fn admit(
+        &self,
+        leaf: &CertificateDer<'_>,
+        source: IdentitySource,
+    ) -> Result<String, &'static str> {
+        let (_, certificate) =
+            X509Certificate::from_der(leaf.as_ref()).map_err(|_| "bad_certificate")?;
+        let key = (
+            certificate.issuer().as_raw().to_vec(),
+            certificate.raw_serial().to_vec(),
+        );
+        if self.revoked.contains(&key) {
+            // Only a resumed session gets here: a full handshake already
+            // refused it.
+            return Err("bad_certificate");
+        }
+        identity_of(&certificate, source).ok_or("no_identity")
+    }
+}
+
 /// A listener's TLS: the current configuration, replaced whole on reload.
 #[derive(Debug)]
 pub struct Terminator {
     spec: Tls,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Arc<Loaded>>,
+    /// This process's own ticket key (no `ticket_keys` file): kept across
+    /// reloads, so a reload does not cost every car a full handshake.
+    random: Ticketer,
+}
+
+fn loaded(spec: &Tls, random: &Ticketer) -> Result<Arc<Loaded>, TlsError> {
+    let (config, revoked) = load(spec, random)?;
+    Ok(Arc::new(Loaded {
+        config: Arc::new(config),
+        revoked,
+    }))
 }
 
 impl Terminator {
     pub fn new(spec: &Tls) -> Result<Self, TlsError> {
+        let random = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         Ok(Self {
-            current: RwLock::new(Arc::new(server_config(spec)?)),
+            current: RwLock::new(loaded(spec, &random)?),
             spec: spec.clone(),
+            random,
         })
     }
 
-    /// The configuration new connections use.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    /// What new connections use.
+    pub fn current(&self) -> Arc<Loaded> {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
+    /// The configuration new connections use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current().config.clone()
+    }
+
     /// Reads the files again; on an error the old configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(server_config(&self.spec)?);
+        let fresh = loaded(&self.spec, &self.random)?;
         *self
             .current
             .write()
@@ -383,6 +461,10 @@ impl Reloader {
 /// The identity a verified certificate names, if it names one.
 pub fn identity(certificate: &CertificateDer<'_>, source: IdentitySource) -> Option<String> {
     let (_, certificate) = X509Certificate::from_der(certificate.as_ref()).ok()?;
+    identity_of(&certificate, source)
+}
+
+fn identity_of(certificate: &X509Certificate<'_>, source: IdentitySource) -> Option<String> {
     let name = match source {
         IdentitySource::Cn => certificate
             .subject()

@@ -491,3 +491,65 @@ fn a_session_resumes_on_another_gateway_with_the_shared_ticket_key() {
         gateway.stop().unwrap();
     }
 }
+
+#[test]
+fn a_car_revoked_after_it_got_a_ticket_cannot_resume() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
+    std::fs::write(pki.path("cars.crl"), pki.ca.crl(&[]).unwrap()).unwrap();
+    let gateway = start(&broker, pki.tls(vec![pki.path("cars.crl")]), 10);
+    let addr = gateway.local_addr();
+    let (as_car1, as_car2) = (
+        TlsCar::client_config(&pki.ca, &car1),
+        TlsCar::client_config(&pki.ca, &car2),
+    );
+    for (config, id) in [
+        (&as_car1, "VIN00000000000001"),
+        (&as_car2, "VIN00000000000002"),
+    ] {
+        let (mut car, code) = TlsCar::connect(addr, config, id);
+        assert_eq!(code, 0);
+        car.disconnect();
+    }
+
+    // Car 1 is revoked; the gateway reloads its CRL (its tickets stay).
+    std::fs::write(pki.path("cars.crl"), pki.ca.crl(&[car1.serial]).unwrap()).unwrap();
+    gateway.reload_tls().unwrap();
+
+    // Car 2 still resumes; car 1's resumed session is refused all the same.
+    let (mut car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
+    assert_eq!(code, 0);
+    assert_eq!(
+        car.stream.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    car.disconnect();
+    let socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let session =
+        rustls::ClientConnection::new(as_car1.clone(), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let mut stream = rustls::StreamOwned::new(session, socket);
+    let mut out = BytesMut::new();
+    Connect::new("VIN00000000000001", 30)
+        .encode(&mut out)
+        .unwrap();
+    let _ = stream.write_all(&out);
+    let mut connack = [0u8; 4];
+    assert!(
+        stream.read_exact(&mut connack).is_err(),
+        "a revoked car got a CONNACK"
+    );
+    assert_eq!(
+        stream.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    testkit::wait_until("the refusal", WAIT, || {
+        handshakes(&gateway, "bad_certificate") == 1
+    });
+    assert_eq!(handshakes(&gateway, "resumed"), 1);
+    gateway.stop().unwrap();
+}

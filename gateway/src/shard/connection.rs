@@ -121,7 +121,8 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(terminator) = &door.tls else {
         return;
     };
-    let acceptor = futures_rustls::TlsAcceptor::from(terminator.config());
+    let loaded = terminator.current();
+    let acceptor = futures_rustls::TlsAcceptor::from(loaded.config.clone());
     let handshake = async { Some(acceptor.accept(stream).await) };
     let timeout = async {
         sleep(shard.timing.connect_timeout).await;
@@ -144,14 +145,18 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let session = stream.get_ref().1;
     if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
-        let Some(identity) = tls::identity(leaf, terminator.identity_source()) else {
-            shard.metrics.handshake("no_identity");
-            tracing::info!(shard = shard.id, peer = %peer.addr, source = ?terminator.identity_source(),
-                "closed: the certificate names no identity");
-            return;
-        };
-        peer.identity = Some(door.listener.bound_client_id(&identity).into());
+        match loaded.admit(leaf, terminator.identity_source()) {
+            Ok(identity) => peer.identity = Some(door.listener.bound_client_id(&identity).into()),
+            Err(refused) => {
+                shard.metrics.handshake(refused);
+                tracing::info!(shard = shard.id, peer = %peer.addr, reason = refused,
+                    source = ?terminator.identity_source(),
+                    "closed: the certificate is revoked or names no identity");
+                return;
+            }
+        }
     }
+    drop(loaded);
     shard.metrics.handshake(match session.handshake_kind() {
         Some(HandshakeKind::Resumed) => "resumed",
         _ => "full",
