@@ -23,7 +23,6 @@ fn heap() -> u64 {
     dhat::HeapStats::get().curr_bytes as u64
 }
 
-
 fn main() {
     // With a path argument: a dhat heap profile of the first case, ended
     // while its connection is still alive (what it holds is "at t-end").
@@ -37,9 +36,21 @@ fn main() {
     let car = ca.car("WVW00000000000042").unwrap();
     let key = |der: Vec<u8>| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der));
     for (name, provider, suites) in [
-        ("aws-lc-rs, AES-128-GCM", rustls::crypto::aws_lc_rs::default_provider(), "TLS13_AES_128_GCM_SHA256"),
-        ("aws-lc-rs, ChaCha20-Poly1305", rustls::crypto::aws_lc_rs::default_provider(), "TLS13_CHACHA20_POLY1305_SHA256"),
-        ("ring, AES-128-GCM", rustls::crypto::ring::default_provider(), "TLS13_AES_128_GCM_SHA256"),
+        (
+            "aws-lc-rs, AES-128-GCM",
+            rustls::crypto::aws_lc_rs::default_provider(),
+            "TLS13_AES_128_GCM_SHA256",
+        ),
+        (
+            "aws-lc-rs, ChaCha20-Poly1305",
+            rustls::crypto::aws_lc_rs::default_provider(),
+            "TLS13_CHACHA20_POLY1305_SHA256",
+        ),
+        (
+            "ring, AES-128-GCM",
+            rustls::crypto::ring::default_provider(),
+            "TLS13_AES_128_GCM_SHA256",
+        ),
     ] {
         let mut provider: CryptoProvider = provider;
         provider
@@ -56,7 +67,10 @@ fn main() {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![CertificateDer::from(server.cert_der.clone())], key(server.key_der.clone()))
+            .with_single_cert(
+                vec![CertificateDer::from(server.cert_der.clone())],
+                key(server.key_der.clone()),
+            )
             .unwrap();
         server_config.send_tls13_tickets = 1;
         let server_config = Arc::new(server_config);
@@ -65,15 +79,21 @@ fn main() {
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .unwrap()
                 .with_root_certificates(roots)
-                .with_client_auth_cert(vec![CertificateDer::from(car.cert_der.clone())], key(car.key_der.clone()))
+                .with_client_auth_cert(
+                    vec![CertificateDer::from(car.cert_der.clone())],
+                    key(car.key_der.clone()),
+                )
                 .unwrap(),
         );
 
         let before = heap();
         let mut gateway = ServerConnection::new(server_config.clone()).unwrap();
         {
-            let mut client =
-                ClientConnection::new(client_config.clone(), ServerName::try_from("gateway.test").unwrap()).unwrap();
+            let mut client = ClientConnection::new(
+                client_config.clone(),
+                ServerName::try_from("gateway.test").unwrap(),
+            )
+            .unwrap();
             let mut buf = Vec::new();
             while client.is_handshaking() || gateway.is_handshaking() || gateway.wants_write() {
                 buf.clear();

@@ -427,6 +427,9 @@ fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old()
     let fresh = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
     fresh.write(pki.dir.path(), "server").unwrap();
     gateway.reload_tls().unwrap();
+    // A car without a session to resume (a resumed one keeps the chain its
+    // session began with).
+    let as_car2 = TlsCar::client_config(&pki.ca, &car2);
     let (car, code) = TlsCar::connect(addr, &as_car2, "VIN00000000000002");
     assert_eq!(code, 0);
     assert_eq!(served(&car).as_ref(), fresh.cert_der.as_slice());
@@ -551,5 +554,136 @@ fn a_car_revoked_after_it_got_a_ticket_cannot_resume() {
         handshakes(&gateway, "bad_certificate") == 1
     });
     assert_eq!(handshakes(&gateway, "resumed"), 1);
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn certificates_reloaded_while_cars_publish_drop_no_connection() {
+    const CARS: usize = 4;
+    const EACH: usize = 100;
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 2, &[]);
+    let pki = Pki::new();
+    let gateway = start(&broker, pki.tls(Vec::new()), 10);
+    let addr = gateway.local_addr();
+    let configs: Vec<_> = (1..=CARS)
+        .map(|n| {
+            let car = pki.car(
+                &format!("car{n}"),
+                &pki::CarOptions::named(&format!("VIN{n:014}")),
+            );
+            TlsCar::client_config(&pki.ca, &car)
+        })
+        .collect();
+    let publishers: Vec<_> = configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            std::thread::spawn(move || {
+                let (mut car, code) = TlsCar::connect(addr, &config, &format!("VIN{:014}", i + 1));
+                assert_eq!(code, 0);
+                for seq in 0..EACH {
+                    car.publish("UL/POS", format!("{i}-{seq}").as_bytes());
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                car.disconnect();
+            })
+        })
+        .collect();
+    // Meanwhile: new chains, one of them broken for a moment.
+    let mut last = None;
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(150));
+        if round == 2 {
+            std::fs::write(pki.path("server.crt"), "not a certificate").unwrap();
+            assert!(gateway.reload_tls().is_err());
+        }
+        let fresh = pki.ca.server(&["localhost", "127.0.0.1"]).unwrap();
+        fresh.write(pki.dir.path(), "server").unwrap();
+        gateway.reload_tls().unwrap();
+        last = Some(fresh);
+    }
+    for publisher in publishers {
+        publisher.join().unwrap();
+    }
+    let records = broker.collector("cs.uplink").collect(CARS * EACH, WAIT);
+    assert_eq!(records.len(), CARS * EACH);
+    assert_eq!(
+        closed(&gateway, "io_error") + closed(&gateway, "taken_over"),
+        0
+    );
+    assert_eq!(closed(&gateway, "disconnect"), CARS as u64);
+    // A new connection gets the last chain.
+    let car = pki.car("late", &pki::CarOptions::named("VIN00000000000099"));
+    let (late, code) = TlsCar::connect(
+        addr,
+        &TlsCar::client_config(&pki.ca, &car),
+        "VIN00000000000099",
+    );
+    assert_eq!(code, 0);
+    let served = late.stream.conn.peer_certificates().unwrap()[0].clone();
+    assert_eq!(served.as_ref(), last.unwrap().cert_der.as_slice());
+    gateway.stop().unwrap();
+}
+
+#[test]
+fn protocol_violations_over_tls_close_only_their_connection() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let mut config = common::config(&broker, 2);
+    config.mqtt.max_packet_size = 1024;
+    let mut listener = Listener::plain("127.0.0.1:0".parse().unwrap());
+    listener.tls = Some(pki.tls(Vec::new()));
+    config.listeners = vec![listener];
+    let gateway = Gateway::start(config).unwrap();
+    let addr = gateway.local_addr();
+    let good = pki.car("good", &pki::CarOptions::named("VIN00000000000001"));
+    let (mut steady, code) = TlsCar::connect(
+        addr,
+        &TlsCar::client_config(&pki.ca, &good),
+        "VIN00000000000001",
+    );
+    assert_eq!(code, 0);
+
+    let qos1 = {
+        let mut out = BytesMut::new();
+        codec::Publish::new(
+            "UL/POS",
+            b"x",
+            codec::QoS::AtLeastOnce,
+            std::num::NonZeroU16::new(1),
+            false,
+            false,
+        )
+        .unwrap()
+        .encode(&mut out)
+        .unwrap();
+        out.to_vec()
+    };
+    for (n, bytes, reason) in [
+        (2, vec![0xf0, 0x00], "malformed"),
+        (3, qos1, "unsupported"),
+        (4, vec![0x30, 0xff, 0x7f], "malformed"),
+    ] {
+        let id = format!("VIN{n:014}");
+        let car = pki.car(&format!("car{n}"), &pki::CarOptions::named(&id));
+        let (mut bad, code) = TlsCar::connect(addr, &TlsCar::client_config(&pki.ca, &car), &id);
+        assert_eq!(code, 0);
+        bad.stream.write_all(&bytes).unwrap();
+        bad.stream.flush().unwrap();
+        assert!(bad.closed_within(WAIT), "{reason}: still open");
+        steady.publish("UL/POS", id.as_bytes());
+    }
+    let records = broker.collector("cs.uplink").collect(3, WAIT);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.key.as_deref() == Some(&b"VIN00000000000001"[..]))
+    );
+    assert!(!steady.closed_within(Duration::from_millis(200)));
+    testkit::wait_until("the closes", WAIT, || {
+        closed(&gateway, "malformed") == 2 && closed(&gateway, "unsupported") == 1
+    });
     gateway.stop().unwrap();
 }
