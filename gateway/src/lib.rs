@@ -22,6 +22,7 @@ pub mod proxy;
 mod registry;
 pub mod session;
 mod shard;
+pub mod startup;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -101,6 +102,12 @@ impl Gateway {
             0 => cpus.len().max(1),
             n => n,
         };
+        let limits = startup::check(&config, count)?;
+        tracing::debug!(
+            open_files = limits.files,
+            memlock = limits.memlock,
+            "start-up checks passed"
+        );
         let config = Arc::new(config);
         let shutdown = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,141 @@
+//! Start-up checks: what the host must allow before the shards start, each
+//! failure saying what to change (the container's seccomp profile, a
+//! sysctl, a ulimit), and the open-files limit raised as far as allowed.
+
+use std::io;
+
+use anyhow::bail;
+use rlimit::Resource;
+
+use crate::config::Config;
+
+/// glommio locks its io_uring rings into memory: 512 KiB at least.
+pub const MEMLOCK_NEEDED: u64 = 512 * 1024;
+/// Files a gateway needs beyond its cars: listeners (four per listener per
+/// shard), librdkafka's sockets and pipes, the admin endpoint, logs.
+pub const FILES_RESERVED: u64 = 256;
+
+/// Why io_uring could not be had, with what to change.
+pub fn io_uring_refused(error: &io::Error) -> String {
+    let fix = match error.raw_os_error() {
+        Some(1) => {
+            "io_uring is refused (EPERM). In a container, the default seccomp profiles of \
+             Docker 25+, containerd 2.0+ and CRI-O block io_uring_setup: run the gateway \
+             with the Localhost profile in deploy/k8s (the runtime's profile plus the three \
+             io_uring calls). On a host, check `sysctl kernel.io_uring_disabled` (0 allows \
+             it; 1 allows only the group kernel.io_uring_group)."
+        }
+        Some(38) => {
+            "io_uring is not available (ENOSYS): the kernel lacks it (Linux 5.8 or later is needed) or it is compiled out."
+        }
+        Some(12) => {
+            "io_uring rings could not be allocated (ENOMEM): raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity, or ulimit -l)."
+        }
+        _ => "io_uring could not be set up.",
+    };
+    format!("{fix} ({error})")
+}
+
+/// What the checks found, for the start-up log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The open-files limit in force (raised to the hard limit).
+    pub files: u64,
+    pub memlock: u64,
+}
+
+/// Raises the open-files soft limit to the hard limit, checks the
+/// locked-memory limit and that io_uring is allowed. Warns when the
+/// open-files limit caps the connections the configuration allows.
+pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
+    let (soft, hard) = Resource::NOFILE.get()?;
+    let files = if soft < hard {
+        match Resource::NOFILE.set(hard, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    from = soft,
+                    to = hard,
+                    "raised the open-files limit to its hard limit"
+                );
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "could not raise the open-files limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    let wanted = (shards as u64)
+        .saturating_mul(config.limits.max_connections_per_shard as u64)
+        .saturating_add(FILES_RESERVED);
+    if files < wanted {
+        tracing::warn!(
+            open_files = files,
+            connections = files.saturating_sub(FILES_RESERVED),
+            configured = wanted - FILES_RESERVED,
+            "the open-files limit caps this gateway at about {} connections, fewer than \
+             shards x limits.max_connections_per_shard: raise LimitNOFILE= (systemd), \
+             the container runtime's nofile ulimit, or the hard limit (ulimit -Hn)",
+            files.saturating_sub(FILES_RESERVED)
+        );
+    }
+
+    let (mut memlock, memlock_hard) = Resource::MEMLOCK.get()?;
+    if memlock < MEMLOCK_NEEDED
+        && memlock_hard >= MEMLOCK_NEEDED
+        && Resource::MEMLOCK.set(MEMLOCK_NEEDED, memlock_hard).is_ok()
+    {
+        tracing::info!(
+            from = memlock,
+            to = MEMLOCK_NEEDED,
+            "raised the locked-memory limit"
+        );
+        memlock = MEMLOCK_NEEDED;
+    }
+    if memlock < MEMLOCK_NEEDED {
+        bail!(
+            "the locked-memory limit (RLIMIT_MEMLOCK) is {memlock} bytes; glommio needs at \
+             least {MEMLOCK_NEEDED} for its io_uring rings: set LimitMEMLOCK=infinity \
+             (systemd), `ulimit -l unlimited`, or the container runtime's memlock ulimit \
+             (Kubernetes has no field for it: see docs/operations.md)"
+        );
+    }
+
+    if let Ok(disabled) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        && disabled.trim() == "2"
+    {
+        bail!(
+            "io_uring is disabled on this host (sysctl kernel.io_uring_disabled = 2, the \
+             default on some distributions): set it to 0, or to 1 with the gateway's user in \
+             kernel.io_uring_group"
+        );
+    }
+    // The rings themselves: a seccomp profile that blocks io_uring_setup
+    // shows here, before any shard starts.
+    if let Err(error) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .ring_depth(8)
+        .make()
+    {
+        let error = io::Error::from(error);
+        bail!("{}", io_uring_refused(&error));
+    }
+    Ok(Limits { files, memlock })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_what_to_change() {
+        let eperm = io_uring_refused(&io::Error::from_raw_os_error(1));
+        assert!(
+            eperm.contains("seccomp") && eperm.contains("io_uring_disabled"),
+            "{eperm}"
+        );
+        let enosys = io_uring_refused(&io::Error::from_raw_os_error(38));
+        assert!(enosys.contains("kernel"), "{enosys}");
+    }
+}
