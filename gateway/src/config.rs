@@ -41,8 +41,23 @@ pub struct Config {
     pub downlink: Downlink,
     pub limits: Limits,
     pub authorization: Authorization,
+    pub drain: Drain,
     pub admin: Admin,
     pub log: Log,
+}
+
+/// How a gateway empties itself (SIGTERM, `POST /drain`): not ready, no
+/// new connections, the open ones closed at a pace the other instances
+/// can take as reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Drain {
+    /// Connections closed per second, the whole gateway.
+    pub closes_per_sec: u32,
+    /// Longest a drain takes: with more connections than `closes_per_sec`
+    /// closes in this time, they close faster. A Kubernetes grace period
+    /// (or systemd's TimeoutStopSec) must exceed it by the flush (15 s).
+    pub max_secs: u64,
 }
 
 /// Overload limits, each counted when hit
@@ -166,6 +181,7 @@ impl Default for Config {
             downlink: Downlink::default(),
             limits: Limits::default(),
             authorization: Authorization::default(),
+            drain: Drain::default(),
             admin: Admin::default(),
             log: Log::default(),
         }
@@ -185,6 +201,17 @@ impl Default for Limits {
             max_client_id_length: 128,
             max_filters_per_session: 32,
             max_filter_length: 256,
+        }
+    }
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            // 40,000 cars (two shards' worth) in 80 s: each other instance
+            // of a ten-gateway fleet sees about 55 reconnects a second.
+            closes_per_sec: 500,
+            max_secs: 120,
         }
     }
 }
@@ -468,6 +495,16 @@ impl Config {
                 "limits.max_client_id_length",
                 &self.limits.max_client_id_length,
                 "must be at least 23 (MQTT 3.1.1 servers must accept ids of 1 to 23 bytes)",
+            ));
+        }
+        if self.drain.closes_per_sec == 0 || self.drain.max_secs == 0 {
+            return Err(invalid(
+                "drain",
+                &format!(
+                    "closes_per_sec = {}, max_secs = {}",
+                    self.drain.closes_per_sec, self.drain.max_secs
+                ),
+                "both must be at least 1",
             ));
         }
         for pattern in &self.authorization.subscribe {

@@ -87,6 +87,7 @@ pub struct Gateway {
     shards: Vec<glommio::ExecutorJoinHandle<anyhow::Result<()>>>,
     metrics: Vec<Arc<ShardMetrics>>,
     shutdown: Arc<AtomicBool>,
+    drain: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     reloader: Arc<tls::Reloader>,
@@ -110,6 +111,7 @@ impl Gateway {
         );
         let config = Arc::new(config);
         let shutdown = Arc::new(AtomicBool::new(false));
+        let drain = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));
         let metrics: Vec<Arc<ShardMetrics>> = (0..count)
             .map(|_| Arc::new(ShardMetrics::default()))
@@ -133,7 +135,7 @@ impl Gateway {
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
             addr => Some(
-                ops::admin::spawn_with_reload(
+                ops::admin::spawn_with_actions(
                     addr,
                     {
                         let (metrics, reloader) = (metrics.clone(), reloader.clone());
@@ -145,10 +147,27 @@ impl Gateway {
                     },
                     ready.clone(),
                     shutdown.clone(),
-                    Some({
-                        let reloader = reloader.clone();
-                        Box::new(move || reloader.reload())
-                    }),
+                    vec![
+                        ("/reload", {
+                            let reloader = reloader.clone();
+                            Box::new(move || reloader.reload()) as ops::admin::Action
+                        }),
+                        ("/drain", {
+                            let (drain, ready, metrics) =
+                                (drain.clone(), ready.clone(), metrics.clone());
+                            Box::new(move || {
+                                ready.store(false, Ordering::Relaxed);
+                                let already = drain.swap(true, Ordering::Relaxed);
+                                let open = metrics::open_connections(&metrics);
+                                Ok(if already {
+                                    format!("draining already: {open} connections open\n")
+                                } else {
+                                    tracing::info!(connections = open, "POST /drain: draining");
+                                    format!("draining {open} connections\n")
+                                })
+                            })
+                        }),
+                    ],
                 )
                 .with_context(|| format!("admin endpoint on {addr}"))?,
             ),
@@ -189,6 +208,7 @@ impl Gateway {
                 (config.clone(), shard_metrics.clone(), shutdown.clone());
             let enabled = config.downlink.enabled;
             let shard_doors = doors.clone();
+            let shard_drain = drain.clone();
             let (registry, orders) = (
                 registry.clone(),
                 inboxes.pop().context("one inbox per shard")?,
@@ -206,10 +226,12 @@ impl Gateway {
                 .spawn(move || {
                     shard::serve(shard::Start {
                         id,
+                        shards: count,
                         config,
                         doors: shard_doors,
                         metrics: shard_metrics,
                         shutdown: stop,
+                        drain: shard_drain,
                         registry,
                         orders,
                         slot: enabled.then(|| downlink::slot(bridge, per_bridge, id)),
@@ -229,7 +251,16 @@ impl Gateway {
                     shutdown.store(true, Ordering::Relaxed);
                     return Err(error).with_context(|| format!("shard {id}"));
                 }
-                Err(_) => anyhow::bail!("shard {id} exited before listening"),
+                Err(_) => {
+                    // The executor never ran: its ring could not be made.
+                    let failed = shards.pop().map(glommio::ExecutorJoinHandle::join);
+                    shutdown.store(true, Ordering::Relaxed);
+                    if let Some(Err(error)) = failed {
+                        let error = std::io::Error::from(error);
+                        anyhow::bail!("shard {id}: {}", startup::io_uring_refused(&error));
+                    }
+                    anyhow::bail!("shard {id} exited before listening");
+                }
             }
         }
         ready.store(true, Ordering::Relaxed);
@@ -237,6 +268,7 @@ impl Gateway {
             shards,
             metrics,
             shutdown,
+            drain,
             ready,
             local_addrs: doors.iter().map(|door| door.listener.address).collect(),
             reloader,
@@ -277,6 +309,25 @@ impl Gateway {
     /// Setting this flag stops the gateway (signal handlers set it).
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
+    }
+
+    /// Starts the drain (as `POST /drain` does): not ready any more, no
+    /// new connection accepted, the open ones closed at `drain.closes_per_sec`
+    /// (faster if needed to end within `drain.max_secs`), so that cars
+    /// reconnect elsewhere as a trickle. The process stays until stopped.
+    pub fn drain(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+        if !self.drain.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                connections = metrics::open_connections(&self.metrics),
+                "draining"
+            );
+        }
+    }
+
+    /// Connections open now, all shards.
+    pub fn open_connections(&self) -> i64 {
+        metrics::open_connections(&self.metrics)
     }
 
     /// Stops accepting, closes connections, flushes and joins.

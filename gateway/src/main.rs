@@ -157,10 +157,17 @@ fn main() -> anyhow::Result<()> {
     let config = cli.config()?;
     init_logging(&config);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
+    // SIGTERM drains first (the cars reconnect elsewhere as a trickle),
+    // SIGINT stops at once.
+    let (terminate, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, terminate.clone())
+        .context("installing signal handlers")?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())
+        .context("installing signal handlers")?;
+    let drain_bound = Duration::from_secs(config.drain.max_secs) + Duration::from_secs(5);
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing the SIGHUP handler")?;
@@ -172,15 +179,38 @@ fn main() -> anyhow::Result<()> {
         "gateway running"
     );
     let flag = gateway.shutdown_flag();
+    let mut drained_by: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             tracing::info!("SIGHUP: reloading TLS files");
             // The outcome is logged and counted by the reload itself.
             let _ = gateway.reload_tls();
         }
+        if terminate.load(Ordering::Relaxed) {
+            match drained_by {
+                None => {
+                    tracing::info!("SIGTERM: draining, then stopping");
+                    gateway.drain();
+                    drained_by = Some(std::time::Instant::now() + drain_bound);
+                }
+                Some(by) => {
+                    let open = gateway.open_connections();
+                    if open == 0 {
+                        break;
+                    }
+                    if std::time::Instant::now() >= by {
+                        tracing::warn!(
+                            connections = open,
+                            "the drain outlived its bound: stopping"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    tracing::info!("signal received: stopping");
+    tracing::info!("stopping");
     let metrics = gateway.metrics().to_vec();
     let result = gateway.stop();
     let totals = gateway::metrics::totals(&metrics);

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Close reasons, in label order (see `session::CloseReason::label`).
-pub const CLOSE_REASONS: [&str; 13] = [
+pub const CLOSE_REASONS: [&str; 14] = [
     "disconnect",
     "peer_closed",
     "connect_timeout",
@@ -22,6 +22,7 @@ pub const CLOSE_REASONS: [&str; 13] = [
     "forbidden_topic",
     "taken_over",
     "shutdown",
+    "drained",
     "io_error",
 ];
 
@@ -197,6 +198,14 @@ pub fn totals(shards: &[std::sync::Arc<ShardMetrics>]) -> Totals {
         failed: t.failed + s.failed_total(),
         in_flight_bytes: t.in_flight_bytes + s.in_flight_bytes.load(Ordering::Relaxed),
     })
+}
+
+/// Connections open now, all shards.
+pub fn open_connections(shards: &[std::sync::Arc<ShardMetrics>]) -> i64 {
+    shards
+        .iter()
+        .map(|s| s.connections_open.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Prometheus text exposition of all shards, summed.

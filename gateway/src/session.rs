@@ -76,6 +76,8 @@ pub enum CloseReason {
     TakenOver,
     /// The gateway is shutting down.
     Shutdown,
+    /// The gateway is draining: its cars reconnect elsewhere.
+    Drained,
     /// A socket error.
     Io,
 }
@@ -96,6 +98,7 @@ impl CloseReason {
             Self::ForbiddenTopic => "forbidden_topic",
             Self::TakenOver => "taken_over",
             Self::Shutdown => "shutdown",
+            Self::Drained => "drained",
             Self::Io => "io_error",
         }
     }

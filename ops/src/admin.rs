@@ -3,8 +3,8 @@
 //! (the process says it is ready: the gateway once every shard listens, the
 //! router once its tables are rebuilt).
 //!
-//! `POST /reload` runs a process's reload action where it has one (the
-//! gateway re-reads its TLS files).
+//! `POST /<name>` runs one of the process's actions where it has them (the
+//! gateway's `/reload` re-reads its TLS files, `/drain` drains it).
 //!
 //! A plain blocking thread: it serves scrapes and probes, a few requests a
 //! second, and must keep answering while the shards are saturated.
@@ -18,8 +18,8 @@ use std::time::Duration;
 /// Renders the metrics page.
 pub type Render = Box<dyn Fn() -> String + Send>;
 
-/// Runs a reload; `Ok` or `Err` with what to tell the caller.
-pub type Reload = Box<dyn Fn() -> Result<String, String> + Send>;
+/// Runs an action; `Ok` or `Err` with what to tell the caller.
+pub type Action = Box<dyn Fn() -> Result<String, String> + Send>;
 
 /// Binds `addr` and serves on a background thread until `stop`.
 pub fn spawn(
@@ -28,16 +28,16 @@ pub fn spawn(
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<SocketAddr> {
-    spawn_with_reload(addr, render, ready, stop, None)
+    spawn_with_actions(addr, render, ready, stop, Vec::new())
 }
 
-/// As [`spawn`], and `POST /reload` runs `reload`.
-pub fn spawn_with_reload(
+/// As [`spawn`], and `POST <path>` runs the action of that path.
+pub fn spawn_with_actions(
     addr: &str,
     render: Render,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    reload: Option<Reload>,
+    actions: Vec<(&'static str, Action)>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
@@ -48,7 +48,7 @@ pub fn spawn_with_reload(
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = answer(stream, &render, &ready, reload.as_ref());
+                        let _ = answer(stream, &render, &ready, &actions);
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -67,7 +67,7 @@ fn answer(
     stream: TcpStream,
     render: &Render,
     ready: &AtomicBool,
-    reload: Option<&Reload>,
+    actions: &[(&'static str, Action)],
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -76,13 +76,14 @@ fn answer(
     BufReader::new(&stream).read_line(&mut request_line)?;
     let mut words = request_line.split_whitespace();
     let (method, path) = (words.next().unwrap_or("GET"), words.next().unwrap_or("/"));
-    let (status, body) = match (path, reload) {
-        ("/reload", Some(reload)) if method == "POST" => match reload() {
+    let action = actions.iter().find(|(name, _)| *name == path);
+    let (status, body) = match action {
+        Some((_, action)) if method == "POST" => match action() {
             Ok(done) => ("200 OK", done),
             Err(failed) => ("500 Internal Server Error", failed),
         },
-        ("/reload", Some(_)) => ("405 Method Not Allowed", "use POST /reload\n".to_owned()),
-        _ => answer_get(path, render, ready),
+        Some((name, _)) => ("405 Method Not Allowed", format!("use POST {name}\n")),
+        None => answer_get(path, render, ready),
     };
     let mut stream = stream;
     write!(

@@ -97,6 +97,13 @@ struct Shard {
     /// The process-wide stop flag (signal handlers, `Gateway::stop`).
     shutdown: Arc<AtomicBool>,
     stopping: Cell<bool>,
+    /// The process-wide drain flag (SIGTERM, `POST /drain`), and whether
+    /// this shard has begun draining.
+    drain: Arc<AtomicBool>,
+    draining: Cell<bool>,
+    /// Connections closed per second while draining: this shard's share.
+    drain_rate: f64,
+    drain_max: Duration,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
 }
@@ -135,6 +142,8 @@ pub(crate) struct Door {
 /// What a shard is started with.
 pub(crate) struct Start {
     pub(crate) id: usize,
+    /// How many shards this gateway runs.
+    pub(crate) shards: usize,
     pub(crate) config: Arc<Config>,
     /// Shard 0 binds the configured addresses; the others bind what it got
     /// (the same ports, also where port 0 was configured).
@@ -142,6 +151,8 @@ pub(crate) struct Start {
     pub(crate) metrics: Arc<ShardMetrics>,
     /// Set by signal handlers or `Gateway::stop`.
     pub(crate) shutdown: Arc<AtomicBool>,
+    /// Set by SIGTERM or `POST /drain`.
+    pub(crate) drain: Arc<AtomicBool>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) orders: Receiver<u64>,
     /// This shard's `mqtt.downlink` partition, when the downlink is on.
@@ -154,15 +165,18 @@ pub(crate) struct Start {
 pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let Start {
         id,
+        shards,
         config,
         doors,
         metrics,
         shutdown,
+        drain,
         registry,
         orders,
         slot,
         bound,
     } = start;
+    let shards = f64::from(u32::try_from(shards.max(1)).unwrap_or(u32::MAX));
     let setup = || -> anyhow::Result<(Vec<TcpListener>, Shard)> {
         let mut listeners = Vec::with_capacity(doors.len());
         for door in &doors {
@@ -196,6 +210,10 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             downlink,
             shutdown,
             stopping: Cell::new(false),
+            drain,
+            draining: Cell::new(false),
+            drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
+            drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             abandoned: Cell::new(false),
         };
         Ok((listeners, shard))
@@ -251,6 +269,11 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     }
     for acceptor in acceptors {
         acceptor.await;
+    }
+    // A drain ends the accepting; the shard stays (empty, not accepting)
+    // until it is told to stop.
+    while !shard.shutdown.load(Ordering::Relaxed) && !shard.stopping.get() {
+        sleep(IDLE_POLL).await;
     }
 
     shard.begin_stop();
@@ -309,6 +332,9 @@ async fn poll_producer(shard: Rc<Shard>) {
         if shard.shutdown.load(Ordering::Relaxed) {
             shard.begin_stop();
         }
+        if shard.drain.load(Ordering::Relaxed) && !shard.draining.replace(true) {
+            glommio::spawn_local(drain(shard.clone())).detach();
+        }
         shard.producer.poll();
         let arriving = shard.serve_downlink();
         for connection in shard.orders.try_iter() {
@@ -337,12 +363,51 @@ async fn poll_producer(shard: Rc<Shard>) {
     }
 }
 
-/// Accepts connections on `listener` until the shard stops.
+/// Closes the shard's connections at its share of the drain rate (faster
+/// if that would take longer than the drain's bound), so that cars
+/// reconnect to other instances as a trickle, not a storm.
+async fn drain(shard: Rc<Shard>) {
+    /// Closes happen in batches this often.
+    const TICK: Duration = Duration::from_millis(10);
+    let ids = shard.table.ids();
+    let rate = shard
+        .drain_rate
+        .max(ids.len() as f64 / shard.drain_max.as_secs_f64());
+    tracing::info!(
+        shard = shard.id,
+        connections = ids.len(),
+        per_second = rate,
+        "draining: closing connections"
+    );
+    let started = Instant::now();
+    let mut closed = 0usize;
+    let mut ids = ids.into_iter();
+    while !shard.stopping.get() {
+        // Due by now at the drain's rate.
+        let due = (started.elapsed().as_secs_f64() * rate).ceil() as usize;
+        for id in ids.by_ref().take(due.saturating_sub(closed)) {
+            shard.table.fire(id, CloseReason::Drained);
+            closed += 1;
+        }
+        if ids.len() == 0 {
+            break;
+        }
+        sleep(TICK).await;
+    }
+    tracing::info!(
+        shard = shard.id,
+        closed,
+        seconds = started.elapsed().as_secs_f64(),
+        "drained"
+    );
+}
+
+/// Accepts connections on `listener` until the shard stops or drains.
 async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
     // The poller notices the stop flag (within IDLE_POLL) and begins the
     // stop; this only ends the accept loop.
     let mut stop = pin!(async {
-        while !shard.stopping.get() {
+        while !shard.stopping.get() && !shard.draining.get() {
             sleep(Duration::from_millis(20)).await;
         }
     });

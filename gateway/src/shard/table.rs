@@ -75,6 +75,11 @@ impl ConnectionTable {
         }
     }
 
+    /// The ids of the open connections, now.
+    pub(super) fn ids(&self) -> Vec<u64> {
+        self.connections.borrow().keys().copied().collect()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.connections.borrow().len()
     }

@@ -1,0 +1,110 @@
+//! Draining (`POST /drain`, as SIGTERM begins it): the gateway reports not
+//! ready, accepts no new connection, and closes the open ones at its drain
+//! rate rather than all at once.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{RawClient, WAIT};
+use gateway::Gateway;
+use testkit::{Broker, http_get};
+
+const CARS: usize = 200;
+const RATE: u32 = 100;
+
+fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn drained(gateway: &Gateway) -> u64 {
+    let i = gateway::metrics::CLOSE_REASONS
+        .iter()
+        .position(|r| *r == "drained")
+        .unwrap();
+    common::total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 2);
+    config.drain.closes_per_sec = RATE;
+    let gateway = Gateway::start(config).unwrap();
+    let (addr, admin) = (gateway.local_addr(), gateway.admin_addr().unwrap());
+    let cars: Vec<RawClient> = (0..CARS)
+        .map(|n| {
+            let (car, code) = RawClient::connect(addr, &format!("VIN{n:014}"), 60);
+            assert_eq!(code, 0);
+            car
+        })
+        .collect();
+    assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
+    assert_eq!(
+        post(admin, "/reload").0,
+        200,
+        "no TLS listener: nothing to reload"
+    );
+    assert_eq!(http_get(admin, "/drain").unwrap().0, 405);
+
+    let started = Instant::now();
+    let (status, said) = post(admin, "/drain");
+    assert_eq!(status, 200);
+    assert!(
+        said.contains(&format!("draining {CARS} connections")),
+        "{said}"
+    );
+    assert_eq!(http_get(admin, "/readyz").unwrap().0, 503);
+
+    // Half a second in: about RATE / 2 closed, certainly not all.
+    std::thread::sleep(Duration::from_millis(500));
+    let early = drained(&gateway);
+    assert!(
+        early > 0 && early < CARS as u64 / 2,
+        "{early} closed after 0.5 s"
+    );
+    // No new connection is accepted meanwhile.
+    let refused = match std::net::TcpStream::connect(addr) {
+        Err(_) => true,
+        Ok(mut stream) => {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            let mut out = bytes::BytesMut::new();
+            codec::Connect::new("LATE", 60).encode(&mut out).unwrap();
+            let _ = stream.write_all(&out);
+            let mut byte = [0u8; 1];
+            !matches!(stream.read(&mut byte), Ok(1))
+        }
+    };
+    assert!(refused, "a draining gateway accepted a new car");
+
+    testkit::wait_until("the drain", WAIT, || drained(&gateway) == CARS as u64);
+    let took = started.elapsed();
+    // 200 at 100/s: about two seconds, spread, not at once.
+    assert!(took >= Duration::from_millis(1500), "drained in {took:?}");
+    for mut car in cars {
+        assert!(car.expect_closed(WAIT).is_empty());
+    }
+    assert_eq!(gateway.open_connections(), 0);
+    gateway.stop().unwrap();
+}
