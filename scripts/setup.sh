@@ -2,7 +2,13 @@
 # Installs what building and testing the project needs, skipping whatever
 # is already there: Debian packages, tansu (the Kafka-compatible broker the
 # tests start), cargo-fuzz and the nightly toolchain it runs on.
+#
+#   scripts/setup.sh          everything (scripts/test.sh and CI call this)
+#   scripts/setup.sh stack    only what the main job needs (scripts/stack.sh
+#                             calls this): the Debian packages and tansu
 set -euo pipefail
+only_stack="" quiet_done="${SETUP_QUIET:-}"
+[ "${1:-}" = "stack" ] && only_stack=1
 
 export PATH="$HOME/.cargo/bin:$PATH"
 TANSU_VERSION=0.6.0
@@ -35,16 +41,19 @@ if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
 fi
 
 if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  log "building tansu $TANSU_VERSION from crates.io (takes about 10 minutes)"
+  log "building tansu $TANSU_VERSION from crates.io, once (about 10 minutes on 2 cores): the Kafka-compatible broker the local stack and the integration tests run"
   cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore
+fi
+if [ -n "$only_stack" ]; then
+  exit 0
 fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
-  log "installing the nightly toolchain for cargo-fuzz"
+  log "installing the nightly toolchain, once: cargo-fuzz's sanitizers need it (the test suite fuzzes the codec)"
   rustup toolchain install nightly --profile minimal
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  log "installing cargo-fuzz"
+  log "building cargo-fuzz from crates.io, once (a few minutes): the test suite's fuzzing step"
   cargo install --locked cargo-fuzz
 fi
-log "done"
+[ -n "$quiet_done" ] || log "done"

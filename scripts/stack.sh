@@ -59,7 +59,11 @@ for p in ${STACK_KAFKA_PROPS:-}; do props+=(-X "$p"); done
 
 log() { printf '\033[1mstack:\033[0m %s\n' "$*" >&2; }
 
-command -v "$tansu" >/dev/null || { echo "$tansu not found: run scripts/setup.sh" >&2; exit 1; }
+# A fresh machine: install what the main job lacks (skipped when there).
+if [ -z "${STACK_TANSU:-}" ]; then
+  SETUP_QUIET=1 scripts/setup.sh stack
+fi
+command -v "$tansu" >/dev/null || { echo "$tansu not found (STACK_TANSU): build it or unset STACK_TANSU" >&2; exit 1; }
 log "building ($profile)"
 "${build[@]}" 2>&1 | tail -n 3 >&2
 

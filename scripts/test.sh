@@ -8,6 +8,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# A fresh machine: install what the suite lacks (skipped when there).
+SETUP_QUIET=1 scripts/setup.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
