@@ -93,6 +93,19 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Adds `n` to the counter of `label` in a labelled family (`labels[i]`
+/// is `counters[i]`'s label). Labels are this crate's constants: one that
+/// is not in the family is a bug, and counts nowhere rather than panic.
+fn add(labels: &[&str], counters: &[AtomicU64], label: &str, n: u64) {
+    if let Some(counter) = labels
+        .iter()
+        .position(|l| *l == label)
+        .and_then(|i| counters.get(i))
+    {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 impl ShardMetrics {
     /// Counts one acknowledgement that took `us` microseconds.
     pub fn record_ack(&self, us: u64) {
@@ -107,63 +120,32 @@ impl ShardMetrics {
     }
 
     pub fn close(&self, label: &str) {
-        if let Some(counter) = CLOSE_REASONS
-            .iter()
-            .position(|r| *r == label)
-            .and_then(|i| self.closed.get(i))
-        {
-            bump(counter);
-        }
+        add(&CLOSE_REASONS, &self.closed, label, 1);
     }
 
     pub fn fail(&self, reason: &str) {
-        if let Some(counter) = FAILURE_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.publish_failed.get(i))
-        {
-            bump(counter);
-        }
+        add(&FAILURE_REASONS, &self.publish_failed, reason, 1);
     }
 
     pub fn limit(&self, limit: &str, times: u64) {
-        if let Some(counter) = LIMITS
-            .iter()
-            .position(|l| *l == limit)
-            .and_then(|i| self.limited.get(i))
-        {
-            counter.fetch_add(times, Ordering::Relaxed);
-        }
+        add(&LIMITS, &self.limited, limit, times);
     }
 
     pub fn proxy_header(&self, result: &str) {
-        if let Some(counter) = crate::proxy::PROXY_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .and_then(|i| self.proxy_headers.get(i))
-        {
-            bump(counter);
-        }
+        add(&crate::proxy::PROXY_RESULTS, &self.proxy_headers, result, 1);
     }
 
     pub fn handshake(&self, result: &str) {
-        if let Some(counter) = crate::tls::HANDSHAKE_RESULTS
-            .iter()
-            .position(|r| *r == result)
-            .and_then(|i| self.tls_handshakes.get(i))
-        {
-            bump(counter);
-        }
+        add(
+            &crate::tls::HANDSHAKE_RESULTS,
+            &self.tls_handshakes,
+            result,
+            1,
+        );
     }
 
     pub fn drop_downlink(&self, reason: &str) {
-        if let Some(counter) = DROP_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.downlink_dropped.get(i))
-        {
-            bump(counter);
-        }
+        add(&DROP_REASONS, &self.downlink_dropped, reason, 1);
     }
 
     pub fn downlink_dropped_total(&self) -> u64 {

@@ -67,6 +67,40 @@ impl Pki {
     }
 }
 
+/// A broker, a test PKI with cars 1 and 2, a gateway with the TLS that
+/// `tls` makes of the PKI, and each car's client configuration.
+struct Stage {
+    broker: Broker,
+    pki: Pki,
+    gateway: Gateway,
+    car1: pki::Issued,
+    as_car1: Arc<rustls::ClientConfig>,
+    car2: pki::Issued,
+    as_car2: Arc<rustls::ClientConfig>,
+}
+
+fn stage(tls: impl FnOnce(&Pki) -> Tls) -> Stage {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let pki = Pki::new();
+    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
+    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
+    let gateway = start(&broker, tls(&pki), 10);
+    let (as_car1, as_car2) = (
+        TlsCar::client_config(&pki.ca, &car1),
+        TlsCar::client_config(&pki.ca, &car2),
+    );
+    Stage {
+        broker,
+        pki,
+        gateway,
+        car1,
+        as_car1,
+        car2,
+        as_car2,
+    }
+}
+
 fn start(broker: &Broker, tls: Tls, connect_timeout_secs: u64) -> Gateway {
     let mut config = common::config(broker, 2);
     config.mqtt.connect_timeout_secs = connect_timeout_secs;
@@ -359,17 +393,13 @@ fn plain_mqtt_garbage_and_silence_on_a_tls_port_are_closed() {
 
 #[test]
 fn a_session_is_taken_over_only_by_the_same_identity() {
-    let broker = Broker::start();
-    broker.create_topic("cs.uplink", 1, &[]);
-    let pki = Pki::new();
-    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
-    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
-    let gateway = start(&broker, pki.tls(Vec::new()), 10);
+    let Stage {
+        gateway,
+        as_car1,
+        as_car2,
+        ..
+    } = stage(|pki| pki.tls(Vec::new()));
     let addr = gateway.local_addr();
-    let (as_car1, as_car2) = (
-        TlsCar::client_config(&pki.ca, &car1),
-        TlsCar::client_config(&pki.ca, &car2),
-    );
 
     let (mut first, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
     assert_eq!(code, 0);
@@ -392,17 +422,16 @@ fn a_session_is_taken_over_only_by_the_same_identity() {
 
 #[test]
 fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old() {
-    let broker = Broker::start();
-    broker.create_topic("cs.uplink", 1, &[]);
-    let pki = Pki::new();
-    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
-    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
-    let gateway = start(&broker, pki.tls(Vec::new()), 10);
+    let Stage {
+        broker,
+        pki,
+        gateway,
+        as_car1,
+        car2,
+        as_car2,
+        ..
+    } = stage(|pki| pki.tls(Vec::new()));
     let addr = gateway.local_addr();
-    let (as_car1, as_car2) = (
-        TlsCar::client_config(&pki.ca, &car1),
-        TlsCar::client_config(&pki.ca, &car2),
-    );
     let (mut live, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
     assert_eq!(code, 0);
     let served = |car: &TlsCar| {
@@ -497,18 +526,18 @@ fn a_session_resumes_on_another_gateway_with_the_shared_ticket_key() {
 
 #[test]
 fn a_car_revoked_after_it_got_a_ticket_cannot_resume() {
-    let broker = Broker::start();
-    broker.create_topic("cs.uplink", 1, &[]);
-    let pki = Pki::new();
-    let car1 = pki.car("car1", &pki::CarOptions::named("VIN00000000000001"));
-    let car2 = pki.car("car2", &pki::CarOptions::named("VIN00000000000002"));
-    std::fs::write(pki.path("cars.crl"), pki.ca.crl(&[]).unwrap()).unwrap();
-    let gateway = start(&broker, pki.tls(vec![pki.path("cars.crl")]), 10);
+    let Stage {
+        pki,
+        gateway,
+        car1,
+        as_car1,
+        as_car2,
+        ..
+    } = stage(|pki| {
+        std::fs::write(pki.path("cars.crl"), pki.ca.crl(&[]).unwrap()).unwrap();
+        pki.tls(vec![pki.path("cars.crl")])
+    });
     let addr = gateway.local_addr();
-    let (as_car1, as_car2) = (
-        TlsCar::client_config(&pki.ca, &car1),
-        TlsCar::client_config(&pki.ca, &car2),
-    );
     for (config, id) in [
         (&as_car1, "VIN00000000000001"),
         (&as_car2, "VIN00000000000002"),
