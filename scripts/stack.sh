@@ -33,6 +33,12 @@
 #                    --tls (one certificate per car, made once)
 #   STACK_TLS_RESUME=1 with STACK_TLS: each car's measured connection
 #                    resumes a TLS session (loadgen --tls-resume)
+#   STACK_DRAIN_AFTER=S  S seconds into loadgen's run, drain the last
+#                    gateway (POST /drain) while the cars reconnect to the
+#                    others (loadgen --reconnect); the report says how fast
+#                    the others took them and whether all came back
+#   STACK_DRAIN_RATE closes per second of that drain (default: the
+#                    gateway's drain.closes_per_sec, 500)
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -154,6 +160,10 @@ ticket_keys = "$pki/tickets"
 EOF
     listen=(--config "$dir/gateway-$g.toml")
   fi
+  if [ -n "${STACK_DRAIN_RATE:-}" ]; then
+    [ "${listen[0]}" = --config ] || { : >"$dir/gateway-$g.toml"; listen+=(--config "$dir/gateway-$g.toml"); }
+    printf '[drain]\ncloses_per_sec = %s\n' "$STACK_DRAIN_RATE" >>"$dir/gateway-$g.toml"
+  fi
   log "gateway $g on 127.0.0.1:$port ($shards shards${STACK_TLS:+, mutual TLS})"
   "$bin/gateway" --kafka-bootstrap "$kafka" "${props[@]}" "${listen[@]}" --shards "$shards" \
     --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
@@ -225,9 +235,32 @@ pids+=($sampler)
 probe=$!
 pids+=($probe)
 
-log "loadgen ${tls_args[*]} $*"
+drain_args=()
+if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
+  [ "$gateways" -ge 2 ] || { echo "STACK_DRAIN_AFTER needs STACK_GATEWAYS=2 or more" >&2; exit 2; }
+  drain_args=(--reconnect)
+  last=${admins[$((gateways - 1))]}
+  # Every second: each gateway's accepted and open connections.
+  (
+    while true; do
+      line="$(date +%s.%N)"
+      for a in "${admins[@]}"; do
+        line+=" $(curl -fsS "http://$a/metrics" 2>/dev/null | awk '/^carbridge_gateway_connections_accepted_total/ {a = $2} /^carbridge_gateway_connections_open/ {o = $2} END {print a + 0 ":" o + 0}')"
+      done
+      echo "$line"
+      sleep 1
+    done
+  ) >"$dir/drain-samples.txt" &
+  pids+=($!)
+  ( sleep "$STACK_DRAIN_AFTER"; date +%s.%N >"$dir/drain-start.txt"
+    curl -fsS -X POST "http://$last/drain" >"$dir/drain.txt" 2>&1 ) &
+  pids+=($!)
+  log "draining gateway $((gateways - 1)) ($last) $STACK_DRAIN_AFTER s into the run; cars reconnect"
+fi
+
+log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
-  "${tls_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+  "${tls_args[@]}" "${drain_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true
@@ -281,6 +314,35 @@ if total:
 
 log "gateway 0: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
 log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
+if [ -n "${STACK_DRAIN_AFTER:-}" ] && [ -s "$dir/drain-start.txt" ]; then
+  log "$(python3 - "$dir/drain-samples.txt" "$(cat "$dir/drain-start.txt")" "$gateways" <<'EOF'
+import sys
+samples, start, gateways = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+rows = []
+for line in open(samples):
+    t, *cells = line.split()
+    rows.append((float(t), [tuple(int(float(x)) for x in c.split(":")) for c in cells]))
+before = [r for r in rows if r[0] <= start]
+after = [r for r in rows if r[0] > start]
+if not before or len(after) < 2:
+    print("drain: too few samples")
+    sys.exit()
+drained = gateways - 1
+peak_open = max(cells[drained][1] for _, cells in before + after[:1])
+empty = next((t for t, cells in after if cells[drained][1] == 0), None)
+rates = []
+for (t0, c0), (t1, c1) in zip(after, after[1:]):
+    accepted = sum(c1[g][0] - c0[g][0] for g in range(drained))
+    rates.append(accepted / (t1 - t0))
+others_open = max(sum(cells[g][1] for g in range(drained)) for _, cells in after)
+took = f"{empty - start:.1f} s" if empty else "not empty by the end"
+print(f"drain: gateway {drained} went from {peak_open} connections to 0 in {took}; "
+      f"the others accepted at most {max(rates):.0f} connections/s meanwhile "
+      f"and held {others_open} at most")
+EOF
+)"
+fi
+
 gateway_metrics=()
 for a in "${admins[@]}"; do gateway_metrics+=(--gateway-metrics "http://$a/metrics"); done
 echo >&2

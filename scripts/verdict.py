@@ -101,8 +101,14 @@ def main():
 
     out = [f"== verdict (broker: {args.broker}) =="]
     connect = report["connect"]
+    connected, cars = connect["connected"], connect["cars"]
     out.append(
-        f"cars      {count(connect['connected'])} of {count(connect['cars'])} connected"
+        (
+            f"cars      {count(cars)} cars, {count(connected)} connections "
+            f"({count(connected - cars)} of them reconnects)"
+            if connected > cars
+            else f"cars      {count(connected)} of {count(cars)} connected"
+        )
         + (f", {count(connect['failed'])} FAILED" if connect["failed"] else "")
     )
     lines, up_met, up_lost = flow_lines("uplink", report["uplink"], UPLINK_GOAL_MS, probe, 1)

@@ -162,6 +162,12 @@ struct RunArgs {
     /// a full handshake.
     #[arg(long, requires = "tls")]
     tls_resume: bool,
+    /// A car the server closes before the run ends (a drained or crashed
+    /// gateway) connects again after 0.1–1 s, to the next --target, and
+    /// goes on publishing with its numbering: the report then shows what
+    /// a drain or a failover loses (connects per second in the timeline).
+    #[arg(long)]
+    reconnect: bool,
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
@@ -265,6 +271,7 @@ fn main() -> anyhow::Result<()> {
     };
     let options = Options {
         tls,
+        reconnect: args.reconnect,
         cars: args.cars,
         targets,
         connect_rate: args.connect_rate,

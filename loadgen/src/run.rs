@@ -57,6 +57,8 @@ pub struct Options {
     pub quiet: bool,
     /// TLS for the cars; `None`: plain TCP.
     pub tls: Option<crate::worker::TlsPlan>,
+    /// Cars closed by the server reconnect (to the next target).
+    pub reconnect: bool,
 }
 
 /// What arrived on the uplink side.
@@ -676,6 +678,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             cars_per_source: options.cars_per_source,
             connect_rate: options.connect_rate / workers_needed as f64,
             tls: options.tls.clone(),
+            reconnect: options.reconnect,
             publish_interval_ms: options.publish_interval_ms,
             payload_size: options.payload_size,
             topic: options.topic.clone(),

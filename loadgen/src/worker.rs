@@ -58,6 +58,10 @@ pub struct Plan {
     /// TLS with a client certificate per car; `None`: plain TCP.
     #[serde(default)]
     pub tls: Option<TlsPlan>,
+    /// A car the server closes before the run ends connects again (to
+    /// the next target) and goes on publishing.
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// The cars' TLS: a test PKI directory (see [`crate::tls`]).
@@ -324,32 +328,66 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
             return;
         }
     }
-    let began = Instant::now();
-    let stream = match start_connect(target, source) {
-        Ok(socket) => TcpStream::from(socket),
-        Err(_) => {
-            bump(&stats.connect_failures);
-            return;
-        }
-    };
-    match tls {
-        None => session(stream, plan, stats, car, client_id, began).await,
-        Some((tls, connector)) => {
-            let Ok(name) = rustls::pki_types::ServerName::try_from(tls.server_name.clone()) else {
+    let mut seq = 0u64;
+    let mut target = target;
+    for attempt in 1u64.. {
+        let began = Instant::now();
+        let stream = match start_connect(target, source) {
+            Ok(socket) => TcpStream::from(socket),
+            Err(_) => {
                 bump(&stats.connect_failures);
                 return;
-            };
-            let handshake = async { connector.connect(name, stream).await.ok() };
-            let timeout = async {
-                sleep(Duration::from_secs(10)).await;
-                None
-            };
-            match future::or(handshake, timeout).await {
-                Some(stream) => session(stream, plan, stats, car, client_id, began).await,
-                None => bump(&stats.connect_failures),
             }
+        };
+        let ended = match &tls {
+            None => session(stream, &plan, &stats, car, &client_id, began, &mut seq).await,
+            Some((tls, connector)) => {
+                let Ok(name) = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                else {
+                    bump(&stats.connect_failures);
+                    return;
+                };
+                let handshake = async { connector.connect(name, stream).await.ok() };
+                let timeout = async {
+                    sleep(Duration::from_secs(10)).await;
+                    None
+                };
+                match future::or(handshake, timeout).await {
+                    Some(stream) => {
+                        session(stream, &plan, &stats, car, &client_id, began, &mut seq).await
+                    }
+                    None => {
+                        bump(&stats.connect_failures);
+                        Ended::Refused
+                    }
+                }
+            }
+        };
+        let run_on = payload::now_us() < plan.end_us && !stats.stop.load(Ordering::Relaxed);
+        if !(plan.reconnect && run_on && matches!(ended, Ended::Closed | Ended::Refused)) {
+            return;
         }
+        // Back off 0.1–1 s (spread by car), then the next target: a
+        // drained gateway's cars reach the others as a trickle.
+        let backoff = 100 + car.wrapping_mul(0x9E37_79B9).wrapping_add(attempt * 7919) % 900;
+        sleep(Duration::from_millis(backoff)).await;
+        target = plan
+            .targets
+            .get(((car + attempt) % plan.targets.len().max(1) as u64) as usize)
+            .copied()
+            .unwrap_or(target);
     }
+}
+
+/// How a car's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The run ended (or was stopped): the car disconnected.
+    Done,
+    /// The server closed the connection, or a write failed.
+    Closed,
+    /// No CONNACK (refused, timed out, or the handshake failed).
+    Refused,
 }
 
 /// Sends CONNECT and reads up to the CONNACK; `Some` when accepted. What
@@ -382,26 +420,28 @@ async fn mqtt_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// One car's MQTT session over its connected stream (TCP or TLS).
+/// One car's MQTT session over its connected stream (TCP or TLS);
+/// `seq` numbers its messages across reconnects.
 async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     mut stream: S,
-    plan: Rc<Plan>,
-    stats: Rc<Stats>,
+    plan: &Plan,
+    stats: &Rc<Stats>,
     car: u64,
-    client_id: String,
+    client_id: &str,
     began: Instant,
-) {
+    seq: &mut u64,
+) -> Ended {
     let interval = Duration::from_millis(plan.publish_interval_ms.max(1));
     let keep_alive = u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX);
     let mut input = BytesMut::new();
-    let connected = mqtt_connect(&mut stream, &client_id, keep_alive, &mut input);
+    let connected = mqtt_connect(&mut stream, client_id, keep_alive, &mut input);
     let timeout = async {
         sleep(Duration::from_secs(10)).await;
         None
     };
     if future::or(connected, timeout).await.is_none() {
         bump(&stats.connect_failures);
-        return;
+        return Ended::Refused;
     }
     bump(&stats.connects);
     bump(&stats.connected_now);
@@ -430,7 +470,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     }
 
     let (reader, mut writer) = futures_lite::io::split(stream);
-    let reading = glommio::spawn_local(read_downlink(reader, input, stats.clone(), plan.first_car));
+    let closed = Rc::new(Cell::new(false));
+    let reading = glommio::spawn_local(read_downlink(
+        reader,
+        input,
+        stats.clone(),
+        plan.first_car,
+        closed.clone(),
+    ));
     let topic = fill(&plan.topic, car, plan.shards);
     // Spread the cars' first publishes over one interval.
     let offset = Duration::from_micros(
@@ -440,7 +487,6 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 .max(1),
     );
     let mut next = Instant::now() + offset;
-    let mut seq = 0u64;
     let mut out = BytesMut::new();
     let mut failed = false;
     let end_at =
@@ -450,14 +496,19 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         if stats.stop.load(Ordering::Relaxed) || now >= end_at {
             break;
         }
+        if closed.get() {
+            // The server closed the connection (a drain, a takeover).
+            failed = true;
+            break;
+        }
         if now < next {
             // Wake at least every second: the run may end (or be stopped)
             // long before a slow car's next publish.
             sleep((next - now).min(end_at - now).min(Duration::from_secs(1))).await;
             continue;
         }
-        seq += 1;
-        let body = payload::encode(car, seq, payload::now_us(), plan.payload_size);
+        *seq += 1;
+        let body = payload::encode(car, *seq, payload::now_us(), plan.payload_size);
         out.clear();
         if encode_publish(
             &mut out,
@@ -472,6 +523,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             || writer.write_all(&out).await.is_err()
             || writer.flush().await.is_err()
         {
+            // Not sent: the next connection sends this number again.
+            *seq -= 1;
             failed = true;
             break;
         }
@@ -498,11 +551,23 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     stats
         .connected_now
         .set(stats.connected_now.get().saturating_sub(1));
+    if failed { Ended::Closed } else { Ended::Done }
 }
 
 /// Reads what the server sends this car until the connection closes.
 /// Arrivals are indexed from `first_car`, this worker's first.
 async fn read_downlink<R: futures_lite::AsyncRead + Unpin>(
+    reader: R,
+    input: BytesMut,
+    stats: Rc<Stats>,
+    first_car: u64,
+    closed: Rc<Cell<bool>>,
+) {
+    read_until_closed(reader, input, stats, first_car).await;
+    closed.set(true);
+}
+
+async fn read_until_closed<R: futures_lite::AsyncRead + Unpin>(
     mut reader: R,
     mut input: BytesMut,
     stats: Rc<Stats>,
@@ -569,6 +634,7 @@ mod tests {
             start_us: 0,
             end_us: 0,
             tls: None,
+            reconnect: false,
         }
     }
 
