@@ -1,0 +1,110 @@
+//! A gateway drained mid-run while its cars publish: they reconnect to the
+//! other gateway at the drain's pace, nothing they publish is lost, and
+//! all of them are back.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{gateway_with_admin, router, topics};
+use loadgen::report::Report;
+use testkit::{Broker, scrape};
+
+const CARS: u64 = 600;
+const RATE: u32 = 100;
+
+fn post(addr: SocketAddr, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(admin: SocketAddr, name: &str) -> f64 {
+    scrape(admin).unwrap().get(name).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
+    let broker = Broker::start();
+    topics(&broker, 4, 4);
+    let _router = router(&broker);
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), format!("[drain]\ncloses_per_sec = {RATE}\n")).unwrap();
+    let (_stays, stays, stays_admin) = gateway_with_admin(&broker, 0, Some(config.path()));
+    let (_drained, drained, drained_admin) = gateway_with_admin(&broker, 1, Some(config.path()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let fleet = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--target",
+            &stays.to_string(),
+            "--target",
+            &drained.to_string(),
+        ])
+        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(["--cars", &CARS.to_string(), "--reconnect"])
+        .args([
+            "--publish-interval-ms",
+            "1000",
+            "--downlink-rate",
+            "0",
+            "--no-subscribe",
+        ])
+        .args(["--warmup-secs", "3", "--duration-secs", "10", "--quiet"])
+        .arg("--report-json")
+        .arg(&json)
+        .arg("--report-html")
+        .arg(dir.path().join("report.html"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Half the cars on each gateway, then the drain: 300 at 100/s.
+    testkit::wait_until(
+        "the fleet on both gateways",
+        Duration::from_secs(30),
+        || metric(drained_admin, "carbridge_gateway_connections_open") >= (CARS / 2) as f64,
+    );
+    let said = post(drained_admin, "/drain");
+    assert!(said.contains("draining 300 connections"), "{said}");
+    // Halfway through the drain: some moved, not all.
+    std::thread::sleep(Duration::from_millis(1500));
+    let left = metric(drained_admin, "carbridge_gateway_connections_open");
+    assert!(left > 0.0 && left < 300.0, "{left} left after 1.5 s");
+    testkit::wait_until("the drain", Duration::from_secs(30), || {
+        metric(drained_admin, "carbridge_gateway_connections_open") == 0.0
+    });
+    testkit::wait_until("every car back", Duration::from_secs(30), || {
+        metric(stays_admin, "carbridge_gateway_connections_open") == CARS as f64
+    });
+
+    let output = fleet.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.uplink.lost, 0, "{:?}", report.uplink);
+    assert_eq!(report.uplink.duplicates, 0, "{:?}", report.uplink);
+    assert_eq!(report.connect.connected, CARS + 300, "{:?}", report.connect);
+    assert_eq!(
+        metric(
+            drained_admin,
+            "carbridge_gateway_connections_closed_total{reason=\"drained\"}"
+        ),
+        300.0
+    );
+}
