@@ -155,8 +155,13 @@ impl ShardProducer {
     ) -> Result<Self, KafkaError> {
         let mut client = ClientConfig::new();
         // Low latency by default; every property can be overridden.
+        // Idempotent: a batch librdkafka retries after a lost
+        // acknowledgement is not stored twice, and a car's records keep
+        // their order (the broker keeps producer state; tests against
+        // in-memory tansu turn it off, as it loses that state on restart).
         client
             .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
             .set("client.id", format!("carbridge-gateway-{shard}"));
         for (key, value) in &config.properties {
             client.set(key, value);
