@@ -33,7 +33,12 @@ pub fn io_uring_refused(error: &io::Error) -> String {
         Some(12) => {
             "io_uring rings could not be allocated (ENOMEM): raise RLIMIT_MEMLOCK (LimitMEMLOCK=infinity, or ulimit -l)."
         }
-        _ => "io_uring could not be set up.",
+        _ => {
+            "io_uring could not be set up. Check, in this order: the container's seccomp \
+             profile (it must allow io_uring_setup, io_uring_enter and io_uring_register: \
+             the Localhost profile in deploy/k8s), `sysctl kernel.io_uring_disabled` (0 \
+             allows it), and the locked-memory limit (LimitMEMLOCK=infinity)."
+        }
     };
     format!("{fix} ({error})")
 }
@@ -130,5 +135,10 @@ mod tests {
         );
         let enosys = io_uring_refused(&io::Error::from_raw_os_error(38));
         assert!(enosys.contains("kernel"), "{enosys}");
+        let other = io_uring_refused(&io::Error::other("the executor panicked"));
+        assert!(
+            other.contains("seccomp") && other.contains("io_uring_disabled"),
+            "{other}"
+        );
     }
 }
