@@ -13,7 +13,8 @@
 #   - the gateway's system-call filter, expanded, still allows what glommio
 #     and the gateway's start-up need (io_uring above all);
 #   - unit values that must agree with the gateway: stop timeout vs drain
-#     bound, file-descriptor limit vs fs.nr_open, locked memory, Type=exec;
+#     bound, file-descriptor limit vs fs.nr_open, locked memory, Type=notify
+#     with a watchdog;
 #   - the sysctl file: every line is `key = value`, and every key exists
 #     under /proc/sys here or is marked optional with a leading "-";
 #   - the Dockerfile with hadolint, when hadolint is installed (else skipped).
@@ -207,10 +208,12 @@ else
 fi
 for unit in "$gateway_unit" "$router_unit"; do
   type=$(unit_value "$unit" Type)
-  if [ "$type" = exec ] && ! grep -q '^WatchdogSec=' "$unit"; then
-    ok "${unit##*/}: Type=exec, no WatchdogSec (no sd_notify yet)"
+  watchdog=$(unit_value "$unit" WatchdogSec)
+  access=$(unit_value "$unit" NotifyAccess)
+  if [ "$type" = notify ] && [ -n "$watchdog" ] && [ "$access" = main ]; then
+    ok "${unit##*/}: Type=notify, NotifyAccess=main, WatchdogSec=$watchdog (the binaries send READY=1 and feed the watchdog)"
   else
-    fail "${unit##*/}: Type=$type; the binaries do not speak sd_notify: use Type=exec, no WatchdogSec"
+    fail "${unit##*/}: Type=$type NotifyAccess=$access WatchdogSec=$watchdog; the binaries speak sd_notify: use Type=notify, NotifyAccess=main and a WatchdogSec"
   fi
 done
 

@@ -325,6 +325,15 @@ impl Gateway {
         }
     }
 
+    /// Each shard's poller turns so far: all of them advancing means every
+    /// shard is alive (the systemd watchdog is fed only then).
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.metrics
+            .iter()
+            .map(|m| m.heartbeat.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Connections open now, all shards.
     pub fn open_connections(&self) -> i64 {
         metrics::open_connections(&self.metrics)

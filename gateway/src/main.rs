@@ -178,6 +178,17 @@ fn main() -> anyhow::Result<()> {
         shards = gateway.metrics().len(),
         "gateway running"
     );
+    // systemd (Type=notify): ready now; the watchdog is fed while every
+    // shard's poller turns.
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    let watchdog = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|usec| usec.parse::<u64>().ok())
+        .map(|usec| Duration::from_micros(usec / 2));
+    let mut fed = (std::time::Instant::now(), gateway.heartbeats());
     let flag = gateway.shutdown_flag();
     let mut drained_by: Option<std::time::Instant> = None;
     while !stop.load(Ordering::Relaxed) && !flag.load(Ordering::Relaxed) {
@@ -186,10 +197,25 @@ fn main() -> anyhow::Result<()> {
             // The outcome is logged and counted by the reload itself.
             let _ = gateway.reload_tls();
         }
+        if let Some(every) = watchdog
+            && fed.0.elapsed() >= every
+        {
+            let beats = gateway.heartbeats();
+            if beats.iter().zip(&fed.1).all(|(now, then)| now > then) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                fed = (std::time::Instant::now(), beats);
+            } else {
+                // Checked again one interval later; systemd restarts the
+                // service if that goes on past WatchdogSec.
+                tracing::warn!("a shard made no progress: the watchdog is not fed");
+                fed.0 = std::time::Instant::now();
+            }
+        }
         if terminate.load(Ordering::Relaxed) {
             match drained_by {
                 None => {
                     tracing::info!("SIGTERM: draining, then stopping");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("draining")]);
                     gateway.drain();
                     drained_by = Some(std::time::Instant::now() + drain_bound);
                 }
@@ -211,6 +237,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let metrics = gateway.metrics().to_vec();
     let result = gateway.stop();
     let totals = gateway::metrics::totals(&metrics);

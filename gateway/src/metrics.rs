@@ -85,6 +85,9 @@ pub struct ShardMetrics {
     pub subscribe_denied: AtomicU64,
     /// PROXY headers by outcome ([`crate::proxy::PROXY_RESULTS`]).
     pub proxy_headers: [AtomicU64; crate::proxy::PROXY_RESULTS.len()],
+    /// Turns of the shard's poller: a shard whose count stops is stuck
+    /// (the systemd watchdog is not fed then).
+    pub heartbeat: AtomicU64,
     /// TLS handshakes by outcome ([`crate::tls::HANDSHAKE_RESULTS`]).
     pub tls_handshakes: [AtomicU64; crate::tls::HANDSHAKE_RESULTS.len()],
 }

@@ -91,7 +91,9 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("admin endpoint on {}", cli.admin_listen))?;
         tracing::info!(%addr, "admin endpoint listening");
     }
+    notify_systemd(metrics.clone(), ready.clone(), stop.clone());
     let result = router::run::run(config, metrics.clone(), ready, stop.clone());
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::Relaxed);
     tracing::info!(
         received = metrics.received.load(Ordering::Relaxed),
@@ -106,4 +108,46 @@ fn main() -> anyhow::Result<()> {
         "stopped"
     );
     result
+}
+
+/// systemd (Type=notify): READY=1 once the tables are rebuilt, and the
+/// watchdog fed while the routing loop turns. Does nothing outside systemd.
+fn notify_systemd(metrics: Arc<Metrics>, ready: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let watchdog = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|usec| usec.parse::<u64>().ok())
+        .map(|usec| std::time::Duration::from_micros(usec / 2));
+    let spawned = std::thread::Builder::new()
+        .name("sd-notify".to_owned())
+        .spawn(move || {
+            let mut told_ready = false;
+            let mut beat = metrics.heartbeat.load(Ordering::Relaxed);
+            let mut fed = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if !told_ready && ready.load(Ordering::Relaxed) {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    told_ready = true;
+                }
+                if let Some(every) = watchdog
+                    && fed.elapsed() >= every
+                {
+                    let now = metrics.heartbeat.load(Ordering::Relaxed);
+                    if now != beat {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        tracing::warn!(
+                            "the routing loop made no progress: the watchdog is not fed"
+                        );
+                    }
+                    (beat, fed) = (now, std::time::Instant::now());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no systemd notifications");
+    }
 }

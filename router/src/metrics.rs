@@ -13,6 +13,9 @@ pub const DROP_REASONS: [&str; 4] = ["offline", "no_filter", "invalid", "no_slot
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Turns of the routing loop: stops moving when the loop is stuck (the
+    /// systemd watchdog is fed only while it moves).
+    pub heartbeat: AtomicU64,
     pub received: AtomicU64,
     pub sent: AtomicU64,
     pub acked: AtomicU64,

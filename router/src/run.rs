@@ -283,6 +283,7 @@ pub fn run(
     let mut assigned_once = false;
     let mut last_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        router.metrics.heartbeat.fetch_add(1, Ordering::Relaxed);
         let changes = std::mem::take(&mut *consumer.context().lock());
         for change in changes {
             assigned_once |= matches!(change, Change::Assigned(_));

@@ -39,7 +39,7 @@ use glommio::timer::sleep;
 use crate::config::{Config, Limits, Listener};
 use crate::kafka::ShardProducer;
 use crate::mapping::TopicMapper;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardMetrics, bump};
 use crate::registry::Registry;
 use crate::session::{CloseReason, SubscribePolicy, Timing};
 use crate::tls::Terminator;
@@ -332,6 +332,7 @@ async fn poll_producer(shard: Rc<Shard>) {
         if shard.shutdown.load(Ordering::Relaxed) {
             shard.begin_stop();
         }
+        bump(&shard.metrics.heartbeat);
         if shard.drain.load(Ordering::Relaxed) && !shard.draining.replace(true) {
             glommio::spawn_local(drain(shard.clone())).detach();
         }
