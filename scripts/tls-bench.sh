@@ -76,6 +76,7 @@ ticket_keys = "$pki/tickets"
 accept_rate_per_shard = 100000
 EOF
 "$bin/gateway" --config "$dir/gateway.toml" --kafka-bootstrap "127.0.0.1:$kafka_port" --no-downlink \
+  -X enable.idempotence=false \
   --admin-listen "$admin" >"$dir/gateway.log" 2>&1 &
 gateway=$!
 pids+=($gateway)

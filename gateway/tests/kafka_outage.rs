@@ -38,10 +38,6 @@ fn publishing_survives_a_kafka_outage() {
         ("reconnect.backoff.ms", "50"),
         ("reconnect.backoff.max.ms", "500"),
         ("topic.metadata.refresh.interval.ms", "500"),
-        // In-memory tansu forgets producer ids when it restarts, and an
-        // idempotent producer then waits for sequence numbers it never
-        // gets: explicitly off here (the default is on).
-        ("enable.idempotence", "false"),
     ] {
         config
             .kafka

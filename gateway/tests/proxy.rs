@@ -67,6 +67,7 @@ fn start(broker: &Broker) -> Gateway {
         .arg(file.path())
         .args(["--admin-listen", &admin.to_string(), "--no-downlink"])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+        .args(common::TANSU_PRODUCER)
         .stdin(Stdio::null())
         .stdout(log.reopen().unwrap())
         .stderr(log.reopen().unwrap())
