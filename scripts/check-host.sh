@@ -51,8 +51,8 @@ unit_value() { sed -n "s/^$2=//p" "$1" | tail -n 1; }
 
 # --- A copy of the units that `verify` can load --------------------------------
 # `systemd-analyze verify` checks that every Exec*= binary exists and is
-# executable, and /usr/local/bin/gateway is not installed where this runs.
-# So the units are copied to a temporary directory with their /usr/local/bin/
+# executable, and /usr/bin/gateway is not installed where this runs.
+# So the units are copied to a temporary directory with their /usr/bin/
 # paths rewritten to stub executables there; nothing else changes. (The
 # User= account need not exist: with DynamicUser=yes, verify does not look
 # it up.) The template is checked through an instance, carbridge-gateway@0:
@@ -62,8 +62,8 @@ for unit in "$gateway_unit" "$router_unit"; do
   while read -r binary; do
     printf '#!/bin/sh\nexit 0\n' >"$work/bin/${binary##*/}"
     chmod +x "$work/bin/${binary##*/}"
-  done < <(grep -o '/usr/local/bin/[A-Za-z0-9_.-]*' "$unit" | sort -u)
-  sed "s#/usr/local/bin/#$work/bin/#g" "$unit" >"$work/${unit##*/}"
+  done < <(grep -o '/usr/bin/[A-Za-z0-9_.-]*' "$unit" | sort -u)
+  sed "s#/usr/bin/#$work/bin/#g" "$unit" >"$work/${unit##*/}"
 done
 gateway_instance=$work/carbridge-gateway@0.service
 router_copy=$work/${router_unit##*/}

@@ -36,6 +36,9 @@ step "deployment: Kubernetes manifests and host units (scripts/check-k8s.sh, che
 scripts/check-k8s.sh
 scripts/check-host.sh
 
+step "the Debian package: built, installed with dpkg, run, purged (scripts/build-deb.sh)"
+timeout 20m scripts/build-deb.sh --install
+
 if [ -x fuzz/run.sh ]; then
   step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
   fuzz/run.sh "${FUZZ_SECONDS:-20}"

@@ -59,8 +59,16 @@ try:  # paho-mqtt 2.x
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
 except AttributeError:  # 1.x, as Debian packages it
     client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+# Publish only after the CONNACK: a client that closes with the server's
+# bytes unread makes its kernel send a RST, and the gateway's kernel then
+# drops what it had not yet read.
+import threading
+connected = threading.Event()
+client.on_connect = lambda *args: connected.set()
 client.connect(host, int(port), keepalive=30)
 client.loop_start()
+if not connected.wait(timeout=10):
+    sys.exit("no CONNACK")
 info = client.publish(topic, message, qos=0)
 info.wait_for_publish(timeout=10)
 client.disconnect()
