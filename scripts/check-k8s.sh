@@ -73,7 +73,7 @@ trap 'rm -rf "$tmp"' EXIT
 yamllint --strict -c "$k8s/.yamllint" "$k8s" || fail "yamllint --strict $k8s"
 ok "yamllint --strict $k8s"
 
-"$py" - "$profile" <<'PY' || exit 1
+cat >"$tmp/seccomp.py" <<'PY'
 import ctypes, ctypes.util, json, os, sys
 
 path = sys.argv[1]
@@ -82,6 +82,14 @@ def fail(msg):
     sys.exit(1)
 
 prof = json.load(open(path))
+# SECCOMP_DROP: calls to leave out (to show that the profile matters);
+# SECCOMP_EXEC: what to run under it (JSON list; default `true`).
+drop = set(filter(None, os.environ.get("SECCOMP_DROP", "").split(",")))
+run = json.loads(os.environ.get("SECCOMP_EXEC", '["true"]'))
+if os.environ.get("SECCOMP_EXEC"):
+    quiet = True
+else:
+    quiet = False
 if prof.get("defaultAction") != "SCMP_ACT_ERRNO":
     fail("defaultAction must be SCMP_ACT_ERRNO")
 allowed = {n for r in prof["syscalls"] if r["action"] == "SCMP_ACT_ALLOW" and not r.get("args")
@@ -90,7 +98,8 @@ for needed in ("io_uring_setup", "io_uring_enter", "io_uring_register", "sched_g
                "membarrier", "mmap", "futex", "ioctl", "epoll_wait", "connect"):
     if needed not in allowed:
         fail(f"{needed} is not allowed")
-print(f"ok    seccomp profile: {len(allowed)} calls allowed, io_uring among them")
+if not quiet:
+    print(f"ok    seccomp profile: {len(allowed)} calls allowed, io_uring among them")
 
 # Compile and load it the way runc does, in a child process that then runs
 # `true`: every name resolves and libseccomp takes every rule.
@@ -134,6 +143,8 @@ if pid == 0:
                     for a in rule.get("args", [])]
             array = (Cmp * len(cmps))(*cmps) if cmps else None
             for call in rule["names"]:
+                if call in drop:
+                    continue
                 nr = lib.seccomp_syscall_resolve_name(call.encode())
                 if nr == -1:
                     unknown.append(call)
@@ -146,15 +157,19 @@ if pid == 0:
         rc = lib.seccomp_load(ctx)
         if rc:
             raise ValueError(f"seccomp_load: {os.strerror(-rc)}")
-        os.execvp("true", ["true"])
+        os.execvp(run[0], run)
     except Exception as error:  # noqa: BLE001 - reported, child exits
         print(f"FAIL  {path}: {error}", file=sys.stderr)
         os._exit(1)
 _, status = os.waitpid(pid, 0)
-if os.waitstatus_to_exitcode(status) != 0:
+code = os.waitstatus_to_exitcode(status)
+if quiet:
+    sys.exit(code)
+if code != 0:
     sys.exit(1)
 print(f"ok    seccomp profile compiles with {name} and a process runs under it")
 PY
+"$py" - "$profile" <"$tmp/seccomp.py" || exit 1
 
 # --- Overlays -----------------------------------------------------------------
 overlays=()
@@ -206,6 +221,37 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
   fi
 done
 [ -n "$gateway_bin" ] || note "no gateway binary (GATEWAY_BIN, target/*/gateway): gateway.toml not parsed"
+
+# --- The gateway under the profile ---------------------------------------------
+# The gateway itself, under the profile as runc would load it: it must
+# start, serve /readyz and stop cleanly on SIGTERM; with io_uring_setup
+# left out of the profile it must refuse to start and name the profile.
+if [ -n "$gateway_bin" ] && python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("seccomp"))'; then
+  admin_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  gateway_cmd=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$gateway_bin" \
+    --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" --shards 2 --no-downlink \
+    --kafka-bootstrap 127.0.0.1:1)
+  SECCOMP_EXEC=$gateway_cmd "$py" - "$profile" <"$tmp/seccomp.py" >"$tmp/under-profile.log" 2>&1 &
+  under=$!
+  ready=""
+  for _ in $(seq 200); do
+    if curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$under" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -n "$ready" ] || { cat "$tmp/under-profile.log" >&2; fail "the gateway did not become ready under the seccomp profile"; }
+  pkill -TERM -f -- "--admin-listen 127.0.0.1:$admin_port" || true
+  wait "$under" || { cat "$tmp/under-profile.log" >&2; fail "the gateway under the seccomp profile did not stop cleanly"; }
+  ok "the gateway runs under the seccomp profile: ready, then stopped cleanly on SIGTERM"
+  if SECCOMP_DROP=io_uring_setup SECCOMP_EXEC=$gateway_cmd "$py" - "$profile" <"$tmp/seccomp.py" \
+    >"$tmp/refused.log" 2>&1; then
+    fail "the gateway started under a profile without io_uring_setup"
+  fi
+  grep -q seccomp "$tmp/refused.log" || { cat "$tmp/refused.log" >&2; fail "the refusal does not name the seccomp profile"; }
+  ok "without io_uring_setup in the profile the gateway refuses to start and names the seccomp profile"
+else
+  note "no gateway binary or no libseccomp: the gateway was not run under the profile"
+fi
 
 # --- Policy -------------------------------------------------------------------
 "$py" - "$tmp" "${overlays[@]}" <<'PY'
