@@ -12,6 +12,7 @@ it met, and which part of the latency is the broker's.
 
 import argparse
 import json
+import os
 import sys
 import urllib.request
 
@@ -199,6 +200,19 @@ def main():
             f"(probe p99 {probe['p99_ms']:.0f} ms): look at the gateway and router logs."
         )
     out.append(verdict)
+    # A machine with more runnable work than cores bends every figure:
+    # the fleet, the broker and the bridge share the CPUs here.
+    try:
+        load = float(open("/proc/loadavg").read().split()[0])
+        cores = os.cpu_count() or 1
+        if load > cores:
+            out.append(
+                f"BUSY MACHINE: load average {load:.1f} on {cores} cores at the end of the run: "
+                f"the fleet, the broker and the bridge competed for CPU, so the latencies above "
+                f"are bent by it; compare figures only between runs on a quiet machine."
+            )
+    except (OSError, ValueError, IndexError):
+        pass
     print("\n".join(out))
     return 0 if lost == 0 else 1
 
