@@ -9,12 +9,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{gateway_with_admin, router, topics};
-use loadgen::report::Report;
-use testkit::{Broker, scrape};
+use common::{Fleet, gateway_with_admin, metric, router, topics};
+use testkit::Broker;
 
 const CARS: u64 = 600;
 const RATE: u32 = 100;
@@ -30,10 +28,6 @@ fn post(addr: SocketAddr, path: &str) -> String {
     response
 }
 
-fn metric(admin: SocketAddr, name: &str) -> f64 {
-    scrape(admin).unwrap().get(name).copied().unwrap_or(0.0)
-}
-
 #[test]
 fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
     let broker = Broker::start();
@@ -44,33 +38,25 @@ fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
     let (_stays, stays, stays_admin) = gateway_with_admin(&broker, 0, Some(config.path()));
     let (_drained, drained, drained_admin) = gateway_with_admin(&broker, 1, Some(config.path()));
 
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let fleet = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--target",
-            &stays.to_string(),
-            "--target",
-            &drained.to_string(),
-        ])
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(["--cars", &CARS.to_string(), "--reconnect"])
-        .args([
+    let cars = CARS.to_string();
+    let fleet = Fleet::start(
+        &broker,
+        &[stays, drained],
+        &[
+            "--cars",
+            &cars,
+            "--reconnect",
             "--publish-interval-ms",
             "1000",
             "--downlink-rate",
             "0",
             "--no-subscribe",
-        ])
-        .args(["--warmup-secs", "3", "--duration-secs", "10", "--quiet"])
-        .arg("--report-json")
-        .arg(&json)
-        .arg("--report-html")
-        .arg(dir.path().join("report.html"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "--warmup-secs",
+            "3",
+            "--duration-secs",
+            "10",
+        ],
+    );
     // Half the cars on each gateway, then the drain: 300 at 100/s.
     testkit::wait_until(
         "the fleet on both gateways",
@@ -90,13 +76,7 @@ fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
         metric(stays_admin, "carbridge_gateway_connections_open") == CARS as f64
     });
 
-    let output = fleet.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "loadgen failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report = fleet.report();
     assert_eq!(report.uplink.lost, 0, "{:?}", report.uplink);
     assert_eq!(report.uplink.duplicates, 0, "{:?}", report.uplink);
     assert_eq!(report.connect.connected, CARS + 300, "{:?}", report.connect);

@@ -9,11 +9,9 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{gateway_with_admin, router, topics};
-use loadgen::report::Report;
+use common::{Fleet, gateway_with_admin, metric, router, topics};
 use testkit::Broker;
 
 /// Storm connections: each connects and sends its CONNECT, then holds.
@@ -63,39 +61,32 @@ fn a_connect_storm_beyond_the_accept_limit_leaves_connected_cars_alone() {
     .unwrap();
     let (_gateway, mqtt, admin) = gateway_with_admin(&broker, 0, Some(config.path()));
 
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let fleet = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["--target", &mqtt.to_string()])
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(["--cars", "1000", "--connect-rate", "400"])
-        .args([
+    let fleet = Fleet::start(
+        &broker,
+        &[mqtt],
+        &[
+            "--cars",
+            "1000",
+            "--connect-rate",
+            "400",
             "--publish-interval-ms",
             "1000",
             "--downlink-rate",
             "0",
             "--no-subscribe",
-        ])
-        .args(["--warmup-secs", "5", "--duration-secs", "10", "--quiet"])
-        .arg("--report-json")
-        .arg(&json)
-        .arg("--report-html")
-        .arg(dir.path().join("report.html"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Into the measured window, then the storm: eight times what the
-    // gateway accepts in a second.
-    std::thread::sleep(Duration::from_secs(7));
-    let held = storm(mqtt, 8, STORM / 8);
-    let output = fleet.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "loadgen failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+            "--warmup-secs",
+            "5",
+            "--duration-secs",
+            "10",
+        ],
     );
-    let report: Report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // The fleet connected, then the storm: eight times what the gateway
+    // accepts in a second.
+    testkit::wait_until("the fleet connected", Duration::from_secs(30), || {
+        metric(admin, "carbridge_gateway_connections_open") >= 1000.0
+    });
+    let held = storm(mqtt, 8, STORM / 8);
+    let report = fleet.report();
 
     assert_eq!(report.connect.connected, 1000, "{:?}", report.connect);
     let up = &report.uplink;

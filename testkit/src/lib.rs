@@ -642,3 +642,58 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// systemd's notify socket, played by a test: a process started with
+/// `NOTIFY_SOCKET` = [`NotifySocket::path`] sends its `READY=1`,
+/// `WATCHDOG=1`, `STOPPING=1` here.
+#[derive(Debug)]
+pub struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    dir: tempfile::TempDir,
+    said: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify"))
+            .expect("binding the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("a read timeout");
+        Self {
+            socket,
+            dir,
+            said: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("notify")
+    }
+
+    /// Reads notifications until one contains `wanted`; fails the test
+    /// with all that was said after 60 s.
+    pub fn expect(&mut self, wanted: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                break;
+            };
+            let message = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+            let found = message.contains(wanted);
+            self.said.push(message);
+            if found {
+                return;
+            }
+        }
+        panic!("no {wanted} on the notify socket; said: {:?}", self.said);
+    }
+}
+
+impl Default for NotifySocket {
+    fn default() -> Self {
+        Self::new()
+    }
+}

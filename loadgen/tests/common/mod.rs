@@ -87,3 +87,51 @@ pub fn gateway_with_admin(
     wait_until("the gateway to be ready", WAIT, || ready(admin));
     (Proc(child), mqtt, admin)
 }
+
+/// loadgen running in the background against `targets`, quiet, with its
+/// reports in a directory of its own.
+pub struct Fleet {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    pub fn start(broker: &Broker, targets: &[SocketAddr], args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+        for target in targets {
+            command.args(["--target", &target.to_string()]);
+        }
+        let child = command
+            .args(["--kafka-bootstrap", &broker.bootstrap_servers(), "--quiet"])
+            .args(args)
+            .arg("--report-json")
+            .arg(dir.path().join("report.json"))
+            .arg("--report-html")
+            .arg(dir.path().join("report.html"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    /// Waits for the run to end; its JSON report.
+    pub fn report(self) -> loadgen::report::Report {
+        let output = self.child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "loadgen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json = std::fs::read_to_string(self.dir.path().join("report.json")).unwrap();
+        serde_json::from_str(&json).unwrap()
+    }
+}
+
+/// A gauge or counter of the admin endpoint at `admin` (0 if absent).
+pub fn metric(admin: SocketAddr, name: &str) -> f64 {
+    testkit::scrape(admin)
+        .and_then(|samples| samples.get(name).copied())
+        .unwrap_or(0.0)
+}
