@@ -72,19 +72,20 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// does not, so the gateway checks every handshake's leaf against these.
 pub type Revoked = std::collections::HashSet<(Vec<u8>, Vec<u8>)>;
 
-fn revoked(crls: &[CertificateRevocationListDer<'_>]) -> Revoked {
+fn revoked(path: &Path, crls: &[CertificateRevocationListDer<'_>]) -> Result<Revoked, TlsError> {
     use x509_parser::revocation_list::CertificateRevocationList;
     let mut revoked = Revoked::new();
     for crl in crls {
-        // A CRL that does not parse was refused by rustls' verifier first.
-        if let Ok((_, crl)) = CertificateRevocationList::from_der(crl.as_ref()) {
-            let issuer = crl.issuer().as_raw().to_vec();
-            for certificate in crl.iter_revoked_certificates() {
-                revoked.insert((issuer.clone(), certificate.raw_serial().to_vec()));
-            }
+        // Refused rather than skipped: a CRL rustls reads and this does not
+        // would let its revoked cars resume sessions.
+        let (_, crl) = CertificateRevocationList::from_der(crl.as_ref())
+            .map_err(|error| file_error(path, format!("CRL: {error}")))?;
+        let issuer = crl.issuer().as_raw().to_vec();
+        for certificate in crl.iter_revoked_certificates() {
+            revoked.insert((issuer.clone(), certificate.raw_serial().to_vec()));
         }
     }
-    revoked
+    Ok(revoked)
 }
 
 type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
@@ -128,9 +129,9 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
                 if file.is_empty() {
                     return Err(file_error(path, "no X509 CRL in the file"));
                 }
+                revoked_certificates.extend(revoked(path, &file)?);
                 crls.extend(file);
             }
-            revoked_certificates = revoked(&crls);
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .with_crls(crls);
