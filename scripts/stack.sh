@@ -39,6 +39,10 @@
 #                    the others took them and whether all came back
 #   STACK_DRAIN_RATE closes per second of that drain (default: the
 #                    gateway's drain.closes_per_sec, 500)
+#   STACK_BROKER     tansu (default: the broker of the correctness tests) or
+#                    mock (librdkafka's in-process mock cluster, run by
+#                    carbridge-mockbroker: keeps up where tansu does not;
+#                    memory only, no compaction, never for production)
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,16 +64,22 @@ mkdir -p "$dir"
 kafka=127.0.0.1:$kafka_port
 tansu=${STACK_TANSU:-tansu}
 storage=${STACK_STORAGE:-memory://tansu/}
+broker=${STACK_BROKER:-tansu}
+case "$broker" in
+  tansu | mock) ;;
+  *) echo "STACK_BROKER must be tansu or mock" >&2; exit 2 ;;
+esac
 props=()
 for p in ${STACK_KAFKA_PROPS:-}; do props+=(-X "$p"); done
 
 log() { printf '\033[1mstack:\033[0m %s\n' "$*" >&2; }
 
 # A fresh machine: install what the main job lacks (skipped when there).
-if [ -z "${STACK_TANSU:-}" ]; then
+if [ -z "${STACK_TANSU:-}" ] && [ "$broker" = tansu ]; then
   SETUP_QUIET=1 scripts/setup.sh stack
 fi
-command -v "$tansu" >/dev/null || { echo "$tansu not found (STACK_TANSU): build it or unset STACK_TANSU" >&2; exit 1; }
+[ "$broker" = mock ] || command -v "$tansu" >/dev/null ||
+  { echo "$tansu not found (STACK_TANSU): build it or unset STACK_TANSU" >&2; exit 1; }
 log "building ($profile)"
 "${build[@]}" 2>&1 | tail -n 3 >&2
 
@@ -114,15 +124,30 @@ for port in "$kafka_port" "$mqtt_port" 29100 29101; do
   fi
 done
 
-log "tansu on $kafka ($storage)"
-"$tansu" broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
-  --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
-pids+=($!)
-await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
+probe_create=(--create)
+if [ "$broker" = mock ]; then
+  # The mock cluster picks its own port and has no CreateTopics: it makes
+  # the topics (and the probe's) itself and says where it listens.
+  log "librdkafka mock cluster ($((shards * 2)) partitions, $slots slots)"
+  "$bin/carbridge-mockbroker" --partitions $((shards * 2)) --slots "$slots" --topic stack.probe=1 \
+    --bootstrap-file "$dir/bootstrap" >"$dir/mockbroker.log" 2>&1 &
+  pids+=($!)
+  await "the mock cluster" test -s "$dir/bootstrap"
+  kafka=$(cat "$dir/bootstrap")
+  broker_name="librdkafka mock cluster"
+  probe_create=()
+else
+  log "tansu on $kafka ($storage)"
+  "$tansu" broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
+    --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
+  pids+=($!)
+  await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
+  broker_name="tansu ($storage)"
 
-log "topics: $((shards * 2)) partitions, $slots slots"
-"$bin/carbridge-topics" create --kafka-bootstrap "$kafka" --partitions $((shards * 2)) --slots "$slots" \
-  >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
+  log "topics: $((shards * 2)) partitions, $slots slots"
+  "$bin/carbridge-topics" create --kafka-bootstrap "$kafka" --partitions $((shards * 2)) --slots "$slots" \
+    >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
+fi
 
 log "router"
 "$bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
@@ -231,7 +256,7 @@ pids+=($sampler)
 
 # The broker alone, beside the fleet in its measured window: 100 records/s
 # produced and consumed with the gateway's linger and loadgen's fetch wait.
-"$bin/examples/kafka_rtt" --kafka-bootstrap "$kafka" --topic stack.probe --create \
+"$bin/examples/kafka_rtt" --kafka-bootstrap "$kafka" --topic stack.probe "${probe_create[@]}" \
   --rate 100 --delay-secs "$warmup" --secs "$duration" --linger-ms 5 --fetch-wait-ms 10 \
   --quiet --json "$dir/probe.json" >"$dir/probe.log" 2>&1 &
 probe=$!
@@ -348,6 +373,6 @@ fi
 gateway_metrics=()
 for a in "${admins[@]}"; do gateway_metrics+=(--gateway-metrics "http://$a/metrics"); done
 echo >&2
-python3 scripts/verdict.py "$dir/report.json" "$dir/probe.json" --broker "tansu ($storage)" \
+python3 scripts/verdict.py "$dir/report.json" "$dir/probe.json" --broker "$broker_name" \
   "${gateway_metrics[@]}" --router-metrics http://127.0.0.1:29101/metrics >&2 || true
 log "HTML report: $dir/report.html"
