@@ -391,7 +391,14 @@ async fn drain(shard: Rc<Shard>) {
             closed += 1;
         }
         if ids.len() == 0 {
-            break;
+            // Cars accepted in the moment before the listeners closed are
+            // drained too; ones already told stay until their task ends
+            // (told again, they just close).
+            let left = shard.table.ids();
+            if left.is_empty() {
+                break;
+            }
+            ids = left.into_iter();
         }
         sleep(TICK).await;
     }
