@@ -166,43 +166,20 @@ fn mosquitto_pub(
 
 /// paho-mqtt (PyPI) over TLS with a car certificate, MQTT 3.1.1.
 fn paho_pub(gateway: &Gateway, dir: &Path, cert: &str, client_id: &str, message: &str) {
-    let script = r#"
-import sys
-import paho.mqtt.client as mqtt
-host, port, ca, cert, key, client_id, message = sys.argv[1:]
-try:  # paho-mqtt 2.x
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-except AttributeError:  # 1.x, as Debian packages it
-    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
-client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-# Publish only after the CONNACK: a client that closes with the server's
-# bytes (CONNACK, session ticket) unread makes its kernel send a RST, and
-# the gateway's kernel then drops what it had not yet read.
-import threading
-connected = threading.Event()
-client.on_connect = lambda *args: connected.set()
-client.connect(host, int(port), keepalive=30)
-client.loop_start()
-if not connected.wait(timeout=10):
-    sys.exit("no CONNACK")
-info = client.publish("UL/POS", message, qos=0)
-info.wait_for_publish(timeout=10)
-client.disconnect()
-client.loop_stop()
-"#;
-    let port = gateway.local_addr().port().to_string();
-    let path = |name: String| dir.join(name).to_string_lossy().into_owned();
-    let status = Command::new("python3")
-        .args(["-c", script, "localhost", &port])
-        .args([
-            path("ca.crt".to_owned()),
-            path(format!("{cert}.crt")),
-            path(format!("{cert}.key")),
-        ])
-        .args([client_id, message])
-        .status()
-        .expect("python3 runs");
-    assert!(status.success(), "paho-mqtt over TLS failed: {status}");
+    let (ca, crt, key) = (
+        dir.join("ca.crt"),
+        dir.join(format!("{cert}.crt")),
+        dir.join(format!("{cert}.key")),
+    );
+    let port = gateway.local_addr().port();
+    common::paho_pub(
+        "localhost",
+        port,
+        client_id,
+        "UL/POS",
+        message,
+        Some([&ca, &crt, &key]),
+    );
 }
 
 /// A blocking MQTT client over rustls, for exact checks.

@@ -51,38 +51,8 @@ fn rumqttc_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &[u8]) 
 
 /// Publishes with the Python paho-mqtt client (PyPI), MQTT 3.1.1.
 fn paho_pub(gateway: &Gateway, client_id: &str, topic: &str, message: &str) {
-    let script = r#"
-import sys
-import paho.mqtt.client as mqtt
-host, port, client_id, topic, message = sys.argv[1:]
-try:  # paho-mqtt 2.x
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-except AttributeError:  # 1.x, as Debian packages it
-    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
-# Publish only after the CONNACK: a client that closes with the server's
-# bytes unread makes its kernel send a RST, and the gateway's kernel then
-# drops what it had not yet read.
-import threading
-connected = threading.Event()
-client.on_connect = lambda *args: connected.set()
-client.connect(host, int(port), keepalive=30)
-client.loop_start()
-if not connected.wait(timeout=10):
-    sys.exit("no CONNACK")
-info = client.publish(topic, message, qos=0)
-info.wait_for_publish(timeout=10)
-client.disconnect()
-client.loop_stop()
-"#;
-    let port = gateway.local_addr().port().to_string();
-    let status = Command::new("python3")
-        .args(["-c", script, "127.0.0.1", &port, client_id, topic, message])
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "paho-mqtt publish failed: {status} (pip install paho-mqtt)"
-    );
+    let port = gateway.local_addr().port();
+    common::paho_pub("127.0.0.1", port, client_id, topic, message, None);
 }
 
 fn check_record(record: &Record, client_id: &str, mqtt_topic: &str, value: &[u8], partitions: i32) {

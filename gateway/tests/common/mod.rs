@@ -176,3 +176,58 @@ impl RawClient {
         self.send(&codec::packet::DISCONNECT);
     }
 }
+
+/// Publishes one message with the Python paho-mqtt client (PyPI), MQTT
+/// 3.1.1, over TLS when `tls` names the CA, certificate and key files.
+pub fn paho_pub(
+    host: &str,
+    port: u16,
+    client_id: &str,
+    topic: &str,
+    message: &str,
+    tls: Option<[&std::path::Path; 3]>,
+) {
+    let script = r#"
+import sys
+import threading
+import paho.mqtt.client as mqtt
+host, port, client_id, topic, message = sys.argv[1:6]
+try:  # paho-mqtt 2.x
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+except AttributeError:  # 1.x, as Debian packages it
+    client = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv311)
+if len(sys.argv) == 9:
+    ca, cert, key = sys.argv[6:9]
+    client.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+# Publish only after the CONNACK: a client that closes with the server's
+# bytes (CONNACK, a TLS session ticket) unread makes its kernel send a RST,
+# and the gateway's kernel then drops what it had not yet read.
+connected = threading.Event()
+client.on_connect = lambda *args: connected.set()
+client.connect(host, int(port), keepalive=30)
+client.loop_start()
+if not connected.wait(timeout=10):
+    sys.exit("no CONNACK")
+info = client.publish(topic, message, qos=0)
+info.wait_for_publish(timeout=10)
+client.disconnect()
+client.loop_stop()
+"#;
+    let mut command = Command::new("python3");
+    command
+        .args([
+            "-c",
+            script,
+            host,
+            &port.to_string(),
+            client_id,
+            topic,
+            message,
+        ])
+        .args(tls.iter().flatten());
+    let status = command.status().expect("python3 runs");
+    assert!(
+        status.success(),
+        "paho-mqtt publish failed: {status} (pip install paho-mqtt)"
+    );
+}
