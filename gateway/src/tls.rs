@@ -90,11 +90,6 @@ fn revoked(path: &Path, crls: &[CertificateRevocationListDer<'_>]) -> Result<Rev
 
 type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
 
-/// Builds a server configuration from the files `tls` names.
-pub fn server_config(tls: &Tls) -> Result<ServerConfig, TlsError> {
-    Ok(load(tls, &rustls::crypto::aws_lc_rs::Ticketer::new()?)?.0)
-}
-
 /// The server configuration and the revoked certificates; `random` makes
 /// the tickets when no ticket key file is configured.
 fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsError> {
@@ -378,11 +373,6 @@ impl Terminator {
             .clone()
     }
 
-    /// The configuration new connections use.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.current().config.clone()
-    }
-
     /// Reads the files again; on an error the old configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = loaded(&self.spec, &self.random)?;
@@ -460,11 +450,6 @@ impl Reloader {
 }
 
 /// The identity a verified certificate names, if it names one.
-pub fn identity(certificate: &CertificateDer<'_>, source: IdentitySource) -> Option<String> {
-    let (_, certificate) = X509Certificate::from_der(certificate.as_ref()).ok()?;
-    identity_of(&certificate, source)
-}
-
 fn identity_of(certificate: &X509Certificate<'_>, source: IdentitySource) -> Option<String> {
     let name = match source {
         IdentitySource::Cn => certificate
@@ -507,6 +492,11 @@ pub fn failure_label(error: &io::Error) -> &'static str {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn identity(certificate: &CertificateDer<'_>, source: IdentitySource) -> Option<String> {
+        let (_, certificate) = X509Certificate::from_der(certificate.as_ref()).ok()?;
+        identity_of(&certificate, source)
+    }
 
     #[test]
     fn identity_from_cn_or_a_san() {
@@ -616,16 +606,16 @@ mod tests {
             ticket_lifetime_secs: 3600,
         };
         let terminator = Terminator::new(&spec).unwrap();
-        let before = terminator.config();
+        let before = terminator.current().config.clone();
         std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
         let error = terminator.reload().unwrap_err().to_string();
         assert!(error.contains("server.key"), "{error}");
-        assert!(Arc::ptr_eq(&before, &terminator.config()));
+        assert!(Arc::ptr_eq(&before, &terminator.current().config));
         ca.server(&["localhost"])
             .unwrap()
             .write(dir.path(), "server")
             .unwrap();
         terminator.reload().unwrap();
-        assert!(!Arc::ptr_eq(&before, &terminator.config()));
+        assert!(!Arc::ptr_eq(&before, &terminator.current().config));
     }
 }
