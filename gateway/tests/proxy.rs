@@ -67,7 +67,7 @@ fn start(broker: &Broker) -> Gateway {
         .arg(file.path())
         .args(["--admin-listen", &admin.to_string(), "--no-downlink"])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(common::TANSU_PRODUCER)
+        .args(testkit::GATEWAY_ON_TANSU)
         .stdin(Stdio::null())
         .stdout(log.reopen().unwrap())
         .stderr(log.reopen().unwrap())

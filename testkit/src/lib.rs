@@ -300,6 +300,11 @@ fn tansu_binary() -> PathBuf {
     })
 }
 
+/// Arguments for a gateway binary that produces to tansu: tansu 0.6.0
+/// leaves some of an idempotent producer's records unacknowledged, so the
+/// gateway's default (idempotent) is turned off against it.
+pub const GATEWAY_ON_TANSU: [&str; 2] = ["-X", "enable.idempotence=false"];
+
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

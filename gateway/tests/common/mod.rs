@@ -28,17 +28,13 @@ pub fn config(broker: &Broker, shards: usize) -> Config {
         .kafka
         .properties
         .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
-    // tansu 0.6.0 leaves some of an idempotent producer's records
-    // unacknowledged: off against it (the gateway's default is on).
+    // As testkit::GATEWAY_ON_TANSU does for the binary.
     config
         .kafka
         .properties
         .insert("enable.idempotence".to_owned(), "false".to_owned());
     config
 }
-
-/// The same for a gateway binary: `-X` arguments.
-pub const TANSU_PRODUCER: [&str; 2] = ["-X", "enable.idempotence=false"];
 
 /// Resident memory of process `pid` (`VmRSS`), in KiB.
 pub fn resident_kib(pid: u32) -> u64 {
@@ -67,7 +63,7 @@ pub fn spawn_binary(broker: &Broker, log: &std::fs::File, extra: &[&str]) -> (Ch
             "",
         ])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(TANSU_PRODUCER)
+        .args(testkit::GATEWAY_ON_TANSU)
         .args(
             (!extra.contains(&"--bridge-id"))
                 .then_some("--no-downlink")

@@ -77,9 +77,7 @@ pub fn gateway_with_admin(
         .args(["--bridge-id", &bridge.to_string()])
         .args(["--admin-listen", &admin.to_string()])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        // tansu 0.6.0 leaves some of an idempotent producer's records
-        // unacknowledged: off against it (the gateway's default is on).
-        .args(["-X", "enable.idempotence=false"])
+        .args(testkit::GATEWAY_ON_TANSU)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

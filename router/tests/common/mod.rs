@@ -196,9 +196,7 @@ impl Stack {
             .args(["--bridge-id", &bridge.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
-            // tansu 0.6.0 leaves some of an idempotent producer's records
-            // unacknowledged: off against it (the gateway's default is on).
-            .args(["-X", "enable.idempotence=false"])
+            .args(testkit::GATEWAY_ON_TANSU)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
