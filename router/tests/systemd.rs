@@ -7,31 +7,16 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use testkit::NotifySocket;
 
 #[test]
 fn readiness_watchdog_and_stop_are_notified() {
     let stack = common::Stack::new(2, 2);
-    let mut notify = NotifySocket::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_router"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_router"));
+    command
         .args(["--kafka-bootstrap", &stack.broker.bootstrap_servers()])
-        .args(["--admin-listen", "", "--session-timeout-ms", "6000"])
-        .env("NOTIFY_SOCKET", notify.path())
-        .env("WATCHDOG_USEC", "200000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    notify.expect("READY=1");
-    notify.expect("WATCHDOG=1");
-    notify.expect("WATCHDOG=1");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    notify.expect("STOPPING=1");
-    assert!(child.wait().unwrap().success());
+        .args(["--admin-listen", "", "--session-timeout-ms", "6000"]);
+    NotifySocket::new().check_lifecycle(command, &["STOPPING=1"]);
 }

@@ -697,6 +697,34 @@ impl NotifySocket {
     }
 }
 
+impl NotifySocket {
+    /// Starts `command` under this socket with a 200 ms watchdog, expects
+    /// READY=1 and two watchdog pings, sends SIGTERM, expects each of
+    /// `on_term` in order, and a clean exit.
+    pub fn check_lifecycle(&mut self, mut command: std::process::Command, on_term: &[&str]) {
+        let mut child = command
+            .env("NOTIFY_SOCKET", self.path())
+            .env("WATCHDOG_USEC", "200000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the service starts");
+        self.expect("READY=1");
+        // At least two watchdog pings, 100 ms apart.
+        self.expect("WATCHDOG=1");
+        self.expect("WATCHDOG=1");
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success());
+        for wanted in on_term {
+            self.expect(wanted);
+        }
+        assert!(child.wait().expect("the service ends").success());
+    }
+}
+
 impl Default for NotifySocket {
     fn default() -> Self {
         Self::new()
