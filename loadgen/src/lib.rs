@@ -15,3 +15,6 @@ pub mod run;
 pub mod stats;
 pub mod tls;
 pub mod worker;
+
+#[cfg(test)]
+mod golden;

@@ -1065,6 +1065,17 @@ mod tests {
     }
 
     #[test]
+    fn the_start_time_is_rfc3339_utc_to_the_second() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        // Microseconds are cut, not rounded.
+        assert_eq!(rfc3339(951_825_600_999_999), "2000-02-29T12:00:00Z");
+        assert_eq!(rfc3339(1_773_480_413_250_000), "2026-03-14T09:26:53Z");
+        assert_eq!(rfc3339(4_107_542_399_000_000), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(4_107_542_400_000_000), "2100-03-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799_000_000), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
     fn round_robin_numbers_each_car_from_one_and_counts_only_what_went_out() {
         let mut pace = RoundRobin::new(2, 1e9);
         assert_eq!(pace.next(), (0, 1));
