@@ -1,0 +1,190 @@
+//! The downlink: messages to the cars at `--downlink-rate` during the
+//! measured window, round robin over the fleet, through Kafka (gateway
+//! mode) or one MQTT publisher on the server (peer mode). The cars count
+//! and time what arrives; this side counts what it sent.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::BytesMut;
+use codec::{Connect, QoS};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use super::pace::RoundRobin;
+use super::{Options, Times, kafka};
+use crate::payload;
+
+/// The downlink sender's thread (if the run sends any) and its count.
+pub(super) struct Sender {
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// Starts sending, if asked to: it waits for the measured window on its
+    /// own thread.
+    pub(super) fn start(
+        options: &Options,
+        times: &Times,
+        stop: &Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let sent = Arc::new(AtomicU64::new(0));
+        let (cars, rate, from_us, until_us) = (
+            options.cars,
+            options.downlink_rate,
+            times.measure_from_us,
+            times.end_us,
+        );
+        let thread = match (
+            &options.kafka_bootstrap,
+            // Raw mode has no cars to receive downlink messages.
+            options.downlink_rate > 0.0 && !options.peer && !options.raw_kafka,
+        ) {
+            (Some(bootstrap), true) => {
+                let (bootstrap, topic) = (bootstrap.clone(), options.downlink_topic.clone());
+                let (sent, stop) = (sent.clone(), stop.clone());
+                Some(std::thread::spawn(move || {
+                    send_downlink(
+                        &bootstrap, &topic, cars, rate, from_us, until_us, &sent, &stop,
+                    )
+                }))
+            }
+            _ if options.peer && options.downlink_rate > 0.0 => {
+                let target = *options.targets.first().context("no target")?;
+                let (sent, stop) = (sent.clone(), stop.clone());
+                Some(std::thread::spawn(move || {
+                    send_downlink_mqtt(target, cars, rate, from_us, until_us, &sent, &stop)
+                }))
+            }
+            _ => None,
+        };
+        Ok(Self { thread, sent })
+    }
+
+    /// Messages sent so far.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the sender to finish; the messages it sent.
+    pub(super) fn join(self) -> u64 {
+        if let Some(thread) = self.thread {
+            match thread.join() {
+                Ok(Err(error)) => eprintln!("downlink sender: {error:#}"),
+                Err(_) => eprintln!("downlink sender panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends downlink messages through Kafka at `rate` per second from
+/// `from_us` to `until_us`, round-robin over the cars, counting them in
+/// `sent`.
+#[allow(clippy::too_many_arguments)]
+fn send_downlink(
+    bootstrap: &str,
+    topic: &str,
+    cars: u64,
+    rate: f64,
+    from_us: u64,
+    until_us: u64,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let producer: BaseProducer = kafka::config(bootstrap)
+        .set("linger.ms", "1")
+        .set("partitioner", "murmur2_random")
+        .create()
+        .context("creating the downlink producer")?;
+    std::thread::sleep(Duration::from_micros(
+        from_us.saturating_sub(payload::now_us()),
+    ));
+    let mut pace = RoundRobin::new(cars, rate);
+    while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
+        if let Some(wait) = pace.wait() {
+            producer.poll(wait.min(Duration::from_millis(5)));
+            continue;
+        }
+        let (car, seq) = pace.next();
+        let client = payload::client_id(car);
+        let body = payload::encode(car, seq, payload::now_us(), payload::MIN_PAYLOAD);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: contract::HEADER_TOPIC,
+            value: Some(payload::DOWNLINK_TOPIC),
+        });
+        let record = BaseRecord::to(topic)
+            .key(&client)
+            .payload(&body)
+            .headers(headers);
+        if producer.send(record).is_err() {
+            producer.poll(Duration::from_millis(10));
+            continue;
+        }
+        pace.mark_sent();
+        sent.fetch_add(1, Ordering::Relaxed);
+        producer.poll(Duration::ZERO);
+    }
+    let _ = producer.flush(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Peer mode's downlink: one MQTT connection publishes to
+/// `DL/LOAD/{client id}` (each car subscribed to its own) at `rate` per
+/// second from `from_us` to `until_us`, round-robin over the cars.
+fn send_downlink_mqtt(
+    target: SocketAddr,
+    cars: u64,
+    rate: f64,
+    from_us: u64,
+    until_us: u64,
+    sent: &AtomicU64,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+        .with_context(|| format!("connecting the downlink publisher to {target}"))?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    Connect::new("loadgen-downlink", 600).encode(&mut out)?;
+    stream.write_all(&out)?;
+    // The server's CONNACK and PINGRESPs are not read: QoS 0 only, and a
+    // keep-alive of 10 minutes outlasts any run this publishes in.
+    std::thread::sleep(Duration::from_micros(
+        from_us.saturating_sub(payload::now_us()),
+    ));
+    let mut pace = RoundRobin::new(cars, rate);
+    while !stop.load(Ordering::Relaxed) && payload::now_us() < until_us {
+        out.clear();
+        // Everything due now goes out in one write.
+        while pace.wait().is_none() {
+            let (car, seq) = pace.next();
+            let topic = format!("{}/{}", payload::DOWNLINK_TOPIC, payload::client_id(car));
+            let body = payload::encode(car, seq, payload::now_us(), payload::MIN_PAYLOAD);
+            codec::packet::encode_publish(
+                &mut out,
+                topic.as_bytes(),
+                &body,
+                QoS::AtMostOnce,
+                None,
+                false,
+                false,
+            )?;
+            pace.mark_sent();
+        }
+        if out.is_empty() {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        stream.write_all(&out)?;
+        sent.store(pace.count, Ordering::Relaxed);
+    }
+    let _ = stream.write_all(&codec::packet::DISCONNECT);
+    Ok(())
+}
