@@ -6,7 +6,9 @@
 //! so no process exceeds its open-file limit. Payloads carry car, sequence
 //! number and send time ([`payload`]); the parent receives the uplink from
 //! Kafka (or from MQTT subscribers on the server in peer mode), sends
-//! downlink messages through Kafka, and builds the [`report`].
+//! downlink messages through Kafka, and builds the [`report`], shown as a
+//! text summary ([`run::summary`]) and a self-contained HTML page
+//! ([`html`], with an SVG chart engine of its own).
 
 pub mod html;
 pub mod payload;
