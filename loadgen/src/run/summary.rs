@@ -1,6 +1,9 @@
 //! The end of a run: the report from what was counted, and the human
 //! summary of a report.
 
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use super::progress::Progress;
 use super::uplink::Uplink;
 use super::{Options, Times};
@@ -90,25 +93,13 @@ fn machine() -> Machine {
     }
 }
 
+/// `us` since the epoch as RFC 3339 UTC, to the second.
 fn rfc3339(us: u64) -> String {
-    // Days since the epoch to a civil date (proleptic Gregorian).
-    let secs = us / 1_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    i64::try_from(us / 1_000_000)
+        .ok()
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 /// Microseconds as milliseconds.
