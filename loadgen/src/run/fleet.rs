@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
+use rustix::process::{Pid, Signal, kill_process};
 
 use super::kafka::{RawPlan, produce_raw};
 use super::{Options, Times};
@@ -174,10 +175,11 @@ impl Fleet {
         if std::mem::replace(&mut self.stopped, true) {
             return;
         }
-        for child in self.workers.iter().filter_map(|w| w.child.as_ref()) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+        for child in self.workers.iter_mut().filter_map(|w| w.child.as_mut()) {
+            // Only a child not yet reaped: its pid cannot have been reused.
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = kill_process(Pid::from_child(child), Signal::TERM);
+            }
         }
     }
 
@@ -219,8 +221,28 @@ fn spawn_worker(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_sends_sigterm_to_the_worker_processes_once() {
+        use std::os::unix::process::ExitStatusExt;
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let (_tx, ticks) = crossbeam_channel::unbounded();
+        let mut fleet = Fleet {
+            workers: vec![Worker::new(Some(child)), Worker::new(None)],
+            ticks,
+            stopped: false,
+        };
+        fleet.stop();
+        fleet.stop();
+        let status = fleet.workers[0].child.as_mut().unwrap().wait().unwrap();
+        assert_eq!(status.signal(), Some(Signal::TERM.as_raw()));
+        // Reaped: stopping again signals nothing.
+        fleet.stopped = false;
+        fleet.stop();
+    }
 
     #[test]
     fn the_default_fleet_is_three_workers_of_at_most_15000() {
