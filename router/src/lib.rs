@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod run;
 pub mod table;
 pub mod topics;
+pub mod watch;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,12 @@ pub struct Config {
     /// How long a silent instance keeps its partitions before the group
     /// moves them (a crashed router's partitions wait this long).
     pub session_timeout_ms: u32,
+    /// A partition of `cs.downlink` that is not this instance's and has had
+    /// requests waiting this long with no instance committing an offset
+    /// counts as orphaned ([`watch`]). 0 turns the watch off.
+    pub orphan_after_ms: u32,
+    /// Rejoin the group when partitions are orphaned (see [`watch`]).
+    pub orphan_rejoin: bool,
 }
 
 impl Config {
@@ -38,6 +45,8 @@ impl Config {
             routed_topic: contract::topics::ROUTED.to_owned(),
             topic_header: contract::HEADER_TOPIC.to_owned(),
             session_timeout_ms: 10_000,
+            orphan_after_ms: 60_000,
+            orphan_rejoin: true,
         }
     }
 }

@@ -46,6 +46,17 @@ struct Cli {
     /// to the others.
     #[arg(long, default_value_t = 10_000)]
     session_timeout_ms: u32,
+    /// Milliseconds a cs.downlink partition owned by no other live instance
+    /// may have requests waiting, with no instance committing, before it
+    /// counts as orphaned (gauge carbridge_router_orphaned_partitions) and
+    /// this instance rejoins the group to have it reassigned. Longer than
+    /// the session timeout plus the time a table takes to rebuild. 0 turns
+    /// the watch off.
+    #[arg(long, default_value_t = 60_000)]
+    orphan_after_ms: u32,
+    /// Only report orphaned partitions; never rejoin the group for them.
+    #[arg(long)]
+    no_orphan_rejoin: bool,
     /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
     #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9101")]
     admin_listen: String,
@@ -73,6 +84,8 @@ fn main() -> anyhow::Result<()> {
     config.routed_topic = cli.routed_topic;
     config.topic_header = cli.topic_header;
     config.session_timeout_ms = cli.session_timeout_ms;
+    config.orphan_after_ms = cli.orphan_after_ms;
+    config.orphan_rejoin = !cli.no_orphan_rejoin;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub partitions: AtomicI64,
     pub rebalances: AtomicU64,
     pub rebuilds: AtomicU64,
+    /// Partitions of `cs.downlink` the orphan watch finds stalled.
+    pub orphaned: AtomicI64,
+    /// Times this instance rejoined the group over orphaned partitions.
+    pub orphan_rejoins: AtomicU64,
+    /// Partitions given their first committed offset at assignment.
+    pub anchored: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -152,6 +158,24 @@ impl Metrics {
             "counter",
             "Partition tables rebuilt from mqtt.sessions.",
             &one(&self.rebuilds),
+        );
+        metric(
+            "orphaned_partitions",
+            "gauge",
+            "cs.downlink partitions of no other live instance with requests waiting and no offset committed for longer than --orphan-after-ms.",
+            &gauge(&self.orphaned),
+        );
+        metric(
+            "orphan_rejoins_total",
+            "counter",
+            "Times this instance rejoined the group to have orphaned partitions reassigned.",
+            &one(&self.orphan_rejoins),
+        );
+        metric(
+            "partitions_anchored_total",
+            "counter",
+            "cs.downlink partitions given their first committed offset (the end) when first assigned.",
+            &one(&self.anchored),
         );
         out
     }

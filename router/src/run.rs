@@ -15,6 +15,13 @@
 //! Offsets of `cs.downlink` are stored only once the routed record is handed
 //! to the producer, and committed before partitions are given up, so a
 //! rebalance neither skips requests nor routes them with a stale table.
+//! A partition the group has never committed gets its end committed the
+//! first time it is assigned, so an instance that takes it over after a
+//! crash resumes there rather than at the end of its day (the consumer's
+//! `auto.offset.reset=latest` would skip what arrived meanwhile).
+//!
+//! Beside the loop runs the orphan watch ([`crate::watch`]); when it asks,
+//! the loop leaves and rejoins the group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +40,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset};
 use crate::Config;
 use crate::metrics::{Metrics, bump};
 use crate::table::{Table, Takeover};
+use crate::watch::{Shared, Watch};
 
 /// Bound on metadata and offset requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +62,7 @@ struct RouterContext {
     downlink: String,
     sessions: String,
     changes: Mutex<Vec<Change>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for RouterContext {
@@ -89,6 +98,7 @@ impl ConsumerContext for RouterContext {
                 for partition in sessions {
                     let _ = tpl.set_partition_offset(&self.sessions, partition, Offset::Beginning);
                 }
+                self.anchor(consumer, &downlink, tpl);
                 if let Err(error) = consumer.assign(tpl) {
                     tracing::error!(%error, "assigning partitions failed");
                 }
@@ -123,6 +133,63 @@ impl ConsumerContext for RouterContext {
 }
 
 impl RouterContext {
+    /// Commits the end of every assigned `cs.downlink` partition that has
+    /// no committed offset yet, and starts there: from now on whoever owns
+    /// the partition next resumes from a committed offset. Best effort: on
+    /// failure the partition starts at the end as before.
+    fn anchor(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        downlink: &TopicPartitionList,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if downlink.count() == 0 {
+            return;
+        }
+        let committed = match consumer.committed_offsets(downlink.clone(), REQUEST_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                tracing::warn!(%error, "reading committed offsets failed; new partitions start at their end");
+                return;
+            }
+        };
+        let mut anchors = TopicPartitionList::new();
+        for element in committed.elements() {
+            if matches!(element.offset(), Offset::Offset(_)) {
+                continue;
+            }
+            let partition = element.partition();
+            match consumer.fetch_watermarks(&self.downlink, partition, REQUEST_TIMEOUT) {
+                Ok((_, high)) => {
+                    let _ = anchors.add_partition_offset(
+                        &self.downlink,
+                        partition,
+                        Offset::Offset(high),
+                    );
+                    let _ =
+                        tpl.set_partition_offset(&self.downlink, partition, Offset::Offset(high));
+                }
+                Err(error) => tracing::warn!(partition, %error, "reading the end offset failed"),
+            }
+        }
+        if anchors.count() == 0 {
+            return;
+        }
+        match consumer.commit(&anchors, CommitMode::Sync) {
+            Ok(()) => {
+                for element in anchors.elements() {
+                    bump(&self.metrics.anchored);
+                    tracing::info!(
+                        partition = element.partition(),
+                        offset = ?element.offset(),
+                        "first owner of this partition: its end is now its committed offset"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "committing the first offsets failed"),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Change>> {
         self.changes
             .lock()
@@ -185,6 +252,38 @@ struct Router {
     metrics: Arc<Metrics>,
     slots: u32,
     partitions: HashMap<i32, Partition>,
+    /// What the orphan watch reads (owned partitions) and asks (rejoin).
+    watch: Arc<Shared>,
+}
+
+/// Starts the orphan watch on its own thread with its own (unsubscribed)
+/// consumer of the group's offsets.
+fn spawn_watch(
+    config: &Config,
+    partitions: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the orphan watch's consumer")?;
+    let watch = Watch::new(
+        consumer,
+        config.downlink_topic.clone(),
+        i32::try_from(partitions).context("too many partitions")?,
+        Duration::from_millis(u64::from(config.orphan_after_ms)),
+        config.orphan_rejoin,
+        shared,
+        metrics,
+    );
+    std::thread::Builder::new()
+        .name("orphan-watch".to_owned())
+        .spawn(move || watch.run(&stop))
+        .context("starting the orphan watch")?;
+    Ok(())
 }
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -231,6 +330,7 @@ pub fn run(
             downlink: config.downlink_topic.clone(),
             sessions: config.sessions_topic.clone(),
             changes: Mutex::new(Vec::new()),
+            metrics: metrics.clone(),
         })
         .context("creating the consumer")?;
 
@@ -273,17 +373,31 @@ pub fn run(
         slots,
         "router running"
     );
+    let watch = Arc::new(Shared::default());
+    if config.orphan_after_ms > 0 {
+        spawn_watch(
+            &config,
+            downlink,
+            watch.clone(),
+            metrics.clone(),
+            stop.clone(),
+        )?;
+    }
     let mut router = Router {
         config,
         producer,
         metrics,
         slots,
         partitions: HashMap::new(),
+        watch,
     };
     let mut assigned_once = false;
     let mut last_check = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         router.metrics.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if router.watch.take_rejoin() {
+            router.rejoin(&consumer)?;
+        }
         let changes = std::mem::take(&mut *consumer.context().lock());
         for change in changes {
             assigned_once |= matches!(change, Change::Assigned(_));
@@ -321,15 +435,36 @@ pub fn run(
 }
 
 impl Router {
+    /// Leaves the group (committing what was handled) and joins it again:
+    /// the coordinator starts a new generation and assigns every partition
+    /// anew.
+    fn rejoin(&mut self, consumer: &GroupConsumer) -> anyhow::Result<()> {
+        bump(&self.metrics.orphan_rejoins);
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+            && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
+        {
+            tracing::warn!(%error, "committing offsets before rejoining failed");
+        }
+        // The revocation reaches the loop through the rebalance callback.
+        consumer.unsubscribe();
+        consumer
+            .subscribe(&[&self.config.downlink_topic, &self.config.sessions_topic])
+            .context("rejoining the consumer group")?;
+        tracing::info!("rejoined the consumer group");
+        Ok(())
+    }
+
     fn apply_change(&mut self, consumer: &GroupConsumer, change: Change) {
         bump(&self.metrics.rebalances);
         match change {
             Change::Revoked => {
+                self.watch.set_owned([]);
                 self.partitions.clear();
                 self.metrics.partitions.store(0, Ordering::Relaxed);
                 self.metrics.live_sessions.store(0, Ordering::Relaxed);
             }
             Change::Assigned(partitions) => {
+                self.watch.set_owned(partitions.iter().copied());
                 self.partitions.clear();
                 self.metrics.live_sessions.store(0, Ordering::Relaxed);
                 self.metrics.partitions.store(

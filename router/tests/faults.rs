@@ -182,3 +182,87 @@ fn a_crashed_gateway_is_cleaned_up_and_its_successor_serves() {
         3.0
     );
 }
+
+/// Two routers, one SIGKILLed (a crash: it never leaves the group). Once
+/// the broker expires it, the survivor routes every partition, including
+/// requests that arrived while nobody owned them, and those of partitions
+/// the dead router had never committed an offset for.
+///
+/// On tansu 0.6.0 the survivor is given back only its own partitions after
+/// the expiry (docs/router.md, "A crashed router on tansu"); the router's
+/// orphan watch notices the stalled partitions and rejoins the group.
+#[test]
+fn delivery_resumes_after_a_router_is_killed() {
+    const CARS: usize = 11;
+    const PER_CAR: usize = 20;
+    let stack = Stack::new(4, 2);
+    // ROUTER_KILL_TEST_WATCH=0 shows what happens without the watch.
+    let after = std::env::var("ROUTER_KILL_TEST_WATCH").unwrap_or_else(|_| "8000".to_owned());
+    let watch = ["--orphan-after-ms", after.as_str()];
+    let survivor = stack.router_with("router-1", &watch);
+    let mut killed = stack.router_with("router-2", &watch);
+    stack.await_routers(&[&survivor, &killed]);
+    let gateway = stack.gateway("gateway", 0);
+    let cars: Vec<Car> = (0..CARS)
+        .map(|c| {
+            let car = Car::connect(&gateway, &format!("VIN-KILL-{c}"));
+            car.subscribe("DL/#");
+            car
+        })
+        .collect();
+    stack.await_registry(&[&gateway], &[&survivor, &killed], 0.0);
+    assert!(
+        killed.metric("carbridge_router_partitions_assigned") > 0.0,
+        "the router to kill owns nothing"
+    );
+
+    killed.signal("KILL");
+    killed.wait_exit(WAIT);
+    let requests: Vec<(&str, &str, Vec<u8>)> = (0..PER_CAR)
+        .flat_map(|round| {
+            cars.iter().map(move |car| {
+                (
+                    car.id.as_str(),
+                    "DL/INFO",
+                    format!("{} {round}", car.id).into_bytes(),
+                )
+            })
+        })
+        .collect();
+    stack.request_unbatched(&requests);
+
+    // Expiry (6 s) and the rebalance, then the orphan watch if needed.
+    for car in &cars {
+        let got: Vec<String> = car
+            .expect(PER_CAR)
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).unwrap())
+            .collect();
+        let want: Vec<String> = (0..PER_CAR).map(|r| format!("{} {r}", car.id)).collect();
+        assert_eq!(got, want, "car {}", car.id);
+    }
+    for car in &cars {
+        assert!(
+            car.drain(Duration::from_millis(200)).is_empty(),
+            "duplicates to {}",
+            car.id
+        );
+    }
+    assert_eq!(
+        survivor.metric("carbridge_router_partitions_assigned"),
+        f64::from(stack.partitions)
+    );
+    wait_until("the orphan gauge to clear", WAIT, || {
+        survivor.metric("carbridge_router_orphaned_partitions") == 0.0
+    });
+    for line in stack.broker.log_text().lines() {
+        if line.contains("missed heartbeat") {
+            eprintln!("tansu: {line}");
+        }
+    }
+    eprintln!(
+        "survivor: {} orphan rejoins, {} rebalances",
+        survivor.metric("carbridge_router_orphan_rejoins_total"),
+        survivor.metric("carbridge_router_rebalances_total")
+    );
+}

@@ -148,6 +148,17 @@ impl Broker {
         }
     }
 
+    /// The broker's whole output so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .reopen()
+            .and_then(|mut file| {
+                let mut text = String::new();
+                file.read_to_string(&mut text).map(|_| text)
+            })
+            .unwrap_or_else(|e| format!("(log unavailable: {e})"))
+    }
+
     /// The last few kilobytes of the broker's output, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut file = match self.log.reopen() {

@@ -153,6 +153,11 @@ impl Stack {
 
     /// Starts a router process; returns once its admin endpoint answers.
     pub fn router(&self, name: &str) -> Proc {
+        self.router_with(name, &[])
+    }
+
+    /// [`Stack::router`] with further flags.
+    pub fn router_with(&self, name: &str, flags: &[&str]) -> Proc {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (log, file) = self.log_file(name);
         let child = Command::new(env!("CARGO_BIN_EXE_router"))
@@ -162,6 +167,7 @@ impl Stack {
             // that stops heartbeating loses its partitions within 6 s.
             .args(["--session-timeout-ms", "6000"])
             .args(["--log-format", "json", "--log-filter", "info,router=debug"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
