@@ -41,6 +41,58 @@ def scrape(url):
     return samples
 
 
+def histogram(samples, name):
+    """(count, mean ms, p50 ms, p99 ms) of a Prometheus histogram in
+    seconds, percentiles interpolated within buckets; None if absent."""
+    buckets = []
+    for key, value in samples.items():
+        prefix = name + '_bucket{le="'
+        if key.startswith(prefix):
+            bound = key[len(prefix):-2]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), value))
+    total = samples.get(name + "_count", 0)
+    if not buckets or total == 0:
+        return None
+    buckets.sort()
+
+    def quantile(q):
+        want, lower, below = q * total, 0.0, 0.0
+        for bound, cumulative in buckets:
+            if cumulative >= want:
+                if bound == float("inf"):
+                    return lower * 1e3
+                inside = cumulative - below
+                share = (want - below) / inside if inside else 1.0
+                return (lower + (bound - lower) * share) * 1e3
+            lower, below = bound, cumulative
+        return lower * 1e3
+
+    mean = samples.get(name + "_sum", 0) / total * 1e3
+    return total, mean, quantile(0.5), quantile(0.99)
+
+
+def hop_lines(gateway, router):
+    """The downlink's hops from the bridge's own histograms (whole run)."""
+    hops = [
+        ("Kafka: request produced -> router read", histogram(router, "carbridge_router_request_age_at_read_seconds")),
+        ("router: -> routed record produced (age)", histogram(router, "carbridge_router_request_age_at_routing_seconds")),
+        ("Kafka: routed -> gateway read", histogram(gateway, "carbridge_gateway_downlink_age_at_read_seconds")),
+        ("gateway: read -> written to the car's socket", histogram(gateway, "carbridge_gateway_downlink_write_seconds")),
+    ]
+    if any(h is None for _, h in hops):
+        return []
+    lines = [f"{'':<9} hops, from the router's and gateway's histograms (whole run, bucketed):"]
+    for label, (n, mean, p50, p99) in hops:
+        lines.append(f"{'':<11} {label:<46} mean {mean:6.1f} ms, p50 {p50:6.1f} ms, p99 {p99:6.1f} ms")
+    (_, read, _, _), (_, routed, _, _), (_, hop2, _, _), (_, write, _, _) = (h for _, h in hops)
+    bridge = max(routed - read, 0.0) + write
+    lines.append(
+        f"{'':<11} by the means: the bridge's own share {bridge:.1f} ms "
+        f"(router {max(routed - read, 0.0):.1f}, gateway {write:.1f}), Kafka's two hops {read + hop2:.1f} ms"
+    )
+    return lines
+
+
 def count(n):
     return f"{int(n):,}"
 
@@ -143,6 +195,7 @@ def main():
     if router and downlink:
         received = router.get("carbridge_router_requests_received_total", 0)
         out.append(f"router    {count(received)} downlink requests read from {args.broker}")
+        out += hop_lines(gateway, router)
 
     broker_slow = probe is not None and (
         probe["p99_ms"] > BROKER_SLOW_MS or probe["received"] < probe["sent"]

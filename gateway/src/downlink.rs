@@ -143,6 +143,8 @@ pub(crate) enum Routed<'a> {
         session: Option<u64>,
         topic: &'a str,
         payload: &'a [u8],
+        /// The routed record's Kafka timestamp (ms since the epoch).
+        created_ms: Option<i64>,
     },
     /// Close the client's connection if it still is session `session`.
     Takeover { client: &'a str, session: u64 },
@@ -179,6 +181,7 @@ fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Rout
                 session,
                 topic,
                 payload: message.payload().unwrap_or_default(),
+                created_ms: message.timestamp().to_millis(),
             })
         }
     }

@@ -70,6 +70,12 @@ pub struct ShardMetrics {
     pub downlink_delivered: AtomicU64,
     /// ... not delivered, by reason.
     pub downlink_dropped: [AtomicU64; DROP_REASONS.len()],
+    /// A routed message's age (from its Kafka timestamp, set when the
+    /// router produced it) when the shard reads it: the broker's hop.
+    pub downlink_age_at_read: ops::latency::Latency,
+    /// From the shard reading a message to its bytes written to the car's
+    /// socket: the gateway's own share.
+    pub downlink_write: ops::latency::Latency,
     /// Takeover notices that closed a connection here.
     pub takeover_notices: AtomicU64,
     /// "gone" reports written for sessions this shard does not hold.
@@ -409,6 +415,19 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
          carbridge_gateway_kafka_ack_seconds_sum {}\n\
          carbridge_gateway_kafka_ack_seconds_count {cumulative}",
         sum(&|s| load(&s.ack_latency_sum_us)) as f64 / 1e6
+    );
+    ops::latency::render(
+        &mut out,
+        "carbridge_gateway_downlink_age_at_read_seconds",
+        "Time from a routed message's Kafka timestamp (the router's produce) to a shard reading it.",
+        shards.iter().map(|s| &s.downlink_age_at_read),
+    );
+    ops::latency::render(
+        &mut out,
+        "carbridge_gateway_downlink_write_seconds",
+        "Time from a shard reading a routed message to its bytes written to the car's socket \
+         (each message counts the oldest queued with it: an upper bound).",
+        shards.iter().map(|s| &s.downlink_write),
     );
     out
 }

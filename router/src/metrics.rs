@@ -8,6 +8,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use ops::latency::{self, Latency};
+
 /// Why a request was not routed.
 pub const DROP_REASONS: [&str; 4] = ["offline", "no_filter", "invalid", "no_slot"];
 
@@ -34,6 +36,12 @@ pub struct Metrics {
     pub orphan_rejoins: AtomicU64,
     /// Partitions given their first committed offset at assignment.
     pub anchored: AtomicU64,
+    /// A request's age (from its Kafka timestamp) when the router reads
+    /// it: the broker's first hop.
+    pub age_at_read: Latency,
+    /// ... and when its routed record is handed to the producer: the
+    /// difference is the router's own share (and any wait for a rebuild).
+    pub age_at_routing: Latency,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -176,6 +184,18 @@ impl Metrics {
             "counter",
             "cs.downlink partitions given their first committed offset (the end) when first assigned.",
             &one(&self.anchored),
+        );
+        latency::render(
+            &mut out,
+            "carbridge_router_request_age_at_read_seconds",
+            "Time from a request's Kafka timestamp to the router reading it (the broker's first hop).",
+            [&self.age_at_read].into_iter(),
+        );
+        latency::render(
+            &mut out,
+            "carbridge_router_request_age_at_routing_seconds",
+            "Time from a request's Kafka timestamp to its routed record handed to the producer.",
+            [&self.age_at_routing].into_iter(),
         );
         out
     }

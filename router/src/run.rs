@@ -553,6 +553,9 @@ impl Router {
             }
             return;
         }
+        if let Some(ms) = message.timestamp().to_millis() {
+            self.metrics.age_at_read.record_since_kafka_timestamp(ms);
+        }
         let ready = match self.partitions.get_mut(&partition) {
             Some(Partition::Ready(_)) => true,
             Some(Partition::Rebuilding { waiting, .. }) if waiting.len() < MAX_WAITING => {
@@ -727,6 +730,9 @@ impl Router {
                     .headers(headers);
                 if self.send(record) {
                     bump(&self.metrics.sent);
+                    if let Some(ms) = message.timestamp().to_millis() {
+                        self.metrics.age_at_routing.record_since_kafka_timestamp(ms);
+                    }
                 } else {
                     bump(&self.metrics.failed);
                 }

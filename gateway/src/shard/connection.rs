@@ -359,6 +359,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
     shard: &Shard,
     signal: &Signal,
 ) -> io::Result<()> {
+    let queued_since = signal.queued_since.get();
     let (bytes, count) = signal.take_output();
     if count == 0 {
         return Ok(());
@@ -369,6 +370,12 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
                 .metrics
                 .downlink_delivered
                 .fetch_add(count, Ordering::Relaxed);
+            // Each message counts the oldest one's wait: an upper bound.
+            let waited = super::signal::micros().wrapping_sub(queued_since);
+            shard
+                .metrics
+                .downlink_write
+                .record_n(u64::from(waited), count);
             Ok(())
         }
         Err(error) => {

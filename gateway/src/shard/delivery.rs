@@ -161,8 +161,14 @@ impl Shard {
                 session,
                 topic,
                 payload,
+                created_ms,
             }) => {
                 bump(&self.metrics.downlink_received);
+                if let Some(ms) = created_ms {
+                    self.metrics
+                        .downlink_age_at_read
+                        .record_since_kafka_timestamp(ms);
+                }
                 let Some(signal) = self.table.holder(client) else {
                     self.metrics.drop_downlink("not_held");
                     if let Some(session) = session {
@@ -197,6 +203,9 @@ impl Shard {
                     false,
                 ) {
                     Ok(()) => {
+                        if signal.queued.get() == 0 {
+                            signal.queued_since.set(super::signal::micros());
+                        }
                         signal.queued.set(signal.queued.get() + 1);
                         drop(outbox);
                         signal.wake();

@@ -48,6 +48,20 @@ pub(super) struct Signal {
     /// Encoded downlink PUBLISH packets not yet written, and their count.
     pub(super) outbox: RefCell<BytesMut>,
     pub(super) queued: Cell<u64>,
+    /// When the oldest of them was queued ([`micros`]).
+    pub(super) queued_since: Cell<u32>,
+}
+
+/// Microseconds since the first call, wrapping every 71 minutes: 4 bytes
+/// per connection for the downlink's queue time (take differences with
+/// `wrapping_sub`).
+pub(super) fn micros() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    // Truncation is the wrap.
+    #[allow(clippy::cast_possible_truncation)]
+    let now = epoch.elapsed().as_micros() as u32;
+    now
 }
 
 #[derive(Debug, Clone, Copy)]
