@@ -59,31 +59,12 @@ struct Args {
     quiet: bool,
 }
 
-/// Creates `topic` with one partition; an existing topic is fine.
-fn create_topic(common: &ClientConfig, topic: &str) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = common.create()?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = futures_lite::future::block_on(admin.create_topics(
-        &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-        &options,
-    ))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("creating {name}: {code}"),
-        }
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut common = ClientConfig::new();
     common.set("bootstrap.servers", &args.kafka_bootstrap);
     if args.create {
-        create_topic(&common, &args.topic)?;
+        loadgen::probe::create_topic(&common, &args.topic, 1)?;
     }
     let consumer: BaseConsumer = common
         .clone()

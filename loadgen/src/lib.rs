@@ -12,6 +12,7 @@
 
 pub mod html;
 pub mod payload;
+pub mod probe;
 pub mod report;
 pub mod run;
 pub mod stats;
