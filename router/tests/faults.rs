@@ -255,9 +255,16 @@ fn delivery_resumes_after_a_router_is_killed() {
     wait_until("the orphan gauge to clear", WAIT, || {
         survivor.metric("carbridge_router_orphaned_partitions") == 0.0
     });
+    // What happened, for a run with --nocapture (and RUST_LOG=info for
+    // tansu's side).
     for line in stack.broker.log_text().lines() {
         if line.contains("missed heartbeat") {
             eprintln!("tansu: {line}");
+        }
+    }
+    for line in survivor.log_text().lines() {
+        if line.contains("partitions assigned") || line.contains("rejoin") {
+            eprintln!("router-1: {line}");
         }
     }
     eprintln!(
@@ -265,4 +272,54 @@ fn delivery_resumes_after_a_router_is_killed() {
         survivor.metric("carbridge_router_orphan_rejoins_total"),
         survivor.metric("carbridge_router_rebalances_total")
     );
+}
+
+/// A member of the router's group that holds partitions and never reads
+/// them (a stuck instance): the orphan watch reports those partitions.
+/// Rejoining cannot help here (the stuck member is still alive and gets
+/// them again), so the instance only reports (`--no-orphan-rejoin`).
+#[test]
+fn partitions_a_stuck_member_holds_are_reported_orphaned() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let stack = Stack::new(4, 2);
+    let router = stack.router_with(
+        "router",
+        &["--orphan-after-ms", "2000", "--no-orphan-rejoin"],
+    );
+    stack.await_routers(&[&router]);
+    let stuck: BaseConsumer = stack
+        .broker
+        .client_config()
+        .set("group.id", "carbridge-router")
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    stuck
+        .subscribe(&[contract::topics::DOWNLINK, contract::topics::SESSIONS])
+        .unwrap();
+    // It polls (so it stays in the group) but routes nothing.
+    wait_until("the stuck member to take half the partitions", WAIT, || {
+        let _ = stuck.poll(Duration::from_millis(100));
+        router.metric("carbridge_router_partitions_assigned") == 2.0 && router.ready()
+    });
+    let requests: Vec<(String, &str, Vec<u8>)> = (0..20)
+        .map(|c| (format!("VIN-STUCK-{c}"), "DL/INFO", b"x".to_vec()))
+        .collect();
+    let requests: Vec<(&str, &str, Vec<u8>)> = requests
+        .iter()
+        .map(|(id, topic, payload)| (id.as_str(), *topic, payload.clone()))
+        .collect();
+    stack.request(&requests);
+    wait_until(
+        "the router to report the stuck member's partitions",
+        WAIT,
+        || {
+            let _ = stuck.poll(Duration::from_millis(100));
+            router.metric("carbridge_router_orphaned_partitions") == 2.0
+        },
+    );
+    assert_eq!(router.metric("carbridge_router_orphan_rejoins_total"), 0.0);
+    assert!(router.log_text().contains("no-orphan-rejoin"));
 }
