@@ -11,7 +11,9 @@
 #   BENCH_RATES="10000" BENCH_SECS=20 scripts/broker-bench.sh
 #
 # Environment: BENCH_RATES, BENCH_SECS (10), BENCH_PRODUCERS (40),
-# BENCH_BROKERS ("tansu mock"), STACK_TANSU (tansu binary), BENCH_DIR.
+# BENCH_BROKERS ("tansu mock"), STACK_TANSU (tansu binary), BENCH_DIR,
+# BENCH_PROFILE=1 (perf samples of the broker process during each run;
+# BROKER-RATE.profile.txt in the results: where its CPU goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,11 +80,22 @@ for broker in $brokers; do
     # A fresh broker per rate: no run inherits another's backlog.
     start_broker "$broker"
     before=$(cpu "$pid")
+    perf_pid=
+    if [ -n "${BENCH_PROFILE:-}" ]; then
+      perf record -F 499 -g -p "$pid" -o "$dir/$broker-$rate.perf.data" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
     log "$broker at ${rate}/s (0: flat out), $producers producers, ${secs}s"
     "$bin/examples/broker_bench" --kafka-bootstrap "$bootstrap" "${create[@]}" \
       --producers "$producers" --rate "$rate" --secs "$secs" --label "$broker" \
       -X enable.idempotence=false --json "$dir/$broker-$rate.json" | tee -a "$dir/runs.txt"
     after=$(cpu "$pid")
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid" && wait "$perf_pid" || true
+      perf report -i "$dir/$broker-$rate.perf.data" --stdio --no-children --sort dso,sym \
+        --percent-limit 0.7 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' \
+        >"$dir/$broker-$rate.profile.txt" || true
+    fi
     python3 - "$dir/$broker-$rate.json" "$before" "$after" <<'EOF'
 import json, sys
 path, before, after = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])

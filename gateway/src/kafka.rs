@@ -101,6 +101,9 @@ impl ProducerContext for UplinkContext {
 /// `u32::MAX`.
 const REGISTRY_RECORD: usize = usize::MAX;
 
+/// Batches of delivery reports one poller turn serves at most.
+const MAX_EVENTS_PER_POLL: usize = 256;
+
 /// Microseconds on a process-wide monotonic clock, wrapping every 71
 /// minutes: differences stay right for acknowledgements within that.
 fn clock_us() -> u32 {
@@ -254,9 +257,11 @@ impl ShardProducer {
         }
     }
 
-    /// Serves delivery reports without blocking.
+    /// Serves the delivery reports waiting, without blocking (at most
+    /// [`MAX_EVENTS_PER_POLL`] batches, so the poller's other work gets its
+    /// turn).
     pub(crate) fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&self.producer, MAX_EVENTS_PER_POLL);
     }
 
     /// Waits up to `timeout` for every record to be acknowledged or failed.
@@ -269,7 +274,7 @@ impl ShardProducer {
     pub(crate) fn purge(&self) {
         self.producer
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-        self.producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&self.producer, usize::MAX);
     }
 
     /// Records librdkafka still holds.

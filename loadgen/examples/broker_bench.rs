@@ -111,17 +111,15 @@ struct Produced {
     queue_full: u64,
 }
 
-/// One producer: `rate` records a second (0: as fast as it can) until
-/// `secs` have passed, then a flush.
-fn produce(
-    producer: &BaseProducer<Acks>,
-    args: &Args,
-    index: u32,
-    rate: f64,
-    start: Instant,
-) -> Produced {
+/// Drives every producer from one thread (as a gateway process's poller
+/// would, and so that the client's own threads do not crowd the broker
+/// off this machine's cores): each producer sends its share, `rate`
+/// records a second (0: as fast as it can), until `secs` have passed;
+/// then all flush.
+fn produce(producers: &[BaseProducer<Acks>], args: &Args, rate: f64, start: Instant) -> Produced {
     let end = Duration::from_secs(args.secs);
     let mut payload = vec![0u8; args.size.max(8)];
+    let mut sent = vec![0u64; producers.len()];
     let mut produced = Produced {
         sent: 0,
         queue_full: 0,
@@ -132,38 +130,41 @@ fn produce(
         } else {
             u64::MAX
         };
-        let mut burst = 0;
-        while produced.sent < due && burst < 10_000 {
-            let key = format!("car-{index}-{}", produced.sent % 1000);
-            if let Some(head) = payload.get_mut(..8) {
-                head.copy_from_slice(&now_us().to_le_bytes());
-            }
-            let sent_us = usize::try_from(start.elapsed().as_micros()).unwrap_or(usize::MAX);
-            match producer.send(
-                BaseRecord::with_opaque_to(&args.topic, sent_us)
-                    .key(key.as_bytes())
-                    .payload(&payload[..]),
-            ) {
-                Ok(()) => produced.sent += 1,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    produced.queue_full += 1;
-                    producer.poll(Duration::from_millis(1));
-                    break;
+        for ((producer, sent), index) in producers.iter().zip(sent.iter_mut()).zip(0u32..) {
+            let mut burst = 0;
+            while *sent < due && burst < 1_000 {
+                let key = format!("car-{index}-{}", *sent % 1000);
+                if let Some(head) = payload.get_mut(..8) {
+                    head.copy_from_slice(&now_us().to_le_bytes());
                 }
-                Err((error, _)) => {
-                    eprintln!("producer {index}: {error}");
-                    break;
+                let sent_us = usize::try_from(start.elapsed().as_micros()).unwrap_or(usize::MAX);
+                match producer.send(
+                    BaseRecord::with_opaque_to(&args.topic, sent_us)
+                        .key(key.as_bytes())
+                        .payload(&payload[..]),
+                ) {
+                    Ok(()) => *sent += 1,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        produced.queue_full += 1;
+                        break;
+                    }
+                    Err((error, _)) => {
+                        eprintln!("producer {index}: {error}");
+                        break;
+                    }
                 }
+                burst += 1;
             }
-            burst += 1;
+            ops::kafka::serve_events(producer, usize::MAX);
         }
-        producer.poll(if rate > 0.0 {
-            Duration::from_millis(1)
-        } else {
-            Duration::ZERO
-        });
+        if rate > 0.0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
-    let _ = producer.flush(Duration::from_secs(30));
+    for producer in producers {
+        let _ = producer.flush(Duration::from_secs(30));
+    }
+    produced.sent = sent.iter().sum();
     produced
 }
 
@@ -245,6 +246,9 @@ fn main() -> anyhow::Result<()> {
         let producer: BaseProducer<Acks> = common
             .clone()
             .set("linger.ms", &args.linger_ms)
+            // Flat out, the queue is what is in flight: keep it to what a
+            // gateway shard holds, not librdkafka's 100,000.
+            .set("queue.buffering.max.messages", "10000")
             .create_with_context(Acks {
                 start,
                 latency: Mutex::new(histogram()?),
@@ -262,15 +266,7 @@ fn main() -> anyhow::Result<()> {
     let (produced, fetched) = std::thread::scope(|scope| {
         let reader =
             scope.spawn(|| consume(&consumer, run_us, &expected, &done, deadline, fetch_latency));
-        let writers: Vec<_> = producers
-            .iter()
-            .zip(0u32..)
-            .map(|(producer, index)| {
-                let args = &args;
-                scope.spawn(move || produce(producer, args, index, per_producer, start))
-            })
-            .collect();
-        let produced: Vec<Produced> = writers.into_iter().filter_map(|w| w.join().ok()).collect();
+        let produced = produce(&producers, &args, per_producer, start);
         let acked: u64 = producers
             .iter()
             .map(|p| p.context().acked.load(Ordering::Relaxed))
@@ -281,8 +277,7 @@ fn main() -> anyhow::Result<()> {
     });
     let (fetch, read) = fetched.context("the consumer thread panicked")?;
 
-    let sent: u64 = produced.iter().map(|p| p.sent).sum();
-    let queue_full: u64 = produced.iter().map(|p| p.queue_full).sum();
+    let (sent, queue_full) = (produced.sent, produced.queue_full);
     let mut acked = 0;
     let mut failed = 0;
     let mut last_ack_us = 0;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
@@ -53,6 +54,26 @@ impl KafkaArgs {
         }
         config.set("bootstrap.servers", &self.kafka_bootstrap);
         Ok(config)
+    }
+}
+
+/// Serves the events waiting on `producer` (delivery reports, errors), up
+/// to `max_events` of them, without blocking.
+///
+/// rdkafka's `BaseProducer::poll(Duration::ZERO)` serves at most one event
+/// per call, and one event is one batch of delivery reports (one
+/// partition's produce response): called once per loop turn it falls
+/// behind as soon as more batches are acknowledged per turn than that, and
+/// every acknowledgement (and the in-flight accounting waiting on it) comes
+/// later and later. This serves until an event leaves the producer's count
+/// of outstanding messages and events unchanged, or `max_events`.
+pub fn serve_events<C: ProducerContext>(producer: &BaseProducer<C>, max_events: usize) {
+    for _ in 0..max_events {
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == before {
+            break;
+        }
     }
 }
 

@@ -409,7 +409,7 @@ pub fn run(
                 Err(error) => tracing::warn!(%error, "consumer error"),
             }
         }
-        router.producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&router.producer, 1024);
         if last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
             router.check_rebuilds(&consumer);

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let (mut positions, mut warnings) = (0u64, 0u64);
     let mut last_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&producer, usize::MAX);
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };

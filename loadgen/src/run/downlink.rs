@@ -130,7 +130,7 @@ fn send_downlink(
         }
         pace.mark_sent();
         sent.fetch_add(1, Ordering::Relaxed);
-        producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&producer, usize::MAX);
     }
     let _ = producer.flush(Duration::from_secs(10));
     Ok(())

@@ -228,7 +228,7 @@ pub(super) fn produce_raw(
         }
         pace.mark_sent();
         sent_tick += 1;
-        producer.poll(Duration::ZERO);
+        ops::kafka::serve_events(&producer, usize::MAX);
     }
     let _ = producer.flush(Duration::from_secs(30));
     report(sent_tick, false, &mut first);
