@@ -49,16 +49,7 @@ impl SlotConsumer {
             .set("fetch.wait.max.ms", "20")
             .set("fetch.min.bytes", "1");
         for (key, value) in &config.kafka.properties {
-            // Producer-only tuning is meaningless here (and librdkafka warns).
-            if !matches!(
-                key.as_str(),
-                "linger.ms"
-                    | "queue.buffering.max.ms"
-                    | "batch.size"
-                    | "acks"
-                    | "compression.type"
-                    | "enable.idempotence"
-            ) {
+            if ops::kafka::for_consumer(key) {
                 client.set(key, value);
             }
         }

@@ -167,7 +167,9 @@ impl ShardProducer {
             .set("enable.idempotence", "true")
             .set("client.id", format!("carbridge-gateway-{shard}"));
         for (key, value) in &config.properties {
-            client.set(key, value);
+            if ops::kafka::for_producer(key) {
+                client.set(key, value);
+            }
         }
         // The uplink contract: the same partition as the Java client picks.
         client.set("partitioner", "murmur2_random");

@@ -57,6 +57,67 @@ impl KafkaArgs {
     }
 }
 
+/// librdkafka properties only consumers read. `-X` properties go to every
+/// client a command makes; a producer given one of these warns
+/// (CONFWARN), so each kind takes only its own ([`for_producer`]).
+const CONSUMER_ONLY: &[&str] = &[
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.queue.backoff.ms",
+    "fetch.error.backoff.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "group.instance.id",
+    "check.crcs",
+    "enable.partition.eof",
+];
+
+/// librdkafka properties only producers read ([`for_consumer`]).
+const PRODUCER_ONLY: &[&str] = &[
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.size",
+    "batch.num.messages",
+    "acks",
+    "request.required.acks",
+    "compression.type",
+    "compression.codec",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "message.send.max.retries",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "partitioner",
+    "transactional.id",
+    "sticky.partitioning.linger.ms",
+];
+
+/// Whether a producer reads property `key`.
+pub fn for_producer(key: &str) -> bool {
+    !CONSUMER_ONLY.contains(&key)
+}
+
+/// Whether a consumer reads property `key`.
+pub fn for_consumer(key: &str) -> bool {
+    !PRODUCER_ONLY.contains(&key)
+}
+
 /// Serves the events waiting on `producer` (delivery reports, errors), up
 /// to `max_events` of them, without blocking.
 ///
@@ -98,6 +159,18 @@ pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_of_client_takes_its_own_properties() {
+        assert!(!for_producer("fetch.wait.max.ms"));
+        assert!(for_consumer("fetch.wait.max.ms"));
+        assert!(!for_consumer("linger.ms"));
+        assert!(for_producer("linger.ms"));
+        // Shared ones (security, addresses) go to both.
+        for key in ["security.protocol", "bootstrap.servers", "sasl.mechanism"] {
+            assert!(for_producer(key) && for_consumer(key), "{key}");
+        }
+    }
 
     #[test]
     fn properties_are_checked() {

@@ -265,7 +265,7 @@ fn spawn_watch(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = client_config(config)
+    let consumer: BaseConsumer = client_config(config, ops::kafka::for_consumer)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .create()
@@ -286,10 +286,14 @@ fn spawn_watch(
     Ok(())
 }
 
-fn client_config(config: &Config) -> ClientConfig {
+/// The client settings every `-X` property of this kind of client
+/// (`ops::kafka::for_consumer` or `for_producer`) adds to.
+fn client_config(config: &Config, applies: fn(&str) -> bool) -> ClientConfig {
     let mut client = ClientConfig::new();
     for (key, value) in &config.kafka_properties {
-        client.set(key, value);
+        if applies(key) {
+            client.set(key, value);
+        }
     }
     client.set("bootstrap.servers", &config.bootstrap);
     client
@@ -315,7 +319,7 @@ pub fn run(
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut consumer_config = client_config(&config);
+    let mut consumer_config = client_config(&config, ops::kafka::for_consumer);
     consumer_config
         .set("group.id", &config.group)
         .set("partition.assignment.strategy", "range")
@@ -323,8 +327,13 @@ pub fn run(
         .set("enable.auto.offset.store", "false")
         // A new group starts at the end: downlink is realtime data.
         .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "20")
         .set("session.timeout.ms", config.session_timeout_ms.to_string());
+    // Long-poll briefly; `-X fetch.wait.max.ms=` overrides it (brokers that
+    // answer an empty fetch only after the whole wait, as tansu and the
+    // mock cluster do, make each downlink hop cost up to this much).
+    if !config.kafka_properties.contains_key("fetch.wait.max.ms") {
+        consumer_config.set("fetch.wait.max.ms", "20");
+    }
     let consumer: BaseConsumer<RouterContext> = consumer_config
         .create_with_context(RouterContext {
             downlink: config.downlink_topic.clone(),
@@ -349,7 +358,7 @@ pub fn run(
     let slots = u32::try_from(partition_count(&consumer, &config.routed_topic)?)
         .context("too many slots")?;
 
-    let mut producer_config = client_config(&config);
+    let mut producer_config = client_config(&config, ops::kafka::for_producer);
     producer_config
         .set("linger.ms", "1")
         // A retried request must not overtake the next one: per-client
