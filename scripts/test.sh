@@ -31,6 +31,12 @@ STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
   --cars 300 --warmup-secs 2 --duration-secs 5 --downlink-rate 100 --quiet
 test -s "$stack_dir/report.json" && test -s "$stack_dir/report.html"
 rm -rf "$stack_dir"
+# The same on tansu (STACK_BROKER=tansu), the other broker it offers.
+stack_dir=$(mktemp -d)
+STACK_BROKER=tansu STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
+  --cars 300 --warmup-secs 2 --duration-secs 5 --downlink-rate 100 --quiet
+test -s "$stack_dir/report.json"
+rm -rf "$stack_dir"
 
 step "deployment: Kubernetes manifests and host units (scripts/check-k8s.sh, check-host.sh)"
 scripts/check-k8s.sh
