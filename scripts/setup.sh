@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing the project needs, skipping whatever
-# is already there: Debian packages, tansu (the Kafka-compatible broker the
-# tests start), cargo-fuzz and the nightly toolchain it runs on.
+# is already there: Debian packages (valgrind for the instruction-count
+# gate among them), tansu (the Kafka-compatible broker the tests start),
+# cargo-fuzz and the nightly toolchain it runs on.
 #
 #   scripts/setup.sh          everything (scripts/test.sh and CI call this)
 #   scripts/setup.sh stack    only what the main job needs (scripts/stack.sh
@@ -21,6 +22,9 @@ apt_packages=(
   python3-pip
   curl                              # scripts/stack.sh probes /readyz
 )
+# scripts/instructions.sh counts instructions under callgrind: 22 MB to
+# download with libc6-dbg, seconds to install, no cargo install.
+[ -n "$only_stack" ] || apt_packages+=(valgrind)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

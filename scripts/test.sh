@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (integration
-# tests start their own tansu broker), and a short fuzzing run.
+# tests start their own tansu broker), the instruction-count gate of the hot
+# paths, and a short fuzzing run.
 # FUZZ_SECONDS (default 20) bounds each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ timeout 45m cargo test --workspace --locked
 
 step "gateway memory per connection, release build (goal 2 KiB)"
 timeout 20m cargo test --release --locked -p gateway --test idle_memory -- --nocapture
+
+step "instruction counts of the hot paths against benches/instructions.baseline (scripts/instructions.sh)"
+# Fails when one grows more than INSTRUCTIONS_TOLERANCE % (default 3); a
+# meant change is accepted with scripts/instructions.sh --accept.
+timeout 10m scripts/instructions.sh
 
 step "the main job, small: scripts/stack.sh"
 # The whole local stack end to end (debug build, already made by the tests).
