@@ -217,7 +217,7 @@ pids+=($!)
 # BENCHMARKS.md); services send 100 downlink messages a second.
 defaults=(--cars 5000 --publish-interval-ms 10000 --downlink-rate 100 --warmup-secs 10 --duration-secs 40)
 # The measured window, for the probe (the last value given wins, as in loadgen).
-warmup=10 duration=40
+warmup=10 duration=40 cars_for_cpu=5000
 all=("${defaults[@]}" "$@")
 for ((i = 0; i < ${#all[@]}; i++)); do
   case "${all[$i]}" in
@@ -225,6 +225,8 @@ for ((i = 0; i < ${#all[@]}; i++)); do
     --warmup-secs=*) warmup=${all[$i]#*=} ;;
     --duration-secs) duration=${all[$((i + 1))]:-$duration} ;;
     --duration-secs=*) duration=${all[$i]#*=} ;;
+    --cars) cars_for_cpu=${all[$((i + 1))]:-$cars_for_cpu} ;;
+    --cars=*) cars_for_cpu=${all[$i]#*=} ;;
   esac
 done
 
@@ -294,12 +296,35 @@ if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
   log "draining gateway $((gateways - 1)) ($last) $STACK_DRAIN_AFTER s into the run; cars reconnect"
 fi
 
+# CPU time (user + system, ms) of processes $@ so far, from their own
+# accounting; and the gateways' message counters, for CPU per message.
+cpu_ms() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ sub(/^.*\) /, ""); print ($12 + $13) * 10 }' "/proc/$p/stat"))); done; echo "$t"; }
+gateway_count() {
+  for a in "${admins[@]}"; do curl -fsS "http://$a/metrics" 2>/dev/null; done |
+    awk -v name="$1" '$1 == name {n += $2} END {printf "%d\n", n}'
+}
+cpu_before=$(cpu_ms "${gateway_pids[@]}")
+up_before=$(gateway_count carbridge_gateway_publish_received_total)
+down_before=$(gateway_count carbridge_gateway_downlink_delivered_total)
+started=$(date +%s.%N)
+
 log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   "${tls_args[@]}" "${drain_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true
+cpu_after=$(cpu_ms "${gateway_pids[@]}")
+up=$(($(gateway_count carbridge_gateway_publish_received_total) - up_before))
+down=$(($(gateway_count carbridge_gateway_downlink_delivered_total) - down_before))
+log "$(python3 -c "
+import time
+ms, up, down, secs = $cpu_after - $cpu_before, $up, $down, time.time() - $started
+per = f'{ms * 1000 / up:.1f} µs per uplink PUBLISH' if up else 'no uplink'
+print(f'gateway CPU (user + system, all gateways): {ms / 1000:.2f} s over {secs:.0f} s of loadgen '
+      f'({ms / 10 / secs:.1f} % of one core): {per} ({up:,} PUBLISH, {down:,} downlink deliveries, '
+      f'{$cars_for_cpu:,} cars)')
+")"
 log "$(awk -v idle="$idle_kib" -v n="${#gateway_pids[@]}" '$2 > best {best = $2; kib = $3}
   END {
     if (best > 0) printf "gateway memory: %d connections at most, resident %.1f MiB over %d idle gateway(s) (%.1f MiB): %d bytes per connection", best, (kib - idle) / 1024, n, idle / 1024, (kib - idle) * 1024 / best
@@ -315,8 +340,19 @@ if [ -n "${STACK_MOSQUITTO:-}" ]; then
   mosquitto -p "$peer_port" >"$dir/mosquitto.log" 2>&1 &
   pids+=($!)
   await "mosquitto" bash -c "exec 3<>/dev/tcp/127.0.0.1/$peer_port"
+  mosquitto_pid=${pids[-1]}
+  mq_cpu_before=$(cpu_ms "$mosquitto_pid")
+  mq_started=$(date +%s.%N)
   "$bin/loadgen" --peer --target "127.0.0.1:$peer_port" "${defaults[@]}" --topic 'UL/POS/{shard}' \
     --report-json "$dir/mosquitto.json" --report-html "$dir/mosquitto.html" "$@"
+  mq_cpu=$(($(cpu_ms "$mosquitto_pid") - mq_cpu_before))
+  log "$(python3 -c "
+import json, time
+r = json.load(open('$dir/mosquitto.json'))
+n, ms, secs = sum(t['uplink_received'] for t in r['timeline']), $mq_cpu, time.time() - $mq_started
+print(f'mosquitto CPU (user + system): {ms / 1000:.2f} s over {secs:.0f} s ({ms / 10 / secs:.1f} % of one core): '
+      + (f'{ms * 1000 / n:.1f} µs per PUBLISH delivered to its subscribers ({n:,}, warm-up included)' if n else 'nothing delivered'))
+")"
   gw=$(received_rate "$dir/report.json")
   mq=$(received_rate "$dir/mosquitto.json")
   log "uplink ingest: gateway $gw/s into Kafka, mosquitto $mq/s to its subscribers, ratio $(python3 -c "print(round($gw / $mq, 3) if $mq else 'n/a')")"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# CPU per message, the gateway against mosquitto, same fleet, same run:
+# the main job (scripts/stack.sh with STACK_MOSQUITTO=1) three times, at a
+# fleet's rate (every car every 10 s), at saturation (every car every
+# 100 ms) and idle (no publishing: keep-alives and sweeps only). stack.sh
+# reads each process's CPU time (user + system) from /proc before and
+# after loadgen and divides by the messages it handled.
+#
+#   scripts/cpu-bench.sh                # 10,000 cars; CPU_CARS=... to change
+#
+# One gateway with one shard (one core's worth), so the figure is per core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cars=${CPU_CARS:-10000}
+dir=${CPU_DIR:-target/cpu-bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$dir"
+
+run() {
+  local name=$1; shift
+  echo "== $name (load average before: $(cut -d' ' -f1 /proc/loadavg))"
+  STACK_MOSQUITTO=1 STACK_SHARDS=1 STACK_DIR="$dir/$name" scripts/stack.sh "$@" --downlink-rate 0 --quiet \
+    >"$dir/$name.log" 2>&1 || true
+  grep -E "CPU \(user|uplink ingest" "$dir/$name.log" | sed 's/^.*stack:[^ ]* //'
+}
+
+run fleet-rate --cars "$cars" --publish-interval-ms 10000
+run saturation --cars "$((cars / 5))" --publish-interval-ms 100
+run idle --cars "$cars" --publish-interval-ms 3600000
+echo "logs in $dir"
