@@ -36,6 +36,27 @@ fn final_counters(router: &Proc) -> serde_json::Map<String, serde_json::Value> {
         })
 }
 
+/// Every car got "{its id} 0" … "{its id} {n - 1}", in order, and nothing
+/// more.
+fn expect_each_once_in_order(cars: &[Car], n: usize) {
+    for car in cars {
+        let got: Vec<String> = car
+            .expect(n)
+            .into_iter()
+            .map(|(_, p)| String::from_utf8(p).unwrap())
+            .collect();
+        let want: Vec<String> = (0..n).map(|r| format!("{} {r}", car.id)).collect();
+        assert_eq!(got, want, "car {}", car.id);
+    }
+    for car in cars {
+        assert!(
+            car.drain(Duration::from_millis(200)).is_empty(),
+            "duplicates to {}",
+            car.id
+        );
+    }
+}
+
 fn counter(fields: &serde_json::Map<String, serde_json::Value>, name: &str) -> f64 {
     fields
         .get(name)
@@ -82,22 +103,7 @@ fn delivery_continues_when_a_router_stops_mid_stream() {
     stack.request_unbatched(&batch(PER_CAR / 2..PER_CAR));
     assert!(second.wait_exit(WAIT).success(), "router-2 failed to stop");
 
-    for car in &cars {
-        let got: Vec<String> = car
-            .expect(PER_CAR)
-            .into_iter()
-            .map(|(_, p)| String::from_utf8(p).unwrap())
-            .collect();
-        let want: Vec<String> = (0..PER_CAR).map(|r| format!("{} {r}", car.id)).collect();
-        assert_eq!(got, want, "car {}", car.id);
-    }
-    for car in &cars {
-        assert!(
-            car.drain(Duration::from_millis(200)).is_empty(),
-            "duplicates to {}",
-            car.id
-        );
-    }
+    expect_each_once_in_order(&cars, PER_CAR);
 
     // The counters explain every request: what router-2 handled before it
     // stopped plus what router-1 handled is all of them, each routed once.
@@ -232,22 +238,7 @@ fn delivery_resumes_after_a_router_is_killed() {
     stack.request_unbatched(&requests);
 
     // Expiry (6 s) and the rebalance, then the orphan watch if needed.
-    for car in &cars {
-        let got: Vec<String> = car
-            .expect(PER_CAR)
-            .into_iter()
-            .map(|(_, p)| String::from_utf8(p).unwrap())
-            .collect();
-        let want: Vec<String> = (0..PER_CAR).map(|r| format!("{} {r}", car.id)).collect();
-        assert_eq!(got, want, "car {}", car.id);
-    }
-    for car in &cars {
-        assert!(
-            car.drain(Duration::from_millis(200)).is_empty(),
-            "duplicates to {}",
-            car.id
-        );
-    }
+    expect_each_once_in_order(&cars, PER_CAR);
     assert_eq!(
         survivor.metric("carbridge_router_partitions_assigned"),
         f64::from(stack.partitions)
