@@ -20,6 +20,7 @@ pub mod topics {
     pub const DOWNLINK: &str = "cs.downlink";
     pub const SESSIONS: &str = "mqtt.sessions";
     pub const ROUTED: &str = "mqtt.downlink";
+    pub const RECEIPTS: &str = "cs.downlink.receipts";
 }
 
 /// Header carrying the MQTT topic name on uplink, downlink and routed
@@ -34,6 +35,153 @@ pub const HEADER_CONTROL: &str = "carbridge.control";
 /// Control order: close the connection of the addressed session, a newer
 /// session of the same client exists.
 pub const CONTROL_TAKEOVER: &[u8] = b"takeover";
+
+/// Header on a downlink request asking for a receipt: the correlation id
+/// the service chose (any bytes). The receipt record carries it back.
+pub const HEADER_RECEIPT: &str = "carbridge.receipt";
+/// Header on a downlink request: when it expires, in milliseconds since
+/// the Unix epoch (decimal ASCII). A request handled later is dropped with
+/// outcome `expired`. On a routed record: the effective expiry (the
+/// earlier of the request's and the router's maximum age).
+pub const HEADER_EXPIRES: &str = "carbridge.expires";
+/// Header on a routed record of a request that asked for a receipt: where
+/// the request is in `cs.downlink`, `PARTITION:OFFSET` (decimal ASCII).
+pub const HEADER_REQUEST: &str = "carbridge.request";
+
+/// What became of a downlink request ([`Receipt::outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Handed to the car's TCP connection (QoS 0 cannot say more).
+    Written,
+    /// No live session for the car.
+    Offline,
+    /// The car has no subscription matching the topic.
+    NoFilter,
+    /// The car reads too slowly: its queue at the gateway was full.
+    SlowCar,
+    /// Queued for a connection that closed before it was written.
+    Closed,
+    /// No key, no or invalid `mqtt.topic` header, or an unreadable expiry.
+    Invalid,
+    /// The car's session names a gateway slot that does not exist.
+    NoSlot,
+    /// Handled after its expiry.
+    Expired,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Written,
+        Outcome::Offline,
+        Outcome::NoFilter,
+        Outcome::SlowCar,
+        Outcome::Closed,
+        Outcome::Invalid,
+        Outcome::NoSlot,
+        Outcome::Expired,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Written => "written",
+            Outcome::Offline => "offline",
+            Outcome::NoFilter => "no_filter",
+            Outcome::SlowCar => "slow_car",
+            Outcome::Closed => "closed",
+            Outcome::Invalid => "invalid",
+            Outcome::NoSlot => "no_slot",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+/// Which part of the bridge decided a receipt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecidedBy {
+    Router,
+    Gateway,
+}
+
+/// Where a request is in `cs.downlink`: with the correlation id, what makes
+/// a repeated receipt recognisable as the same request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRef {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl RequestRef {
+    /// The [`HEADER_REQUEST`] value.
+    pub fn header(&self) -> String {
+        format!("{}:{}", self.partition, self.offset)
+    }
+
+    pub fn parse_header(bytes: &[u8]) -> Option<Self> {
+        let (partition, offset) = std::str::from_utf8(bytes).ok()?.split_once(':')?;
+        Some(Self {
+            partition: partition.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+/// The value of a receipt record (`cs.downlink.receipts`, key = client id,
+/// header [`HEADER_RECEIPT`] = the request's correlation id), version 1.
+///
+/// ```json
+/// {"v":1,"outcome":"offline","at_ms":1796040005123,"by":"router","request":{"partition":2,"offset":1234}}
+/// {"v":1,"outcome":"written","at_ms":1796040005131,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub v: u32,
+    pub outcome: Outcome,
+    /// When it was decided, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub by: DecidedBy,
+    /// The gateway slot (shard) that decided, for `by: gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    pub request: RequestRef,
+}
+
+impl Receipt {
+    pub fn new(outcome: Outcome, by: DecidedBy, slot: Option<u32>, request: RequestRef) -> Self {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self {
+            v: VERSION,
+            outcome,
+            at_ms,
+            by,
+            slot,
+            request,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising a struct of enums and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let receipt: Self = serde_json::from_slice(bytes)?;
+        if receipt.v != VERSION {
+            return Err(RecordError::Version(receipt.v));
+        }
+        Ok(receipt)
+    }
+}
+
+/// Reads a [`HEADER_EXPIRES`] value; `None` if it is not a decimal number.
+pub fn parse_expiry(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
 
 /// The version this crate writes. Readers accept any record whose `v` they
 /// know and refuse (count, skip) the others.
@@ -165,6 +313,33 @@ pub fn parse_session(bytes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipts_read_as_documented() {
+        let request = RequestRef {
+            partition: 2,
+            offset: 1234,
+        };
+        let mut receipt = Receipt::new(Outcome::NoFilter, DecidedBy::Gateway, Some(3), request);
+        receipt.at_ms = 1_796_040_005_123;
+        let bytes = receipt.encode();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"outcome":"no_filter","at_ms":1796040005123,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}"#
+        );
+        assert_eq!(Receipt::decode(&bytes).unwrap(), receipt);
+        assert_eq!(
+            RequestRef::parse_header(request.header().as_bytes()),
+            Some(request)
+        );
+        assert_eq!(RequestRef::parse_header(b"2:"), None);
+        assert_eq!(parse_expiry(b"1796040005123"), Some(1_796_040_005_123));
+        assert_eq!(parse_expiry(b"soon"), None);
+        for outcome in Outcome::ALL {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{}\"", outcome.label()));
+        }
+    }
 
     #[test]
     fn records_round_trip_and_read_as_documented() {

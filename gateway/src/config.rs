@@ -110,6 +110,9 @@ pub struct Downlink {
     pub topic: String,
     /// The compacted session-registry topic.
     pub sessions_topic: String,
+    /// Where receipts go: one for each routed message that asked for one
+    /// (header carbridge.receipt), with what this gateway did with it.
+    pub receipts_topic: String,
     /// Downlink bytes queued for one car that does not read; beyond it,
     /// messages for that car are dropped and counted (`slow_car`).
     pub max_queued_bytes: usize,
@@ -249,6 +252,7 @@ impl Default for Downlink {
             shards_per_bridge: 0,
             topic: contract::topics::ROUTED.to_owned(),
             sessions_topic: contract::topics::SESSIONS.to_owned(),
+            receipts_topic: contract::topics::RECEIPTS.to_owned(),
             max_queued_bytes: 64 * 1024,
         }
     }

@@ -136,9 +136,22 @@ pub(crate) enum Routed<'a> {
         payload: &'a [u8],
         /// The routed record's Kafka timestamp (ms since the epoch).
         created_ms: Option<i64>,
+        /// When it expires (ms since the epoch), if it does.
+        expires_ms: Option<i64>,
+        /// The receipt the service asked for, if it did.
+        ask: Option<Ask<'a>>,
     },
     /// Close the client's connection if it still is session `session`.
     Takeover { client: &'a str, session: u64 },
+}
+
+/// A request's wish for a receipt, carried on its routed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ask<'a> {
+    /// The correlation id the service chose.
+    pub(crate) id: &'a [u8],
+    /// Where the request is in `cs.downlink`.
+    pub(crate) request: contract::RequestRef,
 }
 
 /// Reads a routed record; `None` if it is not one this build understands
@@ -146,6 +159,7 @@ pub(crate) enum Routed<'a> {
 fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Routed<'a>> {
     let client = std::str::from_utf8(message.key()?).ok()?;
     let (mut session, mut topic, mut control) = (None, None, None);
+    let (mut receipt, mut request, mut expires_ms) = (None, None, None);
     if let Some(headers) = message.headers() {
         for header in headers.iter() {
             match header.key {
@@ -154,6 +168,13 @@ fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Rout
                     session = header.value.and_then(contract::parse_session)
                 }
                 contract::HEADER_CONTROL => control = header.value,
+                contract::HEADER_RECEIPT => receipt = header.value,
+                contract::HEADER_REQUEST => {
+                    request = header.value.and_then(contract::RequestRef::parse_header);
+                }
+                contract::HEADER_EXPIRES => {
+                    expires_ms = header.value.and_then(contract::parse_expiry);
+                }
                 _ => {}
             }
         }
@@ -173,6 +194,10 @@ fn read<'a>(message: &'a BorrowedMessage<'_>, topic_header: &str) -> Option<Rout
                 topic,
                 payload: message.payload().unwrap_or_default(),
                 created_ms: message.timestamp().to_millis(),
+                expires_ms,
+                ask: receipt
+                    .zip(request)
+                    .map(|(id, request)| Ask { id, request }),
             })
         }
     }

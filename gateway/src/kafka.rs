@@ -57,6 +57,13 @@ impl ProducerContext for UplinkContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if opaque == RECEIPT_RECORD {
+            if let Err((error, _)) = result {
+                bump(&self.metrics.receipts_failed);
+                tracing::warn!(shard = self.shard, %error, "receipt lost");
+            }
+            return;
+        }
         if opaque == REGISTRY_RECORD {
             match result {
                 Ok(_) => bump(&self.metrics.registry_acked),
@@ -100,6 +107,8 @@ impl ProducerContext for UplinkContext {
 /// opaque ([`uplink_opaque`]) never has all bits set: its size is below
 /// `u32::MAX`.
 const REGISTRY_RECORD: usize = usize::MAX;
+/// The delivery opaque of a receipt record.
+const RECEIPT_RECORD: usize = usize::MAX - 1;
 
 /// Batches of delivery reports one poller turn serves at most.
 const MAX_EVENTS_PER_POLL: usize = 256;
@@ -199,8 +208,12 @@ impl ShardProducer {
         mqtt_topic: &[u8],
     ) -> Result<(), SendError> {
         let size = client_id.len() + payload.len() + mqtt_topic.len();
-        // Packets are at most `max_packet_size` (validated < 256 MiB).
-        let size32 = u32::try_from(size).unwrap_or(u32::MAX - 1);
+        // Packets are at most `max_packet_size` (validated < 256 MiB); the
+        // two largest sizes are never used, so no opaque is a registry's
+        // or a receipt's.
+        let size32 = u32::try_from(size)
+            .unwrap_or(u32::MAX - 2)
+            .min(u32::MAX - 2);
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: &self.header,
             value: Some(mqtt_topic),
@@ -226,6 +239,36 @@ impl ShardProducer {
                 };
                 tracing::warn!(%error, kafka_topic, "record refused by the producer");
                 self.metrics.fail(reason);
+                Err(SendError::Failed)
+            }
+        }
+    }
+
+    /// Hands one receipt record (key = client id, header = the request's
+    /// correlation id) to librdkafka.
+    pub(crate) fn send_receipt(
+        &self,
+        topic: &str,
+        client_id: &[u8],
+        id: &[u8],
+        value: &[u8],
+    ) -> Result<(), SendError> {
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: contract::HEADER_RECEIPT,
+            value: Some(id),
+        });
+        let record = BaseRecord::with_opaque_to(topic, RECEIPT_RECORD)
+            .key(client_id)
+            .payload(value)
+            .headers(headers);
+        match self.producer.send(record) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(SendError::QueueFull)
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, topic, "receipt refused by the producer");
+                bump(&self.metrics.receipts_failed);
                 Err(SendError::Failed)
             }
         }
@@ -292,11 +335,12 @@ mod tests {
     #[test]
     fn an_uplink_opaque_carries_size_and_time_and_is_never_a_registry_record() {
         let before = clock_us();
-        let opaque = uplink_opaque(u32::MAX - 1);
+        let opaque = uplink_opaque(u32::MAX - 2);
         let (size, sent) = split_opaque(opaque);
-        assert_eq!(size, u32::MAX - 1);
+        assert_eq!(size, u32::MAX - 2);
         assert!(sent.wrapping_sub(before) < 1_000_000);
         assert_ne!(opaque, REGISTRY_RECORD);
+        assert_ne!(opaque, RECEIPT_RECORD);
         assert_eq!(split_opaque(uplink_opaque(17)).0, 17);
     }
 }

@@ -40,7 +40,15 @@ pub const FAILURE_REASONS: [&str; 4] = ["kafka_error", "timed_out", "too_large",
 
 /// Why a routed downlink message was not delivered to a car.
 /// `closed`: queued for a connection that closed before it was written.
-pub const DROP_REASONS: [&str; 5] = ["not_held", "no_filter", "slow_car", "closed", "invalid"];
+/// `expired`: read after the expiry the request or the router gave it.
+pub const DROP_REASONS: [&str; 6] = [
+    "not_held",
+    "no_filter",
+    "slow_car",
+    "closed",
+    "invalid",
+    "expired",
+];
 
 /// Upper bounds (ms) of the buckets of the Kafka acknowledgement latency
 /// histogram; one more bucket counts the rest (+Inf).
@@ -76,6 +84,10 @@ pub struct ShardMetrics {
     /// From the shard reading a message to its bytes written to the car's
     /// socket: the gateway's own share.
     pub downlink_write: ops::latency::Latency,
+    /// Receipts handed to the producer, by outcome (`contract::Outcome::ALL`).
+    pub receipts: [AtomicU64; contract::Outcome::ALL.len()],
+    /// Receipts Kafka did not take.
+    pub receipts_failed: AtomicU64,
     /// Takeover notices that closed a connection here.
     pub takeover_notices: AtomicU64,
     /// "gone" reports written for sessions this shard does not hold.
@@ -151,6 +163,16 @@ impl ShardMetrics {
             result,
             1,
         );
+    }
+
+    pub fn count_receipt(&self, outcome: contract::Outcome) {
+        if let Some(counter) = contract::Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|i| self.receipts.get(i))
+        {
+            bump(counter);
+        }
     }
 
     pub fn drop_downlink(&self, reason: &str) {
@@ -306,6 +328,25 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
                 (format!("{{reason=\"{r}\"}}"), n.into())
             })
             .collect(),
+    );
+    metric(
+        "carbridge_gateway_receipts_total",
+        "counter",
+        "Receipts written for routed messages that asked for one, by outcome.",
+        contract::Outcome::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let n = sum(&|s| s.receipts.get(i).map_or(0, load));
+                (format!("{{outcome=\"{}\"}}", o.label()), n.into())
+            })
+            .collect(),
+    );
+    metric(
+        "carbridge_gateway_receipts_failed_total",
+        "counter",
+        "Receipts Kafka did not take.",
+        vec![(String::new(), sum(&|s| load(&s.receipts_failed)).into())],
     );
     metric(
         "carbridge_gateway_takeover_notices_total",

@@ -22,6 +22,7 @@ pub struct Config {
     pub downlink_topic: String,
     pub sessions_topic: String,
     pub routed_topic: String,
+    pub receipts_topic: String,
     pub topic_header: String,
     /// How long a silent instance keeps its partitions before the group
     /// moves them (a crashed router's partitions wait this long).
@@ -32,6 +33,10 @@ pub struct Config {
     pub orphan_after_ms: u32,
     /// Rejoin the group when partitions are orphaned (see [`watch`]).
     pub orphan_rejoin: bool,
+    /// Maximum ages by topic filter, first match wins: a request older
+    /// than its topic's is dropped as `expired` (also when it carries no
+    /// expiry of its own).
+    pub max_age: Vec<(String, std::time::Duration)>,
 }
 
 impl Config {
@@ -43,10 +48,21 @@ impl Config {
             downlink_topic: contract::topics::DOWNLINK.to_owned(),
             sessions_topic: contract::topics::SESSIONS.to_owned(),
             routed_topic: contract::topics::ROUTED.to_owned(),
+            receipts_topic: contract::topics::RECEIPTS.to_owned(),
             topic_header: contract::HEADER_TOPIC.to_owned(),
             session_timeout_ms: 10_000,
             orphan_after_ms: 60_000,
             orphan_rejoin: true,
+            max_age: Vec::new(),
         }
+    }
+
+    /// The maximum age of requests on MQTT topic `topic`, if any rule
+    /// matches.
+    pub fn max_age_for(&self, topic: &str) -> Option<std::time::Duration> {
+        self.max_age
+            .iter()
+            .find(|(filter, _)| codec::topic::matches(filter, topic))
+            .map(|(_, age)| *age)
     }
 }

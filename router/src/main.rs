@@ -39,9 +39,20 @@ struct Cli {
     /// Routed downlink topic (one partition per gateway shard).
     #[arg(long, default_value = contract::topics::ROUTED)]
     routed_topic: String,
+    /// Topic of receipts: one per request that asked for one (header
+    /// carbridge.receipt) and that the router decided (offline, no_filter,
+    /// invalid, no_slot, expired); the gateways answer the rest.
+    #[arg(long, default_value = contract::topics::RECEIPTS)]
+    receipts_topic: String,
     /// Header carrying the MQTT topic name.
     #[arg(long, default_value = contract::HEADER_TOPIC)]
     topic_header: String,
+    /// Maximum age of requests on topics matching FILTER, in seconds
+    /// (repeatable, first match wins): an older request is dropped as
+    /// expired, also when it carries no expiry header of its own. For
+    /// example --max-age 'DL/UNLOCK=30' --max-age 'DL/#=3600'.
+    #[arg(long = "max-age", value_name = "FILTER=SECONDS")]
+    max_age: Vec<String>,
     /// Milliseconds before the group gives a silent instance's partitions
     /// to the others.
     #[arg(long, default_value_t = 10_000)]
@@ -83,6 +94,12 @@ fn main() -> anyhow::Result<()> {
     config.sessions_topic = cli.sessions_topic;
     config.routed_topic = cli.routed_topic;
     config.topic_header = cli.topic_header;
+    config.receipts_topic = cli.receipts_topic;
+    config.max_age = cli
+        .max_age
+        .iter()
+        .map(|rule| parse_max_age(rule))
+        .collect::<anyhow::Result<_>>()?;
     config.session_timeout_ms = cli.session_timeout_ms;
     config.orphan_after_ms = cli.orphan_after_ms;
     config.orphan_rejoin = !cli.no_orphan_rejoin;
@@ -121,6 +138,19 @@ fn main() -> anyhow::Result<()> {
         "stopped"
     );
     result
+}
+
+/// One --max-age rule: a valid MQTT topic filter and whole seconds.
+fn parse_max_age(rule: &str) -> anyhow::Result<(String, std::time::Duration)> {
+    let (filter, secs) = rule
+        .rsplit_once('=')
+        .with_context(|| format!("--max-age {rule}: expected FILTER=SECONDS"))?;
+    codec::topic::validate_topic_filter(filter)
+        .map_err(|e| anyhow::anyhow!("--max-age {rule}: {filter} is not a topic filter: {e}"))?;
+    let secs: u64 = secs
+        .parse()
+        .with_context(|| format!("--max-age {rule}: {secs} is not a number of seconds"))?;
+    Ok((filter.to_owned(), std::time::Duration::from_secs(secs)))
 }
 
 /// systemd (Type=notify): READY=1 once the tables are rebuilt, and the

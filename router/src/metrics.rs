@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use ops::latency::{self, Latency};
 
 /// Why a request was not routed.
-pub const DROP_REASONS: [&str; 4] = ["offline", "no_filter", "invalid", "no_slot"];
+pub const DROP_REASONS: [&str; 5] = ["offline", "no_filter", "invalid", "no_slot", "expired"];
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -42,6 +42,10 @@ pub struct Metrics {
     /// ... and when its routed record is handed to the producer: the
     /// difference is the router's own share (and any wait for a rebuild).
     pub age_at_routing: Latency,
+    /// Receipts handed to the producer, by outcome (`contract::Outcome::ALL`).
+    pub receipts: [AtomicU64; contract::Outcome::ALL.len()],
+    /// Receipts Kafka did not take.
+    pub receipts_failed: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -54,6 +58,16 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .and_then(|i| self.dropped.get(i))
+        {
+            bump(counter);
+        }
+    }
+
+    pub fn count_receipt(&self, outcome: contract::Outcome) {
+        if let Some(counter) = contract::Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|i| self.receipts.get(i))
         {
             bump(counter);
         }
@@ -184,6 +198,28 @@ impl Metrics {
             "counter",
             "cs.downlink partitions given their first committed offset (the end) when first assigned.",
             &one(&self.anchored),
+        );
+        let receipts: Vec<_> = contract::Outcome::ALL
+            .iter()
+            .zip(&self.receipts)
+            .map(|(o, c)| {
+                (
+                    format!("{{outcome=\"{}\"}}", o.label()),
+                    i128::from(c.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        metric(
+            "receipts_total",
+            "counter",
+            "Receipts the router produced, by outcome (requests it dropped that asked for one).",
+            &receipts,
+        );
+        metric(
+            "receipts_failed_total",
+            "counter",
+            "Receipts Kafka did not take.",
+            &one(&self.receipts_failed),
         );
         latency::render(
             &mut out,

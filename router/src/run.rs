@@ -197,7 +197,18 @@ impl RouterContext {
     }
 }
 
-/// Counts what Kafka did with routed records and notices.
+/// Delivery opaques: what a produced record was.
+const ROUTED: usize = 0;
+const TAKEOVER: usize = 1;
+const RECEIPT: usize = 2;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Counts what Kafka did with routed records, notices and receipts.
 struct RoutedContext {
     metrics: Arc<Metrics>,
 }
@@ -205,15 +216,19 @@ struct RoutedContext {
 impl ClientContext for RoutedContext {}
 
 impl ProducerContext for RoutedContext {
-    /// 0 for a routed request, 1 for a takeover notice.
+    /// [`ROUTED`], [`TAKEOVER`] or [`RECEIPT`].
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
         match (result, kind) {
-            (Ok(_), 0) => bump(&self.metrics.acked),
-            (Err((error, _)), 0) => {
+            (Ok(_), ROUTED) => bump(&self.metrics.acked),
+            (Err((error, _)), ROUTED) => {
                 bump(&self.metrics.failed);
                 tracing::warn!(%error, "routed record lost");
+            }
+            (Err((error, _)), RECEIPT) => {
+                bump(&self.metrics.receipts_failed);
+                tracing::warn!(%error, "receipt lost");
             }
             (Err((error, _)), _) => tracing::warn!(%error, "takeover notice lost"),
             (Ok(_), _) => {}
@@ -674,7 +689,7 @@ impl Router {
                 key: contract::HEADER_SESSION,
                 value: Some(session.as_bytes()),
             });
-        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 1)
+        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, TAKEOVER)
             .partition(i32::try_from(notice.slot).unwrap_or(i32::MAX))
             .key(client.as_bytes())
             .payload(&[][..])
@@ -688,21 +703,57 @@ impl Router {
     fn route<M: Message>(&mut self, consumer: &GroupConsumer, message: &M) {
         bump(&self.metrics.received);
         let partition = message.partition();
-        let client = message.key().and_then(|k| std::str::from_utf8(k).ok());
-        let topic = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == self.config.topic_header)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-        });
-        let (Some(client), Some(topic)) = (client, topic) else {
+        let request = contract::RequestRef {
+            partition,
+            offset: message.offset(),
+        };
+        let key = message.key().unwrap_or_default();
+        let client = std::str::from_utf8(key).ok().filter(|c| !c.is_empty());
+        let (mut topic, mut receipt, mut expires, mut bad_expiry) = (None, None, None, false);
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                match header.key {
+                    k if k == self.config.topic_header => {
+                        topic = header.value.and_then(|v| std::str::from_utf8(v).ok());
+                    }
+                    contract::HEADER_RECEIPT => receipt = header.value,
+                    contract::HEADER_EXPIRES => {
+                        expires = header.value.and_then(contract::parse_expiry);
+                        bad_expiry |= expires.is_none();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let answer = |router: &Self, outcome: contract::Outcome| {
+            if let Some(id) = receipt {
+                router.send_receipt(key, id, outcome, request);
+            }
+        };
+        let valid = client
+            .zip(topic)
+            .filter(|(_, topic)| codec::topic::validate_topic_name(topic).is_ok());
+        let Some((client, topic)) = valid.filter(|_| !bad_expiry) else {
             self.metrics.count_drop("invalid");
+            answer(self, contract::Outcome::Invalid);
             self.store(consumer, partition, message.offset());
             return;
         };
-        if codec::topic::validate_topic_name(topic).is_err() {
-            self.metrics.count_drop("invalid");
+        // The earlier of the request's own expiry and the maximum age its
+        // topic is given here.
+        let expires = self
+            .config
+            .max_age_for(topic)
+            .zip(message.timestamp().to_millis())
+            .map(|(age, created)| {
+                created.saturating_add(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+            })
+            .into_iter()
+            .chain(expires)
+            .min();
+        if expires.is_some_and(|at| now_ms() > at) {
+            self.metrics.count_drop("expired");
+            answer(self, contract::Outcome::Expired);
             self.store(consumer, partition, message.offset());
             return;
         }
@@ -711,9 +762,19 @@ impl Router {
             _ => return,
         };
         match decision {
-            Err(miss) => self.metrics.count_drop(miss.label()),
+            Err(miss) => {
+                self.metrics.count_drop(miss.label());
+                answer(
+                    self,
+                    match miss.label() {
+                        "no_filter" => contract::Outcome::NoFilter,
+                        _ => contract::Outcome::Offline,
+                    },
+                );
+            }
             Ok(route) if route.slot >= self.slots => {
                 self.metrics.count_drop("no_slot");
+                answer(self, contract::Outcome::NoSlot);
                 tracing::warn!(
                     client,
                     slot = route.slot,
@@ -723,7 +784,9 @@ impl Router {
             }
             Ok(route) => {
                 let session = route.session.to_string();
-                let headers = OwnedHeaders::new_with_capacity(2)
+                let expiry = expires.map(|at| at.to_string());
+                let request_header = request.header();
+                let mut headers = OwnedHeaders::new_with_capacity(5)
                     .insert(Header {
                         key: &self.config.topic_header,
                         value: Some(topic.as_bytes()),
@@ -732,7 +795,24 @@ impl Router {
                         key: contract::HEADER_SESSION,
                         value: Some(session.as_bytes()),
                     });
-                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 0)
+                if let Some(expiry) = &expiry {
+                    headers = headers.insert(Header {
+                        key: contract::HEADER_EXPIRES,
+                        value: Some(expiry.as_bytes()),
+                    });
+                }
+                if let Some(id) = receipt {
+                    headers = headers
+                        .insert(Header {
+                            key: contract::HEADER_RECEIPT,
+                            value: Some(id),
+                        })
+                        .insert(Header {
+                            key: contract::HEADER_REQUEST,
+                            value: Some(request_header.as_bytes()),
+                        });
+                }
+                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, ROUTED)
                     .partition(i32::try_from(route.slot).unwrap_or(i32::MAX))
                     .key(client.as_bytes())
                     .payload(message.payload().unwrap_or_default())
@@ -748,6 +828,30 @@ impl Router {
             }
         }
         self.store(consumer, partition, message.offset());
+    }
+
+    /// Produces the receipt of a request the router decided (key = the
+    /// request's key, header = its correlation id).
+    fn send_receipt(
+        &self,
+        key: &[u8],
+        id: &[u8],
+        outcome: contract::Outcome,
+        request: contract::RequestRef,
+    ) {
+        let value =
+            contract::Receipt::new(outcome, contract::DecidedBy::Router, None, request).encode();
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: contract::HEADER_RECEIPT,
+            value: Some(id),
+        });
+        let record = BaseRecord::with_opaque_to(&self.config.receipts_topic, RECEIPT)
+            .key(key)
+            .payload(&value[..])
+            .headers(headers);
+        if self.send(record) {
+            self.metrics.count_receipt(outcome);
+        }
     }
 
     /// Hands a record to the producer, waiting while its queue is full.

@@ -29,6 +29,7 @@ pub struct Layout {
     pub downlink: String,
     pub sessions: String,
     pub routed: String,
+    pub receipts: String,
     /// Partitions of the uplink, the downlink requests and the registry
     /// (the last two must be equal: co-partitioning).
     pub partitions: i32,
@@ -48,6 +49,7 @@ impl Layout {
             downlink: contract::topics::DOWNLINK.to_owned(),
             sessions: contract::topics::SESSIONS.to_owned(),
             routed: contract::topics::ROUTED.to_owned(),
+            receipts: contract::topics::RECEIPTS.to_owned(),
             partitions,
             slots,
             replication: 1,
@@ -84,6 +86,13 @@ impl Layout {
                 name: self.routed.clone(),
                 partitions: self.slots,
                 configs: delete(realtime),
+            },
+            // Keyed by client id like the requests; kept a day, for
+            // services that look up what became of a command later.
+            Spec {
+                name: self.receipts.clone(),
+                partitions: self.partitions,
+                configs: delete(Some(24 * 60 * 60 * 1000)),
             },
         ]
     }

@@ -29,7 +29,13 @@ fn create_makes_every_topic_and_check_agrees() {
     let broker = Broker::start();
     let before = topics(&broker, &["check", "--partitions", "6", "--slots", "4"]);
     assert_eq!(before.status.code(), Some(1), "{}", text(&before));
-    for topic in ["cs.uplink", "cs.downlink", "mqtt.sessions", "mqtt.downlink"] {
+    for topic in [
+        "cs.uplink",
+        "cs.downlink",
+        "mqtt.sessions",
+        "mqtt.downlink",
+        "cs.downlink.receipts",
+    ] {
         assert!(
             text(&before).contains(topic),
             "{topic} not reported: {}",
@@ -43,6 +49,7 @@ fn create_makes_every_topic_and_check_agrees() {
     assert_eq!(broker.partition_count("cs.downlink"), Some(6));
     assert_eq!(broker.partition_count("mqtt.sessions"), Some(6));
     assert_eq!(broker.partition_count("mqtt.downlink"), Some(4));
+    assert_eq!(broker.partition_count("cs.downlink.receipts"), Some(6));
 
     // Idempotent: a second create changes nothing and succeeds.
     let again = topics(&broker, &["create", "--partitions", "6", "--slots", "4"]);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use codec::ConnectReturnCode;
-use contract::{End, SessionRecord};
+use contract::{End, Outcome, SessionRecord};
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -205,6 +205,7 @@ pub(super) fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         for _ in 0..unsent {
             shard.metrics.drop_downlink("closed");
         }
+        shard.settle(shard.take_owed(&signal), Outcome::Closed);
         if let Some(client_id) = session.client_id() {
             shard.registry.release(
                 client_id,
@@ -364,8 +365,10 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
     if count == 0 {
         return Ok(());
     }
+    let owed = shard.take_owed(signal);
     match write(stream, &bytes).await {
         Ok(()) => {
+            shard.settle(owed, Outcome::Written);
             shard
                 .metrics
                 .downlink_delivered
@@ -382,6 +385,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
             for _ in 0..count {
                 shard.metrics.drop_downlink("closed");
             }
+            shard.settle(owed, Outcome::Closed);
             Err(error)
         }
     }

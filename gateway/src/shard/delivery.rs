@@ -3,16 +3,16 @@
 //! the gone reports for sessions it does not hold.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use codec::packet::encode_publish;
 use codec::{ByteString, QoS};
-use contract::{End, SessionClock, SessionRecord};
+use contract::{End, Outcome, SessionClock, SessionRecord};
 
 use super::Shard;
-use super::signal::{Kick, log_due};
+use super::signal::{Kick, Signal, log_due};
 use crate::config::Config;
 use crate::downlink::{Polled, Routed, SlotConsumer};
 use crate::kafka::SendError;
@@ -35,6 +35,13 @@ pub(super) struct Downlink {
     max_queued: usize,
     /// Registry records librdkafka's queue had no room for, in order.
     pending: RefCell<VecDeque<(ByteString, Vec<u8>)>>,
+    receipts_topic: String,
+    /// Receipts librdkafka's queue had no room for.
+    pending_receipts: RefCell<VecDeque<PendingReceipt>>,
+    /// Receipts owed for messages queued to a connection and not yet
+    /// written, by the connection's [`Signal`] address. Only connections
+    /// with such messages have an entry: no cost for the others.
+    asks: RefCell<HashMap<usize, Vec<OwedReceipt>>>,
     /// Recently reported gone, and when the memory was last cleared.
     gone: RefCell<HashSet<(String, u64)>>,
     gone_cleared: Cell<Instant>,
@@ -60,6 +67,9 @@ impl Downlink {
             topic_header: config.kafka.topic_header.clone(),
             max_queued: config.downlink.max_queued_bytes,
             pending: RefCell::new(VecDeque::new()),
+            receipts_topic: config.downlink.receipts_topic.clone(),
+            pending_receipts: RefCell::new(VecDeque::new()),
+            asks: RefCell::new(HashMap::new()),
             gone: RefCell::new(HashSet::new()),
             gone_cleared: Cell::new(Instant::now()),
             error_logged_at: Cell::new(None),
@@ -71,7 +81,74 @@ impl Downlink {
     }
 }
 
+/// The key of a connection's owed receipts: its signal's address, stable
+/// while the connection lives (its owed receipts are settled before the
+/// signal is dropped).
+fn signal_key(signal: &Signal) -> usize {
+    std::ptr::from_ref(signal) as usize
+}
+
+/// A receipt record waiting for room in librdkafka's queue: key (client
+/// id), correlation id, value.
+type PendingReceipt = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// A receipt a queued message will be answered with once written (or its
+/// connection closed first).
+pub(super) struct OwedReceipt {
+    client: Vec<u8>,
+    id: Vec<u8>,
+    request: contract::RequestRef,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl Shard {
+    /// Writes the receipt of a routed message this shard decided.
+    fn answer(&self, client: &[u8], id: &[u8], request: contract::RequestRef, outcome: Outcome) {
+        let Some(downlink) = &self.downlink else {
+            return;
+        };
+        let value = contract::Receipt::new(
+            outcome,
+            contract::DecidedBy::Gateway,
+            Some(downlink.slot()),
+            request,
+        )
+        .encode();
+        self.metrics.count_receipt(outcome);
+        let mut pending = downlink.pending_receipts.borrow_mut();
+        if pending.is_empty() {
+            match self
+                .producer
+                .send_receipt(&downlink.receipts_topic, client, id, &value)
+            {
+                Ok(()) | Err(SendError::Failed) => return,
+                Err(SendError::QueueFull) => {}
+            }
+        }
+        pending.push_back((client.to_vec(), id.to_vec(), value));
+    }
+
+    /// The receipts owed for the messages queued to `signal` so far (take
+    /// them together with its output).
+    pub(super) fn take_owed(&self, signal: &Signal) -> Vec<OwedReceipt> {
+        self.downlink
+            .as_ref()
+            .and_then(|d| d.asks.borrow_mut().remove(&signal_key(signal)))
+            .unwrap_or_default()
+    }
+
+    /// Answers receipts taken with [`Shard::take_owed`].
+    pub(super) fn settle(&self, owed: Vec<OwedReceipt>, outcome: Outcome) {
+        for receipt in owed {
+            self.answer(&receipt.client, &receipt.id, receipt.request, outcome);
+        }
+    }
+
     /// Writes a session-registry record, keeping this shard's records for
     /// one client in order.
     pub(super) fn register(&self, client_id: &ByteString, record: &SessionRecord) {
@@ -94,8 +171,22 @@ impl Shard {
         pending.push_back((client_id.clone(), value));
     }
 
-    /// Offers the registry records that found the queue full again.
+    /// Offers the registry records and receipts that found the queue full
+    /// again.
     pub(super) fn retry_registry(&self, downlink: &Downlink) {
+        let mut receipts = downlink.pending_receipts.borrow_mut();
+        while let Some((key, id, value)) = receipts.front() {
+            match self
+                .producer
+                .send_receipt(&downlink.receipts_topic, key, id, value)
+            {
+                Ok(()) | Err(SendError::Failed) => {
+                    receipts.pop_front();
+                }
+                Err(SendError::QueueFull) => break,
+            }
+        }
+        drop(receipts);
         let mut pending = downlink.pending.borrow_mut();
         while let Some((client_id, value)) = pending.front() {
             match self
@@ -162,6 +253,8 @@ impl Shard {
                 topic,
                 payload,
                 created_ms,
+                expires_ms,
+                ask,
             }) => {
                 bump(&self.metrics.downlink_received);
                 if let Some(ms) = created_ms {
@@ -169,8 +262,19 @@ impl Shard {
                         .downlink_age_at_read
                         .record_since_kafka_timestamp(ms);
                 }
+                let answer = |outcome: Outcome| {
+                    if let Some(ask) = ask {
+                        self.answer(client.as_bytes(), ask.id, ask.request, outcome);
+                    }
+                };
+                if expires_ms.is_some_and(|at| now_ms() > at) {
+                    self.metrics.drop_downlink("expired");
+                    answer(Outcome::Expired);
+                    return;
+                }
                 let Some(signal) = self.table.holder(client) else {
                     self.metrics.drop_downlink("not_held");
+                    answer(Outcome::Offline);
                     if let Some(session) = session {
                         self.report_gone(downlink, client, session);
                     }
@@ -186,11 +290,13 @@ impl Shard {
                     .any(|filter| codec::topic::matches(filter, topic))
                 {
                     self.metrics.drop_downlink("no_filter");
+                    answer(Outcome::NoFilter);
                     return;
                 }
                 let mut outbox = signal.outbox.borrow_mut();
                 if outbox.len() + topic.len() + payload.len() > downlink.max_queued {
                     self.metrics.drop_downlink("slow_car");
+                    answer(Outcome::SlowCar);
                     return;
                 }
                 match encode_publish(
@@ -208,9 +314,24 @@ impl Shard {
                         }
                         signal.queued.set(signal.queued.get() + 1);
                         drop(outbox);
+                        if let Some(ask) = ask {
+                            downlink
+                                .asks
+                                .borrow_mut()
+                                .entry(signal_key(&signal))
+                                .or_default()
+                                .push(OwedReceipt {
+                                    client: client.as_bytes().to_vec(),
+                                    id: ask.id.to_vec(),
+                                    request: ask.request,
+                                });
+                        }
                         signal.wake();
                     }
-                    Err(_) => self.metrics.drop_downlink("invalid"),
+                    Err(_) => {
+                        self.metrics.drop_downlink("invalid");
+                        answer(Outcome::Invalid);
+                    }
                 }
             }
         }

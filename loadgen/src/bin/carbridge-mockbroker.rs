@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         (contract::topics::DOWNLINK.to_owned(), args.partitions),
         (contract::topics::SESSIONS.to_owned(), args.partitions),
         (contract::topics::ROUTED.to_owned(), args.slots),
+        (contract::topics::RECEIPTS.to_owned(), args.partitions),
     ];
     for topic in &args.topics {
         let (name, partitions) = topic

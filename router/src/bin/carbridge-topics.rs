@@ -38,6 +38,8 @@ struct Cli {
     sessions_topic: String,
     #[arg(long, default_value = contract::topics::ROUTED, global = true)]
     routed_topic: String,
+    #[arg(long, default_value = contract::topics::RECEIPTS, global = true)]
+    receipts_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     layout.downlink = cli.downlink_topic;
     layout.sessions = cli.sessions_topic;
     layout.routed = cli.routed_topic;
+    layout.receipts = cli.receipts_topic;
     let specs = layout.specs();
     if matches!(cli.command, Command::Create) {
         for name in topics::create(&client, &specs, layout.replication)? {

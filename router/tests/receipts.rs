@@ -1,0 +1,310 @@
+//! Receipts and expiry decided by the router: a request that asks for a
+//! receipt (header `carbridge.receipt`) and that the router drops gets
+//! exactly one receipt record naming the outcome; expired requests are not
+//! delivered. Real broker, real router and gateway processes, a real MQTT
+//! client.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Car, Stack, WAIT};
+use contract::{DecidedBy, Outcome, Receipt, RequestRef};
+use testkit::wait_until;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn the_router_answers_what_it_drops_and_drops_what_expired() {
+    let stack = Stack::new(2, 2);
+    let router = stack.router_with("router", &["--max-age", "DL/UNLOCK=0"]);
+    stack.await_routers(&[&router]);
+    let gateway = stack.gateway("gateway", 0);
+    let car = Car::connect(&gateway, "VIN-RCPT-1");
+    car.subscribe("DL/#");
+    let picky = Car::connect(&gateway, "VIN-RCPT-2");
+    picky.subscribe("OTHER/#");
+    stack.await_registry(&[&gateway], &[&router], 0.0);
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+
+    let producer = stack.broker.producer();
+    let past = (now_ms() - 60_000).to_string();
+    let future = (now_ms() + 600_000).to_string();
+    let send = |key: &str, headers: &[(&str, &[u8])], payload: &[u8]| -> RequestRef {
+        let (partition, offset) = producer.send(
+            contract::topics::DOWNLINK,
+            Some(key.as_bytes()),
+            payload,
+            headers,
+            None,
+        );
+        RequestRef { partition, offset }
+    };
+    let mut asked: HashMap<&str, (RequestRef, Outcome)> = HashMap::new();
+    let topic = contract::HEADER_TOPIC;
+    let receipt = contract::HEADER_RECEIPT;
+    let expires = contract::HEADER_EXPIRES;
+    asked.insert(
+        "offline",
+        (
+            send(
+                "VIN-NOBODY",
+                &[(topic, b"DL/INFO"), (receipt, b"offline")],
+                b"x",
+            ),
+            Outcome::Offline,
+        ),
+    );
+    asked.insert(
+        "no_filter",
+        (
+            send(
+                "VIN-RCPT-2",
+                &[(topic, b"DL/INFO"), (receipt, b"no_filter")],
+                b"x",
+            ),
+            Outcome::NoFilter,
+        ),
+    );
+    asked.insert(
+        "invalid",
+        (
+            send("VIN-RCPT-1", &[(receipt, b"invalid")], b"no topic header"),
+            Outcome::Invalid,
+        ),
+    );
+    asked.insert(
+        "expired",
+        (
+            send(
+                "VIN-RCPT-1",
+                &[
+                    (topic, b"DL/INFO"),
+                    (receipt, b"expired"),
+                    (expires, past.as_bytes()),
+                ],
+                b"too late",
+            ),
+            Outcome::Expired,
+        ),
+    );
+    asked.insert(
+        "max_age",
+        (
+            send(
+                "VIN-RCPT-1",
+                &[(topic, b"DL/UNLOCK"), (receipt, b"max_age")],
+                b"unlock",
+            ),
+            Outcome::Expired,
+        ),
+    );
+    // Dropped, but no receipt asked: none written.
+    send("VIN-NOBODY", &[(topic, b"DL/INFO")], b"x");
+    // Delivered, with an expiry still ahead: the car gets it, and the
+    // gateway, not the router, answers it.
+    let routed = send(
+        "VIN-RCPT-1",
+        &[
+            (topic, b"DL/INFO"),
+            (receipt, b"routed"),
+            (expires, future.as_bytes()),
+        ],
+        b"in time",
+    );
+
+    let got = car.expect(1);
+    assert_eq!(got[0].1, b"in time", "only the unexpired message arrives");
+    let records = receipts.collect(asked.len() + 1, WAIT);
+    assert_eq!(records.len(), asked.len() + 1);
+    for record in &records {
+        let id = std::str::from_utf8(record.header(receipt).unwrap()).unwrap();
+        if id == "routed" {
+            let value = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+            assert_eq!(value.outcome, Outcome::Written);
+            assert_eq!(value.by, DecidedBy::Gateway);
+            assert_eq!(value.request, routed);
+            continue;
+        }
+        let (request, outcome) = asked
+            .remove(id)
+            .unwrap_or_else(|| panic!("unexpected receipt {id}"));
+        let value = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value.outcome, outcome, "{id}");
+        assert_eq!(value.by, DecidedBy::Router, "{id}");
+        assert_eq!(value.request, request, "{id}");
+        assert!(value.at_ms as i64 <= now_ms());
+    }
+    assert!(asked.is_empty(), "no receipt for {asked:?}");
+    assert!(
+        car.drain(Duration::from_millis(300)).is_empty(),
+        "an expired message was delivered"
+    );
+    wait_until("the router to count its receipts", WAIT, || {
+        router.metric("carbridge_router_receipts_total{outcome=\"expired\"}") == 2.0
+            && router.metric("carbridge_router_requests_dropped_total{reason=\"expired\"}") == 2.0
+    });
+    let extra = receipts.collect_for(Duration::from_millis(500));
+    assert!(
+        extra.is_empty(),
+        "more receipts than requests that asked: {:?}",
+        extra
+            .iter()
+            .map(|r| format!(
+                "{}@{}: {}",
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+            ))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// CONNECT (clean session, keep-alive 600 s) and SUBSCRIBE `DL/#` as raw
+/// MQTT 3.1.1 bytes, for a car that then never reads its socket.
+fn connect_and_subscribe(client_id: &str) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0x02, 0x58];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id);
+    let mut bytes = vec![0x10, connect.len() as u8];
+    bytes.extend_from_slice(&connect);
+    bytes.extend_from_slice(&[0x82, 9, 0, 1, 0, 4, b'D', b'L', b'/', b'#', 0]);
+    bytes
+}
+
+/// Every request that asks for a receipt gets exactly one, from the
+/// gateway when the router routed it: `written` for a car that reads,
+/// `written` then `slow_car` for one that never does (its queue fills),
+/// `offline` for a session the shard does not hold, `expired` for a
+/// routed message read after its expiry.
+#[test]
+fn the_gateway_answers_what_it_writes_and_what_it_cannot() {
+    use std::io::Write;
+    let stack = Stack::new(2, 2);
+    let router = stack.router("router");
+    stack.await_routers(&[&router]);
+    let gateway = stack.gateway("gateway", 0);
+    let reader = Car::connect(&gateway, "VIN-READS");
+    reader.subscribe("DL/#");
+    let mut stuck = std::net::TcpStream::connect(gateway.mqtt()).unwrap();
+    stuck
+        .write_all(&connect_and_subscribe("VIN-STUCK"))
+        .unwrap();
+    wait_until("both cars' sessions to reach the router", WAIT, || {
+        router.metric("carbridge_router_live_sessions") == 2.0
+            && gateway.metric("carbridge_gateway_registry_acked_total") >= 4.0
+            && router.metric("carbridge_router_registry_applied_total")
+                >= gateway.metric("carbridge_gateway_registry_acked_total")
+    });
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+    let producer = stack.broker.producer();
+    let topic = contract::HEADER_TOPIC;
+    let receipt = contract::HEADER_RECEIPT;
+
+    // 16 KiB each: far more than the stuck car's socket buffers and its
+    // 64 KiB queue at the gateway hold.
+    const STUCK: usize = 600;
+    let big = vec![b'x'; 16 * 1024];
+    let mut asked: HashMap<String, RequestRef> = HashMap::new();
+    for i in 0..STUCK {
+        let id = format!("stuck-{i}");
+        let (partition, offset) = producer.send(
+            contract::topics::DOWNLINK,
+            Some(b"VIN-STUCK"),
+            &big,
+            &[(topic, b"DL/INFO"), (receipt, id.as_bytes())],
+            None,
+        );
+        asked.insert(id, RequestRef { partition, offset });
+    }
+    let (partition, offset) = producer.send(
+        contract::topics::DOWNLINK,
+        Some(b"VIN-READS"),
+        b"hello",
+        &[(topic, b"DL/INFO"), (receipt, b"reads")],
+        None,
+    );
+    asked.insert("reads".to_owned(), RequestRef { partition, offset });
+    // Straight into both slots, as a router would route: an expired
+    // message, and one for a session no shard holds.
+    let past = (now_ms() - 1_000).to_string();
+    for slot in 0..2 {
+        for (client, id, extra) in [
+            (
+                "VIN-READS",
+                format!("expired-{slot}"),
+                Some(past.as_bytes()),
+            ),
+            ("VIN-GONE", format!("gone-{slot}"), None),
+        ] {
+            let request = RequestRef {
+                partition: 9,
+                offset: i64::from(slot),
+            };
+            let request_header = request.header();
+            let mut headers: Vec<(&str, &[u8])> = vec![
+                (topic, b"DL/INFO"),
+                (receipt, id.as_bytes()),
+                (contract::HEADER_REQUEST, request_header.as_bytes()),
+            ];
+            if let Some(at) = extra {
+                headers.push((contract::HEADER_EXPIRES, at));
+            }
+            producer.send(
+                contract::topics::ROUTED,
+                Some(client.as_bytes()),
+                b"direct",
+                &headers,
+                Some(slot),
+            );
+            asked.insert(id, request);
+        }
+    }
+
+    assert_eq!(reader.expect(1)[0].1, b"hello");
+    let records = receipts.collect(asked.len(), WAIT);
+    let mut outcomes: HashMap<Outcome, usize> = HashMap::new();
+    for record in &records {
+        let id = std::str::from_utf8(record.header(receipt).unwrap())
+            .unwrap()
+            .to_owned();
+        let value = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+        let request = asked
+            .remove(&id)
+            .unwrap_or_else(|| panic!("a second receipt for {id}"));
+        assert_eq!(value.request, request, "{id}");
+        assert_eq!(value.by, DecidedBy::Gateway, "{id}");
+        let want = match id.as_str() {
+            "reads" => vec![Outcome::Written],
+            i if i.starts_with("expired") => vec![Outcome::Expired],
+            i if i.starts_with("gone") => vec![Outcome::Offline],
+            _ => vec![Outcome::Written, Outcome::SlowCar, Outcome::Closed],
+        };
+        assert!(want.contains(&value.outcome), "{id}: {:?}", value.outcome);
+        *outcomes.entry(value.outcome).or_default() += 1;
+    }
+    assert!(asked.is_empty(), "no receipt for {} requests", asked.len());
+    assert!(
+        outcomes.get(&Outcome::SlowCar).copied().unwrap_or(0) > 0,
+        "the stuck car never filled its queue: {outcomes:?}"
+    );
+    assert!(
+        receipts.collect_for(Duration::from_millis(500)).is_empty(),
+        "more receipts than requests"
+    );
+    wait_until("the gateway to count its receipts", WAIT, || {
+        gateway.metric("carbridge_gateway_receipts_total{outcome=\"expired\"}") == 2.0
+            && gateway.metric("carbridge_gateway_receipts_total{outcome=\"offline\"}") == 2.0
+    });
+    drop(stuck);
+}
