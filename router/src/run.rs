@@ -376,6 +376,10 @@ pub fn run(
     let mut producer_config = client_config(&config, ops::kafka::for_producer);
     producer_config
         .set("linger.ms", "1")
+        // Receipts are keyed by client id like everything else: the same
+        // partition as the gateways' and the services' (routed records
+        // name their partition).
+        .set("partitioner", "murmur2_random")
         // A retried request must not overtake the next one: per-client
         // order. (Idempotence would allow more in flight, but an
         // idempotent producer stalls when the broker loses its producer

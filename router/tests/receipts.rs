@@ -308,3 +308,50 @@ fn the_gateway_answers_what_it_writes_and_what_it_cannot() {
     });
     drop(stuck);
 }
+
+/// `carbridge-send`, the operator's "did my command reach the car": it
+/// prints the receipt, and fails when the message was not delivered.
+#[test]
+fn carbridge_send_prints_the_receipt() {
+    let stack = Stack::new(2, 2);
+    let router = stack.router("router");
+    stack.await_routers(&[&router]);
+    let gateway = stack.gateway("gateway", 0);
+    let car = Car::connect(&gateway, "VIN-SEND");
+    car.subscribe("DL/#");
+    stack.await_registry(&[&gateway], &[&router], 0.0);
+    let send = |client: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carbridge-send"))
+            .args([client, "DL/WARN", "water ahead"])
+            .args(["--kafka-bootstrap", &stack.broker.bootstrap_servers()])
+            .args(["--receipt-timeout-secs", "30"])
+            .output()
+            .unwrap()
+    };
+
+    let delivered = send("VIN-SEND");
+    let said = String::from_utf8_lossy(&delivered.stdout);
+    assert!(
+        delivered.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&delivered.stderr)
+    );
+    assert!(
+        said.contains("receipt: written (decided by the gateway slot"),
+        "{said}"
+    );
+    assert_eq!(car.expect(1)[0].1, b"water ahead");
+
+    let missed = send("VIN-NOT-HERE");
+    let said = String::from_utf8_lossy(&missed.stdout);
+    assert!(!missed.status.success(), "{said}");
+    assert!(
+        said.contains("receipt: offline (decided by the router"),
+        "{said}"
+    );
+    assert!(
+        String::from_utf8_lossy(&missed.stderr).contains("not delivered: offline"),
+        "{}",
+        String::from_utf8_lossy(&missed.stderr)
+    );
+}

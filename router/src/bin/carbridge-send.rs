@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 /// Keeps Kafka's answer for the one record.
 struct Answer(std::sync::Mutex<Option<Result<(i32, i64), String>>>);
@@ -29,9 +30,10 @@ impl ProducerContext for Answer {
 }
 
 /// Sends one message to a car: produces a record to cs.downlink with
-/// key = the car's client id and header mqtt.topic = the MQTT topic, and
-/// waits for Kafka's acknowledgement. The router delivers it if the car is
-/// connected and subscribed to a matching filter.
+/// key = the car's client id and header mqtt.topic = the MQTT topic, waits
+/// for Kafka's acknowledgement, then for the message's receipt: what the
+/// bridge did with it (written to the car's connection, or why not:
+/// offline, no_filter, slow_car, closed, invalid, no_slot, expired).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -46,6 +48,71 @@ struct Cli {
     /// Topic of downlink requests.
     #[arg(long, default_value = contract::topics::DOWNLINK)]
     downlink_topic: String,
+    /// Topic of receipts.
+    #[arg(long, default_value = contract::topics::RECEIPTS)]
+    receipts_topic: String,
+    /// Seconds to wait for the receipt; 0 asks for none and only waits for
+    /// Kafka's acknowledgement.
+    #[arg(long, default_value_t = 10)]
+    receipt_timeout_secs: u64,
+    /// Drop the message if the bridge would hand it over later than this
+    /// many seconds from now (header carbridge.expires).
+    #[arg(long)]
+    expires_in_secs: Option<u64>,
+}
+
+/// A reader of every partition of the receipts topic from its end, made
+/// before the request is sent so its receipt cannot be missed.
+fn receipts_reader(config: &rdkafka::ClientConfig, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", "carbridge-send")
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("creating the receipts reader")?;
+    let partitions = ops::kafka::partition_count(&consumer, topic, Duration::from_secs(10))?;
+    if partitions == 0 {
+        bail!(
+            "topic {topic} does not exist: create the topics (`carbridge-topics create`), or pass --receipt-timeout-secs 0"
+        );
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..i32::try_from(partitions)? {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the end of {topic}"))?;
+        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Waits up to `timeout` for the receipt carrying `id`.
+fn await_receipt(
+    consumer: &BaseConsumer,
+    id: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Option<contract::Receipt>> {
+    use rdkafka::message::Headers;
+    let deadline = std::time::Instant::now() + timeout;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
+            continue;
+        };
+        let message = message.context("reading receipts")?;
+        let ours = message.headers().is_some_and(|headers| {
+            headers
+                .iter()
+                .any(|h| h.key == contract::HEADER_RECEIPT && h.value == Some(id))
+        });
+        if ours {
+            let value = message.payload().unwrap_or_default();
+            return Ok(Some(
+                contract::Receipt::decode(value).context("reading the receipt")?,
+            ));
+        }
+    }
+    Ok(None)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,13 +130,46 @@ fn main() -> anyhow::Result<()> {
     let producer: BaseProducer<Answer> = config
         .create_with_context(Answer(std::sync::Mutex::new(None)))
         .context("creating the producer")?;
+    let wait = Duration::from_secs(cli.receipt_timeout_secs);
+    let reader = if wait.is_zero() {
+        None
+    } else {
+        Some(receipts_reader(&config, &cli.receipts_topic)?)
+    };
+    // Unique enough for one shell command: this process at this instant.
+    let id = format!(
+        "carbridge-send-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let expires = cli.expires_in_secs.map(|secs| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        (now + u128::from(secs) * 1000).to_string()
+    });
+    let mut headers = OwnedHeaders::new().insert(Header {
+        key: contract::HEADER_TOPIC,
+        value: Some(&cli.topic),
+    });
+    if reader.is_some() {
+        headers = headers.insert(Header {
+            key: contract::HEADER_RECEIPT,
+            value: Some(&id),
+        });
+    }
+    if let Some(expires) = &expires {
+        headers = headers.insert(Header {
+            key: contract::HEADER_EXPIRES,
+            value: Some(expires),
+        });
+    }
     let record = BaseRecord::to(&cli.downlink_topic)
         .key(&cli.client)
         .payload(&cli.payload)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: contract::HEADER_TOPIC,
-            value: Some(&cli.topic),
-        }));
+        .headers(headers);
     producer
         .send(record)
         .map_err(|(error, _)| anyhow::anyhow!("Kafka refused the message: {error}"))?;
@@ -82,7 +182,38 @@ fn main() -> anyhow::Result<()> {
                 "sent to {} partition {partition} offset {offset}",
                 cli.downlink_topic
             );
-            Ok(())
+            let Some(reader) = reader else {
+                return Ok(());
+            };
+            let sent = std::time::Instant::now();
+            match await_receipt(&reader, id.as_bytes(), wait)? {
+                Some(receipt) => {
+                    let by = match (receipt.by, receipt.slot) {
+                        (contract::DecidedBy::Gateway, Some(slot)) => {
+                            format!("gateway slot {slot}")
+                        }
+                        (contract::DecidedBy::Gateway, None) => "gateway".to_owned(),
+                        (contract::DecidedBy::Router, _) => "router".to_owned(),
+                    };
+                    println!(
+                        "receipt: {} (decided by the {by}, {} ms after Kafka took it)",
+                        receipt.outcome.label(),
+                        sent.elapsed().as_millis()
+                    );
+                    if receipt.outcome == contract::Outcome::Written {
+                        Ok(())
+                    } else {
+                        bail!("not delivered: {}", receipt.outcome.label())
+                    }
+                }
+                None => bail!(
+                    "no receipt within {} s: is a router running for {}, and are the \
+                     gateways of this version? (the router answers what it drops, the \
+                     gateway what it writes or cannot)",
+                    wait.as_secs(),
+                    cli.downlink_topic
+                ),
+            }
         }
         Some(Err(error)) => bail!("Kafka did not take the message: {error}"),
         None => bail!("no answer from Kafka within 15 s"),
