@@ -355,3 +355,75 @@ fn carbridge_send_prints_the_receipt() {
         String::from_utf8_lossy(&missed.stderr)
     );
 }
+
+/// The router is down while requests pile up; those with a short expiry
+/// are answered `expired` and never delivered when a router starts again,
+/// those without are delivered.
+#[test]
+fn requests_that_expire_while_no_router_runs_are_not_delivered() {
+    let stack = Stack::new(2, 2);
+    let mut first = stack.router("router-1");
+    stack.await_routers(&[&first]);
+    let gateway = stack.gateway("gateway", 0);
+    let car = Car::connect(&gateway, "VIN-LATE");
+    car.subscribe("DL/#");
+    stack.await_registry(&[&gateway], &[&first], 0.0);
+    first.signal("TERM");
+    assert!(first.wait_exit(WAIT).success(), "router-1 failed to stop");
+
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+    let producer = stack.broker.producer();
+    let expires_at = now_ms() + 300;
+    let expires = expires_at.to_string();
+    for i in 0..10 {
+        let id = format!("short-{i}");
+        producer.send(
+            contract::topics::DOWNLINK,
+            Some(b"VIN-LATE"),
+            b"stale",
+            &[
+                (contract::HEADER_TOPIC, b"DL/UNLOCK"),
+                (contract::HEADER_RECEIPT, id.as_bytes()),
+                (contract::HEADER_EXPIRES, expires.as_bytes()),
+            ],
+            None,
+        );
+        let id = format!("plain-{i}");
+        producer.send(
+            contract::topics::DOWNLINK,
+            Some(b"VIN-LATE"),
+            format!("fresh {i}").as_bytes(),
+            &[
+                (contract::HEADER_TOPIC, b"DL/INFO"),
+                (contract::HEADER_RECEIPT, id.as_bytes()),
+            ],
+            None,
+        );
+    }
+    // The expiry is what this test is about: let it pass.
+    wait_until("the short expiry to pass", WAIT, || now_ms() > expires_at);
+    let second = stack.router("router-2");
+    stack.await_routers(&[&second]);
+
+    let got: Vec<Vec<u8>> = car.expect(10).into_iter().map(|(_, p)| p).collect();
+    let want: Vec<Vec<u8>> = (0..10).map(|i| format!("fresh {i}").into_bytes()).collect();
+    assert_eq!(got, want);
+    let mut outcomes: HashMap<String, Outcome> = HashMap::new();
+    for record in receipts.collect(20, WAIT) {
+        let id =
+            String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec()).unwrap();
+        let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+        assert!(
+            outcomes.insert(id.clone(), receipt.outcome).is_none(),
+            "two receipts for {id}"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(outcomes[&format!("short-{i}")], Outcome::Expired);
+        assert_eq!(outcomes[&format!("plain-{i}")], Outcome::Written);
+    }
+    assert!(
+        car.drain(Duration::from_millis(300)).is_empty(),
+        "a stale message was delivered"
+    );
+}
