@@ -119,6 +119,7 @@ fn full() -> Report {
         }),
         other_downlink: 37,
         dropped_connections: 4,
+        receipts: None,
         uplink_in_topic: Some(TopicCount {
             records: 20_399,
             unique: 20_396,
@@ -164,6 +165,7 @@ fn bare() -> Report {
         downlink: None,
         other_downlink: 0,
         dropped_connections: 0,
+        receipts: None,
         uplink_in_topic: None,
         timeline: timeline(4, 1, false),
     }

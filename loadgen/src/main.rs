@@ -101,6 +101,14 @@ struct RunArgs {
     /// through Kafka during the measured window; 0 = none.
     #[arg(long, default_value_t = 0.0)]
     downlink_rate: f64,
+    /// Every downlink request asks for a receipt; the report counts them
+    /// per outcome, times them (request sent to receipt read) and checks
+    /// that each request got exactly one (gateway mode).
+    #[arg(long)]
+    receipts: bool,
+    /// Topic the receipts are read from.
+    #[arg(long, default_value = contract::topics::RECEIPTS)]
+    receipts_topic: String,
     /// Peer mode: any MQTT 3.1.1 server, uplink measured by MQTT
     /// subscribers on it (needs --topic with {shard}, e.g. UL/POS/{shard}).
     #[arg(long)]
@@ -285,6 +293,7 @@ fn main() -> anyhow::Result<()> {
         kafka_topic: args.kafka_topic,
         downlink_topic: args.downlink_topic,
         downlink_rate: args.downlink_rate,
+        receipts_topic: args.receipts.then_some(args.receipts_topic),
         peer: args.peer,
         raw_kafka: args.raw_kafka,
         recount: args.recount,

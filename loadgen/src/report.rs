@@ -35,11 +35,32 @@ pub struct Report {
     /// was publishing.
     #[serde(default)]
     pub dropped_connections: u64,
+    /// With `--receipts`: what the receipts said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<ReceiptStats>,
     /// With `--recount`: the uplink topic read again after the run.
     #[serde(default)]
     pub uplink_in_topic: Option<TopicCount>,
     /// One entry per second of the whole run (warm-up included).
     pub timeline: Vec<Tick>,
+}
+
+/// What the receipts of the run's downlink requests said (`--receipts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptStats {
+    /// Downlink requests that asked for a receipt.
+    pub asked: u64,
+    /// Requests with a receipt; `missing` have none.
+    pub answered: u64,
+    pub missing: u64,
+    /// Receipts beyond the first for one request.
+    pub duplicates: u64,
+    /// Records on the receipts topic that were not receipts.
+    pub unreadable: u64,
+    /// Receipts by outcome (`written`, `offline`, ...).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// From a request's send to its receipt read back.
+    pub latency: Latency,
 }
 
 /// The uplink topic read again from the start of the run: what Kafka

@@ -497,6 +497,7 @@ mod tests {
             downlink,
             other_downlink: 0,
             dropped_connections: 0,
+            receipts: None,
             uplink_in_topic: None,
             timeline: vec![
                 tick(1.0, true),

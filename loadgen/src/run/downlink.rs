@@ -49,9 +49,10 @@ impl Sender {
             (Some(bootstrap), true) => {
                 let (bootstrap, topic) = (bootstrap.clone(), options.downlink_topic.clone());
                 let (sent, stop) = (sent.clone(), stop.clone());
+                let receipts = options.receipts_topic.is_some();
                 Some(std::thread::spawn(move || {
                     send_downlink(
-                        &bootstrap, &topic, cars, rate, from_us, until_us, &sent, &stop,
+                        &bootstrap, &topic, cars, rate, from_us, until_us, receipts, &sent, &stop,
                     )
                 }))
             }
@@ -96,6 +97,7 @@ fn send_downlink(
     rate: f64,
     from_us: u64,
     until_us: u64,
+    receipts: bool,
     sent: &AtomicU64,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -115,11 +117,19 @@ fn send_downlink(
         }
         let (car, seq) = pace.next();
         let client = payload::client_id(car);
-        let body = payload::encode(car, seq, payload::now_us(), payload::MIN_PAYLOAD);
-        let headers = OwnedHeaders::new().insert(Header {
+        let now = payload::now_us();
+        let body = payload::encode(car, seq, now, payload::MIN_PAYLOAD);
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
             value: Some(payload::DOWNLINK_TOPIC),
         });
+        let id = receipts.then(|| super::receipts::id(now, sent.load(Ordering::Relaxed)));
+        if let Some(id) = &id {
+            headers = headers.insert(Header {
+                key: contract::HEADER_RECEIPT,
+                value: Some(id),
+            });
+        }
         let record = BaseRecord::to(topic)
             .key(&client)
             .payload(&body)

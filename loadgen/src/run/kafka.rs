@@ -27,7 +27,7 @@ pub(super) fn config(bootstrap: &str) -> ClientConfig {
 }
 
 /// A consumer of every partition of `topic` from its current end.
-fn uplink_consumer(
+pub(super) fn consumer_from_end(
     bootstrap: &str,
     topic: &str,
 ) -> anyhow::Result<(BaseConsumer, TopicPartitionList)> {
@@ -36,7 +36,7 @@ fn uplink_consumer(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()
-        .context("creating the uplink consumer")?;
+        .with_context(|| format!("creating a consumer of {topic}"))?;
     let partitions = ops::kafka::partition_count(&consumer, topic, Duration::from_secs(10))
         .with_context(|| format!("at {bootstrap}"))?;
     if partitions == 0 {
@@ -67,7 +67,7 @@ pub(super) fn receive(
     uplink: &Arc<Mutex<Uplink>>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<(JoinHandle<()>, ReadFrom)> {
-    let (consumer, assignment) = uplink_consumer(bootstrap, topic)?;
+    let (consumer, assignment) = consumer_from_end(bootstrap, topic)?;
     let (uplink, stop) = (uplink.clone(), stop.clone());
     let thread = std::thread::spawn(move || receive_from_kafka(consumer, uplink, stop));
     let read_from = ReadFrom {

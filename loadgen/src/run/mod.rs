@@ -30,6 +30,7 @@ mod kafka;
 mod pace;
 mod peer;
 mod progress;
+mod receipts;
 mod summary;
 mod uplink;
 
@@ -53,6 +54,9 @@ pub struct Options {
     pub kafka_topic: String,
     pub downlink_topic: String,
     pub downlink_rate: f64,
+    /// Every downlink request asks for a receipt, read back from this
+    /// topic; `None`: no receipts.
+    pub receipts_topic: Option<String>,
     /// Peer mode: measure through MQTT subscribers on the target.
     pub peer: bool,
     /// Baseline: produce the fleet's records straight to Kafka, no MQTT.
@@ -127,10 +131,19 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     let uplink = Arc::new(Mutex::new(uplink::Uplink::new(&times)));
     let receivers = uplink::Receivers::start(options, &uplink)?;
     let mut fleet = fleet::Fleet::start(options, &times, &stop)?;
+    let receipts = match (&options.receipts_topic, &options.kafka_bootstrap) {
+        (Some(topic), Some(bootstrap)) if !options.peer => {
+            Some(receipts::Reader::start(bootstrap, topic)?)
+        }
+        _ => None,
+    };
     let downlink = downlink::Sender::start(options, &times, &stop)?;
     let progress = progress::follow(options, &times, &mut fleet, &uplink, &downlink, &stop);
     fleet.wait();
     let downlink_sent = downlink.join();
+    // Receipts trail their requests by two Kafka hops and the car.
+    let receipts =
+        receipts.map(|reader| reader.finish(downlink_sent, std::time::Duration::from_secs(15)));
     uplink::drain(&uplink, progress.totals.uplink_sent);
     let in_topic = receivers.stop(options.recount, times.started_us);
     let uplink = uplink
@@ -142,12 +155,7 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
             progress.totals.dropped
         );
     }
-    Ok(summary::report(
-        options,
-        &times,
-        progress,
-        &uplink,
-        downlink_sent,
-        in_topic,
-    ))
+    let mut report = summary::report(options, &times, progress, &uplink, downlink_sent, in_topic);
+    report.receipts = receipts;
+    Ok(report)
 }

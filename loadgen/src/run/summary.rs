@@ -75,6 +75,7 @@ pub(super) fn report(
         ),
         other_downlink: totals.other_downlink,
         dropped_connections: totals.dropped,
+        receipts: None,
         uplink_in_topic: in_topic,
         timeline,
     }
@@ -152,6 +153,20 @@ pub fn summary(report: &Report) -> String {
     if let Some(downlink) = &report.downlink {
         out.push_str(&line("downlink", downlink));
     }
+    if let Some(r) = &report.receipts {
+        let outcomes: Vec<String> = r.outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        out.push_str(&format!(
+            "receipts  {} asked, {} answered, {} missing, {} duplicated; {}; request to receipt ms p50 {:.2} p99 {:.2} max {:.2}\n",
+            r.asked,
+            r.answered,
+            r.missing,
+            r.duplicates,
+            if outcomes.is_empty() { "none".to_owned() } else { outcomes.join(", ") },
+            r.latency.p50_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms
+        ));
+    }
     if let Some(count) = &report.uplink_in_topic {
         out.push_str(&format!(
             "recount   {} uplink records in the topic, {} distinct, {} repeated\n",
@@ -195,6 +210,7 @@ mod tests {
             kafka_topic: String::new(),
             downlink_topic: String::new(),
             downlink_rate: 0.0,
+            receipts_topic: None,
             peer: false,
             raw_kafka: false,
             recount: false,
