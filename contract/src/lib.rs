@@ -82,6 +82,11 @@ impl Outcome {
         Outcome::Expired,
     ];
 
+    /// Its place in [`Outcome::ALL`] (for counters kept per outcome).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Written => "written",
@@ -151,13 +156,10 @@ pub struct Receipt {
 
 impl Receipt {
     pub fn new(outcome: Outcome, by: DecidedBy, slot: Option<u32>, request: RequestRef) -> Self {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         Self {
             v: VERSION,
             outcome,
-            at_ms,
+            at_ms: u64::try_from(now_ms()).unwrap_or(0),
             by,
             slot,
             request,
@@ -176,6 +178,14 @@ impl Receipt {
         }
         Ok(receipt)
     }
+}
+
+/// Milliseconds since the Unix epoch now: the clock of Kafka timestamps,
+/// expiries and receipts.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Reads a [`HEADER_EXPIRES`] value; `None` if it is not a decimal number.
@@ -335,7 +345,8 @@ mod tests {
         assert_eq!(RequestRef::parse_header(b"2:"), None);
         assert_eq!(parse_expiry(b"1796040005123"), Some(1_796_040_005_123));
         assert_eq!(parse_expiry(b"soon"), None);
-        for outcome in Outcome::ALL {
+        for (i, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome.index(), i);
             let json = serde_json::to_string(&outcome).unwrap();
             assert_eq!(json, format!("\"{}\"", outcome.label()));
         }

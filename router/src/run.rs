@@ -202,12 +202,6 @@ const ROUTED: usize = 0;
 const TAKEOVER: usize = 1;
 const RECEIPT: usize = 2;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Counts what Kafka did with routed records, notices and receipts.
 struct RoutedContext {
     metrics: Arc<Metrics>,
@@ -755,7 +749,7 @@ impl Router {
             .into_iter()
             .chain(expires)
             .min();
-        if expires.is_some_and(|at| now_ms() > at) {
+        if expires.is_some_and(|at| contract::now_ms() > at) {
             self.metrics.count_drop("expired");
             answer(self, contract::Outcome::Expired);
             self.store(consumer, partition, message.offset());

@@ -13,15 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{Car, Stack, WAIT};
-use contract::{DecidedBy, Outcome, Receipt, RequestRef};
+use contract::{DecidedBy, Outcome, Receipt, RequestRef, now_ms};
 use testkit::wait_until;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 #[test]
 fn the_router_answers_what_it_drops_and_drops_what_expired() {

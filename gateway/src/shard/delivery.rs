@@ -100,12 +100,6 @@ pub(super) struct OwedReceipt {
     request: contract::RequestRef,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl Shard {
     /// Writes the receipt of a routed message this shard decided.
     fn answer(&self, client: &[u8], id: &[u8], request: contract::RequestRef, outcome: Outcome) {
@@ -267,7 +261,7 @@ impl Shard {
                         self.answer(client.as_bytes(), ask.id, ask.request, outcome);
                     }
                 };
-                if expires_ms.is_some_and(|at| now_ms() > at) {
+                if expires_ms.is_some_and(|at| contract::now_ms() > at) {
                     self.metrics.drop_downlink("expired");
                     answer(Outcome::Expired);
                     return;
