@@ -1,11 +1,17 @@
 //! A shard's side of the downlink: its consumer of exactly one
 //! `mqtt.downlink` partition (its slot) and the reading of routed records.
 //!
-//! The consumer is assigned by hand (no consumer group) and starts at the
-//! slot's end: routed messages are realtime data for connections this
-//! process holds now, and nothing routed before it started can be for them.
-//! The end offset is read before the shard serves, so a message routed after
-//! the gateway is ready is never skipped.
+//! The consumer is assigned by hand (no consumer group rebalancing) and
+//! delivers from the slot's end: routed messages are realtime data for
+//! connections this process holds now, and nothing routed before it started
+//! can be for them. The end offset is read before the shard serves, so a
+//! message routed after the gateway is ready is never skipped.
+//!
+//! It commits how far it read (every second), and on start first reads
+//! what was routed to the slot after its predecessor's last commit (a
+//! crash, a restart): those messages are not delivered (their connections
+//! died with the predecessor) but answered, `offline` for those that asked
+//! for a receipt, and their stale sessions reported gone.
 
 use std::time::Duration;
 
@@ -27,6 +33,9 @@ pub(crate) fn slot(bridge: u32, per_bridge: u32, shard: usize) -> u32 {
 pub(crate) struct SlotConsumer {
     consumer: BaseConsumer,
     pub(crate) slot: u32,
+    /// Records before this offset were routed before this process started:
+    /// missed, not delivered.
+    live_from: i64,
 }
 
 impl std::fmt::Debug for SlotConsumer {
@@ -57,7 +66,8 @@ impl SlotConsumer {
             // librdkafka wants a group for any assignment; this one never
             // joins (no subscribe) and never commits.
             .set("group.id", format!("carbridge-gateway-slot-{slot}"))
-            .set("enable.auto.commit", "false")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer = client
             .create_with_context(DefaultConsumerContext)
@@ -81,13 +91,50 @@ impl SlotConsumer {
         let (_, high) = consumer
             .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
             .with_context(|| format!("reading the end offset of {topic}/{slot}"))?;
+        // Where the predecessor stopped, if it committed and that is still
+        // in the topic.
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, partition);
+        let committed = consumer
+            .committed_offsets(wanted, STARTUP_TIMEOUT)
+            .ok()
+            .and_then(|list| {
+                list.find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    })
+            });
+        let (low, _) = consumer
+            .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
+            .with_context(|| format!("reading the start offset of {topic}/{slot}"))?;
+        let from = committed.map_or(high, |c| c.clamp(low, high));
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(topic, partition, Offset::Offset(high))
+            .add_partition_offset(topic, partition, Offset::Offset(from))
             .context("assigning the slot")?;
         consumer.assign(&assignment).context("assigning the slot")?;
-        tracing::info!(shard, slot, topic, offset = high, "downlink slot assigned");
-        Ok(Self { consumer, slot })
+        if committed.is_none() {
+            // The slot's first start: a successor of this process then
+            // starts from here, not from its own end, even if this one
+            // crashes before its first periodic commit.
+            if let Err(error) = consumer.commit(&assignment, rdkafka::consumer::CommitMode::Sync) {
+                tracing::warn!(shard, slot, %error, "committing the slot's first offset failed");
+            }
+        }
+        tracing::info!(
+            shard,
+            slot,
+            topic,
+            offset = high,
+            missed = high - from,
+            "downlink slot assigned; messages routed here before this start are answered, not delivered"
+        );
+        Ok(Self {
+            consumer,
+            slot,
+            live_from: high,
+        })
     }
 
     /// Calls `arrived` (on a librdkafka thread) whenever records arrive
@@ -101,12 +148,17 @@ impl SlotConsumer {
     pub(crate) fn poll_with(
         &self,
         topic_header: &str,
-        handle: impl FnOnce(Option<Routed<'_>>),
+        handle: impl FnOnce(Option<Routed<'_>>, bool),
     ) -> Polled {
         match self.consumer.poll(Duration::ZERO) {
             None => Polled::Empty,
             Some(Ok(message)) => {
-                handle(read(&message, topic_header));
+                handle(
+                    read(&message, topic_header),
+                    message.offset() < self.live_from,
+                );
+                // Handled: a successor starts after it.
+                let _ = self.consumer.store_offset_from_message(&message);
                 Polled::Read
             }
             Some(Err(error)) => Polled::Failed(error.to_string()),

@@ -420,3 +420,113 @@ fn requests_that_expire_while_no_router_runs_are_not_delivered() {
         "a stale message was delivered"
     );
 }
+
+/// A gateway is SIGKILLed; requests routed to its slot while it is down
+/// (the router still has its cars' sessions) get their receipt, `offline`,
+/// from the restarted gateway, once each, and are not delivered to the
+/// cars that reconnect there.
+#[test]
+fn requests_routed_to_a_crashed_gateway_are_answered_by_its_successor() {
+    let stack = Stack::new(2, 2);
+    let router = stack.router("router");
+    stack.await_routers(&[&router]);
+    let mut crashed = stack.gateway("gateway", 0);
+    let cars: Vec<Car> = (0..4)
+        .map(|c| {
+            let car = Car::connect(&crashed, &format!("VIN-CRASH-{c}"));
+            car.subscribe("DL/#");
+            car
+        })
+        .collect();
+    stack.await_registry(&[&crashed], &[&router], 0.0);
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+    let producer = stack.broker.producer();
+    let ask = |id: &str, client: &str| -> RequestRef {
+        let (partition, offset) = producer.send(
+            contract::topics::DOWNLINK,
+            Some(client.as_bytes()),
+            b"while down",
+            &[
+                (contract::HEADER_TOPIC, b"DL/INFO"),
+                (contract::HEADER_RECEIPT, id.as_bytes()),
+            ],
+            None,
+        );
+        RequestRef { partition, offset }
+    };
+    // One delivered before the crash. Its slot commits how far it read
+    // every second: wait for that, or the successor reads it again (the
+    // documented duplicate).
+    let before = ask("before", "VIN-CRASH-0");
+    assert_eq!(cars[0].expect(1)[0].1, b"while down");
+    let committed_everything = || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        (0..2).all(|slot: i32| {
+            let group: BaseConsumer = stack
+                .broker
+                .client_config()
+                .set("group.id", format!("carbridge-gateway-slot-{slot}"))
+                .create()
+                .unwrap();
+            let mut wanted = rdkafka::TopicPartitionList::new();
+            wanted.add_partition(contract::topics::ROUTED, slot);
+            let committed = group
+                .committed_offsets(wanted, Duration::from_secs(5))
+                .ok()
+                .and_then(|l| l.elements().first().and_then(|e| e.offset().to_raw()))
+                .unwrap_or(-1);
+            let (_, high) = group
+                .fetch_watermarks(contract::topics::ROUTED, slot, Duration::from_secs(5))
+                .unwrap();
+            committed >= high
+        })
+    };
+    wait_until(
+        "the gateway to commit its slots",
+        WAIT,
+        committed_everything,
+    );
+
+    crashed.signal("KILL");
+    crashed.wait_exit(WAIT);
+    drop(cars);
+    let mut asked: HashMap<String, RequestRef> = HashMap::new();
+    for round in 0..5 {
+        for c in 0..4 {
+            let id = format!("down-{round}-{c}");
+            asked.insert(id.clone(), ask(&id, &format!("VIN-CRASH-{c}")));
+        }
+    }
+    wait_until(
+        "the router to route them to the dead gateway's slots",
+        WAIT,
+        || router.metric("carbridge_router_routed_total") >= 21.0,
+    );
+    let restarted = stack.gateway("gateway-restarted", 0);
+    let back = Car::connect(&restarted, "VIN-CRASH-1");
+    back.subscribe("DL/#");
+
+    let mut seen: HashMap<String, Receipt> = HashMap::new();
+    for record in receipts.collect(asked.len() + 1, WAIT) {
+        let id =
+            String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec()).unwrap();
+        let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+        assert!(
+            seen.insert(id.clone(), receipt).is_none(),
+            "two receipts for {id}"
+        );
+    }
+    assert_eq!(seen["before"].outcome, Outcome::Written);
+    assert_eq!(seen["before"].request, before);
+    for (id, request) in &asked {
+        let receipt = &seen[id];
+        assert_eq!(receipt.outcome, Outcome::Offline, "{id}");
+        assert_eq!(receipt.by, DecidedBy::Gateway, "{id}");
+        assert_eq!(receipt.request, *request, "{id}");
+    }
+    assert!(
+        back.drain(Duration::from_millis(300)).is_empty(),
+        "a message for the dead connection reached the new one"
+    );
+    assert!(receipts.collect_for(Duration::from_millis(300)).is_empty());
+}

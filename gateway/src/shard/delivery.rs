@@ -210,8 +210,8 @@ impl Shard {
         for _ in 0..DOWNLINK_BATCH {
             match downlink
                 .consumer
-                .poll_with(&downlink.topic_header, |routed| {
-                    self.route(downlink, routed)
+                .poll_with(&downlink.topic_header, |routed, missed| {
+                    self.route(downlink, routed, missed)
                 }) {
                 Polled::Empty => return busy,
                 Polled::Read => busy = true,
@@ -227,14 +227,16 @@ impl Shard {
         true
     }
 
-    fn route(&self, downlink: &Downlink, routed: Option<Routed<'_>>) {
+    /// Handles one routed record; `missed`: routed before this process
+    /// started, for a connection that died with its predecessor.
+    fn route(&self, downlink: &Downlink, routed: Option<Routed<'_>>, missed: bool) {
         match routed {
             None => {
                 bump(&self.metrics.downlink_received);
                 self.metrics.drop_downlink("invalid");
             }
             Some(Routed::Takeover { client, session }) => {
-                if let Some(signal) = self.table.holder(client)
+                if let Some(signal) = self.table.holder(client).filter(|_| !missed)
                     && signal.session.get() == Some(session)
                 {
                     bump(&self.metrics.takeover_notices);
@@ -266,7 +268,7 @@ impl Shard {
                     answer(Outcome::Expired);
                     return;
                 }
-                let Some(signal) = self.table.holder(client) else {
+                let Some(signal) = self.table.holder(client).filter(|_| !missed) else {
                     self.metrics.drop_downlink("not_held");
                     answer(Outcome::Offline);
                     if let Some(session) = session {
