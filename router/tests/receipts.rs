@@ -530,3 +530,78 @@ fn requests_routed_to_a_crashed_gateway_are_answered_by_its_successor() {
     );
     assert!(receipts.collect_for(Duration::from_millis(300)).is_empty());
 }
+
+/// A router is SIGKILLed while receipted requests stream in: afterwards
+/// every request has a receipt, and where one has two (routed again by the
+/// survivor because the dead router had not committed it), both name the
+/// same request.
+#[test]
+fn every_request_has_a_receipt_after_a_router_is_killed_mid_stream() {
+    let stack = Stack::new(4, 2);
+    let watch = ["--orphan-after-ms", "8000"];
+    let survivor = stack.router_with("router-1", &watch);
+    let mut killed = stack.router_with("router-2", &watch);
+    stack.await_routers(&[&survivor, &killed]);
+    let gateway = stack.gateway("gateway", 0);
+    let cars: Vec<Car> = (0..6)
+        .map(|c| {
+            let car = Car::connect(&gateway, &format!("VIN-STREAM-{c}"));
+            car.subscribe("DL/#");
+            car
+        })
+        .collect();
+    stack.await_registry(&[&gateway], &[&survivor, &killed], 0.0);
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+    // One record per batch: the takeover resumes from committed offsets
+    // (see testkit::Broker::producer_with on tansu).
+    let producer = stack.broker.producer_with(&[("batch.num.messages", "1")]);
+    let mut asked: HashMap<String, RequestRef> = HashMap::new();
+    for round in 0..20 {
+        if round == 10 {
+            killed.signal("KILL");
+        }
+        for car in &cars {
+            let id = format!("{}-{round}", car.id);
+            let (partition, offset) = producer.send(
+                contract::topics::DOWNLINK,
+                Some(car.id.as_bytes()),
+                id.as_bytes(),
+                &[
+                    (contract::HEADER_TOPIC, b"DL/INFO"),
+                    (contract::HEADER_RECEIPT, id.as_bytes()),
+                ],
+                None,
+            );
+            asked.insert(id, RequestRef { partition, offset });
+        }
+    }
+    killed.wait_exit(WAIT);
+
+    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while answered.len() < asked.len() && std::time::Instant::now() < deadline {
+        for record in receipts.collect_for(Duration::from_millis(500)) {
+            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
+                .unwrap();
+            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+            answered.entry(id).or_default().push(receipt);
+        }
+    }
+    for (id, request) in &asked {
+        let got = answered.get(id).unwrap_or_else(|| {
+            panic!(
+                "no receipt for {id} ({} of {} answered)",
+                answered.len(),
+                asked.len()
+            )
+        });
+        assert!(
+            got.iter()
+                .all(|r| r.request == *request && r.outcome == Outcome::Written),
+            "{id}: {got:?}"
+        );
+    }
+    let repeated = answered.values().filter(|r| r.len() > 1).count();
+    eprintln!("{} requests, {repeated} with two receipts", asked.len());
+    drop(cars);
+}
