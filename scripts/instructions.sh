@@ -130,3 +130,14 @@ awk -v tolerance="$tolerance" '
   exit 1
 }
 echo "instructions: within ${tolerance} % of $baseline"
+
+# The codec against mqttbytes on the same 1,000 frames, in instructions: a
+# ratio that does not move with the machine's clock, load or neighbours.
+# Printed, not gated: it is 1.23 today, below the 2 the issue asks for
+# (BENCHMARKS.md, "Regression checks").
+awk '$1 == "decode_publish" { ours = $2 } $1 == "decode_publish_mqttbytes" { theirs = $2 }
+  END {
+    if (!ours || !theirs) exit 0
+    ratio = theirs / ours
+    printf "codec: mqttbytes needs %.2fx the instructions of this codec to decode the same PUBLISH frames (issue 13 asks for 2; not gated)\n", ratio
+  }' "$work/counts"

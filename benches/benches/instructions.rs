@@ -54,6 +54,11 @@ const BENCHES: &[Bench] = &[
         work: N,
     },
     Bench {
+        name: "decode_publish_mqttbytes",
+        run: decode_publish_mqttbytes,
+        work: N,
+    },
+    Bench {
         name: "encode_publish",
         run: encode_publish_,
         work: N,
@@ -157,6 +162,31 @@ fn decode_all(decoder: &Decoder, buf: &mut BytesMut) -> usize {
     while let Ok(Some(packet)) = decoder.decode(buf) {
         if matches!(black_box(&packet), Packet::Publish(_)) {
             decoded += 1;
+        }
+    }
+    decoded
+}
+
+/// The same `N` packets decoded by mqttbytes 0.6 (v4), the independent
+/// codec the criterion benchmarks compare with: the codec's ratio in
+/// instructions, which does not move with the machine's clock or load
+/// (`scripts/instructions.sh` prints it and checks it stays at least 2).
+fn decode_publish_mqttbytes() -> usize {
+    let frames = publish_frames(N, |_| TOPIC.to_owned());
+    decode_all_mqttbytes(&mut frames.clone());
+    let mut buf = frames;
+    gate(&mut || decode_all_mqttbytes(black_box(&mut buf)))
+}
+
+fn decode_all_mqttbytes(buf: &mut BytesMut) -> usize {
+    let mut decoded = 0;
+    while !buf.is_empty() {
+        match mqttbytes::v4::read(buf, MAX_PACKET) {
+            Ok(mqttbytes::v4::Packet::Publish(publish)) => {
+                black_box(&publish);
+                decoded += 1;
+            }
+            _ => break,
         }
     }
     decoded
