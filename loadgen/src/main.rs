@@ -176,6 +176,12 @@ struct RunArgs {
     /// a drain or a failover loses (connects per second in the timeline).
     #[arg(long)]
     reconnect: bool,
+    /// Cars leaving per second, fleet-wide: during the run each car
+    /// disconnects (DISCONNECT) about every cars / CHURN seconds, stays
+    /// away 1–3 s and connects again, so that downlink messages meet cars
+    /// that are offline (with --receipts: `offline` receipts). 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
 }
 
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
@@ -280,6 +286,7 @@ fn main() -> anyhow::Result<()> {
     let options = Options {
         tls,
         reconnect: args.reconnect,
+        churn: args.churn,
         cars: args.cars,
         targets,
         connect_rate: args.connect_rate,

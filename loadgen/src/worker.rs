@@ -62,6 +62,10 @@ pub struct Plan {
     /// the next target) and goes on publishing.
     #[serde(default)]
     pub reconnect: bool,
+    /// Each car leaves about this often (seconds, spread by car), stays
+    /// away 1–3 s and comes back; `None`: cars stay.
+    #[serde(default)]
+    pub churn_period_secs: Option<f64>,
 }
 
 /// The cars' TLS: a test PKI directory (see [`crate::tls`]).
@@ -364,6 +368,12 @@ async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
             }
         };
         let run_on = payload::now_us() < plan.end_us && !stats.stop.load(Ordering::Relaxed);
+        if ended == Ended::Left && run_on {
+            // Away 1–3 s (spread by car), then back to the same target.
+            let away = 1000 + car.wrapping_mul(0x9E37_79B9).wrapping_add(attempt * 7919) % 2000;
+            sleep(Duration::from_millis(away)).await;
+            continue;
+        }
         if !(plan.reconnect && run_on && matches!(ended, Ended::Closed | Ended::Refused)) {
             return;
         }
@@ -388,6 +398,8 @@ enum Ended {
     Closed,
     /// No CONNACK (refused, timed out, or the handshake failed).
     Refused,
+    /// The car left on its own (`--churn`) and comes back.
+    Left,
 }
 
 /// Sends CONNECT and reads up to the CONNACK; `Some` when accepted. What
@@ -487,8 +499,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 .max(1),
     );
     let mut next = Instant::now() + offset;
+    // With churn: leave after 0.5–1.5 periods (spread by car and by
+    // connection), to come back shortly.
+    let leave_at = plan.churn_period_secs.map(|period| {
+        let spread = (car.wrapping_mul(0x9E37_79B9).wrapping_add(*seq) % 1000) as f64 / 1000.0;
+        Instant::now() + Duration::from_secs_f64(period * (0.5 + spread))
+    });
     let mut out = BytesMut::new();
     let mut failed = false;
+    let mut left = false;
     let end_at =
         Instant::now() + Duration::from_micros(plan.end_us.saturating_sub(payload::now_us()));
     loop {
@@ -499,6 +518,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         if closed.get() {
             // The server closed the connection (a drain, a takeover).
             failed = true;
+            break;
+        }
+        if leave_at.is_some_and(|at| now >= at) {
+            left = true;
             break;
         }
         if now < next {
@@ -533,6 +556,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     }
     if failed {
         bump(&stats.dropped_connections);
+    } else if left {
+        let _ = writer.write_all(&codec::packet::DISCONNECT).await;
+        let _ = writer.close().await;
     } else {
         // Stay a moment after the last publish: downlink messages sent
         // just before the end are still on their way.
@@ -551,7 +577,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     stats
         .connected_now
         .set(stats.connected_now.get().saturating_sub(1));
-    if failed { Ended::Closed } else { Ended::Done }
+    if failed {
+        Ended::Closed
+    } else if left {
+        Ended::Left
+    } else {
+        Ended::Done
+    }
 }
 
 /// Reads what the server sends this car until the connection closes.
@@ -635,6 +667,7 @@ mod tests {
             end_us: 0,
             tls: None,
             reconnect: false,
+            churn_period_secs: None,
         }
     }
 

@@ -117,6 +117,8 @@ impl Fleet {
                 connect_rate: options.connect_rate / workers_needed as f64,
                 tls: options.tls.clone(),
                 reconnect: options.reconnect,
+                churn_period_secs: (options.churn > 0.0)
+                    .then(|| options.cars as f64 / options.churn),
                 publish_interval_ms: options.publish_interval_ms,
                 payload_size: options.payload_size,
                 topic: options.topic.clone(),

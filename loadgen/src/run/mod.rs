@@ -74,6 +74,8 @@ pub struct Options {
     pub tls: Option<crate::worker::TlsPlan>,
     /// Cars closed by the server reconnect (to the next target).
     pub reconnect: bool,
+    /// Cars leaving (and coming back) per second, fleet-wide.
+    pub churn: f64,
 }
 
 impl Options {

@@ -222,6 +222,7 @@ mod tests {
             quiet: true,
             tls: None,
             reconnect: false,
+            churn: 0.0,
         }
     }
 
