@@ -605,3 +605,85 @@ fn every_request_has_a_receipt_after_a_router_is_killed_mid_stream() {
     eprintln!("{} requests, {repeated} with two receipts", asked.len());
     drop(cars);
 }
+
+/// A gateway is SIGKILLed while receipted requests stream to its cars,
+/// then restarted: every request has a receipt; a request with two has
+/// the same `request` in both, and the second is the successor's
+/// `offline` (the documented race of a crash within a second of an
+/// answer).
+#[test]
+fn every_request_has_a_receipt_after_a_gateway_is_killed_mid_stream() {
+    let stack = Stack::new(2, 2);
+    let router = stack.router("router");
+    stack.await_routers(&[&router]);
+    let mut crashed = stack.gateway("gateway", 0);
+    let cars: Vec<Car> = (0..4)
+        .map(|c| {
+            let car = Car::connect(&crashed, &format!("VIN-GWKILL-{c}"));
+            car.subscribe("DL/#");
+            car
+        })
+        .collect();
+    stack.await_registry(&[&crashed], &[&router], 0.0);
+    let receipts = stack.broker.collector(contract::topics::RECEIPTS);
+    let producer = stack.broker.producer();
+    let mut asked: HashMap<String, RequestRef> = HashMap::new();
+    let mut restarted = None;
+    for round in 0..20 {
+        if round == 10 {
+            crashed.signal("KILL");
+            crashed.wait_exit(WAIT);
+        }
+        if round == 15 {
+            restarted = Some(stack.gateway("gateway-restarted", 0));
+        }
+        for c in 0..4 {
+            let id = format!("gw-{round}-{c}");
+            let (partition, offset) = producer.send(
+                contract::topics::DOWNLINK,
+                Some(format!("VIN-GWKILL-{c}").as_bytes()),
+                id.as_bytes(),
+                &[
+                    (contract::HEADER_TOPIC, b"DL/INFO"),
+                    (contract::HEADER_RECEIPT, id.as_bytes()),
+                ],
+                None,
+            );
+            asked.insert(id, RequestRef { partition, offset });
+        }
+    }
+    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while answered.len() < asked.len() && std::time::Instant::now() < deadline {
+        for record in receipts.collect_for(Duration::from_millis(500)) {
+            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
+                .unwrap();
+            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+            answered.entry(id).or_default().push(receipt);
+        }
+    }
+    for (id, request) in &asked {
+        let got = answered.get(id).unwrap_or_else(|| {
+            panic!(
+                "no receipt for {id} ({} of {} answered)",
+                answered.len(),
+                asked.len()
+            )
+        });
+        assert!(got.iter().all(|r| r.request == *request), "{id}: {got:?}");
+        if let [_, second, ..] = got.as_slice() {
+            assert_eq!(second.outcome, Outcome::Offline, "{id}: {got:?}");
+            assert_eq!(second.by, DecidedBy::Gateway, "{id}: {got:?}");
+        }
+    }
+    let twice = answered.values().filter(|r| r.len() > 1).count();
+    let offline = answered
+        .values()
+        .filter(|r| r.first().is_some_and(|r| r.outcome == Outcome::Offline))
+        .count();
+    eprintln!(
+        "{} requests: {offline} answered offline, {twice} twice",
+        asked.len()
+    );
+    drop((cars, restarted));
+}
