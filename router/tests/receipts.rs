@@ -162,6 +162,33 @@ fn the_router_answers_what_it_drops_and_drops_what_expired() {
     );
 }
 
+/// `n` cars on `gateway`, ids `{prefix}0`…, each subscribed to `DL/#`.
+fn subscribed_cars(gateway: &common::Proc, prefix: &str, n: usize) -> Vec<Car> {
+    (0..n)
+        .map(|c| {
+            let car = Car::connect(gateway, &format!("{prefix}{c}"));
+            car.subscribe("DL/#");
+            car
+        })
+        .collect()
+}
+
+/// The receipts read until `requests` correlation ids have one (or the
+/// wait is over), all of each id's.
+fn receipts_by_id(receipts: &testkit::Collector, requests: usize) -> HashMap<String, Vec<Receipt>> {
+    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while answered.len() < requests && std::time::Instant::now() < deadline {
+        for record in receipts.collect_for(Duration::from_millis(500)) {
+            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
+                .unwrap();
+            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+            answered.entry(id).or_default().push(receipt);
+        }
+    }
+    answered
+}
+
 /// CONNECT (clean session, keep-alive 600 s) and SUBSCRIBE `DL/#` as raw
 /// MQTT 3.1.1 bytes, for a car that then never reads its socket.
 fn connect_and_subscribe(client_id: &str) -> Vec<u8> {
@@ -431,13 +458,7 @@ fn requests_routed_to_a_crashed_gateway_are_answered_by_its_successor() {
     let router = stack.router("router");
     stack.await_routers(&[&router]);
     let mut crashed = stack.gateway("gateway", 0);
-    let cars: Vec<Car> = (0..4)
-        .map(|c| {
-            let car = Car::connect(&crashed, &format!("VIN-CRASH-{c}"));
-            car.subscribe("DL/#");
-            car
-        })
-        .collect();
+    let cars = subscribed_cars(&crashed, "VIN-CRASH-", 4);
     stack.await_registry(&[&crashed], &[&router], 0.0);
     let receipts = stack.broker.collector(contract::topics::RECEIPTS);
     let producer = stack.broker.producer();
@@ -543,13 +564,7 @@ fn every_request_has_a_receipt_after_a_router_is_killed_mid_stream() {
     let mut killed = stack.router_with("router-2", &watch);
     stack.await_routers(&[&survivor, &killed]);
     let gateway = stack.gateway("gateway", 0);
-    let cars: Vec<Car> = (0..6)
-        .map(|c| {
-            let car = Car::connect(&gateway, &format!("VIN-STREAM-{c}"));
-            car.subscribe("DL/#");
-            car
-        })
-        .collect();
+    let cars = subscribed_cars(&gateway, "VIN-STREAM-", 6);
     stack.await_registry(&[&gateway], &[&survivor, &killed], 0.0);
     let receipts = stack.broker.collector(contract::topics::RECEIPTS);
     // One record per batch: the takeover resumes from committed offsets
@@ -577,16 +592,7 @@ fn every_request_has_a_receipt_after_a_router_is_killed_mid_stream() {
     }
     killed.wait_exit(WAIT);
 
-    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while answered.len() < asked.len() && std::time::Instant::now() < deadline {
-        for record in receipts.collect_for(Duration::from_millis(500)) {
-            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
-                .unwrap();
-            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
-            answered.entry(id).or_default().push(receipt);
-        }
-    }
+    let answered = receipts_by_id(&receipts, asked.len());
     for (id, request) in &asked {
         let got = answered.get(id).unwrap_or_else(|| {
             panic!(
@@ -617,13 +623,7 @@ fn every_request_has_a_receipt_after_a_gateway_is_killed_mid_stream() {
     let router = stack.router("router");
     stack.await_routers(&[&router]);
     let mut crashed = stack.gateway("gateway", 0);
-    let cars: Vec<Car> = (0..4)
-        .map(|c| {
-            let car = Car::connect(&crashed, &format!("VIN-GWKILL-{c}"));
-            car.subscribe("DL/#");
-            car
-        })
-        .collect();
+    let cars = subscribed_cars(&crashed, "VIN-GWKILL-", 4);
     stack.await_registry(&[&crashed], &[&router], 0.0);
     let receipts = stack.broker.collector(contract::topics::RECEIPTS);
     let producer = stack.broker.producer();
@@ -652,16 +652,7 @@ fn every_request_has_a_receipt_after_a_gateway_is_killed_mid_stream() {
             asked.insert(id, RequestRef { partition, offset });
         }
     }
-    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while answered.len() < asked.len() && std::time::Instant::now() < deadline {
-        for record in receipts.collect_for(Duration::from_millis(500)) {
-            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
-                .unwrap();
-            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
-            answered.entry(id).or_default().push(receipt);
-        }
-    }
+    let answered = receipts_by_id(&receipts, asked.len());
     for (id, request) in &asked {
         let got = answered.get(id).unwrap_or_else(|| {
             panic!(
