@@ -88,9 +88,9 @@ impl SlotConsumer {
             );
         }
         let partition = i32::try_from(slot).context("slot out of range")?;
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
-            .with_context(|| format!("reading the end offset of {topic}/{slot}"))?;
+            .with_context(|| format!("reading the offsets of {topic}/{slot}"))?;
         // Where the predecessor stopped, if it committed and that is still
         // in the topic.
         let mut wanted = TopicPartitionList::new();
@@ -105,9 +105,6 @@ impl SlotConsumer {
                         _ => None,
                     })
             });
-        let (low, _) = consumer
-            .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
-            .with_context(|| format!("reading the start offset of {topic}/{slot}"))?;
         let from = committed.map_or(high, |c| c.clamp(low, high));
         let mut assignment = TopicPartitionList::new();
         assignment
