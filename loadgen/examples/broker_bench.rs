@@ -22,11 +22,12 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use loadgen::payload::now_us;
+use loadgen::stats::histogram;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 
 #[derive(Parser)]
 struct Args {
@@ -65,11 +66,6 @@ struct Args {
     /// Write the totals as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-/// 1 µs to 1 hour, 3 significant digits.
-fn histogram() -> anyhow::Result<Histogram<u64>> {
-    Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 
 /// Produce→ack latencies of one producer, from its delivery reports.
@@ -231,11 +227,8 @@ fn main() -> anyhow::Result<()> {
         "topic {} does not exist: pass --create",
         args.topic
     );
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..i32::try_from(partitions)? {
-        let (_, high) = consumer.fetch_watermarks(&args.topic, p, Duration::from_secs(10))?;
-        assignment.add_partition_offset(&args.topic, p, Offset::Offset(high))?;
-    }
+    let assignment =
+        ops::kafka::at_end(&consumer, &args.topic, partitions, Duration::from_secs(10))?;
     consumer.assign(&assignment)?;
 
     let start = Instant::now();
@@ -251,7 +244,7 @@ fn main() -> anyhow::Result<()> {
             .set("queue.buffering.max.messages", "10000")
             .create_with_context(Acks {
                 start,
-                latency: Mutex::new(histogram()?),
+                latency: Mutex::new(histogram()),
                 acked: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 last_ack_us: AtomicU64::new(0),
@@ -261,8 +254,8 @@ fn main() -> anyhow::Result<()> {
     let expected = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let deadline = start + Duration::from_secs(args.secs + 30);
-    let fetch_latency = histogram()?;
-    let mut ack = histogram()?;
+    let fetch_latency = histogram();
+    let mut ack = histogram();
     let (produced, fetched) = std::thread::scope(|scope| {
         let reader =
             scope.spawn(|| consume(&consumer, run_us, &expected, &done, deadline, fetch_latency));

@@ -21,11 +21,10 @@ use loadgen::payload::now_us;
 
 use anyhow::Context;
 use clap::Parser;
-use hdrhistogram::Histogram;
+use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 #[derive(Parser)]
 struct Args {
@@ -73,19 +72,16 @@ fn main() -> anyhow::Result<()> {
         .set("fetch.wait.max.ms", &args.fetch_wait_ms)
         .create()?;
     let partitions = ops::kafka::partition_count(&consumer, &args.topic, Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..i32::try_from(partitions)? {
-        let (_, high) = consumer.fetch_watermarks(&args.topic, p, Duration::from_secs(10))?;
-        assignment.add_partition_offset(&args.topic, p, Offset::Offset(high))?;
-    }
+    let assignment =
+        ops::kafka::at_end(&consumer, &args.topic, partitions, Duration::from_secs(10))?;
     consumer.assign(&assignment)?;
     let producer: BaseProducer = common.clone().set("linger.ms", &args.linger_ms).create()?;
     std::thread::sleep(Duration::from_secs(args.delay_secs));
 
     let start = Instant::now();
     let run_us = now_us();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let mut second = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut total = loadgen::stats::histogram();
+    let mut second = loadgen::stats::histogram();
     let interval = Duration::from_secs(1).as_nanos() / u128::from(args.rate.max(1));
     let mut sent: u64 = 0;
     let mut received: u64 = 0;

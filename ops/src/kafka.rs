@@ -138,6 +138,24 @@ pub fn serve_events<C: ProducerContext>(producer: &BaseProducer<C>, max_events: 
     }
 }
 
+/// An assignment of partitions `0..partitions` of `topic`, each at its
+/// current end (high watermark): for a reader of what comes next.
+pub fn at_end<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    partitions: usize,
+    timeout: Duration,
+) -> anyhow::Result<rdkafka::TopicPartitionList> {
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for partition in 0..i32::try_from(partitions).context("too many partitions")? {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .with_context(|| format!("reading the end of {topic}/{partition}"))?;
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Offset(high))?;
+    }
+    Ok(assignment)
+}
+
 /// How many partitions `topic` has; 0 when it does not exist (the caller
 /// says what to do about it).
 pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(

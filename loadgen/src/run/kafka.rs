@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
 
 use super::pace::RoundRobin;
 use super::uplink::Uplink;
@@ -42,13 +42,7 @@ pub(super) fn consumer_from_end(
     if partitions == 0 {
         bail!("topic {topic} does not exist at {bootstrap} (carbridge-topics create)");
     }
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..i32::try_from(partitions).unwrap_or(i32::MAX) {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("reading the end of {topic}/{partition}"))?;
-        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
-    }
+    let assignment = ops::kafka::at_end(&consumer, topic, partitions, Duration::from_secs(10))?;
     consumer.assign(&assignment)?;
     Ok((consumer, assignment))
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message};
 
 /// Keeps Kafka's answer for the one record.
 struct Answer(std::sync::Mutex<Option<Result<(i32, i64), String>>>);
@@ -76,13 +76,7 @@ fn receipts_reader(config: &rdkafka::ClientConfig, topic: &str) -> anyhow::Resul
             "topic {topic} does not exist: create the topics (`carbridge-topics create`), or pass --receipt-timeout-secs 0"
         );
     }
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..i32::try_from(partitions)? {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("reading the end of {topic}"))?;
-        assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
-    }
+    let assignment = ops::kafka::at_end(&consumer, topic, partitions, Duration::from_secs(10))?;
     consumer.assign(&assignment)?;
     Ok(consumer)
 }
