@@ -20,6 +20,7 @@
 //! partition again. Rejoins back off (`after`, doubling to 10 minutes) so
 //! a table that takes longer than `after` to rebuild cannot start a loop.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,19 +89,23 @@ impl Stalls {
         high: i64,
         owned: bool,
     ) {
-        let seen = self.seen.entry(partition).or_insert(Seen {
+        let fresh = Seen {
             committed,
             high_then: high,
             waiting_since: None,
-        });
-        if owned || seen.committed != committed {
-            *seen = Seen {
-                committed,
-                high_then: high,
-                waiting_since: None,
-            };
-        } else if high > seen.high_then.max(committed.unwrap_or(0)) {
-            seen.waiting_since.get_or_insert(now);
+        };
+        match self.seen.entry(partition) {
+            Entry::Vacant(entry) => {
+                entry.insert(fresh);
+            }
+            Entry::Occupied(mut entry) => {
+                let seen = entry.get_mut();
+                if owned || seen.committed != committed {
+                    *seen = fresh;
+                } else if high > seen.high_then.max(committed.unwrap_or(0)) {
+                    seen.waiting_since.get_or_insert(now);
+                }
+            }
         }
     }
 
