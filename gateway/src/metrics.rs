@@ -60,6 +60,8 @@ pub const ACK_BUCKETS_MS: [u64; 14] = [
 pub struct ShardMetrics {
     pub connections_accepted: AtomicU64,
     pub connections_open: AtomicI64,
+    /// Open connections parked without a task (quiet plain-TCP cars).
+    pub connections_parked: AtomicI64,
     pub closed: [AtomicU64; CLOSE_REASONS.len()],
     /// PUBLISH packets accepted from cars and handed to the producer.
     pub publish_received: AtomicU64,
@@ -245,6 +247,15 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
         vec![(
             String::new(),
             gauge(&|s| s.connections_open.load(Ordering::Relaxed)).into(),
+        )],
+    );
+    metric(
+        "carbridge_gateway_connections_parked",
+        "gauge",
+        "Open connections parked without a task: quiet cars on plain TCP, resumed by their next byte, deadline or downlink message.",
+        vec![(
+            String::new(),
+            gauge(&|s| s.connections_parked.load(Ordering::Relaxed)).into(),
         )],
     );
     metric(

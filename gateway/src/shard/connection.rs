@@ -12,14 +12,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use codec::ConnectReturnCode;
+use codec::{ConnectReturnCode, Publish};
 use contract::{End, Outcome, SessionRecord};
 use futures_lite::future;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use rustls::HandshakeKind;
 
+use super::lot::{self, Parked};
+use super::readiness::{self, CarSocket};
 use super::signal::{Signal, Wake};
 use super::{Door, POLL_INTERVAL, Shard};
 use crate::kafka::SendError;
@@ -52,20 +53,80 @@ pub(crate) struct Peer {
     pub(crate) identity: Option<Box<str>>,
 }
 
+/// A connection's byte stream: the plain socket, or TLS or a PROXY
+/// header's rest over it.
+pub(super) trait CarStream: AsyncRead + AsyncWrite + Unpin + Sized {
+    /// Whether a quiet connection over this stream is parked (see
+    /// [`super::lot`]): only the plain socket, which holds no state of its
+    /// own.
+    const PARKS: bool = false;
+
+    /// Whether the stream has nothing to read now, so that parking loses
+    /// no wake-up.
+    fn drained(&self) -> bool {
+        false
+    }
+
+    /// The plain socket, to park (`Err`: this stream is not one).
+    fn into_socket(self) -> Result<CarSocket, Self> {
+        Err(self)
+    }
+}
+
+impl CarStream for CarSocket {
+    const PARKS: bool = true;
+
+    /// Bytes that arrived while the task was busy may have had their event
+    /// already (edge-triggered): they are read before parking, as no other
+    /// event would come for them.
+    fn drained(&self) -> bool {
+        !self.has_input()
+    }
+
+    fn into_socket(self) -> Result<CarSocket, Self> {
+        Ok(self)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for futures_rustls::server::TlsStream<S> {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for crate::proxy::Prefixed<S> {}
+
 /// A connection on a listener that expects a PROXY header: the source
 /// checked against the trusted networks, the header read (bounded by the
 /// connect timeout), then TLS or MQTT over what follows it.
-pub(super) async fn proxied(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>, mut peer: Peer) {
-    let Some(proxy) = &door.listener.proxy else {
+pub(super) async fn proxied(
+    stream: CarSocket,
+    shard: Rc<Shard>,
+    door: Rc<Door>,
+    peer: Peer,
+    signal: Rc<Signal>,
+) {
+    let Some((stream, peer)) = proxy_header(stream, &shard, &door, peer).await else {
+        shard.table.close(signal.id, None);
         return;
     };
+    if door.tls.is_some() {
+        tls(stream, shard, door, peer, signal).await;
+    } else {
+        connection(stream, shard, peer, signal).await;
+    }
+}
+
+/// Reads and checks the PROXY header; `None` when the connection closes.
+async fn proxy_header(
+    mut stream: CarSocket,
+    shard: &Shard,
+    door: &Door,
+    mut peer: Peer,
+) -> Option<(crate::proxy::Prefixed<CarSocket>, Peer)> {
+    let proxy = door.listener.proxy.as_ref()?;
     if !crate::proxy::trusted(&proxy.trusted_networks, peer.addr.ip()) {
         shard.metrics.proxy_header("untrusted_source");
         tracing::info!(shard = shard.id, peer = %peer.addr,
             "closed: PROXY header from a network not in trusted_networks");
-        return;
+        return None;
     }
-    let mut stream = stream;
     let header = async { Some(crate::proxy::read_header(&mut stream).await) };
     let timeout = async {
         sleep(shard.timing.connect_timeout).await;
@@ -77,11 +138,11 @@ pub(super) async fn proxied(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>,
             shard.metrics.proxy_header("malformed");
             tracing::info!(shard = shard.id, peer = %peer.addr, ?error,
                 "closed: no valid PROXY header");
-            return;
+            return None;
         }
         None => {
             shard.metrics.proxy_header("timeout");
-            return;
+            return None;
         }
     };
     match proxied.source {
@@ -97,16 +158,11 @@ pub(super) async fn proxied(stream: TcpStream, shard: Rc<Shard>, door: Rc<Door>,
             shard.metrics.proxy_header("no_identity");
             tracing::info!(shard = shard.id, peer = %peer.addr,
                 "closed: the PROXY header names no verified client certificate");
-            return;
+            return None;
         };
         peer.identity = Some(door.listener.bound_client_id(&cn).into());
     }
-    let stream = crate::proxy::Prefixed::new(rest, stream);
-    if door.tls.is_some() {
-        tls(stream, shard, door, peer).await;
-    } else {
-        connection(stream, shard, peer).await;
-    }
+    Some((crate::proxy::Prefixed::new(rest, stream), peer))
 }
 
 /// A connection on a TLS listener: the handshake on this shard, bounded by
@@ -116,11 +172,24 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     shard: Rc<Shard>,
     door: Rc<Door>,
-    mut peer: Peer,
+    peer: Peer,
+    signal: Rc<Signal>,
 ) {
-    let Some(terminator) = &door.tls else {
-        return;
-    };
+    match handshake(stream, &shard, &door, peer).await {
+        Some((stream, peer)) => connection(stream, shard, peer, signal).await,
+        None => shard.table.close(signal.id, None),
+    }
+}
+
+/// The TLS handshake and the identity check; `None` when the connection
+/// closes.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shard: &Shard,
+    door: &Door,
+    mut peer: Peer,
+) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+    let terminator = door.tls.as_ref()?;
     let loaded = terminator.current();
     let acceptor = futures_rustls::TlsAcceptor::from(loaded.config.clone());
     let handshake = async { Some(acceptor.accept(stream).await) };
@@ -135,12 +204,12 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
             shard.metrics.handshake(label);
             tracing::debug!(shard = shard.id, peer = %peer.addr, %error, reason = label,
                 "TLS handshake failed");
-            return;
+            return None;
         }
         None => {
             shard.metrics.handshake("timeout");
             tracing::debug!(shard = shard.id, peer = %peer.addr, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let session = stream.get_ref().1;
@@ -152,7 +221,7 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::info!(shard = shard.id, peer = %peer.addr, reason = refused,
                     source = ?terminator.identity_source(),
                     "closed: the certificate is revoked or names no identity");
-                return;
+                return None;
             }
         }
     }
@@ -161,11 +230,122 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
         Some(HandshakeKind::Resumed) => "resumed",
         _ => "full",
     });
-    connection(stream, shard, peer).await;
+    Some((stream, peer))
 }
 
-/// One car's connection, from accept to close, over any byte stream (a
-/// TCP socket, or TLS over one).
+/// One car's connection, from its first MQTT byte to its close, over any
+/// byte stream (a TCP socket, or TLS over one). The connection's entry in
+/// the shard's table (`signal`) was made when it was accepted.
+pub(super) fn connection<S: CarStream>(
+    stream: S,
+    shard: Rc<Shard>,
+    peer: Peer,
+    signal: Rc<Signal>,
+) -> impl Future<Output = ()> {
+    if shard.stopping.get() {
+        // Accepted just as the shutdown began: close it with the others.
+        signal.fire(CloseReason::Shutdown);
+    }
+    bump(&shard.metrics.connections_accepted);
+    shard
+        .metrics
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    let session = Session::new(shard.timing, Instant::now());
+    live(stream, session, peer, signal, shard, Resume::default())
+}
+
+/// Where a parked connection's new task starts: what the lot read and
+/// handled for it and could not finish without waiting.
+#[derive(Debug, Default)]
+pub(super) struct Resume {
+    /// Bytes read and not handled yet (a partial packet, or the packets
+    /// after a PUBLISH that waits for room).
+    input: BytesMut,
+    /// Replies not written yet.
+    output: BytesMut,
+    /// A PUBLISH that found librdkafka's queue full.
+    blocked: Option<Publish>,
+    /// The session closed (written what `output` holds first).
+    close: Option<CloseReason>,
+}
+
+/// A parked connection's new task: on from where it was parked.
+pub(super) fn resume(
+    signal: Rc<Signal>,
+    parked: Parked,
+    start: Resume,
+    shard: Rc<Shard>,
+) -> impl Future<Output = ()> {
+    let socket = CarSocket::new(parked.socket, signal.clone());
+    live(socket, parked.session, parked.peer, signal, shard, start)
+}
+
+/// A parked connection's socket had an event (or its signal a wake-up).
+/// What a quiet car mostly sends (a PUBLISH, a PINGREQ, a SUBSCRIBE) is
+/// handled here, without a task: read, handled, the short reply written,
+/// and the connection parked again. Anything more goes on in a new task:
+/// a close order, a deadline or downlink output; a partial packet or a
+/// full read; a reply the socket does not take at once; a full producer
+/// queue; a close.
+pub(super) fn on_parked(shard: &Rc<Shard>, signal: Rc<Signal>, mut parked: Parked) {
+    let quick = !signal.pending()
+        && !shard.stopping.get()
+        && !shard.flow.is_paused()
+        && shard.producer.has_room();
+    if !quick {
+        lot::wake(shard, signal, parked, Resume::default());
+        return;
+    }
+    let mut input = BytesMut::zeroed(READ_BUSY);
+    let read = match readiness::try_read(&parked.socket, &mut input) {
+        // The event was not for reading (room to write, say).
+        Ok(None) => return signal.park(parked),
+        Ok(Some(read)) if read > 0 => read,
+        // The end or an error: the task reads again, and meets it.
+        _ => return lot::wake(shard, signal, parked, Resume::default()),
+    };
+    input.truncate(read);
+    let mut start = Resume {
+        input,
+        ..Resume::default()
+    };
+    if read == READ_BUSY {
+        // A busy car (there may be more): its task reads on.
+        return lot::wake(shard, signal, parked, start);
+    }
+    let now = Instant::now();
+    let handled = handle_input(
+        shard,
+        &signal,
+        &mut parked.session,
+        &parked.peer,
+        &mut start.input,
+        &mut start.output,
+        now,
+    );
+    match handled {
+        Handled::Done
+            if start.input.is_empty()
+                && readiness::try_write(&parked.socket, &mut start.output) =>
+        {
+            signal.deadline.set(parked.session.deadline());
+            signal.park(parked);
+        }
+        Handled::Done => lot::wake(shard, signal, parked, start),
+        Handled::Close(reason) => {
+            start.close = Some(reason);
+            lot::wake(shard, signal, parked, start);
+        }
+        Handled::Full(publish) => {
+            start.blocked = Some(publish);
+            lot::wake(shard, signal, parked, start);
+        }
+    }
+}
+
+/// Drives the connection until it closes (and cleans up after it) or is
+/// parked.
 ///
 /// A plain function returning an `async move` block rather than an `async
 /// fn`: an `async fn` keeps its arguments twice in its state (as captured
@@ -174,25 +354,38 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
     clippy::manual_async_fn,
     reason = "an async fn's state is 128 bytes larger per connection"
 )]
-pub(super) fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+fn live<S: CarStream>(
     mut stream: S,
-    shard: Rc<Shard>,
+    mut session: Session,
     peer: Peer,
+    signal: Rc<Signal>,
+    shard: Rc<Shard>,
+    start: Resume,
 ) -> impl Future<Output = ()> {
     async move {
-        let (id, signal) = shard.table.open();
-        if shard.stopping.get() {
-            // Accepted just as the shutdown began: close it with the others.
-            signal.fire(CloseReason::Shutdown);
-        }
-        bump(&shard.metrics.connections_accepted);
-        shard
-            .metrics
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
-
-        let mut session = Session::new(shard.timing, Instant::now());
-        let reason = drive(&mut stream, &shard, &signal, id, &mut session, &peer).await;
+        let mut start = Some(start);
+        let reason = loop {
+            let from = start.take().unwrap_or_default();
+            match drive(&mut stream, &shard, &signal, &mut session, &peer, from).await {
+                Driven::Closed(reason) => break reason,
+                Driven::Quiet => match stream.into_socket() {
+                    Ok(socket) => {
+                        shard
+                            .metrics
+                            .connections_parked
+                            .fetch_add(1, Ordering::Relaxed);
+                        signal.park(Parked {
+                            socket: socket.into_inner(),
+                            session,
+                            peer,
+                        });
+                        return;
+                    }
+                    Err(back) => stream = back,
+                },
+            }
+        };
+        let id = signal.id;
         let _ = stream.close().await;
 
         shard.metrics.close(reason.label());
@@ -237,6 +430,13 @@ pub(super) fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// How [`drive`] ended.
+enum Driven {
+    Closed(CloseReason),
+    /// Nothing half read, nothing to write, nothing to read: park.
+    Quiet,
+}
+
 enum Event {
     Read(io::Result<usize>),
     Deadline,
@@ -244,16 +444,52 @@ enum Event {
     Signal(CloseReason),
 }
 
-/// Runs one connection's protocol over its byte stream.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+/// Runs one connection's protocol over its byte stream, until it closes
+/// or (a [`CarStream::PARKS`] stream) has nothing to do and nothing to
+/// read: then it is parked.
+async fn drive<S: CarStream>(
     stream: &mut S,
     shard: &Shard,
     signal: &Rc<Signal>,
-    id: u64,
     session: &mut Session,
     peer: &Peer,
-) -> CloseReason {
-    let mut input = BytesMut::new();
+    start: Resume,
+) -> Driven {
+    use Driven::Closed;
+    let Resume {
+        mut input,
+        output,
+        blocked,
+        close,
+    } = start;
+    if !output.is_empty() && write(stream, &output).await.is_err() {
+        return Closed(session.close(CloseReason::Io));
+    }
+    drop(output);
+    if let Some(reason) = close {
+        return Closed(reason);
+    }
+    if let Some(publish) = blocked
+        && let Some(reason) = Box::pin(retry(shard, signal, session, publish)).await
+    {
+        return Closed(reason);
+    }
+    // What the lot read and left: whole packets are handled before any
+    // more is read.
+    if !input.is_empty()
+        && let Some(reason) = Box::pin(process(
+            stream,
+            shard,
+            signal,
+            session,
+            peer,
+            &mut input,
+            Instant::now(),
+        ))
+        .await
+    {
+        return Closed(reason);
+    }
     let mut busy = false;
     loop {
         if !shard.producer.has_room() {
@@ -267,7 +503,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await
             {
-                Some(reason) => return session.close(reason),
+                Some(reason) => return Closed(session.close(reason)),
                 None => session.resume(Instant::now()),
             }
         }
@@ -288,6 +524,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             _ => READ_IDLE,
         };
         signal.deadline.set(session.deadline());
+        // Nothing half read, nothing to do, nothing to read: the
+        // connection waits parked, without this task.
+        if S::PARKS && input.is_empty() && !signal.pending() && stream.drained() {
+            return Driven::Quiet;
+        }
         let event = {
             let read = async { Event::Read(read_some(stream, &mut input, want).await) };
             let woken = async {
@@ -303,53 +544,95 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let now = Instant::now();
         match event {
-            Event::Read(Ok(0)) => return session.close(CloseReason::PeerClosed),
+            Event::Read(Ok(0)) => return Closed(session.close(CloseReason::PeerClosed)),
             // A full first read of READ_IDLE bytes is the normal start of
             // any packet larger than that: not yet a sign of a busy car.
             Event::Read(Ok(read)) => busy = read == want && want > READ_IDLE,
-            Event::Read(Err(_)) => return session.close(CloseReason::Io),
+            Event::Read(Err(_)) => return Closed(session.close(CloseReason::Io)),
             Event::Deadline => match session.on_deadline(now) {
-                Some(reason) => return reason,
+                Some(reason) => return Closed(reason),
                 None => continue,
             },
             Event::Output => {
                 if write_downlink(stream, shard, signal).await.is_err() {
-                    return session.close(CloseReason::Io);
+                    return Closed(session.close(CloseReason::Io));
                 }
                 continue;
             }
-            Event::Signal(reason) => return session.close(reason),
+            Event::Signal(reason) => return Closed(session.close(reason)),
         }
 
-        // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
-        // this turn, not held in the task while the car is quiet.
-        let mut output = BytesMut::new();
         // Boxed: its state (over 300 bytes) would otherwise be part of
         // every connection's task for all the time the car is quiet.
-        let closed = Box::pin(handle_input(
-            shard,
-            signal,
-            id,
-            session,
-            peer,
-            &mut input,
-            &mut output,
-            now,
+        if let Some(reason) = Box::pin(process(
+            stream, shard, signal, session, peer, &mut input, now,
         ))
-        .await;
-        if !output.is_empty() && write(stream, &output).await.is_err() {
-            return session.close(CloseReason::Io);
-        }
-        drop(output);
-        if let Some(reason) = closed {
-            return reason;
-        }
-        if write_downlink(stream, shard, signal).await.is_err() {
-            return session.close(CloseReason::Io);
+        .await
+        {
+            return Closed(reason);
         }
         if input.is_empty() {
             // Hold no buffer while the car is quiet.
             input = BytesMut::new();
+        }
+    }
+}
+
+/// Handles every whole packet in `input` and writes the replies and any
+/// downlink messages queued meanwhile; `Some` to close.
+async fn process<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shard: &Shard,
+    signal: &Rc<Signal>,
+    session: &mut Session,
+    peer: &Peer,
+    input: &mut BytesMut,
+    now: Instant,
+) -> Option<CloseReason> {
+    // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
+    // this turn, not held in the task while the car is quiet.
+    let mut output = BytesMut::new();
+    let closed = loop {
+        match handle_input(shard, signal, session, peer, input, &mut output, now) {
+            Handled::Done => break None,
+            Handled::Close(reason) => break Some(reason),
+            Handled::Full(publish) => {
+                if let Some(reason) = retry(shard, signal, session, publish).await {
+                    break Some(reason);
+                }
+            }
+        }
+    };
+    if !output.is_empty() && write(stream, &output).await.is_err() {
+        return Some(session.close(CloseReason::Io));
+    }
+    drop(output);
+    if closed.is_some() {
+        return closed;
+    }
+    if write_downlink(stream, shard, signal).await.is_err() {
+        return Some(session.close(CloseReason::Io));
+    }
+    None
+}
+
+/// Offers a PUBLISH that found librdkafka's queue full again, each time
+/// the shard has served delivery reports, until it is taken; `Some` to
+/// close.
+async fn retry(
+    shard: &Shard,
+    signal: &Signal,
+    session: &mut Session,
+    publish: Publish,
+) -> Option<CloseReason> {
+    loop {
+        shard.flow.pause(shard.id, &shard.metrics);
+        shard.producer.poll();
+        sleep(POLL_INTERVAL).await;
+        match offer(shard, signal, session, &publish) {
+            Offered::Done => return None,
+            Offered::Close(reason) => return Some(reason),
+            Offered::Full => {}
         }
     }
 }
@@ -391,11 +674,23 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes `bytes` and flushes them: TLS holds what it encrypted until a
-/// flush (on plain TCP the flush does nothing).
+/// Writes `bytes` and flushes them (TLS holds what it encrypted until a
+/// flush; on plain TCP the flush does nothing), within [`WRITE_TIMEOUT`].
 async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    // `or` polls the write first: the timer is made only when the write
+    // has to wait for room.
+    let timeout = async {
+        sleep(WRITE_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the car took nothing for the write timeout",
+        ))
+    };
+    future::or(written, timeout).await
 }
 
 /// Reads up to `want` bytes onto the end of `input`.
@@ -431,31 +726,47 @@ async fn read_some<S: AsyncRead + Unpin>(
     result
 }
 
-/// Decodes and handles every whole packet in `input`; `Some` to close.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one connection's parts, borrowed"
-)]
-async fn handle_input(
+/// What [`handle_input`] left to do.
+pub(super) enum Handled {
+    /// Every whole packet handled (a partial one stays in the input).
+    Done,
+    Close(CloseReason),
+    /// librdkafka's queue is full: this PUBLISH waits for room (the
+    /// packets after it stay in the input).
+    Full(Publish),
+}
+
+/// What became of a PUBLISH offered to the producer.
+enum Offered {
+    /// Handed over (or failed and counted).
+    Done,
+    Close(CloseReason),
+    Full,
+}
+
+/// Decodes and handles every whole packet in `input`, without waiting:
+/// the connection's task and the shard's lot (for a parked connection)
+/// both run it.
+pub(super) fn handle_input(
     shard: &Shard,
     signal: &Rc<Signal>,
-    id: u64,
     session: &mut Session,
     peer: &Peer,
     input: &mut BytesMut,
     output: &mut BytesMut,
     now: Instant,
-) -> Option<CloseReason> {
+) -> Handled {
+    let id = signal.id;
     loop {
         // Told to close (takeover, shutdown): what is not decoded yet was
         // never read, and is neither produced nor counted.
         if let Some(reason) = signal.reason.get() {
-            return Some(session.close(reason));
+            return Handled::Close(session.close(reason));
         }
         let packet = match shard.decoder.decode(input) {
             Ok(Some(packet)) => packet,
-            Ok(None) => return None,
-            Err(error) => return Some(session.on_decode_error(error, output)),
+            Ok(None) => return Handled::Done,
+            Err(error) => return Handled::Close(session.on_decode_error(error, output)),
         };
         match session.on_packet_with(packet, now, &shard.policy, output) {
             Step::Continue => {}
@@ -479,14 +790,18 @@ async fn handle_input(
                     shard.register(client_id, &record);
                 }
             }
-            Step::Close(reason) => return Some(reason),
+            Step::Close(reason) => return Handled::Close(reason),
             Step::Connect(connect) => {
                 if shard.flow.kafka_unavailable() || shard.stopping.get() {
-                    return Some(session.refuse(ConnectReturnCode::ServerUnavailable, output));
+                    return Handled::Close(
+                        session.refuse(ConnectReturnCode::ServerUnavailable, output),
+                    );
                 }
                 if connect.client_id.len() > shard.limits.max_client_id_length {
                     shard.metrics.limit("client_id_length", 1);
-                    return Some(session.refuse(ConnectReturnCode::IdentifierRejected, output));
+                    return Handled::Close(
+                        session.refuse(ConnectReturnCode::IdentifierRejected, output),
+                    );
                 }
                 // A proven identity binds the client id: no one takes over
                 // another car's session, reads its commands or writes
@@ -494,7 +809,7 @@ async fn handle_input(
                 if let Some(identity) = &peer.identity
                     && *connect.client_id != **identity
                 {
-                    return Some(session.deny(output));
+                    return Handled::Close(session.deny(output));
                 }
                 session.accept(&connect, now, output);
                 // The session's own copy of the id: compact, shared by refcount.
@@ -519,60 +834,63 @@ async fn handle_input(
                 }
             }
             Step::Publish(publish) => {
-                let client_id = session.client_id().cloned().unwrap_or_default();
                 bump(&shard.metrics.publish_received);
-                loop {
-                    let mapped = shard
-                        .mapper
-                        .borrow_mut()
-                        .map_for(publish.topic(), Some(&client_id))
-                        .map(|kafka_topic| {
-                            shard.producer.send(
-                                kafka_topic,
-                                client_id.as_bytes(),
-                                publish.payload(),
-                                publish.topic_bytes(),
-                            )
-                        });
-                    let sent = match mapped {
-                        Ok(sent) => sent,
-                        Err(unmapped) => {
-                            // Refused, not lost: the car's PUBLISH never entered the pipeline.
-                            shard
-                                .metrics
-                                .publish_received
-                                .fetch_sub(1, Ordering::Relaxed);
-                            return Some(session.close(match unmapped {
-                                Unmapped::NotOwnTopic => CloseReason::ForbiddenTopic,
-                                Unmapped::NoRule | Unmapped::InvalidKafkaTopic => {
-                                    CloseReason::UnmappedTopic
-                                }
-                            }));
-                        }
-                    };
-                    match sent {
-                        Ok(()) => {
-                            shard.handed_over();
-                            break;
-                        }
-                        Err(SendError::Failed) => break,
-                        Err(SendError::QueueFull) if signal.reason.get().is_some() => {
-                            // Told to close while waiting for queue space:
-                            // this one record was read and is not handed over.
-                            shard.metrics.fail("shutdown");
-                            return signal.reason.get().map(|reason| session.close(reason));
-                        }
-                        Err(SendError::QueueFull) => {
-                            // librdkafka's own queue is full: this shard waits
-                            // for deliveries, then offers the record again.
-                            shard.flow.pause(shard.id, &shard.metrics);
-                            shard.producer.poll();
-                            sleep(POLL_INTERVAL).await;
-                        }
-                    }
+                match offer(shard, signal, session, &publish) {
+                    Offered::Done => {}
+                    Offered::Close(reason) => return Handled::Close(reason),
+                    Offered::Full => return Handled::Full(publish),
                 }
             }
         }
+    }
+}
+
+/// Maps a PUBLISH's topic and hands the record to the shard's producer.
+fn offer(shard: &Shard, signal: &Signal, session: &mut Session, publish: &Publish) -> Offered {
+    let client_id = session.client_id().cloned().unwrap_or_default();
+    let mapped = shard
+        .mapper
+        .borrow_mut()
+        .map_for(publish.topic(), Some(&client_id))
+        .map(|kafka_topic| {
+            shard.producer.send(
+                kafka_topic,
+                client_id.as_bytes(),
+                publish.payload(),
+                publish.topic_bytes(),
+            )
+        });
+    let sent = match mapped {
+        Ok(sent) => sent,
+        Err(unmapped) => {
+            // Refused, not lost: the car's PUBLISH never entered the pipeline.
+            shard
+                .metrics
+                .publish_received
+                .fetch_sub(1, Ordering::Relaxed);
+            return Offered::Close(session.close(match unmapped {
+                Unmapped::NotOwnTopic => CloseReason::ForbiddenTopic,
+                Unmapped::NoRule | Unmapped::InvalidKafkaTopic => CloseReason::UnmappedTopic,
+            }));
+        }
+    };
+    match sent {
+        Ok(()) => {
+            shard.handed_over();
+            Offered::Done
+        }
+        Err(SendError::Failed) => Offered::Done,
+        Err(SendError::QueueFull) => match signal.reason.get() {
+            // Told to close while waiting for queue space: this one record
+            // was read and is not handed over.
+            Some(reason) => {
+                shard.metrics.fail("shutdown");
+                Offered::Close(session.close(reason))
+            }
+            // librdkafka's own queue is full: the shard waits for
+            // deliveries, then offers the record again.
+            None => Offered::Full,
+        },
     }
 }
 

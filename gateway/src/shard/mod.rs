@@ -8,7 +8,12 @@
 //! - [`delivery`]: the downlink (registry records, routed messages);
 //! - [`flow`]: reads paused while Kafka is behind;
 //! - [`table`]: the open connections and the client ids they hold;
-//! - [`signal`]: what wakes a connection or the poller.
+//! - [`signal`]: what wakes a connection or the poller;
+//! - [`readiness`]: the shard's epoll set, which wakes a connection when
+//!   its socket has bytes (glommio runs the tasks and the I/O of Kafka and
+//!   files, not the cars' sockets);
+//! - [`lot`]: quiet connections parked without a task, and the task that
+//!   wakes connections from the epoll set.
 //!
 //! A poller task serves the producer's delivery reports and the downlink
 //! slot on this thread, and reopens reading when Kafka has caught up.
@@ -16,6 +21,8 @@
 mod connection;
 mod delivery;
 mod flow;
+mod lot;
+mod readiness;
 mod signal;
 mod table;
 
@@ -33,8 +40,8 @@ use anyhow::Context;
 use codec::{Decoder, Role};
 use crossbeam_channel::Receiver;
 use futures_lite::future;
-use glommio::net::TcpListener;
 use glommio::timer::sleep;
+use std::net::TcpListener;
 
 use crate::config::{Config, Limits, Listener};
 use crate::kafka::ShardProducer;
@@ -43,9 +50,10 @@ use crate::metrics::{ShardMetrics, bump};
 use crate::registry::Registry;
 use crate::session::{CloseReason, SubscribePolicy, Timing};
 use crate::tls::Terminator;
-use connection::{Peer, WRITE_TIMEOUT, connection};
+use connection::{Peer, connection};
 use delivery::Downlink;
 use flow::{AcceptRate, FlowControl};
+use readiness::{CarSocket, Readiness};
 use signal::Kick;
 use table::ConnectionTable;
 
@@ -93,6 +101,8 @@ struct Shard {
     /// Takeover orders from other shards: connection ids to close.
     orders: Receiver<u64>,
     table: ConnectionTable,
+    /// The epoll set of the shard's sockets.
+    readiness: Readiness,
     downlink: Option<Downlink>,
     /// The process-wide stop flag (signal handlers, `Gateway::stop`).
     shutdown: Arc<AtomicBool>,
@@ -115,6 +125,7 @@ impl Shard {
         if !self.stopping.replace(true) {
             tracing::info!(shard = self.id, "shutting down: closing connections");
             self.table.fire_all(CloseReason::Shutdown);
+            lot::wake_tender();
         }
     }
 
@@ -181,9 +192,8 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         let mut listeners = Vec::with_capacity(doors.len());
         for door in &doors {
             let address = door.listener.address;
-            let listener = TcpListener::bind(address)
-                .map_err(io::Error::from)
-                .with_context(|| format!("binding {address}"))?;
+            let listener =
+                readiness::listen(address).with_context(|| format!("binding {address}"))?;
             listeners.push(listener);
         }
         let kick = Arc::new(Kick::default());
@@ -207,6 +217,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             registry,
             orders,
             table: ConnectionTable::default(),
+            readiness: Readiness::new().context("creating the shard's epoll set")?,
             downlink,
             shutdown,
             stopping: Cell::new(false),
@@ -227,12 +238,13 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     };
     let addresses = listeners
         .iter()
-        .map(|listener| listener.local_addr().map_err(io::Error::from))
+        .map(TcpListener::local_addr)
         .collect::<io::Result<Vec<_>>>();
     let _ = bound.send(addresses);
     let shard = Rc::new(shard);
     let poller = glommio::spawn_local(poll_producer(shard.clone()));
     let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
+    let tender = glommio::spawn_local(lot::tend(shard.clone()));
 
     let mut acceptors = Vec::new();
     for (listener, door) in listeners.into_iter().zip(doors) {
@@ -250,7 +262,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         let mut same = vec![listener];
         if let Ok(address) = address {
             for _ in 1..LISTENERS_PER_SHARD {
-                match TcpListener::bind(address) {
+                match readiness::listen(address) {
                     Ok(more) => same.push(more),
                     Err(error) => {
                         tracing::warn!(shard = id, %error, "extra listener not bound");
@@ -292,6 +304,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     }
     poller.await;
     sweeper.await;
+    tender.await;
     // End-of-session records of the connections just closed.
     if let Some(downlink) = &shard.downlink {
         shard.retry_registry(downlink);
@@ -412,6 +425,13 @@ async fn drain(shard: Rc<Shard>) {
 
 /// Accepts connections on `listener` until the shard stops or drains.
 async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
+    let index = match shard.readiness.register_listener(&listener) {
+        Ok(index) => index,
+        Err(error) => {
+            tracing::error!(shard = shard.id, %error, "listener not added to the epoll set");
+            return;
+        }
+    };
     // The poller notices the stop flag (within IDLE_POLL) and begins the
     // stop; this only ends the accept loop.
     let mut stop = pin!(async {
@@ -437,45 +457,65 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
             }
             continue;
         }
-        let stopped = async {
-            stop.as_mut().await;
-            None
-        };
-        match future::or(async { Some(listener.accept().await) }, stopped).await {
-            None => return,
-            Some(Ok(stream)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
+        if shard.stopping.get() || shard.draining.get() {
+            return;
+        }
+        match readiness::accept(&listener) {
+            Ok(None) => {
+                // Edge-triggered: the listener's next event comes with the
+                // next connection, and none is waiting now.
+                let stopped = async {
+                    stop.as_mut().await;
+                    None
+                };
+                let ready = async {
+                    shard.readiness.acceptable(index).await;
+                    Some(())
+                };
+                if future::or(ready, stopped).await.is_none() {
+                    return;
+                }
+            }
+            Ok(Some(_)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
                 // Full: closed before any TLS or MQTT work.
                 shard.metrics.limit("connections_per_shard", 1);
-                drop(stream);
             }
-            Some(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-                let Ok(addr) = stream.peer_addr() else {
-                    // Reset before we looked: nothing to serve.
-                    continue;
-                };
-                let peer = Peer {
-                    addr,
-                    identity: None,
-                };
-                let (shard, door) = (shard.clone(), door.clone());
-                let task = match (&door.listener.proxy, &door.tls) {
-                    (None, None) => glommio::spawn_local(connection(stream, shard, peer)),
-                    (None, Some(_)) => {
-                        glommio::spawn_local(connection::tls(stream, shard, door, peer))
-                    }
-                    (Some(_), _) => {
-                        glommio::spawn_local(connection::proxied(stream, shard, door, peer))
-                    }
-                };
-                task.detach();
-            }
-            Some(Err(error)) => {
+            Ok(Some(socket)) => enter(socket, &shard, &door),
+            Err(error) => {
                 // Typically EMFILE: back off instead of spinning.
                 tracing::warn!(shard = shard.id, %error, "accept failed");
                 sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Enters an accepted socket in the shard's table and epoll set, and
+/// starts its task.
+fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
+    let _ = socket.set_nodelay(true);
+    let Ok(addr) = socket.peer_addr() else {
+        // Reset before we looked: nothing to serve.
+        return;
+    };
+    let (id, signal) = shard.table.open();
+    if let Err(error) = shard.readiness.register(&socket, id) {
+        tracing::warn!(shard = shard.id, %error, "socket not added to the epoll set");
+        shard.table.close(id, None);
+        return;
+    }
+    let peer = Peer {
+        addr,
+        identity: None,
+    };
+    let socket = CarSocket::new(socket, signal.clone());
+    let (shard, door) = (shard.clone(), door.clone());
+    let task = match (&door.listener.proxy, &door.tls) {
+        (None, None) => glommio::spawn_local(connection(socket, shard, peer, signal)),
+        (None, Some(_)) => glommio::spawn_local(connection::tls(socket, shard, door, peer, signal)),
+        (Some(_), _) => {
+            glommio::spawn_local(connection::proxied(socket, shard, door, peer, signal))
+        }
+    };
+    task.detach();
 }

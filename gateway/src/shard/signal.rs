@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use codec::ByteString;
 use futures_lite::future;
 
+use super::lot::Parked;
 use crate::session::CloseReason;
 
 /// At most one warning of a kind ("reads paused", downlink consumer
@@ -32,11 +33,18 @@ pub(super) fn log_due(at: &Cell<Option<Instant>>, now: Instant) -> bool {
     due
 }
 
-/// What a connection waits on beside its socket: a close order (takeover,
-/// shutdown), its session deadline coming due, or downlink messages to
-/// write. Shared between the connection task and the shard's poller.
+/// What a connection waits on: its socket (woken by the shard's readiness
+/// task), a close order (takeover, shutdown), its session deadline coming
+/// due, or downlink messages to write. Shared between the connection task
+/// and the shard's poller, sweeper and readiness task.
 #[derive(Debug, Default)]
 pub(super) struct Signal {
+    /// The connection's id in the shard's table.
+    pub(super) id: u64,
+    /// The connection while it is parked (no task: see [`super::lot`]):
+    /// a wake-up then asks the shard to serve it. Kept here, in the
+    /// allocation every connection has anyway, rather than in a map.
+    parked: RefCell<Option<Parked>>,
     pub(super) reason: Cell<Option<CloseReason>>,
     pub(super) deadline: Cell<Option<Instant>>,
     due: Cell<bool>,
@@ -72,6 +80,13 @@ pub(super) enum Wake {
 }
 
 impl Signal {
+    pub(super) fn new(id: u64) -> Self {
+        Self {
+            id,
+            ..Self::default()
+        }
+    }
+
     pub(super) fn fire(&self, reason: CloseReason) {
         if self.reason.get().is_none() {
             self.reason.set(Some(reason));
@@ -80,9 +95,41 @@ impl Signal {
     }
 
     pub(super) fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
             waker.wake();
+        } else if self.is_parked() {
+            super::lot::unpark_later(self.id);
         }
+    }
+
+    /// The connection's task ends and its wake-ups go to the shard's lot.
+    pub(super) fn park(&self, parked: Parked) {
+        self.waker.borrow_mut().take();
+        *self.parked.borrow_mut() = Some(parked);
+    }
+
+    /// The parked connection, to serve (it is no longer parked).
+    pub(super) fn unpark(&self) -> Option<Parked> {
+        self.parked.borrow_mut().take()
+    }
+
+    pub(super) fn is_parked(&self) -> bool {
+        self.parked.borrow().is_some()
+    }
+
+    /// The task to wake on the connection's next event.
+    pub(super) fn listen(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|stored| stored.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// Whether something waits to be handled (a close order, a deadline
+    /// due, downlink output): a connection with any of these is not parked.
+    pub(super) fn pending(&self) -> bool {
+        self.reason.get().is_some() || self.due.get() || self.queued.get() > 0
     }
 
     /// Called by the sweeper.
@@ -101,7 +148,7 @@ impl Signal {
             } else if self.queued.get() > 0 {
                 Poll::Ready(Wake::Output)
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                self.listen(cx.waker());
                 Poll::Pending
             }
         })
@@ -113,7 +160,7 @@ impl Signal {
         future::poll_fn(|cx| match self.reason.get() {
             Some(reason) => Poll::Ready(reason),
             None => {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                self.listen(cx.waker());
                 Poll::Pending
             }
         })

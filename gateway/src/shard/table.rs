@@ -24,7 +24,7 @@ impl ConnectionTable {
     pub(super) fn open(&self) -> (u64, Rc<Signal>) {
         let id = self.next.get();
         self.next.set(id + 1);
-        let signal = Rc::new(Signal::default());
+        let signal = Rc::new(Signal::new(id));
         self.connections.borrow_mut().insert(id, signal.clone());
         (id, signal)
     }
@@ -47,6 +47,14 @@ impl ConnectionTable {
 
     pub(super) fn signal(&self, id: u64) -> Option<Rc<Signal>> {
         self.connections.borrow().get(&id).cloned()
+    }
+
+    /// Wakes connection `id`'s task (or resumes it, parked): its socket
+    /// had an event.
+    pub(super) fn wake(&self, id: u64) {
+        if let Some(signal) = self.connections.borrow().get(&id) {
+            signal.wake();
+        }
     }
 
     /// The signal of the connection holding `client` on this shard.
