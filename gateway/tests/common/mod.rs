@@ -43,8 +43,8 @@ pub fn resident_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// The gateway binary in its own process (2 shards, no admin endpoint) on a
-/// free port, its output (stdout and stderr) to `log`; returns once it
+/// The gateway binary in its own process (2 shards, no admin endpoint
+/// unless `extra` names one) on a free port, its output (stdout and stderr) to `log`; returns once it
 /// accepts connections.
 pub fn spawn_binary(broker: &Broker, log: &std::fs::File, extra: &[&str]) -> (Child, SocketAddr) {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -53,15 +53,10 @@ pub fn spawn_binary(broker: &Broker, log: &std::fs::File, extra: &[&str]) -> (Ch
         .unwrap()
         .port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let admin = (!extra.contains(&"--admin-listen")).then_some(["--admin-listen", ""]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "2",
-            "--admin-listen",
-            "",
-        ])
+        .args(["--listen", &addr.to_string(), "--shards", "2"])
+        .args(admin.iter().flatten())
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
         .args(testkit::GATEWAY_ON_TANSU)
         .args(
