@@ -49,6 +49,10 @@
 #                    only when the whole wait is over (Kafka answers as soon
 #                    as a record arrives), so each downlink hop costs up to
 #                    this much here; 20 is the components' own default
+#   STACK_BRIDGE_BIN a directory holding other gateway and router binaries
+#                    to run instead of this build's (loadgen and the rest
+#                    stay this build's): how scripts/receipts-bench.sh
+#                    runs an older version beside this one
 #   STACK_KAFKA_PORT, STACK_MQTT_PORT  (defaults 29092, 21883)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +64,7 @@ case "$profile" in
   dev) build=(cargo build --workspace --bins --example kafka_rtt); bin=target/debug ;;
   *) echo "STACK_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
+bridge_bin=${STACK_BRIDGE_BIN:-$bin}
 kafka_port=${STACK_KAFKA_PORT:-29092}
 mqtt_port=${STACK_MQTT_PORT:-21883}
 shards=${STACK_SHARDS:-$(nproc)}
@@ -139,6 +144,7 @@ if [ "$broker" = mock ]; then
   "$bin/carbridge-mockbroker" --partitions $((shards * 2)) --slots "$slots" --topic stack.probe=1 \
     --bootstrap-file "$dir/bootstrap" >"$dir/mockbroker.log" 2>&1 &
   pids+=($!)
+  broker_pid=$!
   await "the mock cluster" test -s "$dir/bootstrap"
   kafka=$(cat "$dir/bootstrap")
   broker_name="librdkafka mock cluster"
@@ -148,6 +154,7 @@ else
   "$tansu" broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
     --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
   pids+=($!)
+  broker_pid=$!
   await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
   broker_name="tansu ($storage)"
 
@@ -157,8 +164,9 @@ else
 fi
 
 log "router"
-"$bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
+"$bridge_bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
 pids+=($!)
+router_pid=$!
 await "the router" ready 127.0.0.1:29101
 
 tls_args=()
@@ -199,7 +207,7 @@ EOF
   log "gateway $g on 127.0.0.1:$port ($shards shards${STACK_TLS:+, mutual TLS})"
   # -X enable.idempotence=false: tansu 0.6.0 leaves some of an idempotent
   # producer's records unacknowledged (the gateway's default is on).
-  "$bin/gateway" --kafka-bootstrap "$kafka" -X enable.idempotence=false "${props[@]}" "${listen[@]}" --shards "$shards" \
+  "$bridge_bin/gateway" --kafka-bootstrap "$kafka" -X enable.idempotence=false "${props[@]}" "${listen[@]}" --shards "$shards" \
     --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
   pids+=($!)
   gateway_pids+=($!)
@@ -304,6 +312,8 @@ gateway_count() {
     awk -v name="$1" '$1 == name {n += $2} END {printf "%d\n", n}'
 }
 cpu_before=$(cpu_ms "${gateway_pids[@]}")
+router_cpu_before=$(cpu_ms "$router_pid")
+broker_cpu_before=$(cpu_ms "$broker_pid")
 up_before=$(gateway_count carbridge_gateway_publish_received_total)
 down_before=$(gateway_count carbridge_gateway_downlink_delivered_total)
 started=$(date +%s.%N)
@@ -317,6 +327,11 @@ kill "$sampler" 2>/dev/null || true
 cpu_after=$(cpu_ms "${gateway_pids[@]}")
 up=$(($(gateway_count carbridge_gateway_publish_received_total) - up_before))
 down=$(($(gateway_count carbridge_gateway_downlink_delivered_total) - down_before))
+# The server side's CPU over loadgen's run, for scripts that compare runs.
+printf 'gateway_ms=%d router_ms=%d broker_ms=%d secs=%s uplink=%d downlink=%d\n' \
+  $((cpu_after - cpu_before)) $(($(cpu_ms "$router_pid") - router_cpu_before)) \
+  $(($(cpu_ms "$broker_pid") - broker_cpu_before)) "$(python3 -c "import time; print(round(time.time() - $started, 2))")" \
+  "$up" "$down" >"$dir/server-cpu.txt"
 log "$(python3 -c "
 import time
 ms, up, down, secs = $cpu_after - $cpu_before, $up, $down, time.time() - $started
