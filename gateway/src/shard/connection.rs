@@ -289,16 +289,21 @@ pub(super) fn resume(
 /// full read; a reply the socket does not take at once; a full producer
 /// queue; a close.
 pub(super) fn on_parked(shard: &Rc<Shard>, signal: Rc<Signal>, mut parked: Parked) {
-    let quick = !signal.pending()
-        && !shard.stopping.get()
-        && !shard.flow.is_paused()
-        && shard.producer.has_room();
+    // Told to close (a drain, a shutdown, a takeover): what the car sent
+    // before is read and handled first, as its task would have read it
+    // already; a drain loses nothing the car had sent when it was told.
+    let closing = signal.reason.get().is_some();
+    let quick =
+        (closing || !signal.pending()) && !shard.flow.is_paused() && shard.producer.has_room();
     if !quick {
         lot::wake(shard, signal, parked, Resume::default());
         return;
     }
     let mut input = BytesMut::zeroed(READ_BUSY);
     let read = match readiness::try_read(&parked.socket, &mut input) {
+        Ok(None) if signal.pending() => {
+            return lot::wake(shard, signal, parked, Resume::default());
+        }
         // The event was not for reading (room to write, say).
         Ok(None) => return signal.park(parked),
         Ok(Some(read)) if read > 0 => read,
@@ -323,10 +328,12 @@ pub(super) fn on_parked(shard: &Rc<Shard>, signal: Rc<Signal>, mut parked: Parke
         &mut start.input,
         &mut start.output,
         now,
+        Heed::Later,
     );
     match handled {
         Handled::Done
             if start.input.is_empty()
+                && !signal.pending()
                 && readiness::try_write(&parked.socket, &mut start.output) =>
         {
             signal.deadline.set(parked.session.deadline());
@@ -593,7 +600,16 @@ async fn process<S: AsyncWrite + Unpin>(
     // this turn, not held in the task while the car is quiet.
     let mut output = BytesMut::new();
     let closed = loop {
-        match handle_input(shard, signal, session, peer, input, &mut output, now) {
+        match handle_input(
+            shard,
+            signal,
+            session,
+            peer,
+            input,
+            &mut output,
+            now,
+            Heed::Now,
+        ) {
             Handled::Done => break None,
             Handled::Close(reason) => break Some(reason),
             Handled::Full(publish) => {
@@ -744,9 +760,25 @@ enum Offered {
     Full,
 }
 
+/// When [`handle_input`] heeds a close order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Heed {
+    /// Before each packet: a connection told to close (takeover, shutdown,
+    /// drain) while reading a stream of packets stops at once; what it has
+    /// not decoded yet is neither produced nor counted.
+    Now,
+    /// After the bytes in hand: the lot reads a parked connection's bytes
+    /// once (the car sent them before the order), at most one read's worth.
+    Later,
+}
+
 /// Decodes and handles every whole packet in `input`, without waiting:
 /// the connection's task and the shard's lot (for a parked connection)
 /// both run it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection's parts, borrowed"
+)]
 pub(super) fn handle_input(
     shard: &Shard,
     signal: &Rc<Signal>,
@@ -755,12 +787,13 @@ pub(super) fn handle_input(
     input: &mut BytesMut,
     output: &mut BytesMut,
     now: Instant,
+    heed: Heed,
 ) -> Handled {
     let id = signal.id;
     loop {
-        // Told to close (takeover, shutdown): what is not decoded yet was
-        // never read, and is neither produced nor counted.
-        if let Some(reason) = signal.reason.get() {
+        if heed == Heed::Now
+            && let Some(reason) = signal.reason.get()
+        {
             return Handled::Close(session.close(reason));
         }
         let packet = match shard.decoder.decode(input) {
