@@ -22,7 +22,7 @@ step "cargo test"
 # Every test bounds its own waits; this bounds the whole run on top.
 timeout 45m cargo test --workspace --locked
 
-step "gateway memory per connection, release build (goal 2 KiB)"
+step "gateway memory per connection against mosquitto, same run, release build (at most mosquitto, and 2 KiB)"
 timeout 20m cargo test --release --locked -p gateway --test idle_memory -- --nocapture
 
 step "instruction counts of the hot paths against benches/instructions.baseline (scripts/instructions.sh)"
