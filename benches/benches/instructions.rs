@@ -366,7 +366,8 @@ fn connection(
     input: &mut BytesMut,
     now: Instant,
 ) -> usize {
-    let mut session = Session::new(Timing::default(), now);
+    let timing: &'static Timing = Box::leak(Box::new(Timing::default()));
+    let mut session = Session::new(timing, now);
     let mut out = BytesMut::with_capacity(64);
     let mut handed = 0;
     while let Ok(Some(packet)) = decoder.decode(input) {

@@ -205,13 +205,15 @@ struct Connected {
 /// One connection's MQTT state.
 #[derive(Debug)]
 pub struct Session {
-    timing: Timing,
+    /// The shard's timing, shared by all its sessions (a reference: 24
+    /// bytes less in every parked car than a copy).
+    timing: &'static Timing,
     state: State,
 }
 
 impl Session {
     /// A session for a connection accepted at `now`.
-    pub fn new(timing: Timing, now: Instant) -> Self {
+    pub fn new(timing: &'static Timing, now: Instant) -> Self {
         Self {
             timing,
             state: State::AwaitingConnect {
@@ -523,7 +525,7 @@ mod tests {
 
     /// A session that accepted a CONNECT with `keep_alive` at `t0`.
     fn connected(t0: Instant, keep_alive: u16) -> Session {
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         let mut out = BytesMut::new();
         let connect = Connect::new("VIN0001", keep_alive);
         let Step::Connect(connect) =
@@ -563,7 +565,7 @@ mod tests {
         assert_eq!(session.client_id().map(|c| &**c), Some("VIN0001"));
         assert!(session.filters().is_empty());
         // A connection that never connected has no client to clean up.
-        let mut never = Session::new(TIMING, t0);
+        let mut never = Session::new(&TIMING, t0);
         never.close(CloseReason::PeerClosed);
         assert_eq!(never.client_id(), None);
     }
@@ -571,7 +573,7 @@ mod tests {
     #[test]
     fn persistent_session_request_is_answered_without_a_session() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         let mut connect = Connect::new("VIN0001", 30);
         connect.clean_session = false;
         let (Step::Connect(connect), _) =
@@ -587,7 +589,7 @@ mod tests {
     #[test]
     fn connect_timeout() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         assert_eq!(session.deadline(), Some(t0 + TIMING.connect_timeout));
         assert_eq!(session.on_deadline(t0 + Duration::from_millis(9_999)), None);
         assert_eq!(
@@ -649,7 +651,7 @@ mod tests {
     #[test]
     fn a_stall_before_connect_is_not_charged_either() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         session.resume(t0 + Duration::from_secs(30));
         assert_eq!(session.on_deadline(t0 + Duration::from_secs(39)), None);
         assert_eq!(
@@ -780,7 +782,7 @@ mod tests {
             Packet::Publish(Publish::qos0("UL/POS", b"x").unwrap()),
             Packet::Disconnect,
         ] {
-            let mut session = Session::new(TIMING, t0);
+            let mut session = Session::new(&TIMING, t0);
             let (step, _) = feed(&mut session, packet, t0);
             assert_eq!(
                 step,
@@ -805,7 +807,7 @@ mod tests {
     #[test]
     fn will_is_refused() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         let mut connect = Connect::new("VIN0001", 10);
         connect.will = Some(Will {
             topic: "UL/LAST".into(),
@@ -823,7 +825,7 @@ mod tests {
     #[test]
     fn a_connect_must_be_answered_before_the_next_packet() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         let (step, _) = feed(
             &mut session,
             Packet::Connect(Box::new(Connect::new("a", 1))),
@@ -849,7 +851,7 @@ mod tests {
     #[test]
     fn refusal_sends_the_connack_code() {
         let t0 = Instant::now();
-        let mut session = Session::new(TIMING, t0);
+        let mut session = Session::new(&TIMING, t0);
         let _ = feed(
             &mut session,
             Packet::Connect(Box::new(Connect::new("VIN0001", 10))),
@@ -877,7 +879,7 @@ mod tests {
             (DecodeError::InvalidQos, &[][..]),
         ];
         for (error, expected) in cases {
-            let mut session = Session::new(TIMING, t0);
+            let mut session = Session::new(&TIMING, t0);
             let mut out = BytesMut::new();
             assert_eq!(
                 session.on_decode_error(error, &mut out),

@@ -278,7 +278,11 @@ pub(super) fn resume(
     shard: Rc<Shard>,
 ) -> impl Future<Output = ()> {
     let socket = CarSocket::new(parked.socket, signal.clone());
-    live(socket, parked.session, parked.peer, signal, shard, start)
+    let peer = Peer {
+        addr: parked.addr,
+        identity: None,
+    };
+    live(socket, parked.session, peer, signal, shard, start)
 }
 
 /// A parked connection's socket had an event (or its signal a wake-up).
@@ -320,11 +324,15 @@ pub(super) fn on_parked(shard: &Rc<Shard>, signal: Rc<Signal>, mut parked: Parke
         return lot::wake(shard, signal, parked, start);
     }
     let now = Instant::now();
+    let peer = Peer {
+        addr: parked.addr,
+        identity: None,
+    };
     let handled = handle_input(
         shard,
         &signal,
         &mut parked.session,
-        &parked.peer,
+        &peer,
         &mut start.input,
         &mut start.output,
         now,
@@ -384,7 +392,7 @@ fn live<S: CarStream>(
                         signal.park(Parked {
                             socket: socket.into_inner(),
                             session,
-                            peer,
+                            addr: peer.addr,
                         });
                         return;
                     }
@@ -533,7 +541,14 @@ async fn drive<S: CarStream>(
         signal.deadline.set(session.deadline());
         // Nothing half read, nothing to do, nothing to read: the
         // connection waits parked, without this task.
-        if S::PARKS && input.is_empty() && !signal.pending() && stream.drained() {
+        // (A parked car keeps its address, not a proven identity: plain
+        // TCP has none.)
+        if S::PARKS
+            && input.is_empty()
+            && peer.identity.is_none()
+            && !signal.pending()
+            && stream.drained()
+        {
             return Driven::Quiet;
         }
         let event = {
