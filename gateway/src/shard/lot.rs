@@ -94,7 +94,8 @@ fn asked() -> impl Future<Output = ()> {
 
 /// Longest a car's bytes wait in the kernel for the shard to gather more
 /// while they come faster than one per this interval: a few milliseconds
-/// on an uplink whose goal is 50 ms at p99.
+/// on an uplink whose goal is 50 ms at p99. A parked car's downlink
+/// message or close order waits as long meanwhile.
 const COALESCE: Duration = Duration::from_millis(5);
 
 /// The shard's readiness task: takes the epoll set's events, wakes the

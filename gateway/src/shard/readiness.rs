@@ -247,16 +247,13 @@ impl AsyncRead for CarSocket {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            match rustix::net::recv(&self.socket, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((read, _)) => return Poll::Ready(Ok(read)),
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => {
-                    self.wait(cx);
-                    return Poll::Pending;
-                }
-                Err(error) => return Poll::Ready(Err(error.into())),
+        match try_read(&self.socket, buf) {
+            Ok(Some(read)) => Poll::Ready(Ok(read)),
+            Ok(None) => {
+                self.wait(cx);
+                Poll::Pending
             }
+            Err(error) => Poll::Ready(Err(error)),
         }
     }
 }
