@@ -61,12 +61,6 @@ pub(super) trait CarStream: AsyncRead + AsyncWrite + Unpin + Sized {
     /// own.
     const PARKS: bool = false;
 
-    /// Whether the stream has nothing to read now, so that parking loses
-    /// no wake-up.
-    fn drained(&self) -> bool {
-        false
-    }
-
     /// The plain socket, to park (`Err`: this stream is not one).
     fn into_socket(self) -> Result<CarSocket, Self> {
         Err(self)
@@ -75,13 +69,6 @@ pub(super) trait CarStream: AsyncRead + AsyncWrite + Unpin + Sized {
 
 impl CarStream for CarSocket {
     const PARKS: bool = true;
-
-    /// Bytes that arrived while the task was busy may have had their event
-    /// already (edge-triggered): they are read before parking, as no other
-    /// event would come for them.
-    fn drained(&self) -> bool {
-        !self.has_input()
-    }
 
     fn into_socket(self) -> Result<CarSocket, Self> {
         Ok(self)
@@ -539,19 +526,19 @@ async fn drive<S: CarStream>(
             _ => READ_IDLE,
         };
         signal.deadline.set(session.deadline());
-        // Nothing half read, nothing to do, nothing to read: the
-        // connection waits parked, without this task.
-        // (A parked car keeps its address, not a proven identity: plain
-        // TCP has none.)
-        if S::PARKS
-            && input.is_empty()
-            && peer.identity.is_none()
-            && !signal.pending()
-            && stream.drained()
-        {
-            return Driven::Quiet;
-        }
-        let event = {
+        // Nothing half read and nothing to do: one read without waiting,
+        // and if the socket has nothing either, the connection waits
+        // parked, without this task. (Bytes that came while the task was
+        // busy may have had their edge-triggered event already: this read
+        // takes them, as no other event would come for them. A parked car
+        // keeps its address, not a proven identity: plain TCP has none.)
+        let parkable = S::PARKS && input.is_empty() && peer.identity.is_none() && !signal.pending();
+        let event = if parkable {
+            match future::poll_once(read_some(stream, &mut input, want)).await {
+                Some(read) => Event::Read(read),
+                None => return Driven::Quiet,
+            }
+        } else {
             let read = async { Event::Read(read_some(stream, &mut input, want).await) };
             let woken = async {
                 match signal.wait().await {

@@ -188,15 +188,26 @@ pub(super) fn try_read(socket: &std::net::TcpStream, buf: &mut [u8]) -> io::Resu
     }
 }
 
+/// Writes what `socket` takes of `buf` now (`Ok(None)`: no room yet).
+fn try_send(socket: &std::net::TcpStream, buf: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::send(socket, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(written) => return Ok(Some(written)),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 /// Writes as much of `bytes` as `socket` takes now, removing it; whether
-/// all of it went (an error leaves the rest, for the task's write to meet
-/// the error again).
+/// all of it went (no room, or an error, leaves the rest for the task's
+/// write to wait for room or meet the error again).
 pub(super) fn try_write(socket: &std::net::TcpStream, bytes: &mut bytes::BytesMut) -> bool {
     while !bytes.is_empty() {
-        match rustix::net::send(socket, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-            Ok(written) => bytes::Buf::advance(bytes, written.min(bytes.len())),
-            Err(Errno::INTR) => {}
-            Err(_) => return false,
+        match try_send(socket, bytes) {
+            Ok(Some(written)) => bytes::Buf::advance(bytes, written.min(bytes.len())),
+            Ok(None) | Err(_) => return false,
         }
     }
     true
@@ -214,19 +225,6 @@ pub(super) struct CarSocket {
 impl CarSocket {
     pub(super) fn new(socket: std::net::TcpStream, signal: Rc<Signal>) -> Self {
         Self { socket, signal }
-    }
-
-    /// Whether the socket has bytes (or its end) to read now.
-    pub(super) fn has_input(&self) -> bool {
-        let mut byte = [0u8; 1];
-        !matches!(
-            rustix::net::recv(
-                &self.socket,
-                &mut byte,
-                RecvFlags::DONTWAIT | RecvFlags::PEEK
-            ),
-            Err(Errno::AGAIN)
-        )
     }
 
     /// The socket, for parking.
@@ -264,16 +262,13 @@ impl AsyncWrite for CarSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            match rustix::net::send(&self.socket, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-                Ok(written) => return Poll::Ready(Ok(written)),
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => {
-                    self.wait(cx);
-                    return Poll::Pending;
-                }
-                Err(error) => return Poll::Ready(Err(error.into())),
+        match try_send(&self.socket, buf) {
+            Ok(Some(written)) => Poll::Ready(Ok(written)),
+            Ok(None) => {
+                self.wait(cx);
+                Poll::Pending
             }
+            Err(error) => Poll::Ready(Err(error)),
         }
     }
 
