@@ -3,8 +3,8 @@
 use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
-use crate::header::parse_fixed_header;
-use crate::packet::Packet;
+use crate::header::{PacketType, parse_fixed_header};
+use crate::packet::{Packet, PublishView};
 
 /// Which side of the connection decodes: it decides which packet types are
 /// acceptable (a server refuses CONNACK, SUBACK, UNSUBACK and PINGRESP).
@@ -48,6 +48,7 @@ impl Decoder {
     ///
     /// A decoded packet's strings and payload are views of `buf`'s storage;
     /// no bytes are copied.
+    #[inline]
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(header) = parse_fixed_header(buf)? else {
             return Ok(None);
@@ -73,6 +74,41 @@ impl Decoder {
         let mut frame = buf.split_to(size).freeze();
         frame.advance(header.header_length);
         Packet::decode_body(header, frame).map(Some)
+    }
+
+    /// Decodes the PUBLISH at the start of `buf` where it lies, for a
+    /// caller that is done with it before it reads again (the gateway hands
+    /// topic and payload to librdkafka, which copies them).
+    ///
+    /// `Ok(Some((publish, frame_length)))` when `buf` starts with a whole
+    /// PUBLISH; the caller takes the frame off when done with it
+    /// (`buf.advance(frame_length)`). `Ok(None)` when `buf` starts with
+    /// another packet type or with an incomplete packet: [`Decoder::decode`]
+    /// then takes it. Errors are the ones [`Decoder::decode`] reports for
+    /// the same bytes, and equally final.
+    #[inline]
+    pub fn decode_publish_in_place<'a>(
+        &self,
+        buf: &'a [u8],
+    ) -> Result<Option<(PublishView<'a>, usize)>, DecodeError> {
+        let Some(header) = parse_fixed_header(buf)? else {
+            return Ok(None);
+        };
+        if header.packet_type != PacketType::Publish {
+            return Ok(None);
+        }
+        // PUBLISH goes both ways: no direction to check.
+        let size = header.frame_length();
+        if size > self.max_packet_size {
+            return Err(DecodeError::PacketTooLarge {
+                size,
+                max: self.max_packet_size,
+            });
+        }
+        let Some(body) = buf.get(header.header_length..size) else {
+            return Ok(None);
+        };
+        PublishView::decode(header.flags, body).map(|publish| Some((publish, size)))
     }
 
     /// How many bytes `buf` must hold before [`Decoder::decode`] can make

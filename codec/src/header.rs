@@ -126,49 +126,98 @@ impl FixedHeader {
 /// Returns `Ok(None)` while the header is incomplete. The first byte is
 /// checked as soon as it is present, so a peer sending garbage is refused
 /// before it can make us wait for a body.
+#[inline]
 pub fn parse_fixed_header(src: &[u8]) -> Result<Option<FixedHeader>, DecodeError> {
     let Some((&first, rest)) = src.split_first() else {
         return Ok(None);
     };
-    let packet_type = PacketType::from_first_byte(first)?;
-    let flags = first & 0x0f;
-    match packet_type.required_flags() {
-        Some(required) if flags != required => {
-            return Err(DecodeError::InvalidHeaderFlags {
-                packet: packet_type,
-                flags,
-            });
+    let packet_type = match FIRST_BYTES.get(usize::from(first)).copied().flatten() {
+        Some(packet_type) => packet_type,
+        // Not acceptable: the rules again, for the error to report.
+        None => check_first_byte(first)?,
+    };
+    // Most packets' remaining length takes one byte or two.
+    let (remaining_length, length_bytes) = match *rest {
+        [byte, ..] if byte & 0x80 == 0 => (usize::from(byte), 1),
+        [low, high, ..] if high & 0x80 == 0 => {
+            (usize::from(low & 0x7f) | (usize::from(high) << 7), 2)
         }
-        Some(_) => {}
-        None => check_publish_flags(flags)?,
-    }
+        _ => match long_remaining_length(rest)? {
+            Some(length) => length,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(FixedHeader {
+        packet_type,
+        flags: first & 0x0f,
+        remaining_length,
+        header_length: 1 + length_bytes,
+    }))
+}
 
+/// The remaining length at the start of `src` and the bytes it takes, in
+/// the general form: up to four bytes of seven bits each (§2.2.3).
+fn long_remaining_length(src: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
     let mut remaining_length = 0usize;
-    for (i, &byte) in rest.iter().take(4).enumerate() {
+    for (i, &byte) in src.iter().take(4).enumerate() {
         remaining_length |= usize::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return Ok(Some(FixedHeader {
-                packet_type,
-                flags,
-                remaining_length,
-                header_length: i + 2,
-            }));
+            return Ok(Some((remaining_length, i + 1)));
         }
     }
-    if rest.len() >= 4 {
+    if src.len() >= 4 {
         Err(DecodeError::RemainingLengthTooLong)
     } else {
         Ok(None)
     }
 }
 
-/// PUBLISH flags: DUP (bit 3), QoS (bits 2-1), RETAIN (bit 0).
-fn check_publish_flags(flags: u8) -> Result<(), DecodeError> {
-    let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
-    if qos == QoS::AtMostOnce && flags & 0b1000 != 0 {
-        return Err(DecodeError::DupOnQos0);
+/// Each first byte's packet type when the byte is acceptable, `None` when
+/// it is not: [`check_first_byte`] for all 256 bytes, run by the compiler,
+/// so that the decoder checks a first byte with one load.
+static FIRST_BYTES: [Option<PacketType>; 256] = {
+    let mut table = [None; 256];
+    let mut byte = 0;
+    while byte < table.len() {
+        // `byte` < 256; evaluated by the compiler, where an index out of
+        // bounds fails the build (and `get_mut` is not `const`).
+        #[allow(clippy::cast_possible_truncation, clippy::indexing_slicing)]
+        if let Ok(packet_type) = check_first_byte(byte as u8) {
+            table[byte] = Some(packet_type);
+        }
+        byte += 1;
     }
-    Ok(())
+    table
+};
+
+/// The packet type in a fixed header's first byte and its flags checked
+/// against the type (§2.2.1, §2.2.2).
+const fn check_first_byte(first: u8) -> Result<PacketType, DecodeError> {
+    let packet_type = match PacketType::from_first_byte(first) {
+        Ok(packet_type) => packet_type,
+        Err(error) => return Err(error),
+    };
+    let flags = first & 0x0f;
+    match packet_type.required_flags() {
+        Some(required) if flags != required => Err(DecodeError::InvalidHeaderFlags {
+            packet: packet_type,
+            flags,
+        }),
+        Some(_) => Ok(packet_type),
+        None => match check_publish_flags(flags) {
+            Ok(()) => Ok(packet_type),
+            Err(error) => Err(error),
+        },
+    }
+}
+
+/// PUBLISH flags: DUP (bit 3), QoS (bits 2-1), RETAIN (bit 0).
+const fn check_publish_flags(flags: u8) -> Result<(), DecodeError> {
+    match QoS::from_bits((flags >> 1) & 0b11) {
+        None => Err(DecodeError::InvalidQos),
+        Some(QoS::AtMostOnce) if flags & 0b1000 != 0 => Err(DecodeError::DupOnQos0),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Bytes the remaining-length field of `len` takes.
@@ -243,6 +292,18 @@ mod tests {
             parse_fixed_header(&[0x30, 0xff, 0xff, 0xff, 0x80]),
             Err(DecodeError::RemainingLengthTooLong)
         );
+    }
+
+    #[test]
+    fn every_first_byte_is_judged_as_the_rules_say() {
+        for byte in 0..=255u8 {
+            let parsed = parse_fixed_header(&[byte, 0]).map(|h| h.map(|h| h.packet_type));
+            assert_eq!(parsed, check_first_byte(byte).map(Some), "{byte:#04x}");
+        }
+        // Types 1 to 14, each with the flags it requires; PUBLISH with the
+        // 10 of its 16 that have neither QoS 3 (4) nor DUP at QoS 0 (2).
+        let valid = (0..=255u8).filter(|&b| check_first_byte(b).is_ok()).count();
+        assert_eq!(valid, 13 + 10);
     }
 
     #[test]

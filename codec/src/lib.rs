@@ -17,7 +17,9 @@
 //! # Zero copy
 //! A decoded [`Publish`]'s topic and payload are views of the read buffer
 //! (`Bytes` reference counting), and decoding a PUBLISH allocates nothing
-//! (the `alloc` integration test counts). SUBSCRIBE and UNSUBSCRIBE keep their
+//! (the `alloc` integration test counts). [`Decoder::decode_publish_in_place`]
+//! goes further for the hot path: a [`PublishView`] borrows the buffer, so
+//! there is not even a reference count to touch. SUBSCRIBE and UNSUBSCRIBE keep their
 //! validated payloads as views too and iterate them on demand.
 //!
 //! # Strictness
@@ -38,8 +40,8 @@ pub use decoder::{Decoder, Role};
 pub use error::{DecodeError, EncodeError};
 pub use header::PacketType;
 pub use packet::{
-    ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAck, SubAckReturnCode, Subscribe,
-    Unsubscribe, Will,
+    ConnAck, Connect, ConnectReturnCode, Packet, Publish, PublishView, QoS, SubAck,
+    SubAckReturnCode, Subscribe, Unsubscribe, Will,
 };
 
 /// Re-exported because decoded packets expose it.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use codec::{DecodeError, Decoder, Packet, Role, SubAckReturnCode};
 use proptest::prelude::*;
 use std::num::NonZeroU16;
@@ -40,8 +40,64 @@ fn decode_in_reads(role: Role, bytes: &[u8], cuts: &[usize]) -> Result<Vec<Packe
     Ok(out)
 }
 
+/// What `decode_publish_in_place` says of `bytes` is what `decode` says:
+/// the same PUBLISH over the same frame, the same error, or "not here"
+/// exactly when `decode` needs more bytes or finds another packet type.
+fn in_place_agrees(decoder: &Decoder, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let mut buf = BytesMut::from(bytes);
+    let owned = decoder.decode(&mut buf);
+    let consumed = bytes.len() - buf.len();
+    match (decoder.decode_publish_in_place(bytes), owned) {
+        (Ok(Some((view, frame))), Ok(Some(Packet::Publish(publish)))) => {
+            prop_assert_eq!(view.to_publish(), publish);
+            prop_assert_eq!(frame, consumed);
+        }
+        (Ok(None), Ok(None)) => {}
+        (Ok(None), Ok(Some(packet))) => {
+            prop_assert!(!matches!(packet, Packet::Publish(_)), "{:?}", packet);
+        }
+        // Another type's body is not the in-place decoder's to judge.
+        (Ok(None), Err(_)) => prop_assert_ne!(bytes[0] >> 4, 3),
+        (Err(in_place), Err(owned)) => prop_assert_eq!(in_place, owned),
+        (in_place, owned) => prop_assert!(false, "in place {:?}, owned {:?}", in_place, owned),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn in_place_agrees_on_valid_and_mutated_packets(
+        packet in client_packet(false),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        mutate in any::<bool>(),
+        small in any::<bool>(),
+    ) {
+        let mut bytes = encode_all(&[packet]).to_vec();
+        if mutate {
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+        }
+        let decoder = Decoder::new(Role::Server, if small { 64 } else { MAX });
+        // Whole, and cut short at every length.
+        for end in (1..=bytes.len()).rev() {
+            in_place_agrees(&decoder, &bytes[..end])?;
+        }
+    }
+
+    #[test]
+    fn in_place_agrees_on_arbitrary_bytes(
+        first in prop_oneof![0x30u8..=0x3f, any::<u8>()],
+        rest in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut bytes = vec![first];
+        bytes.extend_from_slice(&rest);
+        for role in [Role::Server, Role::Client] {
+            in_place_agrees(&Decoder::new(role, MAX), &bytes)?;
+        }
+    }
 
     #[test]
     fn client_packets_round_trip(packet in client_packet(false)) {
@@ -139,6 +195,20 @@ fn suback_granting_qos0_matches_the_general_encoder() {
     )]);
     assert_eq!(suback_qos0_bytes(id, 3), general);
     assert_eq!(&general[..], &[0x90, 5, 0, 7, 0, 0, 0]);
+}
+
+#[test]
+fn in_place_publish_borrows_the_read_buffer() {
+    let publish = codec::Publish::qos0("UL/POS", b"payload").unwrap();
+    let mut bytes = encode_all(&[Packet::Publish(publish), Packet::PingReq]);
+    let decoder = Decoder::new(Role::Server, MAX);
+    let (view, frame) = decoder.decode_publish_in_place(&bytes).unwrap().unwrap();
+    assert_eq!((view.topic(), view.payload()), ("UL/POS", &b"payload"[..]));
+    assert!(bytes.as_ptr_range().contains(&view.payload().as_ptr()));
+    bytes.advance(frame);
+    // Not a PUBLISH: `decode` takes it.
+    assert_eq!(decoder.decode_publish_in_place(&bytes), Ok(None));
+    assert_eq!(decoder.decode(&mut bytes), Ok(Some(Packet::PingReq)));
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! - no panic, whatever the input;
 //! - every decoded packet re-encodes to bytes that decode to an equal packet;
 //! - splitting the input into two reads at any point yields the same
-//!   packets, and the same first error, as one read.
+//!   packets, and the same first error, as one read;
+//! - the in-place PUBLISH decoder agrees with `decode` at every packet
+//!   boundary: the same PUBLISH over the same frame, or the same error.
 #![no_main]
 
 use bytes::BytesMut;
@@ -25,6 +27,31 @@ fn decode_all(decoder: &Decoder, reads: &[&[u8]]) -> (Vec<Packet>, Option<Decode
     (packets, None)
 }
 
+fn in_place_agrees(decoder: &Decoder, input: &[u8]) {
+    let mut buf = BytesMut::from(input);
+    loop {
+        let before = buf.clone();
+        let in_place = decoder.decode_publish_in_place(&before);
+        match (in_place, decoder.decode(&mut buf)) {
+            (Ok(Some((view, frame))), Ok(Some(Packet::Publish(publish)))) => {
+                assert_eq!(view.to_publish(), publish);
+                assert_eq!(frame, before.len() - buf.len());
+            }
+            (Ok(None), Ok(Some(packet))) => assert!(!matches!(packet, Packet::Publish(_))),
+            (Ok(None), Ok(None)) => return,
+            (Ok(None), Err(_)) => {
+                assert_ne!(before.first().map(|b| b >> 4), Some(3));
+                return;
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b);
+                return;
+            }
+            (in_place, owned) => panic!("in place {in_place:?}, owned {owned:?}"),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&split, input)) = data.split_first() else {
         return;
@@ -35,6 +62,8 @@ fuzz_target!(|data: &[u8]| {
         let at = usize::from(split) * input.len() / 255;
         let (first, second) = input.split_at(at.min(input.len()));
         assert_eq!(decode_all(&decoder, &[first, second]), whole, "split at {at}");
+
+        in_place_agrees(&decoder, input);
 
         for packet in &whole.0 {
             let mut encoded = BytesMut::new();

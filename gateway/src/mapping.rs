@@ -203,6 +203,17 @@ impl TopicMapper {
     /// The Kafka topic for `mqtt_topic` published by car `client_id`; a
     /// rule with `require_client_id` also checks the topic's levels.
     pub fn map_for(&mut self, mqtt_topic: &str, client_id: Option<&str>) -> Result<&str, Unmapped> {
+        self.map_bytes_for(mqtt_topic.as_bytes(), client_id)
+    }
+
+    /// [`TopicMapper::map_for`] for a topic name as the decoder checked it
+    /// (valid UTF-8, not converted): the regexes run on bytes, so the hot
+    /// path converts nothing.
+    pub fn map_bytes_for(
+        &mut self,
+        mqtt_topic: &[u8],
+        client_id: Option<&str>,
+    ) -> Result<&str, Unmapped> {
         let index = match &mut self.set {
             Some((regex, matched)) => {
                 matched.clear();
@@ -219,7 +230,9 @@ impl TopicMapper {
             .ok_or(Unmapped::NoRule)?;
         if rule.require_client_id
             && let Some(client_id) = client_id
-            && !mqtt_topic.split('/').any(|level| level == client_id)
+            && !mqtt_topic
+                .split(|&byte| byte == b'/')
+                .any(|level| level == client_id.as_bytes())
         {
             return Err(Unmapped::NotOwnTopic);
         }
@@ -233,9 +246,12 @@ impl TopicMapper {
                 Piece::Literal(text) => self.scratch.push_str(text),
                 Piece::Group(group) => {
                     // A group that did not take part in the match is empty.
+                    // A span of a match on valid UTF-8 ends on character
+                    // boundaries (the regexes match in UTF-8 mode).
                     if let Some(span) = rule.captures.get_group(*group) {
+                        let text = mqtt_topic.get(span.range()).unwrap_or_default();
                         self.scratch
-                            .push_str(mqtt_topic.get(span.range()).unwrap_or_default());
+                            .push_str(std::str::from_utf8(text).unwrap_or_default());
                     }
                 }
             }

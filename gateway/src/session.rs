@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use codec::packet::{PINGRESP, SubAck, SubAckReturnCode, encode_suback_qos0, encode_unsuback};
 use codec::{
-    ByteString, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, QoS, Subscribe,
-    Unsubscribe,
+    ByteString, ConnAck, Connect, ConnectReturnCode, DecodeError, Packet, Publish, PublishView,
+    QoS, Subscribe, Unsubscribe,
 };
 
 pub use crate::policy::SubscribePolicy;
@@ -438,13 +438,40 @@ impl Session {
     }
 
     fn on_publish(&mut self, publish: Publish) -> Step {
-        if publish.qos() != QoS::AtMostOnce {
-            return self.fail(CloseReason::Unsupported(Unsupported::QosAboveZero));
+        self.refuse_publish(publish.qos(), publish.retain())
+            .unwrap_or(Step::Publish(publish))
+    }
+
+    /// A PUBLISH decoded in place ([`codec::Decoder::decode_publish_in_place`]),
+    /// handled as [`Session::on_packet`] handles one, without taking it:
+    /// `None` when the caller is to hand it over (what `Step::Publish`
+    /// says), otherwise the step to take instead.
+    pub fn on_publish_in_place(&mut self, publish: &PublishView<'_>, now: Instant) -> Option<Step> {
+        match &mut self.state {
+            State::Closed(..) => Some(Step::Continue),
+            State::AwaitingConnect { .. } => {
+                Some(self.fail(CloseReason::Unsupported(Unsupported::PacketBeforeConnect)))
+            }
+            State::Deciding => {
+                Some(self.fail(CloseReason::Unsupported(Unsupported::SecondConnect)))
+            }
+            State::Connected(session) => {
+                // Any packet counts as activity (MQTT-3.1.2-24).
+                session.deadline = now + session.grace;
+                self.refuse_publish(publish.qos(), publish.retain())
+            }
         }
-        if publish.retain() {
-            return self.fail(CloseReason::Unsupported(Unsupported::Retain));
+    }
+
+    /// What this gateway refuses in a PUBLISH: QoS above 0, retain.
+    fn refuse_publish(&mut self, qos: QoS, retain: bool) -> Option<Step> {
+        if qos != QoS::AtMostOnce {
+            return Some(self.fail(CloseReason::Unsupported(Unsupported::QosAboveZero)));
         }
-        Step::Publish(publish)
+        if retain {
+            return Some(self.fail(CloseReason::Unsupported(Unsupported::Retain)));
+        }
+        None
     }
 
     fn on_subscribe(
@@ -542,6 +569,56 @@ mod tests {
         let mut out = BytesMut::new();
         let step = session.on_packet(packet, now, &mut out);
         (step, out)
+    }
+
+    /// `on_publish_in_place` does what `on_packet` does with the same
+    /// PUBLISH, in every state: the same step (or "hand it over"), the
+    /// same deadline after it, nothing written.
+    #[test]
+    fn a_publish_in_place_is_handled_as_a_decoded_one() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let decoder = codec::Decoder::new(codec::Role::Server, 1024);
+        let sessions: [fn(Instant) -> Session; 4] = [
+            |t0| Session::new(&TIMING, t0),
+            |t0| connected(t0, 30),
+            |t0| {
+                let mut session = connected(t0, 30);
+                session.close(CloseReason::PeerClosed);
+                session
+            },
+            |t0| {
+                let mut session = Session::new(&TIMING, t0);
+                let connect = Packet::Connect(Box::new(Connect::new("VIN0001", 30)));
+                assert!(matches!(
+                    feed(&mut session, connect, t0).0,
+                    Step::Connect(_)
+                ));
+                session
+            },
+        ];
+        let publishes = [
+            Publish::qos0("UL/POS", b"x").unwrap(),
+            Publish::new("UL/POS", b"x", QoS::AtLeastOnce, Some(id(1)), false, false).unwrap(),
+            Publish::new("UL/POS", b"x", QoS::AtMostOnce, None, false, true).unwrap(),
+        ];
+        for make in sessions {
+            for publish in &publishes {
+                let mut frame = BytesMut::new();
+                publish.encode(&mut frame).unwrap();
+                let (view, _) = decoder.decode_publish_in_place(&frame).unwrap().unwrap();
+                let (mut a, mut b) = (make(t0), make(t0));
+                let (step, out) = feed(&mut a, Packet::Publish(publish.clone()), t1);
+                let in_place = b.on_publish_in_place(&view, t1);
+                match (step, in_place) {
+                    (Step::Publish(handed), None) => assert_eq!(&handed, publish),
+                    (step, Some(other)) => assert_eq!(format!("{step:?}"), format!("{other:?}")),
+                    (step, None) => panic!("on_packet: {step:?}, in place: hand it over"),
+                }
+                assert!(out.is_empty());
+                assert_eq!((a.deadline(), a.is_closed()), (b.deadline(), b.is_closed()));
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod unsubscribe;
 pub use ack::encode_unsuback;
 pub use connack::{ConnAck, ConnectReturnCode};
 pub use connect::{Connect, PROTOCOL_LEVEL, Will};
-pub use publish::{Publish, encode_publish};
+pub use publish::{Publish, PublishView, encode_publish};
 pub use suback::{SubAck, SubAckReturnCode, encode_suback_qos0};
 pub use subscribe::{Subscribe, SubscribeFilters};
 pub use unsubscribe::{Unsubscribe, UnsubscribeFilters};
@@ -88,6 +88,7 @@ impl Packet {
     }
 
     /// Decodes the body of a packet whose fixed header was checked already.
+    #[inline]
     pub(crate) fn decode_body(header: FixedHeader, body: Bytes) -> Result<Self, DecodeError> {
         let packet = header.packet_type;
         let mut reader = Reader::new(packet, body);

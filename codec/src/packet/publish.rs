@@ -98,13 +98,52 @@ impl Publish {
     }
 
     /// `flags` were checked with the fixed header (QoS 3, DUP at QoS 0).
+    #[inline]
     pub(super) fn decode(flags: u8, reader: Reader) -> Result<Self, DecodeError> {
-        let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
         let body = reader.rest();
+        let layout = Layout::check(flags, &body)?;
+        Ok(Self {
+            dup: layout.dup,
+            qos: layout.qos,
+            retain: layout.retain,
+            packet_id: layout.packet_id,
+            topic_end: layout.topic_end,
+            payload_start: layout.payload_start,
+            body,
+        })
+    }
+
+    /// Appends the packet.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
+        put_fixed_header(dst, PacketType::Publish, flags, self.body.len())?;
+        dst.extend_from_slice(&self.body);
+        Ok(())
+    }
+}
+
+/// Where the parts of a PUBLISH body lie, once checked: what both the
+/// owned [`Publish`] and the borrowed [`PublishView`] are made of.
+struct Layout {
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<NonZeroU16>,
+    /// `2 + len`: where the topic ends.
+    topic_end: usize,
+    payload_start: usize,
+}
+
+impl Layout {
+    /// Checks `body`, `[len:2][topic][id:2 if QoS > 0][payload]`, for a
+    /// PUBLISH whose fixed header carried `flags`.
+    #[inline(always)]
+    fn check(flags: u8, body: &[u8]) -> Result<Self, DecodeError> {
+        let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQos)?;
         let truncated = DecodeError::Truncated {
             packet: PacketType::Publish,
         };
-        let mut cursor = &body[..];
+        let mut cursor = body;
         let topic_len = usize::from(cursor.try_get_u16().map_err(|_| truncated)?);
         let topic = cursor.get(..topic_len).ok_or(truncated)?;
         crate::topic::check_topic_name(topic)?;
@@ -116,25 +155,95 @@ impl Publish {
                 Some(NonZeroU16::new(id).ok_or(DecodeError::ZeroPacketId)?)
             }
         };
-        let topic_end = 2 + topic_len;
         Ok(Self {
             dup: flags & 0b1000 != 0,
             qos,
             retain: flags & 1 != 0,
             packet_id,
-            topic_end,
+            topic_end: 2 + topic_len,
             // The payload is whatever the remaining length leaves; it may be empty.
             payload_start: body.len() - cursor.len(),
+        })
+    }
+}
+
+/// A PUBLISH decoded where it lies in the read buffer
+/// ([`Decoder::decode_publish_in_place`](crate::Decoder::decode_publish_in_place)):
+/// its topic and payload are borrowed slices, so it costs neither the
+/// reference count of a `Bytes` view nor a copy. Checked exactly as a
+/// [`Publish`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishView<'a> {
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<NonZeroU16>,
+    /// The body after the fixed header, as in [`Publish`].
+    body: &'a [u8],
+    topic_end: usize,
+    payload_start: usize,
+}
+
+impl<'a> PublishView<'a> {
+    /// Checks `body`, the bytes after the fixed header.
+    #[inline]
+    pub(crate) fn decode(flags: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
+        let layout = Layout::check(flags, body)?;
+        Ok(Self {
+            dup: layout.dup,
+            qos: layout.qos,
+            retain: layout.retain,
+            packet_id: layout.packet_id,
             body,
+            topic_end: layout.topic_end,
+            payload_start: layout.payload_start,
         })
     }
 
-    /// Appends the packet.
-    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
-        put_fixed_header(dst, PacketType::Publish, flags, self.body.len())?;
-        dst.extend_from_slice(&self.body);
-        Ok(())
+    /// The same PUBLISH, owned: its body copied into a buffer of its own,
+    /// for a caller that must keep it beyond the next read.
+    pub fn to_publish(&self) -> Publish {
+        Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            body: Bytes::copy_from_slice(self.body),
+            topic_end: self.topic_end,
+            payload_start: self.payload_start,
+        }
+    }
+
+    pub const fn dup(&self) -> bool {
+        self.dup
+    }
+
+    pub const fn qos(&self) -> QoS {
+        self.qos
+    }
+
+    pub const fn retain(&self) -> bool {
+        self.retain
+    }
+
+    /// Present exactly when QoS is above 0.
+    pub const fn packet_id(&self) -> Option<NonZeroU16> {
+        self.packet_id
+    }
+
+    /// The topic name's bytes: valid UTF-8, not empty, without wildcards.
+    pub fn topic_bytes(&self) -> &'a [u8] {
+        self.body.get(2..self.topic_end).unwrap_or_default()
+    }
+
+    /// The topic name. Checked when decoded; this converts it again
+    /// (`topic_bytes` is free).
+    pub fn topic(&self) -> &'a str {
+        std::str::from_utf8(self.topic_bytes()).unwrap_or_default()
+    }
+
+    pub fn payload(&self) -> &'a [u8] {
+        self.body.get(self.payload_start..).unwrap_or_default()
     }
 }
 

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use codec::{ConnectReturnCode, Publish};
 use contract::{End, Outcome, SessionRecord};
 use futures_lite::future;
@@ -647,7 +647,13 @@ async fn retry(
         shard.flow.pause(shard.id, &shard.metrics);
         shard.producer.poll();
         sleep(POLL_INTERVAL).await;
-        match offer(shard, signal, session, &publish) {
+        match offer(
+            shard,
+            signal,
+            session,
+            publish.topic_bytes(),
+            publish.payload(),
+        ) {
             Offered::Done => return None,
             Offered::Close(reason) => return Some(reason),
             Offered::Full => {}
@@ -798,6 +804,40 @@ pub(super) fn handle_input(
         {
             return Handled::Close(session.close(reason));
         }
+        // A PUBLISH, nearly every packet a car sends, is decoded where it
+        // lies: its topic and payload go to librdkafka (which copies them)
+        // before the frame leaves the buffer.
+        match shard.decoder.decode_publish_in_place(input) {
+            Ok(Some((publish, frame))) => {
+                let offered = match session.on_publish_in_place(&publish, now) {
+                    None => {
+                        bump(&shard.metrics.publish_received);
+                        match offer(
+                            shard,
+                            signal,
+                            session,
+                            publish.topic_bytes(),
+                            publish.payload(),
+                        ) {
+                            // Kept for the retry: the next read may reuse the buffer.
+                            Offered::Full => Some(Handled::Full(publish.to_publish())),
+                            Offered::Close(reason) => Some(Handled::Close(reason)),
+                            Offered::Done => None,
+                        }
+                    }
+                    Some(Step::Close(reason)) => Some(Handled::Close(reason)),
+                    // A closed session ignores it.
+                    Some(_) => None,
+                };
+                input.advance(frame);
+                match offered {
+                    Some(handled) => return handled,
+                    None => continue,
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return Handled::Close(session.on_decode_error(error, output)),
+        }
         let packet = match shard.decoder.decode(input) {
             Ok(Some(packet)) => packet,
             Ok(None) => return Handled::Done,
@@ -870,7 +910,13 @@ pub(super) fn handle_input(
             }
             Step::Publish(publish) => {
                 bump(&shard.metrics.publish_received);
-                match offer(shard, signal, session, &publish) {
+                match offer(
+                    shard,
+                    signal,
+                    session,
+                    publish.topic_bytes(),
+                    publish.payload(),
+                ) {
                     Offered::Done => {}
                     Offered::Close(reason) => return Handled::Close(reason),
                     Offered::Full => return Handled::Full(publish),
@@ -880,20 +926,24 @@ pub(super) fn handle_input(
     }
 }
 
-/// Maps a PUBLISH's topic and hands the record to the shard's producer.
-fn offer(shard: &Shard, signal: &Signal, session: &mut Session, publish: &Publish) -> Offered {
+/// Maps a PUBLISH's topic and hands the record (its topic and payload,
+/// decoded in place or owned) to the shard's producer.
+fn offer(
+    shard: &Shard,
+    signal: &Signal,
+    session: &mut Session,
+    topic: &[u8],
+    payload: &[u8],
+) -> Offered {
     let client_id = session.client_id().cloned().unwrap_or_default();
     let mapped = shard
         .mapper
         .borrow_mut()
-        .map_for(publish.topic(), Some(&client_id))
+        .map_bytes_for(topic, Some(&client_id))
         .map(|kafka_topic| {
-            shard.producer.send(
-                kafka_topic,
-                client_id.as_bytes(),
-                publish.payload(),
-                publish.topic_bytes(),
-            )
+            shard
+                .producer
+                .send(kafka_topic, client_id.as_bytes(), payload, topic)
         });
     let sent = match mapped {
         Ok(sent) => sent,
