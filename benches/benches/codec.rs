@@ -8,7 +8,7 @@
 // Benchmark code: a failed setup should stop the run loudly.
 #![allow(clippy::expect_used)]
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use codec::packet::encode_publish;
 use codec::{Decoder, Packet, QoS, Role};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -86,6 +86,20 @@ fn decode(c: &mut Criterion, count: usize, name: &str) {
                     while let Ok(Some(packet)) = ours.decode(buf) {
                         black_box(&packet);
                         debug_assert!(matches!(packet, Packet::Publish(_)));
+                    }
+                },
+                batch,
+            );
+        });
+        // The gateway's path: each PUBLISH decoded where it lies, the
+        // frame taken off the buffer after it.
+        group.bench_with_input(BenchmarkId::new("in_place", size), &input, |b, input| {
+            b.iter_batched_ref(
+                || BytesMut::from(&input[..]),
+                |buf| {
+                    while let Ok(Some((publish, frame))) = ours.decode_publish_in_place(buf) {
+                        black_box(&publish);
+                        buf.advance(frame);
                     }
                 },
                 batch,
