@@ -174,6 +174,9 @@ s1 = [float(x) for x in open(f"{out}/sample-end").read().split()]
 sink, blast, acked, received, pauses = [(b - a) for a, b in zip(s0, s1)]
 sink, blast = sink / hz, blast / hz
 cpu = sum(used.values())
+if acked <= 0 or cpu <= 0:
+    sys.exit(f"gateway-bench [{name}]: nothing acknowledged in the window ({acked:.0f} PUBLISH, "
+             f"{cpu:.2f} s of CPU); see {out}")
 per_core = acked / cpu
 print(f"gateway-bench [{name}]: 1 shard, {cars:,} connections, {payload}-byte payloads, "
       f"{secs:.0f} s measured (load average before: {load})")

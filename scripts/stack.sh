@@ -318,6 +318,34 @@ up_before=$(gateway_count carbridge_gateway_publish_received_total)
 down_before=$(gateway_count carbridge_gateway_downlink_delivered_total)
 started=$(date +%s.%N)
 
+# The same CPU figures over loadgen's measured window alone (after its
+# warm-up, when the fleet has connected), so that a per-PUBLISH cost at a
+# fleet's rate leaves the connect storm out. A timed sample: loadgen's
+# window is timed too.
+window_cpu() {
+  local out=$1; shift
+  ( sleep "$warmup"; echo "$(cpu_ms "$@") $(gateway_count carbridge_gateway_publish_received_total)" >"$out.start"
+    sleep "$duration"; echo "$(cpu_ms "$@") $(gateway_count carbridge_gateway_publish_received_total)" >"$out.end" ) 2>/dev/null &
+  pids+=($!)
+}
+# Prints "<label>: X µs per PUBLISH in the measured window" from the
+# samples in $1.start and $1.end; $2 counts the PUBLISH when the samples'
+# own count does not (mosquitto: from its report).
+window_line() {
+  [ -s "$1.start" ] && [ -s "$1.end" ] || return 0
+  python3 - "$1" "$duration" "${2:-}" <<'EOF'
+import sys
+path, secs, count = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+(ms0, n0), (ms1, n1) = (map(int, open(f"{path}.{e}").read().split()) for e in ("start", "end"))
+n = int(count) if count else n1 - n0
+ms = ms1 - ms0
+per = f"{ms * 1000 / n:.1f} µs per PUBLISH" if n else "no PUBLISH"
+print(f"{ms / 1000:.2f} s over the {secs:.0f} s measured window ({ms / 10 / secs:.1f} % of one core): "
+      f"{per} ({n:,}; the connect storm of the warm-up left out)")
+EOF
+}
+window_cpu "$dir/gateway-window" "${gateway_pids[@]}"
+
 log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   "${tls_args[@]}" "${drain_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
@@ -340,6 +368,8 @@ print(f'gateway CPU (user + system, all gateways): {ms / 1000:.2f} s over {secs:
       f'({ms / 10 / secs:.1f} % of one core): {per} ({up:,} PUBLISH, {down:,} downlink deliveries, '
       f'{$cars_for_cpu:,} cars)')
 ")"
+line=$(window_line "$dir/gateway-window")
+[ -n "$line" ] && log "gateway CPU in the measured window: $line"
 log "$(awk -v idle="$idle_kib" -v n="${#gateway_pids[@]}" '$2 > best {best = $2; kib = $3}
   END {
     if (best > 0) printf "gateway memory: %d connections at most, resident %.1f MiB over %d idle gateway(s) (%.1f MiB): %d bytes per connection", best, (kib - idle) / 1024, n, idle / 1024, (kib - idle) * 1024 / best
@@ -358,6 +388,7 @@ if [ -n "${STACK_MOSQUITTO:-}" ]; then
   mosquitto_pid=${pids[-1]}
   mq_cpu_before=$(cpu_ms "$mosquitto_pid")
   mq_started=$(date +%s.%N)
+  window_cpu "$dir/mosquitto-window" "$mosquitto_pid"
   "$bin/loadgen" --peer --target "127.0.0.1:$peer_port" "${defaults[@]}" --topic 'UL/POS/{shard}' \
     --report-json "$dir/mosquitto.json" --report-html "$dir/mosquitto.html" "$@"
   mq_cpu=$(($(cpu_ms "$mosquitto_pid") - mq_cpu_before))
@@ -368,6 +399,9 @@ n, ms, secs = sum(t['uplink_received'] for t in r['timeline']), $mq_cpu, time.ti
 print(f'mosquitto CPU (user + system): {ms / 1000:.2f} s over {secs:.0f} s ({ms / 10 / secs:.1f} % of one core): '
       + (f'{ms * 1000 / n:.1f} µs per PUBLISH delivered to its subscribers ({n:,}, warm-up included)' if n else 'nothing delivered'))
 ")"
+  mq_window=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(t["uplink_received"] for t in r["timeline"] if not t["warmup"]))' "$dir/mosquitto.json")
+  line=$(window_line "$dir/mosquitto-window" "$mq_window")
+  [ -n "$line" ] && log "mosquitto CPU in the measured window: $line"
   gw=$(received_rate "$dir/report.json")
   mq=$(received_rate "$dir/mosquitto.json")
   log "uplink ingest: gateway $gw/s into Kafka, mosquitto $mq/s to its subscribers, ratio $(python3 -c "print(round($gw / $mq, 3) if $mq else 'n/a')")"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (integration
 # tests start their own tansu broker), the instruction-count gate of the hot
-# paths, and a short fuzzing run.
+# paths (with the codec's ratios to mqttbytes), the main job, the deployment
+# checks, a short run of the gateway benchmark, and a short fuzzing run.
 # FUZZ_SECONDS (default 20) bounds each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,10 @@ scripts/check-host.sh
 
 step "the Debian package: built, installed with dpkg, run, purged (scripts/build-deb.sh)"
 timeout 20m scripts/build-deb.sh --install
+
+step "the gateway alone at full speed, short (scripts/gateway-bench.sh)"
+# A smoke run that keeps the benchmark working; its figures are not judged.
+BENCH_CARS=200 BENCH_WARMUP=2 BENCH_SECS=3 timeout 10m scripts/gateway-bench.sh
 
 if [ -x fuzz/run.sh ]; then
   step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
