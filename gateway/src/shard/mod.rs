@@ -33,6 +33,7 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -127,6 +128,8 @@ struct Shard {
     /// this shard has begun draining.
     drain: Arc<AtomicBool>,
     draining: Cell<bool>,
+    /// The accept loops waiting for `stopping` or `draining`.
+    doors: RefCell<Vec<Waker>>,
     /// Connections closed per second while draining: this shard's share.
     drain_rate: f64,
     drain_max: Duration,
@@ -142,7 +145,32 @@ impl Shard {
             tracing::info!(shard = self.id, "shutting down: closing connections");
             self.table.fire_all(CloseReason::Shutdown);
             lot::wake_tender();
+            self.close_doors();
         }
+    }
+
+    /// Wakes the accept loops: the shard stops or drains.
+    fn close_doors(&self) {
+        for waker in self.doors.take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once the shard stops or drains. An event, not a timer: an
+    /// accept loop that looked every 20 ms made four listeners most of an
+    /// idle shard's wake-ups.
+    async fn doors_closed(&self) {
+        future::poll_fn(|cx| {
+            if self.stopping.get() || self.draining.get() {
+                return Poll::Ready(());
+            }
+            let mut doors = self.doors.borrow_mut();
+            if !doors.iter().any(|waker| waker.will_wake(cx.waker())) {
+                doors.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
     }
 
     /// Wakes the poller if it sleeps long: a record was handed over.
@@ -239,6 +267,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             stopping: Cell::new(false),
             drain,
             draining: Cell::new(false),
+            doors: RefCell::new(Vec::new()),
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             abandoned: Cell::new(false),
@@ -363,6 +392,7 @@ async fn poll_producer(shard: Rc<Shard>) {
         }
         bump(&shard.metrics.heartbeat);
         if shard.drain.load(Ordering::Relaxed) && !shard.draining.replace(true) {
+            shard.close_doors();
             glommio::spawn_local(drain(shard.clone())).detach();
         }
         shard.producer.poll();
@@ -455,11 +485,7 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
     };
     // The poller notices the stop flag (within IDLE_POLL) and begins the
     // stop; this only ends the accept loop.
-    let mut stop = pin!(async {
-        while !shard.stopping.get() && !shard.draining.get() {
-            sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let mut stop = pin!(shard.doors_closed());
     loop {
         // A reconnect storm waits in the listen backlog rather than take
         // the shard from the cars it holds.
