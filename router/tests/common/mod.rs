@@ -241,22 +241,25 @@ impl Stack {
         });
     }
 
-    /// Waits until the routers have applied every registry record the
-    /// gateways had acknowledged (plus `extra` written by the test), so a
-    /// request produced now meets the sessions as the cars set them up.
-    /// Valid while no table is being rebuilt (rebuilds count records again).
+    /// Waits until the gateways' registry records are acknowledged (every
+    /// one they had handed to their producer) and the routers have applied
+    /// all of them (plus `extra` written by the test or by gateways not
+    /// listed), so a request produced now meets the sessions as the cars
+    /// set them up. A car's CONNACK or SUBACK arrives after its record is
+    /// handed over, not after it is acknowledged: counting acknowledged
+    /// records alone could pass before the last car's were. Valid while no
+    /// table is being rebuilt (rebuilds count records again).
     pub fn await_registry(&self, gateways: &[&Proc], routers: &[&Proc], extra: f64) {
         wait_until("the routers to apply the session registry", WAIT, || {
-            let written: f64 = gateways
-                .iter()
-                .map(|g| g.metric("carbridge_gateway_registry_acked_total"))
-                .sum::<f64>()
-                + extra;
+            let count = |name: &str| -> f64 { gateways.iter().map(|g| g.metric(name)).sum() };
+            let sent = count("carbridge_gateway_registry_sent_total");
+            let acked = count("carbridge_gateway_registry_acked_total");
+            let written = acked + extra;
             let applied: f64 = routers
                 .iter()
                 .map(|r| r.metric("carbridge_router_registry_applied_total"))
                 .sum();
-            written > 0.0 && applied >= written
+            written > 0.0 && acked >= sent && applied >= written
         });
     }
 
