@@ -2,8 +2,8 @@
 # The gateway alone at full speed: one shard, many loopback connections
 # publishing as fast as it takes their bytes (benches/examples/blast.rs),
 # into librdkafka's mock cluster, a sink that keeps up (its CPU is printed
-# beside, and so are the gateway's read pauses, which count the times a full
-# producer queue held the cars back). Over the measured window it reads:
+# beside, and so are the gateway's read pauses: how long a full producer
+# queue held the cars back). Over the measured window it reads:
 #
 #   - PUBLISH per second acknowledged by the sink;
 #   - the gateway's CPU time (user + system, from /proc), by thread: the
@@ -147,6 +147,7 @@ sample() {
   threads "$gateway" >"$1/threads-$2"
   echo "$(ticks "$sink") $(ticks "$blast") $(metric carbridge_gateway_publish_acked_total)" \
     "$(metric carbridge_gateway_publish_received_total) $(metric carbridge_gateway_read_pauses_total)" \
+    "$(metric carbridge_gateway_read_paused_seconds_total)" \
     >"$1/sample-$2"
 }
 
@@ -171,7 +172,7 @@ start, end = threads("start"), threads("end")
 used = {t: end[t] - start.get(t, 0.0) for t in end}
 s0 = [float(x) for x in open(f"{out}/sample-start").read().split()]
 s1 = [float(x) for x in open(f"{out}/sample-end").read().split()]
-sink, blast, acked, received, pauses = [(b - a) for a, b in zip(s0, s1)]
+sink, blast, acked, received, pauses, paused = [(b - a) for a, b in zip(s0, s1)]
 sink, blast = sink / hz, blast / hz
 cpu = sum(used.values())
 if acked <= 0 or cpu <= 0:
@@ -188,7 +189,11 @@ for thread, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
         print(f"    {thread:<20} {100 * seconds / secs:5.1f} % of a core, {1e6 * seconds / acked:.2f} µs per PUBLISH")
 print(f"  the sink (librdkafka mock cluster): {100 * sink / secs:.0f} % of a core; "
       f"the blaster: {100 * blast / secs:.0f} %")
-print(f"  read pauses (a full producer queue holding cars back): {pauses:.0f}")
+# Gateways before 2026-11-30 evening do not export the paused seconds.
+held = (f"{paused:.2f} s in all ({100 * paused / secs:.1f} % of the window)"
+        if s1[5] > 0 else "their length not exported by this gateway")
+print(f"  read pauses (librdkafka's queue or the in-flight bytes full, cars held back): "
+      f"{pauses:.0f}, {held}")
 with open(results, "a") as f:
     print(name, per_core, file=f)
 EOF

@@ -328,7 +328,7 @@ window_cpu() {
     sleep "$duration"; echo "$(cpu_ms "$@") $(gateway_count carbridge_gateway_publish_received_total)" >"$out.end" ) 2>/dev/null &
   pids+=($!)
 }
-# Prints "<label>: X µs per PUBLISH in the measured window" from the
+# Prints the CPU and the µs per PUBLISH of the measured window from the
 # samples in $1.start and $1.end; $2 counts the PUBLISH when the samples'
 # own count does not (mosquitto: from its report).
 window_line() {

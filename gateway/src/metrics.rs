@@ -74,6 +74,9 @@ pub struct ShardMetrics {
     pub ack_latency_sum_us: AtomicU64,
     /// Times the shard stopped reading because Kafka could not keep up.
     pub read_pauses: AtomicU64,
+    /// ... and for how long in all, in microseconds (counted when a pause
+    /// ends).
+    pub read_paused_us: AtomicU64,
     /// Routed downlink messages read from this shard's slot.
     pub downlink_received: AtomicU64,
     /// ... written to the car's connection as a PUBLISH.
@@ -463,6 +466,15 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
          carbridge_gateway_kafka_ack_seconds_sum {}\n\
          carbridge_gateway_kafka_ack_seconds_count {cumulative}",
         sum(&|s| load(&s.ack_latency_sum_us)) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP carbridge_gateway_read_paused_seconds_total Time the shards' reading was paused \
+         because Kafka was behind: librdkafka's queue or the in-flight bytes full (summed \
+         over shards; a pause counts when it ends).\n\
+         # TYPE carbridge_gateway_read_paused_seconds_total counter\n\
+         carbridge_gateway_read_paused_seconds_total {}",
+        sum(&|s| load(&s.read_paused_us)) as f64 / 1e6
     );
     ops::latency::render(
         &mut out,

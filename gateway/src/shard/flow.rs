@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -57,12 +58,15 @@ impl FlowControl {
     }
 
     /// Reopens reading and wakes every connection that waited; whether the
-    /// shard was paused.
-    pub(super) fn resume(&self) -> bool {
+    /// shard was paused. The pause's length goes to `metrics`.
+    pub(super) fn resume(&self, metrics: &ShardMetrics) -> bool {
         if !self.paused.replace(false) {
             return false;
         }
-        self.paused_since.set(None);
+        if let Some(since) = self.paused_since.take() {
+            let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+            metrics.read_paused_us.fetch_add(us, Ordering::Relaxed);
+        }
         for waker in self.waiting.borrow_mut().drain(..) {
             waker.wake();
         }
@@ -126,6 +130,21 @@ impl AcceptRate {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_is_counted_with_its_length() {
+        let metrics = ShardMetrics::default();
+        let flow = FlowControl::default();
+        flow.pause(0, &metrics);
+        assert!(flow.is_paused());
+        // A millisecond passes (spun, not slept: the pause must outlast it).
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1) {}
+        assert!(flow.resume(&metrics));
+        assert!(!flow.resume(&metrics), "resumed twice");
+        assert_eq!(metrics.read_pauses.load(Ordering::Relaxed), 1);
+        assert!(metrics.read_paused_us.load(Ordering::Relaxed) >= 1000);
+    }
 
     #[test]
     fn the_bucket_holds_one_second_and_refills_at_the_rate() {

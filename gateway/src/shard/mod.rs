@@ -400,7 +400,8 @@ async fn poll_producer(shard: Rc<Shard>) {
         for connection in shard.orders.try_iter() {
             shard.table.fire(connection, CloseReason::TakenOver);
         }
-        if shard.flow.is_paused() && shard.producer.has_room() && shard.flow.resume() {
+        if shard.flow.is_paused() && shard.producer.has_room() && shard.flow.resume(&shard.metrics)
+        {
             tracing::debug!(shard = shard.id, "Kafka caught up: reads resumed");
         }
         if shard.finished() {
