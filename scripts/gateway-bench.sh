@@ -190,6 +190,8 @@ for thread, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
 print(f"  the sink (librdkafka mock cluster): {100 * sink / secs:.0f} % of a core; "
       f"the blaster: {100 * blast / secs:.0f} %")
 # Gateways before 2026-11-30 evening do not export the paused seconds.
+# A pause is counted when it ends, so one begun before the window can
+# take the share above 100 %.
 held = (f"{paused:.2f} s in all ({100 * paused / secs:.1f} % of the window)"
         if s1[5] > 0 else "their length not exported by this gateway")
 print(f"  read pauses (librdkafka's queue or the in-flight bytes full, cars held back): "
