@@ -17,16 +17,10 @@ use crate::reader::Reader;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
-    dup: bool,
-    qos: QoS,
-    retain: bool,
-    packet_id: Option<NonZeroU16>,
+    /// The flags and where the parts of `body` lie.
+    layout: Layout,
     /// The body after the fixed header: `[len:2][topic][id:2 if QoS > 0][payload]`.
     body: Bytes,
-    /// `2 + len`: where the topic ends.
-    topic_end: usize,
-    /// Where the payload starts.
-    payload_start: usize,
 }
 
 impl Publish {
@@ -50,36 +44,38 @@ impl Publish {
         put_body(&mut body, topic.as_bytes(), payload, qos, packet_id)?;
         let topic_end = 2 + topic.len();
         Ok(Self {
-            dup,
-            qos,
-            retain,
-            packet_id,
-            payload_start: topic_end + if packet_id.is_some() { 2 } else { 0 },
-            topic_end,
+            layout: Layout {
+                dup,
+                qos,
+                retain,
+                packet_id,
+                payload_start: topic_end + if packet_id.is_some() { 2 } else { 0 },
+                topic_end,
+            },
             body: body.freeze(),
         })
     }
 
     pub const fn dup(&self) -> bool {
-        self.dup
+        self.layout.dup
     }
 
     pub const fn qos(&self) -> QoS {
-        self.qos
+        self.layout.qos
     }
 
     pub const fn retain(&self) -> bool {
-        self.retain
+        self.layout.retain
     }
 
     /// Present exactly when QoS is above 0.
     pub const fn packet_id(&self) -> Option<NonZeroU16> {
-        self.packet_id
+        self.layout.packet_id
     }
 
     /// The topic name's bytes: valid UTF-8, not empty, without wildcards.
     pub fn topic_bytes(&self) -> &[u8] {
-        self.body.get(2..self.topic_end).unwrap_or_default()
+        self.layout.topic(&self.body)
     }
 
     /// The topic name. Checked when decoded; this converts it again
@@ -89,12 +85,13 @@ impl Publish {
     }
 
     pub fn payload(&self) -> &[u8] {
-        self.body.get(self.payload_start..).unwrap_or_default()
+        self.layout.payload(&self.body)
     }
 
     /// The payload as a view of the read buffer, kept alive by the caller.
     pub fn payload_bytes(&self) -> Bytes {
-        self.body.slice(self.payload_start.min(self.body.len())..)
+        self.body
+            .slice(self.layout.payload_start.min(self.body.len())..)
     }
 
     /// `flags` were checked with the fixed header (QoS 3, DUP at QoS 0).
@@ -102,28 +99,25 @@ impl Publish {
     pub(super) fn decode(flags: u8, reader: Reader) -> Result<Self, DecodeError> {
         let body = reader.rest();
         let layout = Layout::check(flags, &body)?;
-        Ok(Self {
-            dup: layout.dup,
-            qos: layout.qos,
-            retain: layout.retain,
-            packet_id: layout.packet_id,
-            topic_end: layout.topic_end,
-            payload_start: layout.payload_start,
-            body,
-        })
+        Ok(Self { layout, body })
     }
 
     /// Appends the packet.
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
+        let Layout {
+            dup, qos, retain, ..
+        } = self.layout;
+        let flags = (u8::from(dup) << 3) | ((qos as u8) << 1) | u8::from(retain);
         put_fixed_header(dst, PacketType::Publish, flags, self.body.len())?;
         dst.extend_from_slice(&self.body);
         Ok(())
     }
 }
 
-/// Where the parts of a PUBLISH body lie, once checked: what both the
-/// owned [`Publish`] and the borrowed [`PublishView`] are made of.
+/// The flags of a PUBLISH and where the parts of its body lie, once
+/// checked: what both the owned [`Publish`] and the borrowed
+/// [`PublishView`] hold beside their body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Layout {
     dup: bool,
     qos: QoS,
@@ -165,6 +159,16 @@ impl Layout {
             payload_start: body.len() - cursor.len(),
         })
     }
+
+    /// The topic name's bytes in `body`.
+    fn topic<'b>(&self, body: &'b [u8]) -> &'b [u8] {
+        body.get(2..self.topic_end).unwrap_or_default()
+    }
+
+    /// The payload in `body`: whatever the remaining length leaves.
+    fn payload<'b>(&self, body: &'b [u8]) -> &'b [u8] {
+        body.get(self.payload_start..).unwrap_or_default()
+    }
 }
 
 /// A PUBLISH decoded where it lies in the read buffer
@@ -174,14 +178,9 @@ impl Layout {
 /// [`Publish`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishView<'a> {
-    dup: bool,
-    qos: QoS,
-    retain: bool,
-    packet_id: Option<NonZeroU16>,
+    layout: Layout,
     /// The body after the fixed header, as in [`Publish`].
     body: &'a [u8],
-    topic_end: usize,
-    payload_start: usize,
 }
 
 impl<'a> PublishView<'a> {
@@ -189,51 +188,38 @@ impl<'a> PublishView<'a> {
     #[inline]
     pub(crate) fn decode(flags: u8, body: &'a [u8]) -> Result<Self, DecodeError> {
         let layout = Layout::check(flags, body)?;
-        Ok(Self {
-            dup: layout.dup,
-            qos: layout.qos,
-            retain: layout.retain,
-            packet_id: layout.packet_id,
-            body,
-            topic_end: layout.topic_end,
-            payload_start: layout.payload_start,
-        })
+        Ok(Self { layout, body })
     }
 
     /// The same PUBLISH, owned: its body copied into a buffer of its own,
     /// for a caller that must keep it beyond the next read.
     pub fn to_publish(&self) -> Publish {
         Publish {
-            dup: self.dup,
-            qos: self.qos,
-            retain: self.retain,
-            packet_id: self.packet_id,
+            layout: self.layout,
             body: Bytes::copy_from_slice(self.body),
-            topic_end: self.topic_end,
-            payload_start: self.payload_start,
         }
     }
 
     pub const fn dup(&self) -> bool {
-        self.dup
+        self.layout.dup
     }
 
     pub const fn qos(&self) -> QoS {
-        self.qos
+        self.layout.qos
     }
 
     pub const fn retain(&self) -> bool {
-        self.retain
+        self.layout.retain
     }
 
     /// Present exactly when QoS is above 0.
     pub const fn packet_id(&self) -> Option<NonZeroU16> {
-        self.packet_id
+        self.layout.packet_id
     }
 
     /// The topic name's bytes: valid UTF-8, not empty, without wildcards.
     pub fn topic_bytes(&self) -> &'a [u8] {
-        self.body.get(2..self.topic_end).unwrap_or_default()
+        self.layout.topic(self.body)
     }
 
     /// The topic name. Checked when decoded; this converts it again
@@ -243,7 +229,7 @@ impl<'a> PublishView<'a> {
     }
 
     pub fn payload(&self) -> &'a [u8] {
-        self.body.get(self.payload_start..).unwrap_or_default()
+        self.layout.payload(self.body)
     }
 }
 

@@ -232,10 +232,18 @@ impl CarSocket {
         self.socket
     }
 
-    /// Parks the task until the next event on this socket (or anything
+    /// A non-blocking read's or write's answer as a poll: when the socket
+    /// would block, the task waits for the next event on it (or anything
     /// else its signal is woken for).
-    fn wait(&self, cx: &Context<'_>) {
-        self.signal.listen(cx.waker());
+    fn poll(&self, cx: &Context<'_>, done: io::Result<Option<usize>>) -> Poll<io::Result<usize>> {
+        match done {
+            Ok(Some(bytes)) => Poll::Ready(Ok(bytes)),
+            Ok(None) => {
+                self.signal.listen(cx.waker());
+                Poll::Pending
+            }
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 }
 
@@ -245,14 +253,7 @@ impl AsyncRead for CarSocket {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match try_read(&self.socket, buf) {
-            Ok(Some(read)) => Poll::Ready(Ok(read)),
-            Ok(None) => {
-                self.wait(cx);
-                Poll::Pending
-            }
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll(cx, try_read(&self.socket, buf))
     }
 }
 
@@ -262,14 +263,7 @@ impl AsyncWrite for CarSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match try_send(&self.socket, buf) {
-            Ok(Some(written)) => Poll::Ready(Ok(written)),
-            Ok(None) => {
-                self.wait(cx);
-                Poll::Pending
-            }
-            Err(error) => Poll::Ready(Err(error)),
-        }
+        self.poll(cx, try_send(&self.socket, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
