@@ -135,6 +135,8 @@ struct Shard {
     drain_max: Duration,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
+    /// The origin of the shard's clock (see [`Shard::tick`]).
+    epoch: Instant,
 }
 
 impl Shard {
@@ -178,6 +180,17 @@ impl Shard {
         if self.poller_idle.get() {
             self.kick.kick();
         }
+    }
+
+    /// Sleeps until the next multiple of `period` on the shard's clock.
+    /// Every periodic sleep of the shard (the gathering of events, the
+    /// acknowledgements, the sweep, the idle poll) lands on this one grid,
+    /// so that timers of different tasks expire in the same wake-up of the
+    /// thread instead of one each: at a fleet's rate, the gathering and
+    /// the acknowledgements each woke the shard 200 times a second, at
+    /// unrelated instants.
+    fn tick(&self, period: Duration) -> impl Future<Output = ()> + use<> {
+        sleep(until_tick(self.epoch.elapsed(), period))
     }
 
     /// Whether the shard has stopped and has no connection left to wait for.
@@ -271,6 +284,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             abandoned: Cell::new(false),
+            epoch: Instant::now(),
         };
         Ok((listeners, shard))
     };
@@ -373,6 +387,15 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long from `elapsed` (on a clock started at 0) to the next multiple
+/// of `period` after it: a whole period when `elapsed` is one.
+fn until_tick(elapsed: Duration, period: Duration) -> Duration {
+    let period = period.as_nanos().max(1);
+    let elapsed = elapsed.as_nanos();
+    let left = period - elapsed % period;
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
 /// Wakes the connections whose session deadline has passed.
 async fn sweep_deadlines(shard: Rc<Shard>) {
     loop {
@@ -380,7 +403,7 @@ async fn sweep_deadlines(shard: Rc<Shard>) {
         if shard.finished() {
             return;
         }
-        sleep(SWEEP_INTERVAL).await;
+        shard.tick(SWEEP_INTERVAL).await;
     }
 }
 
@@ -418,12 +441,12 @@ async fn poll_producer(shard: Rc<Shard>) {
             } else {
                 BUSY_POLL
             };
-            future::or(sleep(interval), shard.kick.kicked()).await;
+            future::or(shard.tick(interval), shard.kick.kicked()).await;
         } else {
             // Nothing ran since `busy` was computed: a record handed over
             // from now on kicks.
             shard.poller_idle.set(true);
-            future::or(sleep(IDLE_POLL), shard.kick.kicked()).await;
+            future::or(shard.tick(IDLE_POLL), shard.kick.kicked()).await;
             shard.poller_idle.set(false);
         }
     }
@@ -566,4 +589,32 @@ fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
         }
     };
     task.detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::until_tick;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Sleeps of different periods, started at different instants, end
+    /// on the same grid: that is what lets one wake-up serve them all.
+    #[test]
+    fn ticks_of_different_periods_meet_on_one_grid() {
+        let started = [MS * 3, MS * 7 / 2, MS * 4 + Duration::from_nanos(1)];
+        for elapsed in started {
+            assert_eq!(elapsed + until_tick(elapsed, MS * 5), MS * 5);
+        }
+        assert_eq!(MS * 3 + until_tick(MS * 3, MS * 25), MS * 25);
+        assert_eq!(MS * 24 + until_tick(MS * 24, MS * 5), MS * 25);
+    }
+
+    #[test]
+    fn a_sleep_on_the_grid_waits_a_whole_period() {
+        assert_eq!(until_tick(MS * 10, MS * 5), MS * 5);
+        assert_eq!(until_tick(Duration::ZERO, MS * 5), MS * 5);
+        assert_eq!(until_tick(MS, Duration::ZERO), Duration::from_nanos(1));
+    }
 }

@@ -1,0 +1,112 @@
+//! How often a shard wakes while a fleet publishes at its usual pace: at
+//! 1,000 PUBLISH a second, each from a different car, the CPU a gateway
+//! spends is mostly wake-ups of its shard (see BENCHMARKS.md, "One clock
+//! per shard"), not the handling of PUBLISH. The shard gathers events that
+//! come faster than one per 5 ms and serves its acknowledgements on the
+//! same ticks; this test fails if those wake-ups stop sharing ticks.
+
+// Test code: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{RawClient, WAIT, config, total};
+use gateway::Gateway;
+use testkit::Broker;
+
+const CARS: usize = 1000;
+/// One PUBLISH this often, each from the next car: about 1,000 a second,
+/// a fleet of 10,000 cars that each publish every 10 s.
+const PACE: Duration = Duration::from_millis(1);
+const MEASURED: Duration = Duration::from_secs(4);
+/// The shard's ticks are 5 ms apart (200 a second); events in between
+/// (a Kafka client's wake-up of the poller, the sweep) add a few dozen.
+/// Before the shard had one clock, the gathering and the acknowledgements
+/// each kept their own 5 ms timer and the shard woke about 520 times a
+/// second at this pace (`scripts/stack.sh`, 10,000 cars every 10 s).
+const MOST_WAKEUPS_PER_SEC: f64 = 350.0;
+
+/// Voluntary context switches (the thread went to sleep and was woken)
+/// of this process's threads named `shard-0…`.
+fn shard_sleeps() -> u64 {
+    let mut sleeps = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if !name.starts_with("shard-0") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+            .unwrap();
+        sleeps += line
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap();
+    }
+    sleeps
+}
+
+#[test]
+fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let gateway = Gateway::start(config(&broker, 1)).unwrap();
+    let addr = gateway.local_addr();
+    let mut cars: Vec<RawClient> = (0..CARS)
+        .map(|i| {
+            let (client, code) = RawClient::connect(addr, &format!("VIN-WAKE-{i:08}"), 600);
+            assert_eq!(code, 0);
+            client
+        })
+        .collect();
+    let received = || total(&gateway, |m| m.publish_received.load(Ordering::Relaxed));
+    let acked = || total(&gateway, |m| m.publish_acked.load(Ordering::Relaxed));
+
+    // One round first: the producer has met its broker, and each car has
+    // been served once.
+    for car in &mut cars {
+        car.publish("UL/POS", &[b'.'; 100]);
+        std::thread::sleep(PACE);
+    }
+    testkit::wait_until("the first round acknowledged", WAIT, || {
+        acked() == CARS as u64
+    });
+
+    let sleeps = shard_sleeps();
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < MEASURED {
+        cars[sent % CARS].publish("UL/POS", &[b'.'; 100]);
+        sent += 1;
+        std::thread::sleep(PACE);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let wakeups = (shard_sleeps() - sleeps) as f64 / elapsed;
+    let rate = sent as f64 / elapsed;
+    testkit::wait_until("every PUBLISH received", WAIT, || {
+        received() == (CARS + sent) as u64
+    });
+    eprintln!(
+        "{sent} PUBLISH in {elapsed:.1} s ({rate:.0}/s): the shard woke {wakeups:.0} times a second"
+    );
+    assert!(
+        rate > 1000.0 / 5.0 * 2.0,
+        "too few PUBLISH a second ({rate:.0}) to gather: the test proves nothing"
+    );
+    assert!(
+        wakeups <= MOST_WAKEUPS_PER_SEC,
+        "the shard woke {wakeups:.0} times a second at {rate:.0} PUBLISH/s (at most {MOST_WAKEUPS_PER_SEC})"
+    );
+    drop(cars);
+    gateway.stop().unwrap();
+}
