@@ -88,10 +88,20 @@ pub struct Gateway {
     metrics: Vec<Arc<ShardMetrics>>,
     shutdown: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
+    /// Each shard's poller's wake-up: the flags above are looked at when
+    /// it turns, and an idle poller sleeps up to a second.
+    kicks: Vec<Arc<shard::Kick>>,
     ready: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     reloader: Arc<tls::Reloader>,
     admin_addr: Option<SocketAddr>,
+}
+
+/// Wakes every shard's poller: a flag it looks at changed.
+fn kick_all(kicks: &[Arc<shard::Kick>]) {
+    for kick in kicks {
+        kick.kick();
+    }
 }
 
 impl Gateway {
@@ -116,6 +126,7 @@ impl Gateway {
         let metrics: Vec<Arc<ShardMetrics>> = (0..count)
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
+        let kicks: Vec<Arc<shard::Kick>> = (0..count).map(|_| Arc::default()).collect();
         let mut doors = Vec::new();
         for listener in config.listeners() {
             let tls = match &listener.tls {
@@ -153,11 +164,12 @@ impl Gateway {
                             Box::new(move || reloader.reload()) as ops::admin::Action
                         }),
                         ("/drain", {
-                            let (drain, ready, metrics) =
-                                (drain.clone(), ready.clone(), metrics.clone());
+                            let (drain, ready, metrics, kicks) =
+                                (drain.clone(), ready.clone(), metrics.clone(), kicks.clone());
                             Box::new(move || {
                                 ready.store(false, Ordering::Relaxed);
                                 let already = drain.swap(true, Ordering::Relaxed);
+                                kick_all(&kicks);
                                 let open = metrics::open_connections(&metrics);
                                 Ok(if already {
                                     format!("draining already: {open} connections open\n")
@@ -194,7 +206,7 @@ impl Gateway {
                 "downlink on"
             );
         }
-        let (registry, mut inboxes) = registry::Registry::new(count);
+        let (registry, mut inboxes) = registry::Registry::new(kicks.clone());
         let registry = Arc::new(registry);
         inboxes.reverse();
 
@@ -213,6 +225,7 @@ impl Gateway {
                 registry.clone(),
                 inboxes.pop().context("one inbox per shard")?,
             );
+            let kick = kicks.get(id).context("one kick per shard")?.clone();
             let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{id}"))
                 .ring_depth(RING_DEPTH);
@@ -227,6 +240,7 @@ impl Gateway {
                     shard::serve(shard::Start {
                         id,
                         shards: count,
+                        kick,
                         config,
                         doors: shard_doors,
                         metrics: shard_metrics,
@@ -249,12 +263,14 @@ impl Gateway {
                 }
                 Ok(Err(error)) => {
                     shutdown.store(true, Ordering::Relaxed);
+                    kick_all(&kicks);
                     return Err(error).with_context(|| format!("shard {id}"));
                 }
                 Err(_) => {
                     // The executor never ran: its ring could not be made.
                     let failed = shards.pop().map(glommio::ExecutorJoinHandle::join);
                     shutdown.store(true, Ordering::Relaxed);
+                    kick_all(&kicks);
                     if let Some(Err(error)) = failed {
                         let error = std::io::Error::from(error);
                         anyhow::bail!("shard {id}: {}", startup::io_uring_refused(&error));
@@ -269,6 +285,7 @@ impl Gateway {
             metrics,
             shutdown,
             drain,
+            kicks,
             ready,
             local_addrs: doors.iter().map(|door| door.listener.address).collect(),
             reloader,
@@ -306,7 +323,9 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Setting this flag stops the gateway (signal handlers set it).
+    /// Setting this flag stops the gateway (signal handlers set it): an
+    /// idle shard sees it within a second; [`Gateway::stop`] tells every
+    /// shard at once.
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()
     }
@@ -317,7 +336,9 @@ impl Gateway {
     /// reconnect elsewhere as a trickle. The process stays until stopped.
     pub fn drain(&self) {
         self.ready.store(false, Ordering::Relaxed);
-        if !self.drain.swap(true, Ordering::Relaxed) {
+        let already = self.drain.swap(true, Ordering::Relaxed);
+        kick_all(&self.kicks);
+        if !already {
             tracing::info!(
                 connections = metrics::open_connections(&self.metrics),
                 "draining"
@@ -343,6 +364,7 @@ impl Gateway {
     pub fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
+        kick_all(&self.kicks);
         self.join()
     }
 

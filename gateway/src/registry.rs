@@ -3,13 +3,16 @@
 //!
 //! Touched on CONNECT and on close only, never per packet, so one mutex is
 //! enough. A takeover of a connection on another shard is an order sent
-//! through that shard's channel; its poller applies it on its own thread.
+//! through that shard's channel, with a kick that wakes its poller, which
+//! applies it on its own thread.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use codec::ByteString;
 use crossbeam_channel::{Receiver, Sender};
+
+use crate::shard::Kick;
 
 /// A connection: its shard and its id within the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,13 +24,20 @@ pub(crate) struct Holder {
 #[derive(Debug)]
 pub(crate) struct Registry {
     holders: Mutex<HashMap<ByteString, Holder>>,
-    orders: Vec<Sender<u64>>,
+    orders: Vec<(Sender<u64>, Arc<Kick>)>,
 }
 
 impl Registry {
-    /// A registry for `shards` shards and each shard's order receiver.
-    pub(crate) fn new(shards: usize) -> (Self, Vec<Receiver<u64>>) {
-        let (orders, inboxes) = (0..shards).map(|_| crossbeam_channel::unbounded()).unzip();
+    /// A registry for shards woken by `kicks` (one each), and each shard's
+    /// order receiver.
+    pub(crate) fn new(kicks: Vec<Arc<Kick>>) -> (Self, Vec<Receiver<u64>>) {
+        let (orders, inboxes) = kicks
+            .into_iter()
+            .map(|kick| {
+                let (order, inbox) = crossbeam_channel::unbounded();
+                ((order, kick), inbox)
+            })
+            .unzip();
         let registry = Self {
             holders: Mutex::new(HashMap::new()),
             orders,
@@ -45,9 +55,10 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(client_id, holder);
         if let Some(old) = previous.filter(|old| old.shard != holder.shard)
-            && let Some(order) = self.orders.get(old.shard)
+            && let Some((order, kick)) = self.orders.get(old.shard)
         {
             let _ = order.send(old.connection);
+            kick.kick();
         }
         previous
     }
@@ -70,7 +81,8 @@ mod tests {
 
     #[test]
     fn newer_holder_wins_and_other_shards_get_an_order() {
-        let (registry, inboxes) = Registry::new(2);
+        let kicks: Vec<Arc<Kick>> = vec![Arc::default(), Arc::default()];
+        let (registry, inboxes) = Registry::new(kicks.clone());
         let id = ByteString::from("VIN1");
         let first = Holder {
             shard: 0,
@@ -88,9 +100,13 @@ mod tests {
         // Same shard: returned to the caller, no order sent.
         assert_eq!(registry.claim(id.clone(), same_shard), Some(first));
         assert!(inboxes[0].try_recv().is_err());
-        // Other shard: shard 0 is told to close connection 8.
+        assert!(!kicks[0].take());
+        // Other shard: shard 0 is told to close connection 8, and its
+        // poller is woken to do it (an idle one sleeps up to a second).
         assert_eq!(registry.claim(id.clone(), other_shard), Some(same_shard));
         assert_eq!(inboxes[0].try_recv(), Ok(8));
+        assert!(kicks[0].take());
+        assert!(!kicks[1].take());
         // A late release by a replaced holder does not erase the newer one.
         registry.release(&id, same_shard);
         assert_eq!(registry.claim(id.clone(), other_shard), Some(other_shard));

@@ -174,20 +174,27 @@ impl Signal {
 
 /// Wakes the shard's poller from its idle sleep, from the shard's own
 /// thread or another one (librdkafka's, when a routed message arrives;
-/// glommio wakers may be woken from any thread).
+/// the gateway's, on a stop, a drain or a takeover order; glommio wakers
+/// may be woken from any thread).
 #[derive(Debug, Default)]
-pub(super) struct Kick {
+pub(crate) struct Kick {
     kicked: AtomicBool,
     waker: Mutex<Option<Waker>>,
 }
 
 impl Kick {
-    pub(super) fn kick(&self) {
+    pub(crate) fn kick(&self) {
         self.kicked.store(true, Ordering::Release);
         let waker = self.waker.lock().ok().and_then(|mut waker| waker.take());
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// Whether it was kicked since the last look (and forget it).
+    #[cfg(test)]
+    pub(crate) fn take(&self) -> bool {
+        self.kicked.swap(false, Ordering::Acquire)
     }
 
     /// Drops the stored waker here, on the shard's thread, rather than
