@@ -331,7 +331,7 @@ pub(super) fn on_parked(shard: &Rc<Shard>, signal: Rc<Signal>, mut parked: Parke
                 && !signal.pending()
                 && readiness::try_write(&parked.socket, &mut start.output) =>
         {
-            signal.deadline.set(parked.session.deadline());
+            shard.table.set_deadline(&signal, parked.session.deadline());
             signal.park(parked);
         }
         Handled::Done => lot::wake(shard, signal, parked, start),
@@ -525,7 +525,7 @@ async fn drive<S: CarStream>(
             _ if busy => READ_BUSY,
             _ => READ_IDLE,
         };
-        signal.deadline.set(session.deadline());
+        shard.table.set_deadline(signal, session.deadline());
         // Nothing half read and nothing to do: one read without waiting,
         // and if the socket has nothing either, the connection waits
         // parked, without this task. (Bytes that came while the task was

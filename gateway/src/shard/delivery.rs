@@ -308,7 +308,7 @@ impl Shard {
                         if signal.queued.get() == 0 {
                             signal.queued_since.set(super::signal::micros());
                         }
-                        signal.queued.set(signal.queued.get() + 1);
+                        signal.queued.set(signal.queued.get().saturating_add(1));
                         drop(outbox);
                         if let Some(ask) = ask {
                             downlink

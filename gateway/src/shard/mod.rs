@@ -272,6 +272,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
                 readiness::listen(address).with_context(|| format!("binding {address}"))?;
             listeners.push(listener);
         }
+        let epoch = Instant::now();
         let downlink = match slot {
             None => None,
             Some(slot) => Some(Downlink::new(&config, id, slot, &kick)?),
@@ -291,7 +292,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             accept_rate: AcceptRate::new(config.limits.accept_rate_per_shard),
             registry,
             orders,
-            table: ConnectionTable::default(),
+            table: ConnectionTable::new(epoch),
             readiness: Readiness::new().context("creating the shard's epoll set")?,
             downlink,
             shutdown,
@@ -302,7 +303,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             abandoned: Cell::new(false),
-            epoch: Instant::now(),
+            epoch,
         };
         Ok((listeners, shard))
     };

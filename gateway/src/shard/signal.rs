@@ -47,6 +47,9 @@ pub(super) struct Signal {
     parked: RefCell<Option<Parked>>,
     pub(super) reason: Cell<Option<CloseReason>>,
     pub(super) deadline: Cell<Option<Instant>>,
+    /// The deadline slot this connection is filed under in the table, 0
+    /// when none ([`super::table::ConnectionTable::set_deadline`]).
+    pub(super) filed: Cell<u32>,
     due: Cell<bool>,
     waker: RefCell<Option<Waker>>,
     /// The session id, once the CONNECT is accepted.
@@ -55,7 +58,7 @@ pub(super) struct Signal {
     pub(super) filters: RefCell<Option<Rc<[ByteString]>>>,
     /// Encoded downlink PUBLISH packets not yet written, and their count.
     pub(super) outbox: RefCell<BytesMut>,
-    pub(super) queued: Cell<u64>,
+    pub(super) queued: Cell<u32>,
     /// When the oldest of them was queued ([`micros`]).
     pub(super) queued_since: Cell<u32>,
 }
@@ -132,7 +135,7 @@ impl Signal {
         self.reason.get().is_some() || self.due.get() || self.queued.get() > 0
     }
 
-    /// Called by the sweeper.
+    /// Called by the sweeper when the deadline's slot has ended.
     pub(super) fn check_deadline(&self, now: Instant) {
         if self.deadline.get().is_some_and(|at| at <= now) && !self.due.replace(true) {
             self.wake();
@@ -168,7 +171,7 @@ impl Signal {
 
     /// Takes the queued downlink bytes and their message count.
     pub(super) fn take_output(&self) -> (BytesMut, u64) {
-        (self.outbox.take(), self.queued.replace(0))
+        (self.outbox.take(), u64::from(self.queued.replace(0)))
     }
 }
 
