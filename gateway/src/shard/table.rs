@@ -14,6 +14,8 @@ use crate::session::CloseReason;
 /// Deadlines are looked at in slots of this length: a connection's
 /// deadline is seen at most this late (the sweeper runs once per slot).
 const SLOT: Duration = super::SWEEP_INTERVAL;
+#[allow(clippy::cast_possible_truncation)] // 250 ms in nanoseconds
+const SLOT_NANOS: u64 = SLOT.as_nanos() as u64;
 
 #[derive(Debug)]
 pub(super) struct ConnectionTable {
@@ -52,27 +54,35 @@ impl ConnectionTable {
     /// `k - 1` up to `origin + k × SLOT`. Slot 0 is never a filed one, so
     /// it can mean "not filed".
     fn slot_of(&self, at: Instant) -> u32 {
-        let since = at.saturating_duration_since(self.origin).as_nanos();
-        let slot = since.div_ceil(SLOT.as_nanos()).max(1);
+        let slot = self.nanos_since_origin(at).div_ceil(SLOT_NANOS).max(1);
         u32::try_from(slot).unwrap_or(u32::MAX)
     }
 
     /// How many slots have ended at `now`.
     fn slots_ended(&self, now: Instant) -> u32 {
-        let since = now.saturating_duration_since(self.origin).as_nanos();
-        u32::try_from(since / SLOT.as_nanos()).unwrap_or(u32::MAX)
+        u32::try_from(self.nanos_since_origin(now) / SLOT_NANOS).unwrap_or(u32::MAX)
+    }
+
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Sets connection `signal`'s session deadline, and files the
     /// connection to be looked at when the deadline's slot ends, unless it
-    /// is filed for that slot or an earlier one already.
+    /// is filed for that slot or an earlier one already. Called on every
+    /// packet: a deadline that moves later, the usual case, costs a
+    /// comparison.
     pub(super) fn set_deadline(&self, signal: &Signal, deadline: Option<Instant>) {
-        signal.deadline.set(deadline);
+        let before = signal.deadline.replace(deadline);
         let Some(at) = deadline else {
             return;
         };
-        let slot = self.slot_of(at);
         let filed = signal.filed.get();
+        if filed != 0 && before.is_some_and(|before| at >= before) {
+            // Filed under the earlier deadline's slot or before.
+            return;
+        }
+        let slot = self.slot_of(at);
         if filed == 0 || slot < filed {
             signal.filed.set(slot);
             self.deadlines.borrow_mut().push(Reverse((slot, signal.id)));
