@@ -89,7 +89,7 @@ pub struct Gateway {
     shutdown: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
     /// Each shard's poller's wake-up: the flags above are looked at when
-    /// it turns, and an idle poller sleeps up to a second.
+    /// it turns, and an idle poller sleeps up to 250 ms.
     kicks: Vec<Arc<shard::Kick>>,
     ready: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
@@ -324,7 +324,7 @@ impl Gateway {
     }
 
     /// Setting this flag stops the gateway (signal handlers set it): an
-    /// idle shard sees it within a second; [`Gateway::stop`] tells every
+    /// idle shard sees it within 250 ms; [`Gateway::stop`] tells every
     /// shard at once.
     pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()

@@ -102,7 +102,7 @@ mod tests {
         assert!(inboxes[0].try_recv().is_err());
         assert!(!kicks[0].take());
         // Other shard: shard 0 is told to close connection 8, and its
-        // poller is woken to do it (an idle one sleeps up to a second).
+        // poller is woken to do it (an idle one sleeps up to 250 ms).
         assert_eq!(registry.claim(id.clone(), other_shard), Some(same_shard));
         assert_eq!(inboxes[0].try_recv(), Ok(8));
         assert!(kicks[0].take());

@@ -78,11 +78,13 @@ const BURST: i32 = 64;
 /// woken early by what it serves: a record handed to the producer,
 /// librdkafka when a routed message arrives, the gateway on a stop or a
 /// drain, another shard with a takeover order. So this only bounds how
-/// late it logs a Kafka client's error and how often it beats the
-/// heart the systemd watchdog checks (every 15 s in `deploy/`). A wake-up
-/// costs a shard about 40 µs on the test machine: at 25 ms, an idle shard
-/// spent 0.35 % of a core on this sleep alone.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+/// late it logs a Kafka client's error, and how often it beats the heart
+/// the systemd watchdog checks (`WatchdogSec` must exceed it). The
+/// sweeper's period, on the shard's clock: the sweeper wakes the shard
+/// then anyway, so the idle poller costs no wake-up of its own. (A
+/// wake-up costs a shard about 40 µs on the test machine: at 25 ms of its
+/// own, an idle shard spent 0.35 % of a core on this sleep alone.)
+const IDLE_POLL: Duration = SWEEP_INTERVAL;
 /// Listening sockets per shard on the one address (SO_REUSEPORT): glommio
 /// listens with a backlog of 1024, so four hold 4,096 cars that connect
 /// faster than the shard accepts. At 25,000 connects/s asked over three
