@@ -1,15 +1,18 @@
-//! How often a shard wakes while a fleet publishes at its usual pace: at
-//! 1,000 PUBLISH a second, each from a different car, the CPU a gateway
-//! spends is mostly wake-ups of its shard (see BENCHMARKS.md, "One clock
-//! per shard"), not the handling of PUBLISH. The shard gathers events that
-//! come faster than one per 5 ms and serves its acknowledgements on the
-//! same ticks; this test fails if those wake-ups stop sharing ticks.
+//! How often a shard wakes, with a fleet publishing at its usual pace and
+//! with a quiet one: at 1,000 PUBLISH a second, each from a different car,
+//! the CPU a gateway spends is mostly wake-ups of its shard, not the
+//! handling of PUBLISH (BENCHMARKS.md, "CPU per message: one clock per
+//! shard"). The shard gathers events that come faster than one per 5 ms
+//! and serves its acknowledgements on the same ticks, and a quiet shard
+//! wakes only for its sweeper's ticks; these tests fail if those wake-ups
+//! stop sharing ticks.
 
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod common;
 
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,10 @@ const MEASURED: Duration = Duration::from_secs(4);
 /// each kept their own 5 ms timer and the shard woke about 520 times a
 /// second at this pace (`scripts/stack.sh`, 10,000 cars every 10 s).
 const MOST_WAKEUPS_PER_SEC: f64 = 350.0;
+
+/// The tests count the wake-ups of every thread named `shard-0…` in this
+/// process: one gateway at a time.
+static ONE_GATEWAY: Mutex<()> = Mutex::new(());
 
 /// Voluntary context switches (the thread went to sleep and was woken)
 /// of this process's threads named `shard-0…`.
@@ -58,6 +65,9 @@ fn shard_sleeps() -> u64 {
 
 #[test]
 fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
+    let _alone = ONE_GATEWAY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let broker = Broker::start();
     broker.create_topic("cs.uplink", 1, &[]);
     let gateway = Gateway::start(config(&broker, 1)).unwrap();
@@ -106,6 +116,48 @@ fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
     assert!(
         wakeups <= MOST_WAKEUPS_PER_SEC,
         "the shard woke {wakeups:.0} times a second at {rate:.0} PUBLISH/s (at most {MOST_WAKEUPS_PER_SEC})"
+    );
+    drop(cars);
+    gateway.stop().unwrap();
+}
+
+/// The sweeper's 4 ticks a second, which the idle poller shares, and a
+/// little room: the poller's own 25 ms made 44.
+const MOST_WAKEUPS_PER_SEC_QUIET: f64 = 8.0;
+
+#[test]
+fn a_quiet_fleet_wakes_the_shard_only_for_its_sweeps() {
+    let _alone = ONE_GATEWAY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let gateway = Gateway::start(config(&broker, 1)).unwrap();
+    let addr = gateway.local_addr();
+    let cars: Vec<RawClient> = (0..CARS)
+        .map(|i| {
+            let (client, code) = RawClient::connect(addr, &format!("VIN-QUIET-{i:08}"), 600);
+            assert_eq!(code, 0);
+            client
+        })
+        .collect();
+    let parked = || {
+        total(&gateway, |m| {
+            u64::try_from(m.connections_parked.load(Ordering::Relaxed)).unwrap()
+        })
+    };
+    testkit::wait_until("every car parked", WAIT, || parked() == CARS as u64);
+
+    let sleeps = shard_sleeps();
+    let started = Instant::now();
+    std::thread::sleep(MEASURED);
+    let elapsed = started.elapsed().as_secs_f64();
+    let wakeups = (shard_sleeps() - sleeps) as f64 / elapsed;
+    eprintln!("{CARS} quiet cars: the shard woke {wakeups:.1} times a second");
+    assert_eq!(parked(), CARS as u64, "a car stopped being quiet");
+    assert!(
+        wakeups <= MOST_WAKEUPS_PER_SEC_QUIET,
+        "the shard woke {wakeups:.1} times a second for {CARS} quiet cars (at most {MOST_WAKEUPS_PER_SEC_QUIET})"
     );
     drop(cars);
     gateway.stop().unwrap();
