@@ -16,6 +16,9 @@ use crate::session::CloseReason;
 const SLOT: Duration = super::SWEEP_INTERVAL;
 #[allow(clippy::cast_possible_truncation)] // 250 ms in nanoseconds
 const SLOT_NANOS: u64 = SLOT.as_nanos() as u64;
+/// Entries of closed (or refiled) connections the deadline heap may hold
+/// beyond one per open connection before it is rebuilt from the open ones.
+const STALE_ALLOWED: usize = 1024;
 
 #[derive(Debug)]
 pub(super) struct ConnectionTable {
@@ -32,7 +35,9 @@ pub(super) struct ConnectionTable {
     /// connections whose filed slot has ended, not every connection: with
     /// 10,000 idle cars, a sweep over all of them four times a second was
     /// most of an idle shard's CPU. An entry is 16 bytes. A closed
-    /// connection's entry stays until its slot ends.
+    /// connection's entry stays until its slot ends, or until such entries
+    /// outnumber the open connections (a churn of reconnects), when the
+    /// heap is rebuilt from the open ones.
     deadlines: RefCell<BinaryHeap<Reverse<(u32, u64)>>>,
     /// Where slot 0 ends: the shard's start.
     origin: Instant,
@@ -177,6 +182,16 @@ impl ConnectionTable {
                 None => {}
             }
         }
+        if deadlines.len() > 2 * connections.len() + STALE_ALLOWED {
+            // Each open connection's one valid entry is the slot it is
+            // filed under: keep those, drop the rest. Linear, and only
+            // after as many closes as there are open connections.
+            *deadlines = connections
+                .values()
+                .filter(|signal| signal.filed.get() != 0)
+                .map(|signal| Reverse((signal.filed.get(), signal.id)))
+                .collect();
+        }
     }
 
     /// Connections filed to have their deadline looked at (closed ones
@@ -275,5 +290,29 @@ mod tests {
         // Set again, it is filed again.
         table.set_deadline(&deciding, Some(origin + secs(3.0)));
         assert_eq!(table.filed(), 1);
+    }
+
+    #[test]
+    fn a_churn_of_reconnects_does_not_grow_the_heap_without_bound() {
+        let origin = Instant::now();
+        let table = ConnectionTable::new(origin);
+        let (_, stays) = table.open();
+        table.set_deadline(&stays, Some(origin + secs(900.0)));
+        // Cars that connect and go, each leaving a 15-minute deadline.
+        for _ in 0..10_000 {
+            let (id, car) = table.open();
+            table.set_deadline(&car, Some(origin + secs(900.0)));
+            table.close(id, None);
+        }
+        table.check_deadlines(origin + secs(1.0));
+        assert!(
+            table.filed() <= 2 + super::STALE_ALLOWED,
+            "{}",
+            table.filed()
+        );
+        // The car that stayed is still looked at when its deadline comes.
+        table.check_deadlines(origin + secs(900.0) + SLOT);
+        assert!(stays.pending());
+        assert_eq!(table.filed(), 0);
     }
 }
