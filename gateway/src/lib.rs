@@ -97,11 +97,14 @@ pub struct Gateway {
     admin_addr: Option<SocketAddr>,
 }
 
-/// Wakes every shard's poller: a flag it looks at changed.
-fn kick_all(kicks: &[Arc<shard::Kick>]) {
+/// Sets `flag` (the stop or the drain) and wakes every shard's poller to
+/// see it; whether it was set already.
+fn tell_shards(flag: &AtomicBool, kicks: &[Arc<shard::Kick>]) -> bool {
+    let already = flag.swap(true, Ordering::Relaxed);
     for kick in kicks {
         kick.kick();
     }
+    already
 }
 
 impl Gateway {
@@ -168,9 +171,10 @@ impl Gateway {
                                 (drain.clone(), ready.clone(), metrics.clone(), kicks.clone());
                             Box::new(move || {
                                 ready.store(false, Ordering::Relaxed);
-                                let already = drain.swap(true, Ordering::Relaxed);
-                                kick_all(&kicks);
+                                // Counted before the shards hear of it:
+                                // kicked, they start closing at once.
                                 let open = metrics::open_connections(&metrics);
+                                let already = tell_shards(&drain, &kicks);
                                 Ok(if already {
                                     format!("draining already: {open} connections open\n")
                                 } else {
@@ -262,15 +266,13 @@ impl Gateway {
                     }
                 }
                 Ok(Err(error)) => {
-                    shutdown.store(true, Ordering::Relaxed);
-                    kick_all(&kicks);
+                    tell_shards(&shutdown, &kicks);
                     return Err(error).with_context(|| format!("shard {id}"));
                 }
                 Err(_) => {
                     // The executor never ran: its ring could not be made.
                     let failed = shards.pop().map(glommio::ExecutorJoinHandle::join);
-                    shutdown.store(true, Ordering::Relaxed);
-                    kick_all(&kicks);
+                    tell_shards(&shutdown, &kicks);
                     if let Some(Err(error)) = failed {
                         let error = std::io::Error::from(error);
                         anyhow::bail!("shard {id}: {}", startup::io_uring_refused(&error));
@@ -336,13 +338,11 @@ impl Gateway {
     /// reconnect elsewhere as a trickle. The process stays until stopped.
     pub fn drain(&self) {
         self.ready.store(false, Ordering::Relaxed);
-        let already = self.drain.swap(true, Ordering::Relaxed);
-        kick_all(&self.kicks);
-        if !already {
-            tracing::info!(
-                connections = metrics::open_connections(&self.metrics),
-                "draining"
-            );
+        // Counted before the shards hear of it: kicked, they start closing
+        // at once.
+        let open = metrics::open_connections(&self.metrics);
+        if !tell_shards(&self.drain, &self.kicks) {
+            tracing::info!(connections = open, "draining");
         }
     }
 
@@ -363,8 +363,7 @@ impl Gateway {
     /// Stops accepting, closes connections, flushes and joins.
     pub fn stop(self) -> anyhow::Result<()> {
         self.ready.store(false, Ordering::Relaxed);
-        self.shutdown.store(true, Ordering::Relaxed);
-        kick_all(&self.kicks);
+        tell_shards(&self.shutdown, &self.kicks);
         self.join()
     }
 
