@@ -12,8 +12,8 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{RawClient, WAIT, config, total};
@@ -63,28 +63,68 @@ fn shard_sleeps() -> u64 {
     sleeps
 }
 
+/// What a test runs against: one gateway of one shard on its own broker,
+/// with `CARS` cars connected, and this test's turn.
+struct Fleet {
+    cars: Vec<RawClient>,
+    gateway: Gateway,
+    _broker: Broker,
+    _alone: MutexGuard<'static, ()>,
+}
+
+impl Fleet {
+    /// Waits for its turn, then connects the cars (`{name}-00000000`...).
+    fn start(name: &str) -> Self {
+        let alone = ONE_GATEWAY
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let broker = Broker::start();
+        broker.create_topic("cs.uplink", 1, &[]);
+        let gateway = Gateway::start(config(&broker, 1)).unwrap();
+        let addr = gateway.local_addr();
+        let cars = (0..CARS)
+            .map(|i| {
+                let (client, code) = RawClient::connect(addr, &format!("{name}-{i:08}"), 600);
+                assert_eq!(code, 0);
+                client
+            })
+            .collect();
+        Self {
+            cars,
+            gateway,
+            _broker: broker,
+            _alone: alone,
+        }
+    }
+
+    /// Closes the cars, then stops the gateway.
+    fn stop(self) {
+        drop(self.cars);
+        self.gateway.stop().unwrap();
+    }
+}
+
+/// Runs `during`, and says how many times a second the shard woke
+/// meanwhile, and over how many seconds.
+fn wakeups_during<T>(during: impl FnOnce() -> T) -> (T, f64, f64) {
+    let sleeps = shard_sleeps();
+    let started = Instant::now();
+    let result = during();
+    let elapsed = started.elapsed().as_secs_f64();
+    let wakeups = (shard_sleeps() - sleeps) as f64 / elapsed;
+    (result, wakeups, elapsed)
+}
+
 #[test]
 fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
-    let _alone = ONE_GATEWAY
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let broker = Broker::start();
-    broker.create_topic("cs.uplink", 1, &[]);
-    let gateway = Gateway::start(config(&broker, 1)).unwrap();
-    let addr = gateway.local_addr();
-    let mut cars: Vec<RawClient> = (0..CARS)
-        .map(|i| {
-            let (client, code) = RawClient::connect(addr, &format!("VIN-WAKE-{i:08}"), 600);
-            assert_eq!(code, 0);
-            client
-        })
-        .collect();
-    let received = || total(&gateway, |m| m.publish_received.load(Ordering::Relaxed));
-    let acked = || total(&gateway, |m| m.publish_acked.load(Ordering::Relaxed));
+    let mut fleet = Fleet::start("VIN-WAKE");
+    let (gateway, cars) = (&fleet.gateway, &mut fleet.cars);
+    let received = || total(gateway, |m| m.publish_received.load(Ordering::Relaxed));
+    let acked = || total(gateway, |m| m.publish_acked.load(Ordering::Relaxed));
 
     // One round first: the producer has met its broker, and each car has
     // been served once.
-    for car in &mut cars {
+    for car in cars.iter_mut() {
         car.publish("UL/POS", &[b'.'; 100]);
         std::thread::sleep(PACE);
     }
@@ -92,16 +132,16 @@ fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
         acked() == CARS as u64
     });
 
-    let sleeps = shard_sleeps();
-    let started = Instant::now();
-    let mut sent = 0;
-    while started.elapsed() < MEASURED {
-        cars[sent % CARS].publish("UL/POS", &[b'.'; 100]);
-        sent += 1;
-        std::thread::sleep(PACE);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let wakeups = (shard_sleeps() - sleeps) as f64 / elapsed;
+    let (sent, wakeups, elapsed) = wakeups_during(|| {
+        let started = Instant::now();
+        let mut sent = 0;
+        while started.elapsed() < MEASURED {
+            cars[sent % CARS].publish("UL/POS", &[b'.'; 100]);
+            sent += 1;
+            std::thread::sleep(PACE);
+        }
+        sent
+    });
     let rate = sent as f64 / elapsed;
     testkit::wait_until("every PUBLISH received", WAIT, || {
         received() == (CARS + sent) as u64
@@ -117,8 +157,7 @@ fn a_fleet_at_its_pace_wakes_the_shard_once_per_tick() {
         wakeups <= MOST_WAKEUPS_PER_SEC,
         "the shard woke {wakeups:.0} times a second at {rate:.0} PUBLISH/s (at most {MOST_WAKEUPS_PER_SEC})"
     );
-    drop(cars);
-    gateway.stop().unwrap();
+    fleet.stop();
 }
 
 /// The sweeper's 4 ticks a second, which the idle poller shares, and a
@@ -127,38 +166,20 @@ const MOST_WAKEUPS_PER_SEC_QUIET: f64 = 8.0;
 
 #[test]
 fn a_quiet_fleet_wakes_the_shard_only_for_its_sweeps() {
-    let _alone = ONE_GATEWAY
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let broker = Broker::start();
-    broker.create_topic("cs.uplink", 1, &[]);
-    let gateway = Gateway::start(config(&broker, 1)).unwrap();
-    let addr = gateway.local_addr();
-    let cars: Vec<RawClient> = (0..CARS)
-        .map(|i| {
-            let (client, code) = RawClient::connect(addr, &format!("VIN-QUIET-{i:08}"), 600);
-            assert_eq!(code, 0);
-            client
-        })
-        .collect();
+    let fleet = Fleet::start("VIN-QUIET");
     let parked = || {
-        total(&gateway, |m| {
+        total(&fleet.gateway, |m| {
             u64::try_from(m.connections_parked.load(Ordering::Relaxed)).unwrap()
         })
     };
     testkit::wait_until("every car parked", WAIT, || parked() == CARS as u64);
 
-    let sleeps = shard_sleeps();
-    let started = Instant::now();
-    std::thread::sleep(MEASURED);
-    let elapsed = started.elapsed().as_secs_f64();
-    let wakeups = (shard_sleeps() - sleeps) as f64 / elapsed;
+    let ((), wakeups, _) = wakeups_during(|| std::thread::sleep(MEASURED));
     eprintln!("{CARS} quiet cars: the shard woke {wakeups:.1} times a second");
     assert_eq!(parked(), CARS as u64, "a car stopped being quiet");
     assert!(
         wakeups <= MOST_WAKEUPS_PER_SEC_QUIET,
         "the shard woke {wakeups:.1} times a second for {CARS} quiet cars (at most {MOST_WAKEUPS_PER_SEC_QUIET})"
     );
-    drop(cars);
-    gateway.stop().unwrap();
+    fleet.stop();
 }

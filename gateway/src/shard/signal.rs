@@ -135,9 +135,9 @@ impl Signal {
         self.reason.get().is_some() || self.due.get() || self.queued.get() > 0
     }
 
-    /// Called by the sweeper when the deadline's slot has ended.
-    pub(super) fn check_deadline(&self, now: Instant) {
-        if self.deadline.get().is_some_and(|at| at <= now) && !self.due.replace(true) {
+    /// Called by the sweeper: the session deadline has passed.
+    pub(super) fn deadline_passed(&self) {
+        if !self.due.replace(true) {
             self.wake();
         }
     }

@@ -173,7 +173,7 @@ impl ConnectionTable {
             }
             signal.filed.set(0);
             match signal.deadline.get() {
-                Some(at) if at <= now => signal.check_deadline(now),
+                Some(at) if at <= now => signal.deadline_passed(),
                 Some(at) => {
                     let slot = self.slot_of(at);
                     signal.filed.set(slot);
@@ -225,10 +225,15 @@ mod tests {
         Duration::from_secs_f64(s)
     }
 
+    /// An empty table and the origin of its slots.
+    fn table() -> (Instant, ConnectionTable) {
+        let origin = Instant::now();
+        (origin, ConnectionTable::new(origin))
+    }
+
     #[test]
     fn a_deadline_is_seen_once_its_slot_has_ended() {
-        let origin = Instant::now();
-        let table = ConnectionTable::new(origin);
+        let (origin, table) = table();
         let (_, car) = table.open();
         table.set_deadline(&car, Some(origin + secs(10.1)));
         table.check_deadlines(origin + secs(10.0));
@@ -242,8 +247,7 @@ mod tests {
 
     #[test]
     fn a_deadline_moved_later_costs_nothing_until_the_old_one_comes() {
-        let origin = Instant::now();
-        let table = ConnectionTable::new(origin);
+        let (origin, table) = table();
         let (_, car) = table.open();
         table.set_deadline(&car, Some(origin + secs(90.0)));
         // Each packet moves the keep-alive deadline: no new entry.
@@ -261,8 +265,7 @@ mod tests {
 
     #[test]
     fn a_deadline_moved_earlier_is_seen_at_the_earlier_time() {
-        let origin = Instant::now();
-        let table = ConnectionTable::new(origin);
+        let (origin, table) = table();
         let (_, car) = table.open();
         // The CONNECT's timeout, then a short keep-alive's deadline.
         table.set_deadline(&car, Some(origin + secs(10.0)));
@@ -276,8 +279,7 @@ mod tests {
 
     #[test]
     fn closed_and_deadline_free_connections_are_dropped_when_their_slot_ends() {
-        let origin = Instant::now();
-        let table = ConnectionTable::new(origin);
+        let (origin, table) = table();
         let (gone, closing) = table.open();
         let (_, deciding) = table.open();
         table.set_deadline(&closing, Some(origin + secs(1.0)));
@@ -294,8 +296,7 @@ mod tests {
 
     #[test]
     fn a_churn_of_reconnects_does_not_grow_the_heap_without_bound() {
-        let origin = Instant::now();
-        let table = ConnectionTable::new(origin);
+        let (origin, table) = table();
         let (_, stays) = table.open();
         table.set_deadline(&stays, Some(origin + secs(900.0)));
         // Cars that connect and go, each leaving a 15-minute deadline.
