@@ -1,5 +1,5 @@
 //! The Kafka data contracts between the gateway and the router
-//! (ARCHITECTURE.md, contracts 2–4; docs/contracts.md is the reference).
+//! (docs/contracts.md is the reference; docs/architecture.md the overview).
 //!
 //! - [`SessionRecord`]: the value of a session-registry record
 //!   (`mqtt.sessions`, key = client id), versioned JSON.

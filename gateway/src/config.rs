@@ -90,7 +90,7 @@ pub struct Authorization {
     pub subscribe: Vec<String>,
 }
 
-/// Delivery of messages to cars (ARCHITECTURE.md, contracts 3 and 4).
+/// Delivery of messages to cars (docs/contracts.md: registry, routed downlink).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Downlink {

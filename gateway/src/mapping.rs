@@ -1,4 +1,4 @@
-//! MQTT topic name → Kafka topic name (ARCHITECTURE.md, uplink contract).
+//! MQTT topic name → Kafka topic name (docs/architecture.md, uplink contract).
 //!
 //! An ordered list of rules, each a regular expression over the MQTT topic
 //! name and a Kafka topic template that may use the expression's capture

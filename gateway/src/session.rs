@@ -8,7 +8,7 @@
 //! single [`Session::deadline`] the caller sleeps until, then reports with
 //! [`Session::on_deadline`]. Tests drive it with synthetic instants.
 //!
-//! Policy (ARCHITECTURE.md, "MQTT subset"): QoS 0 only, no retain, no will,
+//! Policy (docs/gateway.md, what it accepts): QoS 0 only, no retain, no will,
 //! one CONNECT per connection; SUBSCRIBE is answered with QoS 0 granted for
 //! every filter the [`SubscribePolicy`] allows (0x80 for the others);
 //! everything else closes the connection with a counted
@@ -118,7 +118,7 @@ impl CloseReason {
     }
 }
 
-/// Features of MQTT 3.1.1 this system refuses (ARCHITECTURE.md).
+/// Features of MQTT 3.1.1 this system refuses (docs/gateway.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unsupported {
     /// A packet before CONNECT (MQTT-3.1.0-1).
@@ -515,7 +515,7 @@ impl Session {
         // Held for the whole session: one exact allocation, shared with
         // the shard's downlink matching.
         session.filters = (!filters.is_empty()).then(|| filters.into());
-        // Granted at QoS 0 whatever was asked (ARCHITECTURE.md). The codec
+        // Granted at QoS 0 whatever was asked (docs/gateway.md). The codec
         // refuses a SUBSCRIBE without filters, so `codes` is not empty.
         if codes.iter().all(|code| *code != SubAckReturnCode::Failure) {
             let _ = encode_suback_qos0(out, subscribe.packet_id, codes.len());

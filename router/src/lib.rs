@@ -1,4 +1,4 @@
-//! The router: the downlink join (ARCHITECTURE.md, "The router").
+//! The router: the downlink join (docs/architecture.md, docs/router.md).
 //!
 //! [`table`] holds the join's pure logic (sessions per client, filter
 //! match, session ordering); [`run`] drives it from Kafka; [`topics`]

@@ -1,7 +1,7 @@
 //! The join's state for one partition: client id → its newest session, and
 //! the routing decision for one downlink request. Pure logic, no Kafka.
 //!
-//! Ordering rule (ARCHITECTURE.md's invariants): the session with the
+//! Ordering rule (docs/architecture.md, invariants): the session with the
 //! larger id is the newer one, whatever order the records arrive in. A
 //! record of an older session never changes what a newer one registered;
 //! it only tells the router that an older connection may still be open
