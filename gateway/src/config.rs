@@ -301,8 +301,10 @@ pub enum ConfigError {
         path: String,
         source: Box<toml::de::Error>,
     },
+    // The mapping error's text is part of this one's (not a `source`), so
+    // that an error chain printed whole does not say it twice.
     #[error("mapping: {0}")]
-    Mapping(#[from] crate::mapping::MappingError),
+    Mapping(crate::mapping::MappingError),
     #[error("{field} = {value}: {fix}")]
     Invalid {
         field: &'static str,
@@ -521,7 +523,7 @@ impl Config {
                 ));
             }
         }
-        TopicMapper::new(&self.mapping)?;
+        TopicMapper::new(&self.mapping).map_err(ConfigError::Mapping)?;
         Ok(())
     }
 

@@ -132,14 +132,8 @@ impl Gateway {
         let kicks: Vec<Arc<shard::Kick>> = (0..count).map(|_| Arc::default()).collect();
         let mut doors = Vec::new();
         for listener in config.listeners() {
-            let tls = match &listener.tls {
-                None => None,
-                Some(spec) => {
-                    Some(Arc::new(tls::Terminator::new(spec).with_context(|| {
-                        format!("TLS of the listener on {}", listener.address)
-                    })?))
-                }
-            };
+            // The same loading as `gateway check-config`'s.
+            let tls = startup::terminator(&listener)?;
             doors.push(shard::Door { listener, tls });
         }
         let reloader = Arc::new(tls::Reloader::new(

@@ -79,12 +79,25 @@ enum Command {
     Run,
     /// Print the default configuration file and exit.
     PrintDefaultConfig,
-    /// Load and validate the configuration, print it, and exit.
+    /// Check the configuration as a start would, without starting: every
+    /// value, the mapping patterns, and every TLS file (certificate chains,
+    /// keys and whether they match, CA bundles, CRLs, ticket keys), loaded
+    /// by the code a start uses. Prints the configuration and exits 0, or
+    /// exits 1 naming each file or pattern that would stop a start.
     CheckConfig,
 }
 
 impl Cli {
+    /// The configuration to run, validated.
     fn config(&self) -> anyhow::Result<Config> {
+        let config = self.settings()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file's settings with the environment's and the flags' over
+    /// them, not validated yet.
+    fn settings(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
@@ -131,7 +144,6 @@ impl Cli {
                 Format::Json => LogFormat::Json,
             };
         }
-        config.validate()?;
         Ok(config)
     }
 }
@@ -148,8 +160,27 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::CheckConfig) => {
-            let config = cli.config()?;
+            let config = cli.settings()?;
+            // Every problem at once: the values and the files.
+            let mut problems = Vec::new();
+            if let Err(error) = config.validate() {
+                problems.push(error.to_string());
+            }
+            let tls = match gateway::startup::check_files(&config) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    problems.extend(errors.0.iter().map(ToString::to_string));
+                    0
+                }
+            };
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "this configuration would not start:\n{}",
+                    problems.join("\n")
+                );
+            }
             print!("{}", toml::to_string_pretty(&config)?);
+            eprintln!("configuration OK ({tls} TLS listener(s) loaded)");
             return Ok(());
         }
         Some(Command::Run) | None => {}

@@ -75,7 +75,10 @@ pub enum MappingError {
     InvalidRegex {
         index: usize,
         pattern: String,
+        /// What is wrong, and where for a syntax error.
         message: String,
+        /// Byte offset in `pattern` where a syntax error starts.
+        offset: Option<usize>,
     },
     #[error(
         "rule {index}: template {template:?} refers to group {group:?}, which {pattern:?} does not have"
@@ -183,6 +186,7 @@ impl TopicMapper {
                         index: 0,
                         pattern: patterns.join(" | "),
                         message: e.to_string(),
+                        offset: None,
                     })?;
                 let matched = PatternSet::new(regex.pattern_len());
                 Some((regex, matched))
@@ -264,11 +268,35 @@ impl TopicMapper {
     }
 }
 
+/// What is wrong with a pattern that does not build and, for a syntax
+/// error, the byte offset where it starts (regex-syntax's span).
+fn regex_error(pattern: &str, error: &regex_automata::meta::BuildError) -> (String, Option<usize>) {
+    let (what, span) = match error.syntax_error() {
+        Some(regex_syntax::Error::Parse(error)) => (error.kind().to_string(), *error.span()),
+        Some(regex_syntax::Error::Translate(error)) => (error.kind().to_string(), *error.span()),
+        Some(other) => return (other.to_string(), None),
+        None => return (error.to_string(), None),
+    };
+    let offset = span.start.offset;
+    let message = match (pattern.get(..offset), pattern.get(offset..)) {
+        (Some(before), Some(at)) => format!(
+            "{what}, at byte {offset} (line {}, column {}): after {before:?}, at {at:?}",
+            span.start.line, span.start.column
+        ),
+        _ => format!("{what}, at byte {offset}"),
+    };
+    (message, Some(offset))
+}
+
 fn compile(index: usize, rule: &Rule) -> Result<CompiledRule, MappingError> {
-    let regex = Regex::new(&rule.mqtt).map_err(|e| MappingError::InvalidRegex {
-        index,
-        pattern: rule.mqtt.clone(),
-        message: e.to_string(),
+    let regex = Regex::new(&rule.mqtt).map_err(|error| {
+        let (message, offset) = regex_error(&rule.mqtt, &error);
+        MappingError::InvalidRegex {
+            index,
+            pattern: rule.mqtt.clone(),
+            message,
+            offset,
+        }
     })?;
     let pieces = parse_template(index, rule, &regex)?;
     let constant = match pieces.as_slice() {
@@ -443,6 +471,39 @@ mod tests {
             error(&[Rule::new("^UL/(", "x")]),
             MappingError::InvalidRegex { index: 0, .. }
         ));
+        // Where in the pattern: the unclosed group opens at byte 4; the
+        // unknown Unicode class in the second rule (found by the
+        // translation, not the parser) starts at byte 3.
+        let unclosed = error(&[Rule::new("^UL/(POS|SPEED$", "x")]);
+        assert!(
+            matches!(
+                unclosed,
+                MappingError::InvalidRegex {
+                    offset: Some(4),
+                    ..
+                }
+            ),
+            "{unclosed:?}"
+        );
+        let said = unclosed.to_string();
+        assert!(
+            said.contains("unclosed group")
+                && said.contains("byte 4")
+                && said.contains("after \"^UL/\", at \"(POS|SPEED$\""),
+            "{said}"
+        );
+        let class = error(&[Rule::new("^UL", "x"), Rule::new(r"^UL\p{Nope}", "y")]);
+        assert!(
+            matches!(
+                class,
+                MappingError::InvalidRegex {
+                    index: 1,
+                    offset: Some(3),
+                    ..
+                }
+            ),
+            "{class:?}"
+        );
         assert!(matches!(
             error(&[Rule::new("^UL", "x"), Rule::new("^A(B)", "x.$2")]),
             MappingError::UnknownGroup { index: 1, ref group, .. } if group == "2"

@@ -3,13 +3,82 @@
 //! sysctl, a ulimit), and the open-files limit raised as far as allowed.
 //! A seccomp profile that blocks io_uring shows when the first shard
 //! creates its ring: [`io_uring_refused`] words that error.
+//!
+//! Also the files a start reads ([`check_files`], `gateway check-config`):
+//! loaded by the very functions a start calls ([`terminator`]), so the
+//! check cannot pass a configuration that a start refuses for its files.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::bail;
 use rlimit::Resource;
 
-use crate::config::Config;
+use crate::config::{Config, Listener};
+use crate::tls::{Terminator, TlsError};
+
+/// A file a start would not load, with the listener it belongs to.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    // The TLS error's text is part of this one's (not a `source`), so
+    // that a chain printed whole does not say it twice.
+    #[error("TLS of the listener on {address}: {error}")]
+    Tls {
+        address: SocketAddr,
+        error: TlsError,
+    },
+}
+
+/// Every problem [`check_files`] found, one a line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", list(.0))]
+pub struct FileErrors(pub Vec<FileError>);
+
+fn list(errors: &[FileError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The TLS of `listener` as a start loads it (certificate chain, key and
+/// its match, CA bundle, CRLs, ticket keys); `None` for plain TCP.
+pub fn terminator(listener: &Listener) -> Result<Option<Arc<Terminator>>, FileError> {
+    listener
+        .tls
+        .as_ref()
+        .map(|spec| {
+            Terminator::new(spec)
+                .map(Arc::new)
+                .map_err(|error| FileError::Tls {
+                    address: listener.address,
+                    error,
+                })
+        })
+        .transpose()
+}
+
+/// Loads every file a start of `config` would load, and says what of it
+/// would stop the start: every problem, not only the first. On success,
+/// how many TLS listeners loaded. Nothing is bound or started.
+pub fn check_files(config: &Config) -> Result<usize, FileErrors> {
+    let mut loaded = 0;
+    let mut errors = Vec::new();
+    for listener in config.listeners() {
+        match terminator(&listener) {
+            Ok(Some(_)) => loaded += 1,
+            Ok(None) => {}
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(FileErrors(errors))
+    }
+}
 
 /// glommio locks its io_uring rings into memory: 512 KiB at least.
 pub const MEMLOCK_NEEDED: u64 = 512 * 1024;

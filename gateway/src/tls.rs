@@ -90,13 +90,45 @@ fn revoked(path: &Path, crls: &[CertificateRevocationListDer<'_>]) -> Result<Rev
 
 type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
 
+/// The file a failed client verifier comes from: the CA bundle, or the
+/// CRL file that webpki refuses (found by trying each alone; an error
+/// path only).
+fn verifier_error(
+    error: rustls::server::VerifierBuilderError,
+    ca: &Path,
+    files: &[(&PathBuf, Vec<CertificateRevocationListDer<'static>>)],
+    roots: &Arc<rustls::RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> TlsError {
+    use rustls::server::VerifierBuilderError;
+    match error {
+        VerifierBuilderError::NoRootAnchors => file_error(ca, "no usable CA certificate"),
+        VerifierBuilderError::InvalidCrl(_) => files
+            .iter()
+            .find_map(|(path, file)| {
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .with_crls(file.iter().cloned())
+                    .build()
+                    .err()
+                    .map(|error| file_error(path, format!("CRL: {error}")))
+            })
+            .unwrap_or(TlsError::Verifier(error)),
+        other => TlsError::Verifier(other),
+    }
+}
+
 /// The server configuration and the revoked certificates; `random` makes
 /// the tickets when no ticket key file is configured.
 fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsError> {
     let provider = provider();
     let chain = certificates(&tls.cert)?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key).map_err(|error| file_error(&tls.key, error))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => file_error(
+            &tls.key,
+            "no PRIVATE KEY in the file (PEM: PKCS#8, PKCS#1 or SEC1)",
+        ),
+        other => file_error(&tls.key, other),
+    })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut revoked_certificates = Revoked::new();
@@ -115,7 +147,7 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
                     .add(certificate)
                     .map_err(|error| file_error(ca, error))?;
             }
-            let mut crls = Vec::new();
+            let mut files = Vec::new();
             for path in &tls.crls {
                 let file = CertificateRevocationListDer::pem_file_iter(path)
                     .map_err(|error| file_error(path, error))?
@@ -125,18 +157,37 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
                     return Err(file_error(path, "no X509 CRL in the file"));
                 }
                 revoked_certificates.extend(revoked(path, &file)?);
-                crls.extend(file);
+                files.push((path, file));
             }
+            let roots = Arc::new(roots);
+            let crls = files.iter().flat_map(|(_, file)| file.iter().cloned());
             let mut verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                     .with_crls(crls);
             if auth == ClientAuth::Optional {
                 verifier = verifier.allow_unauthenticated();
             }
-            builder.with_client_cert_verifier(verifier.build()?)
+            let verifier = verifier
+                .build()
+                .map_err(|error| verifier_error(error, ca, &files, &roots, &provider))?;
+            builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|error| match error {
+            rustls::Error::InconsistentKeys(_) => file_error(
+                &tls.key,
+                format!(
+                    "this key does not match the certificate in {}",
+                    tls.cert.display()
+                ),
+            ),
+            other => file_error(
+                &tls.key,
+                format!("with the certificate in {}: {other}", tls.cert.display()),
+            ),
+        })?;
     config.ticketer = match &tls.ticket_keys {
         Some(path) => Arc::new(SharedTicketer::from_file(path, tls.ticket_lifetime_secs)?),
         None => random.clone(),
