@@ -88,6 +88,8 @@ def seccomp_profile() -> str:
         "metadata:",
         f"  name: {SPO_NAME}",
         f"  namespace: {SPO_NAMESPACE}",
+        "  labels:",
+        "    app.kubernetes.io/component: seccomp",
         "spec:",
         f"  defaultAction: {profile['defaultAction']}",
         "  architectures:",
