@@ -25,9 +25,11 @@ pub struct Config {
     /// MQTT listeners, each plain or TLS; empty: one plain listener on
     /// `listen`.
     pub listeners: Vec<Listener>,
-    /// Executors, one pinned per CPU; 0 means one per CPU this process may
-    /// run on.
+    /// Executors; 0 means one per CPU this process may run on (its
+    /// affinity mask).
     pub shards: usize,
+    /// Whether each shard is pinned to a CPU (`crate::pinning`).
+    pub pin: Pin,
     /// Log a task that holds its shard too long, with a backtrace. Off by
     /// default: glommio resolves every such backtrace on the shard thread,
     /// which loads the binary's debug info (about 90 MiB resident, kept)
@@ -44,6 +46,23 @@ pub struct Config {
     pub drain: Drain,
     pub admin: Admin,
     pub log: Log,
+}
+
+/// Whether shards are pinned to CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pin {
+    /// Pinned when the affinity mask is a strict subset of the online
+    /// CPUs (taskset, a cpuset, the kubelet's static CPU manager): CPUs
+    /// that are this process's own. A mask of the whole machine is shared
+    /// with whoever else runs there: not pinned.
+    #[default]
+    Auto,
+    /// Pinned to the CPUs of the affinity mask, whatever it is: for a
+    /// host that runs one gateway and nothing else of weight.
+    Always,
+    /// Never pinned.
+    Never,
 }
 
 /// How a gateway empties itself (SIGTERM, `POST /drain`): not ready, no
@@ -177,6 +196,7 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             listeners: Vec::new(),
             shards: 0,
+            pin: Pin::Auto,
             detect_stalls: false,
             mqtt: Mqtt::default(),
             mapping: vec![Rule::new("^UL/.+", "cs.uplink")],

@@ -1,7 +1,8 @@
 //! The MQTT ⇄ Kafka gateway.
 //!
-//! Data flow: a car's TCP connection lands on one shard (one pinned glommio
-//! executor per CPU, each with its own SO_REUSEPORT listener). The shard's
+//! Data flow: a car's TCP connection lands on one shard (one glommio
+//! executor per CPU, pinned when the CPUs are this process's own
+//! ([`pinning`]), each with its own SO_REUSEPORT listener). The shard's
 //! connection task decodes packets with `codec`, feeds the per-connection
 //! [`session`] state machine, maps PUBLISH topics with [`mapping`] and hands
 //! records to the shard's own Kafka producer ([`kafka`]), whose delivery
@@ -17,6 +18,7 @@ mod downlink;
 mod kafka;
 pub mod mapping;
 pub mod metrics;
+pub mod pinning;
 pub mod policy;
 pub mod proxy;
 mod registry;
@@ -45,41 +47,6 @@ use crate::metrics::ShardMetrics;
 /// CPU (perf). 4096 entries give the full 256 buckets, for about 1 MiB of
 /// ring memory per shard.
 pub const RING_DEPTH: usize = 4096;
-
-/// The CPUs this process may run on (its affinity mask, as a container's
-/// CPU set or `taskset` leaves it), from `/proc/self/status`; all online
-/// CPUs where that is unreadable.
-fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
-    let from_status = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let list = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
-            parse_cpu_list(list.trim())
-        });
-    if let Some(cpus) = from_status.filter(|cpus| !cpus.is_empty()) {
-        return Ok(cpus);
-    }
-    Ok(glommio::CpuSet::online()
-        .map_err(std::io::Error::from)
-        .context("listing CPUs")?
-        .into_iter()
-        .map(|location| location.cpu)
-        .collect())
-}
-
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
-fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
-    let mut cpus = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((first, last)) => cpus.extend(first.parse::<usize>().ok()?..=last.parse().ok()?),
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    Some(cpus)
-}
 
 /// A running gateway.
 #[derive(Debug)]
@@ -111,11 +78,13 @@ impl Gateway {
     /// Validates `config`, starts every shard and returns once all listen.
     pub fn start(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let cpus = allowed_cpus()?;
+        let cpus = pinning::affinity_mask();
         let count = match config.shards {
             0 => cpus.len().max(1),
             n => n,
         };
+        let decision = pinning::decide(&cpus, &pinning::online_cpus(), config.pin);
+        tracing::info!(shards = count, "{}", decision.reason);
         let limits = startup::check(&config, count)?;
         tracing::debug!(
             open_files = limits.files,
@@ -212,7 +181,7 @@ impl Gateway {
         // ports it was given.
         let mut shards = Vec::with_capacity(count);
         for (id, shard_metrics) in metrics.iter().enumerate() {
-            let cpu = cpus.get(id % cpus.len().max(1)).copied().unwrap_or(0);
+            let cpu = decision.placement.cpu(id);
             let (bound_tx, bound_rx) = std::sync::mpsc::channel();
             let (config, shard_metrics, stop) =
                 (config.clone(), shard_metrics.clone(), shutdown.clone());
@@ -224,7 +193,8 @@ impl Gateway {
                 inboxes.pop().context("one inbox per shard")?,
             );
             let kick = kicks.get(id).context("one kick per shard")?.clone();
-            let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+            let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{id}"))
                 .ring_depth(RING_DEPTH);
             if config.detect_stalls {
@@ -251,7 +221,10 @@ impl Gateway {
                     })
                 })
                 .map_err(std::io::Error::from)
-                .with_context(|| format!("starting shard {id} on CPU {cpu}"))?;
+                .with_context(|| match cpu {
+                    Some(cpu) => format!("starting shard {id} on CPU {cpu}"),
+                    None => format!("starting shard {id}"),
+                })?;
             shards.push(handle);
             match bound_rx.recv() {
                 Ok(Ok(addresses)) => {
@@ -376,22 +349,5 @@ impl Gateway {
         self.ready.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_lists_as_the_kernel_writes_them() {
-        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
-        assert_eq!(
-            parse_cpu_list("0-2,8,10-11"),
-            Some(vec![0, 1, 2, 8, 10, 11])
-        );
-        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
-        assert_eq!(parse_cpu_list("x"), None);
-        assert!(!allowed_cpus().unwrap().is_empty());
     }
 }

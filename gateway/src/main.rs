@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gateway::Gateway;
-use gateway::config::{Config, LogFormat};
+use gateway::config::{Config, LogFormat, Pin};
 
 /// MQTT 3.1.1 to Kafka gateway for connected cars.
 ///
@@ -30,9 +30,14 @@ struct Cli {
     /// [[listeners]], e.g. 0.0.0.0:1883.
     #[arg(long, env = "CARBRIDGE_LISTEN", global = true)]
     listen: Option<std::net::SocketAddr>,
-    /// Shards (pinned executors); 0 = one per CPU.
+    /// Shards (executors); 0 = one per CPU of the affinity mask.
     #[arg(long, env = "CARBRIDGE_SHARDS", global = true)]
     shards: Option<usize>,
+    /// Pin each shard to a CPU: auto (only when the affinity mask is a
+    /// strict subset of the online CPUs, i.e. CPUs of this process's own),
+    /// always, or never.
+    #[arg(long, env = "CARBRIDGE_PIN", value_enum, global = true)]
+    pin: Option<PinArg>,
     /// Kafka bootstrap servers (librdkafka's bootstrap.servers).
     #[arg(long, env = "CARBRIDGE_KAFKA_BOOTSTRAP", global = true)]
     kafka_bootstrap: Option<String>,
@@ -65,6 +70,13 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "CARBRIDGE_LOG_FORMAT", value_enum, global = true)]
     log_format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PinArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -107,6 +119,13 @@ impl Cli {
         }
         if let Some(shards) = self.shards {
             config.shards = shards;
+        }
+        if let Some(pin) = self.pin {
+            config.pin = match pin {
+                PinArg::Auto => Pin::Auto,
+                PinArg::Always => Pin::Always,
+                PinArg::Never => Pin::Never,
+            };
         }
         if let Some(bootstrap) = &self.kafka_bootstrap {
             config
