@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -33,21 +33,21 @@ pub struct KafkaArgs {
 
 impl KafkaArgs {
     /// The `-X` properties, checked.
-    pub fn properties(&self) -> anyhow::Result<BTreeMap<String, String>> {
+    pub fn properties(&self) -> Result<BTreeMap<String, String>, Error> {
         self.kafka_properties
             .iter()
             .map(|property| {
                 property
                     .split_once('=')
                     .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                    .with_context(|| format!("-X {property}: expected KEY=VALUE"))
+                    .ok_or_else(|| Error::Property(property.clone()))
             })
             .collect()
     }
 
     /// A client configuration with the bootstrap servers and every `-X`
     /// property.
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+    pub fn client_config(&self) -> Result<ClientConfig, Error> {
         let mut config = ClientConfig::new();
         for (key, value) in self.properties()? {
             config.set(key, value);
@@ -145,13 +145,24 @@ pub fn at_end<C: ConsumerContext, K: Consumer<C>>(
     topic: &str,
     partitions: usize,
     timeout: Duration,
-) -> anyhow::Result<rdkafka::TopicPartitionList> {
+) -> Result<rdkafka::TopicPartitionList, Error> {
     let mut assignment = rdkafka::TopicPartitionList::new();
-    for partition in 0..i32::try_from(partitions).context("too many partitions")? {
+    let count = i32::try_from(partitions).map_err(|_| Error::TooManyPartitions(partitions))?;
+    for partition in 0..count {
         let (_, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
-            .with_context(|| format!("reading the end of {topic}/{partition}"))?;
-        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Offset(high))?;
+            .map_err(|source| Error::End {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
+        assignment
+            .add_partition_offset(topic, partition, rdkafka::Offset::Offset(high))
+            .map_err(|source| Error::Assignment {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
     }
     Ok(assignment)
 }
@@ -162,16 +173,56 @@ pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     topic: &str,
     timeout: Duration,
-) -> anyhow::Result<usize> {
+) -> Result<usize, Error> {
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
+        .map_err(|source| Error::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
     Ok(metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none())
         .map_or(0, |t| t.partitions().len()))
+}
+
+/// What went wrong with a Kafka flag, or with a Kafka request made here.
+/// The text says what failed; the cause (librdkafka's error) is the
+/// [`source`](std::error::Error::source), printed after it by whoever
+/// reports the whole chain (`anyhow` at the top of a binary).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator's flag: a `-X` value without `=`.
+    #[error("-X {0}: expected KEY=VALUE")]
+    Property(String),
+    /// Upstream: the broker did not tell a partition's end.
+    #[error("reading the end of {topic}/{partition}: check that the Kafka brokers are reachable")]
+    End {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    /// Upstream: the broker did not answer a metadata request.
+    #[error("reading the metadata of {topic}: check that the Kafka brokers are reachable")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// Internal: Kafka numbers partitions with an `i32`.
+    #[error("too many partitions: {0} (Kafka numbers them with a 32-bit integer)")]
+    TooManyPartitions(usize),
+    /// Internal: librdkafka refused to add a partition to a list.
+    #[error("adding {topic}/{partition} to the assignment")]
+    Assignment {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
 }
 
 #[cfg(test)]
@@ -211,5 +262,17 @@ mod tests {
             ..args
         };
         assert!(bad.properties().is_err());
+    }
+
+    #[test]
+    fn a_bad_property_names_itself_and_the_form() {
+        let bad = KafkaArgs {
+            kafka_bootstrap: "k:9092".to_owned(),
+            kafka_properties: vec!["no-equals".to_owned()],
+        };
+        assert_eq!(
+            bad.client_config().err().map(|e| e.to_string()).as_deref(),
+            Some("-X no-equals: expected KEY=VALUE")
+        );
     }
 }

@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         takeover_notices = metrics.takeover_notices.load(Ordering::Relaxed),
         "stopped"
     );
-    result
+    Ok(result?)
 }
 
 /// One --max-age rule: a valid MQTT topic filter and whole seconds.

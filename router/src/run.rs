@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -49,6 +48,59 @@ const FLUSH_BOUND: Duration = Duration::from_secs(10);
 /// Requests held for one partition while its table is rebuilt; beyond,
 /// they wait in Kafka (the partition stays paused).
 const MAX_WAITING: usize = 100_000;
+
+/// Why the router stopped, or could not start. The text says what failed
+/// and what to do; a Kafka cause is the [`source`](std::error::Error::source),
+/// printed after it by `anyhow` at the top of the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator's settings: librdkafka would not make a client of them.
+    #[error("creating {client}: check the -X properties")]
+    Client {
+        client: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    /// Upstream: a metadata request failed.
+    #[error(transparent)]
+    Kafka(#[from] ops::kafka::Error),
+    /// The topic layout: a topic the router reads or writes is missing.
+    #[error("topic {0} does not exist: create the topics first (`carbridge-topics create`)")]
+    Missing(String),
+    /// The topic layout: requests and sessions of one car would land on
+    /// different routers.
+    #[error(
+        "{downlink_topic} has {downlink} partitions but {sessions_topic} has {sessions}: they \
+         must be co-partitioned (equal counts), or requests and sessions of one car land on \
+         different routers. Recreate {sessions_topic} with {downlink} partitions \
+         (`carbridge-topics create`)."
+    )]
+    NotCoPartitioned {
+        downlink_topic: String,
+        downlink: usize,
+        sessions_topic: String,
+        sessions: usize,
+    },
+    /// Internal: more partitions than Kafka numbers.
+    #[error("too many partitions: {0} (Kafka numbers them with a 32-bit integer)")]
+    TooManyPartitions(usize),
+    /// The topic layout: more slots than a session record can name.
+    #[error("too many slots: the routed topic has {0} partitions (at most 2^32 - 1)")]
+    TooManySlots(usize),
+    /// Upstream: the group would not take the subscription.
+    #[error(
+        "joining the consumer group: check the -X properties and that the brokers are reachable"
+    )]
+    Join(#[source] KafkaError),
+    /// Upstream: leaving and joining again (the orphan watch asked) failed.
+    #[error(
+        "rejoining the consumer group: check that the brokers are reachable, then restart the router"
+    )]
+    Rejoin(#[source] KafkaError),
+    /// Internal: the process could not start a thread.
+    #[error("starting the orphan watch: the process may be out of threads or memory")]
+    Watch(#[source] std::io::Error),
+}
 
 /// Consumer-group changes, recorded by the rebalance callback and handled
 /// by the loop.
@@ -273,16 +325,19 @@ fn spawn_watch(
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let consumer: BaseConsumer = client_config(config, ops::kafka::for_consumer)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
         .create()
-        .context("creating the orphan watch's consumer")?;
+        .map_err(|source| Error::Client {
+            client: "the orphan watch's consumer",
+            source,
+        })?;
     let watch = Watch::new(
         consumer,
         config.downlink_topic.clone(),
-        i32::try_from(partitions).context("too many partitions")?,
+        i32::try_from(partitions).map_err(|_| Error::TooManyPartitions(partitions))?,
         Duration::from_millis(u64::from(config.orphan_after_ms)),
         config.orphan_rejoin,
         shared,
@@ -291,7 +346,7 @@ fn spawn_watch(
     std::thread::Builder::new()
         .name("orphan-watch".to_owned())
         .spawn(move || watch.run(&stop))
-        .context("starting the orphan watch")?;
+        .map_err(Error::Watch)?;
     Ok(())
 }
 
@@ -312,10 +367,10 @@ fn client_config(config: &Config, applies: fn(&str) -> bool) -> ClientConfig {
 pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     topic: &str,
-) -> anyhow::Result<usize> {
+) -> Result<usize, Error> {
     let count = ops::kafka::partition_count(consumer, topic, REQUEST_TIMEOUT)?;
     if count == 0 {
-        bail!("topic {topic} does not exist: create the topics first (`carbridge-topics create`)");
+        return Err(Error::Missing(topic.to_owned()));
     }
     Ok(count)
 }
@@ -327,7 +382,7 @@ pub fn run(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let mut consumer_config = client_config(&config, ops::kafka::for_consumer);
     consumer_config
         .set("group.id", &config.group)
@@ -350,22 +405,23 @@ pub fn run(
             changes: Mutex::new(Vec::new()),
             metrics: metrics.clone(),
         })
-        .context("creating the consumer")?;
+        .map_err(|source| Error::Client {
+            client: "the consumer",
+            source,
+        })?;
 
     let downlink = partition_count(&consumer, &config.downlink_topic)?;
     let sessions = partition_count(&consumer, &config.sessions_topic)?;
     if downlink != sessions {
-        bail!(
-            "{} has {downlink} partitions but {} has {sessions}: they must be co-partitioned \
-             (equal counts), or requests and sessions of one car land on different routers. \
-             Recreate {} with {downlink} partitions (`carbridge-topics create`).",
-            config.downlink_topic,
-            config.sessions_topic,
-            config.sessions_topic
-        );
+        return Err(Error::NotCoPartitioned {
+            downlink_topic: config.downlink_topic.clone(),
+            downlink,
+            sessions_topic: config.sessions_topic.clone(),
+            sessions,
+        });
     }
-    let slots = u32::try_from(partition_count(&consumer, &config.routed_topic)?)
-        .context("too many slots")?;
+    let routed = partition_count(&consumer, &config.routed_topic)?;
+    let slots = u32::try_from(routed).map_err(|_| Error::TooManySlots(routed))?;
 
     let mut producer_config = client_config(&config, ops::kafka::for_producer);
     producer_config
@@ -384,11 +440,14 @@ pub fn run(
         .create_with_context(RoutedContext {
             metrics: metrics.clone(),
         })
-        .context("creating the producer")?;
+        .map_err(|source| Error::Client {
+            client: "the producer",
+            source,
+        })?;
 
     consumer
         .subscribe(&[&config.downlink_topic, &config.sessions_topic])
-        .context("joining the consumer group")?;
+        .map_err(Error::Join)?;
     tracing::info!(
         group = %config.group,
         partitions = downlink,
@@ -460,7 +519,7 @@ impl Router {
     /// Leaves the group (committing what was handled) and joins it again:
     /// the coordinator starts a new generation and assigns every partition
     /// anew.
-    fn rejoin(&mut self, consumer: &GroupConsumer) -> anyhow::Result<()> {
+    fn rejoin(&mut self, consumer: &GroupConsumer) -> Result<(), Error> {
         bump(&self.metrics.orphan_rejoins);
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
             && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
@@ -471,7 +530,7 @@ impl Router {
         consumer.unsubscribe();
         consumer
             .subscribe(&[&self.config.downlink_topic, &self.config.sessions_topic])
-            .context("rejoining the consumer group")?;
+            .map_err(Error::Rejoin)?;
         tracing::info!("rejoined the consumer group");
         Ok(())
     }
@@ -876,5 +935,57 @@ impl Router {
         if let Err(error) = consumer.store_offset(&self.config.downlink_topic, partition, offset) {
             tracing::debug!(partition, %error, "storing an offset failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn layout_errors_say_what_to_do() {
+        let missing = Error::Missing("cs.downlink".to_owned()).to_string();
+        assert!(missing.contains("cs.downlink does not exist"), "{missing}");
+        assert!(missing.contains("carbridge-topics create"), "{missing}");
+        let skewed = Error::NotCoPartitioned {
+            downlink_topic: "cs.downlink".to_owned(),
+            downlink: 4,
+            sessions_topic: "mqtt.sessions".to_owned(),
+            sessions: 3,
+        }
+        .to_string();
+        assert!(
+            skewed.starts_with("cs.downlink has 4 partitions but mqtt.sessions has 3"),
+            "{skewed}"
+        );
+        assert!(skewed.contains("co-partitioned"), "{skewed}");
+        assert!(
+            skewed.contains("Recreate mqtt.sessions with 4 partitions"),
+            "{skewed}"
+        );
+    }
+
+    #[test]
+    fn a_kafka_cause_stays_in_the_chain() {
+        let error = Error::Client {
+            client: "the producer",
+            source: KafkaError::ClientCreation("bad property".to_owned()),
+        };
+        assert!(error.to_string().starts_with("creating the producer"));
+        let cause = error.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("bad property"), "{cause}");
+        // An ops error passes through unchanged, its cause included.
+        let metadata = Error::from(ops::kafka::Error::Metadata {
+            topic: "cs.downlink".to_owned(),
+            source: KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerTransportFailure),
+        });
+        assert!(
+            metadata
+                .to_string()
+                .starts_with("reading the metadata of cs.downlink")
+        );
+        assert!(metadata.source().is_some());
     }
 }

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -132,15 +132,63 @@ impl std::fmt::Display for Problem {
     }
 }
 
-fn admin(config: &ClientConfig) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    config.create().context("creating the Kafka admin client")
+/// What kept `create` or `check` from finishing. The text says what
+/// failed and what to do; a Kafka cause is the
+/// [`source`](std::error::Error::source), printed after it by `anyhow` at
+/// the top of the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kafka flags (`-X`) do not make a client.
+    #[error("creating the Kafka admin client: check the -X properties")]
+    Admin(#[source] KafkaError),
+    /// As [`Error::Admin`], for the client that reads topic metadata.
+    #[error("creating a metadata client: check the -X properties")]
+    MetadataClient(#[source] KafkaError),
+    /// Upstream: the broker did not answer.
+    #[error("reading the metadata of {topic}: check that the Kafka brokers are reachable")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// Upstream: the CreateTopics request failed as a whole.
+    #[error("creating {topic}: check that the Kafka brokers are reachable")]
+    CreateRequest {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// Upstream: the broker refused to create the topic (the code says
+    /// why: a replication factor above the brokers' count, a policy).
+    #[error("creating {topic}: {code}")]
+    Refused {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    /// Upstream: the broker said yes but its metadata never showed it.
+    #[error(
+        "{topic} was created but its metadata did not show {partitions} partitions within \
+         {timeout:?}: run `carbridge-topics check` once the brokers agree"
+    )]
+    NotShown {
+        topic: String,
+        partitions: i32,
+        timeout: Duration,
+    },
 }
 
-fn partitions(config: &ClientConfig, topic: &str) -> anyhow::Result<Option<i32>> {
-    let consumer: BaseConsumer = config.create().context("creating a metadata client")?;
+fn admin(config: &ClientConfig) -> Result<AdminClient<DefaultClientContext>, Error> {
+    config.create().map_err(Error::Admin)
+}
+
+fn partitions(config: &ClientConfig, topic: &str) -> Result<Option<i32>, Error> {
+    let consumer: BaseConsumer = config.create().map_err(Error::MetadataClient)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the metadata of {topic}"))?;
+        .map_err(|source| Error::Metadata {
+            topic: topic.to_owned(),
+            source,
+        })?;
     Ok(metadata
         .topics()
         .iter()
@@ -155,7 +203,7 @@ pub fn create(
     config: &ClientConfig,
     specs: &[Spec],
     replication: i32,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>, Error> {
     let admin = admin(config)?;
     let mut created = Vec::new();
     for spec in specs {
@@ -171,23 +219,28 @@ pub fn create(
             topic = topic.set(key, value);
         }
         let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-        let results = futures_executor::block_on(admin.create_topics([&topic], &options))
-            .with_context(|| format!("creating {}", spec.name))?;
+        let results = futures_executor::block_on(admin.create_topics([&topic], &options)).map_err(
+            |source| Error::CreateRequest {
+                topic: spec.name.clone(),
+                source,
+            },
+        )?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => anyhow::bail!("creating {topic}: {code}"),
+                Err((topic, code)) => return Err(Error::Refused { topic, code }),
             }
         }
         // Wait until the metadata shows it, so what runs next finds it.
         let deadline = std::time::Instant::now() + TIMEOUT;
         while partitions(config, &spec.name)? != Some(spec.partitions) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "{} was created but its metadata did not show {} partitions within {TIMEOUT:?}",
-                spec.name,
-                spec.partitions
-            );
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::NotShown {
+                    topic: spec.name.clone(),
+                    partitions: spec.partitions,
+                    timeout: TIMEOUT,
+                });
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         created.push(spec.name.clone());
@@ -198,7 +251,7 @@ pub fn create(
 /// Compares the cluster with `specs`. Partition counts are always checked;
 /// topic configs where the broker answers DescribeConfigs (a broker that
 /// does not is reported in the second list, unverified, not as a problem).
-pub fn check(config: &ClientConfig, specs: &[Spec]) -> anyhow::Result<(Vec<Problem>, Vec<String>)> {
+pub fn check(config: &ClientConfig, specs: &[Spec]) -> Result<(Vec<Problem>, Vec<String>), Error> {
     let admin = admin(config)?;
     let mut problems = Vec::new();
     let mut unverified = Vec::new();
