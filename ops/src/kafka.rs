@@ -191,7 +191,7 @@ pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
 /// What went wrong with a Kafka flag, or with a Kafka request made here.
 /// The text says what failed; the cause (librdkafka's error) is the
 /// [`source`](std::error::Error::source), printed after it by whoever
-/// reports the whole chain (`anyhow` at the top of a binary).
+/// reports the whole chain (a binary's `main`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operator's flag: a `-X` value without `=`.

@@ -51,7 +51,7 @@ const MAX_WAITING: usize = 100_000;
 
 /// Why the router stopped, or could not start. The text says what failed
 /// and what to do; a Kafka cause is the [`source`](std::error::Error::source),
-/// printed after it by `anyhow` at the top of the binary.
+/// printed after it by the binary's `main`, which reports the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operator's settings: librdkafka would not make a client of them.

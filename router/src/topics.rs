@@ -134,8 +134,8 @@ impl std::fmt::Display for Problem {
 
 /// What kept `create` or `check` from finishing. The text says what
 /// failed and what to do; a Kafka cause is the
-/// [`source`](std::error::Error::source), printed after it by `anyhow` at
-/// the top of the binary.
+/// [`source`](std::error::Error::source), printed after it by the binary's
+/// `main`, which reports the whole chain.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Kafka flags (`-X`) do not make a client.
