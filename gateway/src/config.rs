@@ -3,10 +3,12 @@
 //! override it (see `gateway --help`). `gateway print-default-config`
 //! prints the defaults as a commented starting point.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use ops::secrets;
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::{Rule, TopicMapper};
@@ -150,7 +152,7 @@ pub struct Mqtt {
     pub max_keep_alive_secs: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Kafka {
     /// librdkafka properties, passed through unchanged: `bootstrap.servers`,
@@ -158,12 +160,105 @@ pub struct Kafka {
     /// `sasl.username`, `ssl.ca.location`, … The gateway sets
     /// `partitioner = murmur2_random` itself (the uplink contract).
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose values are read from files at start
+    /// (`"sasl.password" = "/run/secrets/kafka/password"`), trailing line
+    /// ends removed: secrets kept out of this file (`ops::secrets`).
+    pub properties_from_files: BTreeMap<String, PathBuf>,
+    /// librdkafka properties whose values are read from environment
+    /// variables at start (`"sasl.password" = "KAFKA_PASSWORD"`).
+    pub properties_from_env: BTreeMap<String, String>,
     /// Uplink bytes (payload + key + topic) per shard handed to Kafka and
     /// not yet acknowledged; at this bound the shard stops reading from its
     /// sockets until acknowledgements bring it down.
     pub max_in_flight_bytes: usize,
     /// Kafka header carrying the MQTT topic name.
     pub topic_header: String,
+    /// Properties whose values [`Kafka::read_secrets`] read: redacted
+    /// wherever the configuration is shown, whatever their names.
+    #[serde(skip)]
+    secrets: BTreeSet<String>,
+}
+
+/// Secret-looking values and the values read from files or variables
+/// shown as `(redacted)`.
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("properties", &self.shown_properties())
+            .field("properties_from_files", &self.properties_from_files)
+            .field("properties_from_env", &self.properties_from_env)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("topic_header", &self.topic_header)
+            .finish()
+    }
+}
+
+impl Kafka {
+    /// Sets property `key` to `value`, dropping any file or variable the
+    /// property came from (a flag overrides the file).
+    pub fn set_property(&mut self, key: &str, value: &str) {
+        self.properties_from_files.remove(key);
+        self.properties_from_env.remove(key);
+        self.properties.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// Property `key` is to be read from the file at `path`.
+    pub fn set_property_file(&mut self, key: &str, path: PathBuf) {
+        self.properties.remove(key);
+        self.properties_from_env.remove(key);
+        self.properties_from_files.insert(key.to_owned(), path);
+    }
+
+    /// Property `key` is to be read from environment variable `variable`.
+    pub fn set_property_env(&mut self, key: &str, variable: &str) {
+        self.properties.remove(key);
+        self.properties_from_files.remove(key);
+        self.properties_from_env
+            .insert(key.to_owned(), variable.to_owned());
+    }
+
+    /// Every property to be read, and where from.
+    fn secret_sources(&self) -> impl Iterator<Item = (&String, secrets::Source<'_>)> {
+        let files = self
+            .properties_from_files
+            .iter()
+            .map(|(key, path)| (key, secrets::Source::File(path)));
+        let env = self
+            .properties_from_env
+            .iter()
+            .map(|(key, variable)| (key, secrets::Source::Env(variable)));
+        files.chain(env)
+    }
+
+    /// Reads every property of `properties_from_files` and
+    /// `properties_from_env` into `properties`, as a start does; the first
+    /// that cannot be read is the error.
+    pub fn read_secrets(&mut self) -> Result<(), secrets::SecretError> {
+        let mut read = BTreeMap::new();
+        for (key, source) in self.secret_sources() {
+            read.insert(key.clone(), secrets::read(key, source)?);
+        }
+        self.properties_from_files.clear();
+        self.properties_from_env.clear();
+        for (key, value) in read {
+            self.secrets.insert(key.clone());
+            self.properties.insert(key, value);
+        }
+        Ok(())
+    }
+
+    /// Why each property that a start would read cannot be read; the
+    /// values read are dropped at once.
+    pub fn check_secrets(&self) -> Vec<secrets::SecretError> {
+        self.secret_sources()
+            .filter_map(|(key, source)| secrets::read(key, source).err())
+            .collect()
+    }
+
+    /// `properties` as they may be shown (logs, `check-config`).
+    pub fn shown_properties(&self) -> BTreeMap<String, String> {
+        secrets::redacted(&self.properties, |key| self.secrets.contains(key))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,8 +353,11 @@ impl Default for Kafka {
         properties.insert("bootstrap.servers".to_owned(), "localhost:9092".to_owned());
         Self {
             properties,
+            properties_from_files: BTreeMap::new(),
+            properties_from_env: BTreeMap::new(),
             max_in_flight_bytes: 32 * 1024 * 1024,
             topic_header: "mqtt.topic".to_owned(),
+            secrets: BTreeSet::new(),
         }
     }
 }
@@ -406,6 +504,17 @@ impl Config {
                 }
             }
             if let Some(tls) = &listener.tls
+                && (tls.ticket_keys.is_some() && tls.ticket_keys_env.is_some()
+                    || tls.ticket_keys_env.as_deref() == Some(""))
+            {
+                return Err(invalid(
+                    "listeners.tls.ticket_keys_env",
+                    &tls.ticket_keys_env.as_deref().unwrap_or_default(),
+                    "name one source of the ticket keys: a file (ticket_keys) or a \
+                     variable (ticket_keys_env), not both",
+                ));
+            }
+            if let Some(tls) = &listener.tls
                 && tls.client_auth != ClientAuth::None
                 && tls.client_ca.is_none()
             {
@@ -452,7 +561,54 @@ impl Config {
                 "must be at least mqtt.max_packet_size, or one PUBLISH could never be sent",
             ));
         }
-        if !self.kafka.properties.contains_key("bootstrap.servers") {
+        let kafka = &self.kafka;
+        for key in kafka.properties_from_files.keys() {
+            if kafka.properties.contains_key(key) || kafka.properties_from_env.contains_key(key) {
+                return Err(invalid(
+                    "kafka.properties_from_files",
+                    key,
+                    "the property is also in kafka.properties or kafka.properties_from_env: \
+                     give it one source",
+                ));
+            }
+        }
+        for key in kafka.properties_from_env.keys() {
+            if kafka.properties.contains_key(key) {
+                return Err(invalid(
+                    "kafka.properties_from_env",
+                    key,
+                    "the property is also in kafka.properties: give it one source",
+                ));
+            }
+        }
+        if self
+            .kafka
+            .properties_from_files
+            .values()
+            .any(|path| path.as_os_str().is_empty())
+            || self
+                .kafka
+                .properties_from_env
+                .values()
+                .any(String::is_empty)
+        {
+            return Err(invalid(
+                "kafka.properties_from_files",
+                &"\"\"",
+                "name a file (properties_from_files) or a variable (properties_from_env) for \
+                 each property",
+            ));
+        }
+        if !self.kafka.properties.contains_key("bootstrap.servers")
+            && !self
+                .kafka
+                .properties_from_files
+                .contains_key("bootstrap.servers")
+            && !self
+                .kafka
+                .properties_from_env
+                .contains_key("bootstrap.servers")
+        {
             return Err(invalid(
                 "kafka.properties",
                 &"(no bootstrap.servers)",
@@ -547,6 +703,15 @@ impl Config {
         Ok(())
     }
 
+    /// This configuration as it may be shown (`check-config`, logs):
+    /// secret-looking Kafka properties and those read from files or
+    /// variables redacted.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.kafka.properties = self.kafka.shown_properties();
+        shown
+    }
+
     /// The listeners to bind: `listeners`, or one plain listener on
     /// `listen` when none is configured.
     pub fn listeners(&self) -> Vec<Listener> {
@@ -618,6 +783,96 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_read_from_files_at_start_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "hunter2\n").unwrap();
+        let mut config = Config::from_toml(&format!(
+            r#"
+            [kafka.properties]
+            "bootstrap.servers" = "kafka:9092"
+            "ssl.key.password" = "inline-secret"
+            [kafka.properties_from_files]
+            "sasl.username" = {password:?}
+            "#
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        assert!(config.kafka.check_secrets().is_empty());
+        config.kafka.read_secrets().unwrap();
+        // Read, without the line end, into what the clients are given.
+        assert_eq!(config.kafka.properties["sasl.username"], "hunter2");
+        assert!(config.kafka.properties_from_files.is_empty());
+        config.validate().unwrap();
+        // Shown nowhere: not in Debug (logs), not in what check-config
+        // prints; an inline secret-looking property neither. The value
+        // read is hidden although its name looks harmless.
+        for shown in [
+            format!("{config:?}"),
+            format!("{:?}", config.kafka),
+            toml::to_string(&config.redacted()).unwrap(),
+        ] {
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("inline-secret"),
+                "{shown}"
+            );
+            assert!(shown.contains(secrets::REDACTED), "{shown}");
+            assert!(shown.contains("kafka:9092"), "{shown}");
+        }
+
+        // A missing file is named with its property, at check and at start.
+        let missing = dir.path().join("missing");
+        config
+            .kafka
+            .set_property_file("sasl.password", missing.clone());
+        let checked: Vec<String> = config
+            .kafka
+            .check_secrets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(checked.len(), 1, "{checked:?}");
+        let error = config.kafka.read_secrets().unwrap_err().to_string();
+        assert_eq!(error, checked[0]);
+        assert!(
+            error.contains("sasl.password") && error.contains(&missing.display().to_string()),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_kafka_property_has_one_source() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties_from_files
+            .insert("sasl.password".to_owned(), "/run/secrets/p".into());
+        config
+            .kafka
+            .properties_from_env
+            .insert("sasl.password".to_owned(), "P".to_owned());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("kafka.properties_from_files") && error.contains("one source"),
+            "{error}"
+        );
+        // A flag replaces the property's other sources.
+        config.kafka.set_property("sasl.password", "from-a-flag");
+        assert!(config.kafka.properties_from_files.is_empty());
+        assert!(config.kafka.properties_from_env.is_empty());
+        config.validate().unwrap();
+        config.kafka.set_property_env("sasl.password", "P");
+        assert!(!config.kafka.properties.contains_key("sasl.password"));
+        config.validate().unwrap();
+        // bootstrap.servers may come from a file too.
+        config.kafka.properties.clear();
+        config
+            .kafka
+            .set_property_file("bootstrap.servers", "/run/secrets/b".into());
+        config.validate().unwrap();
     }
 
     #[test]

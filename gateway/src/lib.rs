@@ -75,9 +75,12 @@ fn tell_shards(flag: &AtomicBool, kicks: &[Arc<shard::Kick>]) -> bool {
 }
 
 impl Gateway {
-    /// Validates `config`, starts every shard and returns once all listen.
-    pub fn start(config: Config) -> anyhow::Result<Self> {
+    /// Validates `config`, reads the Kafka properties it takes from files
+    /// and environment variables, starts every shard and returns once all
+    /// listen.
+    pub fn start(mut config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        config.kafka.read_secrets()?;
         let cpus = pinning::affinity_mask();
         let count = match config.shards {
             0 => cpus.len().max(1),

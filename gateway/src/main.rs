@@ -49,6 +49,10 @@ struct Cli {
         global = true
     )]
     kafka_properties: Vec<String>,
+    /// Properties read from files or environment variables at start
+    /// (secrets: never on the command line).
+    #[command(flatten)]
+    kafka_secrets: ops::secrets::SecretArgs,
     /// This instance's bridge id (its downlink slots are id*shards ..);
     /// default: the host name's trailing ordinal, else 0.
     #[arg(long, env = "CARBRIDGE_BRIDGE_ID", global = true)]
@@ -92,10 +96,12 @@ enum Command {
     /// Print the default configuration file and exit.
     PrintDefaultConfig,
     /// Check the configuration as a start would, without starting: every
-    /// value, the mapping patterns, and every TLS file (certificate chains,
+    /// value, the mapping patterns, every TLS file (certificate chains,
     /// keys and whether they match, CA bundles, CRLs, ticket keys), loaded
-    /// by the code a start uses. Prints the configuration and exits 0, or
-    /// exits 1 naming each file or pattern that would stop a start.
+    /// by the code a start uses, and every Kafka property to be read from a
+    /// file or a variable. Prints the configuration (secrets redacted) and
+    /// exits 0, or exits 1 naming each file, variable or pattern that would
+    /// stop a start.
     CheckConfig,
 }
 
@@ -128,19 +134,19 @@ impl Cli {
             };
         }
         if let Some(bootstrap) = &self.kafka_bootstrap {
-            config
-                .kafka
-                .properties
-                .insert("bootstrap.servers".to_owned(), bootstrap.clone());
+            config.kafka.set_property("bootstrap.servers", bootstrap);
         }
         for property in &self.kafka_properties {
             let (key, value) = property
                 .split_once('=')
                 .with_context(|| format!("-X {property}: expected KEY=VALUE"))?;
-            config
-                .kafka
-                .properties
-                .insert(key.to_owned(), value.to_owned());
+            config.kafka.set_property(key, value);
+        }
+        for (key, path) in self.kafka_secrets.files()? {
+            config.kafka.set_property_file(&key, path);
+        }
+        for (key, variable) in self.kafka_secrets.envs()? {
+            config.kafka.set_property_env(&key, &variable);
         }
         if let Some(bridge) = self.bridge_id {
             config.downlink.bridge_id = Some(bridge);
@@ -198,7 +204,7 @@ fn main() -> anyhow::Result<()> {
                     problems.join("\n")
                 );
             }
-            print!("{}", toml::to_string_pretty(&config)?);
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             eprintln!("configuration OK ({tls} TLS listener(s) loaded)");
             return Ok(());
         }

@@ -18,7 +18,7 @@ use rlimit::Resource;
 use crate::config::{Config, Listener};
 use crate::tls::{Terminator, TlsError};
 
-/// A file a start would not load, with the listener it belongs to.
+/// A file (or variable) a start would not load, and what it is for.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     // The TLS error's text is part of this one's (not a `source`), so
@@ -28,6 +28,9 @@ pub enum FileError {
         address: SocketAddr,
         error: TlsError,
     },
+    /// A Kafka property's file or environment variable.
+    #[error(transparent)]
+    Kafka(ops::secrets::SecretError),
 }
 
 /// Every problem [`check_files`] found, one a line.
@@ -60,7 +63,8 @@ pub fn terminator(listener: &Listener) -> Result<Option<Arc<Terminator>>, FileEr
         .transpose()
 }
 
-/// Loads every file a start of `config` would load, and says what of it
+/// Loads every file a start of `config` would load (TLS files, Kafka
+/// properties from files or environment variables), and says what of it
 /// would stop the start: every problem, not only the first. On success,
 /// how many TLS listeners loaded. Nothing is bound or started.
 pub fn check_files(config: &Config) -> Result<usize, FileErrors> {
@@ -73,6 +77,13 @@ pub fn check_files(config: &Config) -> Result<usize, FileErrors> {
             Err(error) => errors.push(error),
         }
     }
+    errors.extend(
+        config
+            .kafka
+            .check_secrets()
+            .into_iter()
+            .map(FileError::Kafka),
+    );
     if errors.is_empty() {
         Ok(loaded)
     } else {

@@ -39,6 +39,8 @@ pub const HANDSHAKE_RESULTS: [&str; 8] = [
 pub enum TlsError {
     #[error("{path}: {problem}")]
     File { path: PathBuf, problem: String },
+    #[error("the environment variable {variable}: {problem}")]
+    Env { variable: String, problem: String },
     #[error("server certificate and key: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
@@ -188,9 +190,13 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
                 format!("with the certificate in {}: {other}", tls.cert.display()),
             ),
         })?;
-    config.ticketer = match &tls.ticket_keys {
-        Some(path) => Arc::new(SharedTicketer::from_file(path, tls.ticket_lifetime_secs)?),
-        None => random.clone(),
+    config.ticketer = match (&tls.ticket_keys, &tls.ticket_keys_env) {
+        (Some(path), _) => Arc::new(SharedTicketer::from_file(path, tls.ticket_lifetime_secs)?),
+        (None, Some(variable)) => Arc::new(SharedTicketer::from_env(
+            variable,
+            tls.ticket_lifetime_secs,
+        )?),
+        (None, None) => random.clone(),
     };
     // One ticket per car is enough to resume once; each costs bytes and
     // an encryption per handshake.
@@ -239,6 +245,23 @@ impl SharedTicketer {
     /// comments and blank lines skipped.
     pub fn from_file(path: &Path, lifetime: u32) -> Result<Self, TlsError> {
         let text = std::fs::read_to_string(path).map_err(|error| file_error(path, error))?;
+        Self::from_text(&text, lifetime).map_err(|problem| file_error(path, problem))
+    }
+
+    /// Reads the secrets from environment variable `variable`, in the
+    /// file's format (a single secret is one hex line).
+    pub fn from_env(variable: &str, lifetime: u32) -> Result<Self, TlsError> {
+        let env_error = |problem: String| TlsError::Env {
+            variable: variable.to_owned(),
+            problem,
+        };
+        let text = std::env::var(variable).map_err(|error| env_error(error.to_string()))?;
+        Self::from_text(&text, lifetime).map_err(env_error)
+    }
+
+    /// The secrets of `text`, or what is wrong with it (never a secret's
+    /// text).
+    fn from_text(text: &str, lifetime: u32) -> Result<Self, String> {
         let mut secrets = Vec::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -248,19 +271,16 @@ impl SharedTicketer {
             let secret = decode_hex(line)
                 .filter(|secret| secret.len() >= 32)
                 .ok_or_else(|| {
-                    file_error(
-                        path,
-                        format!(
-                            "line {}: not a hex secret of at least 32 bytes \
-                             (make one with `openssl rand -hex 32`)",
-                            number + 1
-                        ),
+                    format!(
+                        "line {}: not a hex secret of at least 32 bytes \
+                         (make one with `openssl rand -hex 32`)",
+                        number + 1
                     )
                 })?;
             secrets.push(secret);
         }
         if secrets.is_empty() {
-            return Err(file_error(path, "no secret in the file"));
+            return Err("no secret in it".to_owned());
         }
         Ok(Self::new(secrets, lifetime))
     }
@@ -654,6 +674,7 @@ mod tests {
             crls: Vec::new(),
             identity: IdentitySource::Cn,
             ticket_keys: None,
+            ticket_keys_env: None,
             ticket_lifetime_secs: 3600,
         };
         let terminator = Terminator::new(&spec).unwrap();

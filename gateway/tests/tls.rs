@@ -62,6 +62,7 @@ impl Pki {
             crls,
             identity: IdentitySource::Cn,
             ticket_keys: None,
+            ticket_keys_env: None,
             ticket_lifetime_secs: 3600,
         }
     }

@@ -1,6 +1,8 @@
 //! The Kafka connection flags every carbridge command takes, defined once:
-//! `--kafka-bootstrap` (or `CARBRIDGE_KAFKA_BOOTSTRAP`) and any librdkafka
-//! property with `-X KEY=VALUE` (security, tuning).
+//! `--kafka-bootstrap` (or `CARBRIDGE_KAFKA_BOOTSTRAP`), any librdkafka
+//! property with `-X KEY=VALUE` (security, tuning), and secret ones from
+//! files or environment variables (`--kafka-property-file KEY=PATH`,
+//! `--kafka-property-env KEY=VARIABLE`: [`crate::secrets`]).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,8 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
+
+use crate::secrets::{SecretArgs, SecretError};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
@@ -29,12 +33,17 @@ pub struct KafkaArgs {
         global = true
     )]
     pub kafka_properties: Vec<String>,
+    #[command(flatten)]
+    pub secrets: SecretArgs,
 }
 
 impl KafkaArgs {
-    /// The `-X` properties, checked.
+    /// The `-X` properties, checked, and those read from files and
+    /// environment variables (read now). A property given by two flags is
+    /// refused.
     pub fn properties(&self) -> Result<BTreeMap<String, String>, Error> {
-        self.kafka_properties
+        let mut properties = self
+            .kafka_properties
             .iter()
             .map(|property| {
                 property
@@ -42,11 +51,22 @@ impl KafkaArgs {
                     .map(|(key, value)| (key.to_owned(), value.to_owned()))
                     .ok_or_else(|| Error::Property(property.clone()))
             })
-            .collect()
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        for (key, value) in self.secrets.properties()? {
+            if properties.contains_key(&key) {
+                return Err(Error::Secret(SecretError::Twice {
+                    key,
+                    first: "-X",
+                    second: "--kafka-property-file or --kafka-property-env",
+                }));
+            }
+            properties.insert(key, value);
+        }
+        Ok(properties)
     }
 
-    /// A client configuration with the bootstrap servers and every `-X`
-    /// property.
+    /// A client configuration with the bootstrap servers and every
+    /// property of [`KafkaArgs::properties`].
     pub fn client_config(&self) -> Result<ClientConfig, Error> {
         let mut config = ClientConfig::new();
         for (key, value) in self.properties()? {
@@ -197,6 +217,10 @@ pub enum Error {
     /// The operator's flag: a `-X` value without `=`.
     #[error("-X {0}: expected KEY=VALUE")]
     Property(String),
+    /// The operator's flag: a property from a file or a variable that
+    /// cannot be read (the message names both, never the value).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// Upstream: the broker did not tell a partition's end.
     #[error("reading the end of {topic}/{partition}: check that the Kafka brokers are reachable")]
     End {
@@ -246,6 +270,7 @@ mod tests {
         let args = KafkaArgs {
             kafka_bootstrap: "k:9092".to_owned(),
             kafka_properties: vec!["security.protocol=SASL_SSL".to_owned()],
+            secrets: SecretArgs::default(),
         };
         let properties = args.properties().unwrap_or_default();
         assert_eq!(
@@ -269,10 +294,62 @@ mod tests {
         let bad = KafkaArgs {
             kafka_bootstrap: "k:9092".to_owned(),
             kafka_properties: vec!["no-equals".to_owned()],
+            secrets: SecretArgs::default(),
         };
         assert_eq!(
             bad.client_config().err().map(|e| e.to_string()).as_deref(),
             Some("-X no-equals: expected KEY=VALUE")
         );
+    }
+
+    #[test]
+    fn secret_flags_reach_the_client_configuration() -> Result<(), Box<dyn std::error::Error>> {
+        use clap::Parser;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            kafka: KafkaArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("ops-kafka-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let password = dir.join("password");
+        std::fs::write(&password, "hunter2\n")?;
+        let file_flag = format!("sasl.password={}", password.display());
+        // As every command parses them (the router, carbridge-send, ...).
+        let cli = Cli::try_parse_from([
+            "router",
+            "-X",
+            "sasl.username=router",
+            "--kafka-property-file",
+            &file_flag,
+            "--kafka-property-env",
+            "ssl.ca.location=PATH",
+        ])?;
+        let config = cli.kafka.client_config()?;
+        assert_eq!(config.get("sasl.password"), Some("hunter2"));
+        assert_eq!(config.get("sasl.username"), Some("router"));
+        assert!(config.get("ssl.ca.location").is_some_and(|v| !v.is_empty()));
+
+        // One source per property; a missing file is named.
+        let twice = Cli::try_parse_from([
+            "router",
+            "-X",
+            "sasl.password=x",
+            "--kafka-property-file",
+            &file_flag,
+        ])?;
+        let error = twice.kafka.properties().err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("given twice")),
+            "{error:?}"
+        );
+        std::fs::remove_dir_all(&dir)?;
+        let gone = cli.kafka.properties().err().map(|e| e.to_string());
+        assert!(
+            gone.as_deref()
+                .is_some_and(|e| e.contains("sasl.password") && e.contains("cannot read")),
+            "{gone:?}"
+        );
+        Ok(())
     }
 }

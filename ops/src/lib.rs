@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod kafka;
 pub mod latency;
+pub mod secrets;
 
 /// Installs the global `tracing` subscriber: `filter` unless `RUST_LOG` is
 /// set; JSON lines when `json`, human-readable otherwise.

@@ -97,6 +97,11 @@ pub struct Tls {
     /// lifetime later. Absent: tickets from a random key of this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_keys: Option<PathBuf>,
+    /// The same secrets from an environment variable instead of a file
+    /// (a Kubernetes Secret as `env`), read at start and on reload; one
+    /// hex secret is the whole value. Not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_keys_env: Option<String>,
     /// Seconds a ticket key is used; a ticket is accepted for one to two
     /// of these. A resumed session does not check the CRLs again, so this
     /// also bounds how long a revoked car can resume.
