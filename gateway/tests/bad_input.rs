@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{Connect, Publish, QoS, Will};
-use common::{RawClient, WAIT, config, resident_kib, total};
+use common::{config, resident_kib, total};
 use gateway::Gateway;
 use gateway::metrics::CLOSE_REASONS;
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT};
 
 fn connect_bytes(connect: &Connect) -> Vec<u8> {
     let mut out = BytesMut::new();

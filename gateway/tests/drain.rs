@@ -11,29 +11,11 @@ use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{RawClient, WAIT};
 use gateway::Gateway;
-use testkit::{Broker, http_get};
+use testkit::{Broker, RawClient, WAIT, http_get, http_post};
 
 const CARS: usize = 200;
 const RATE: u32 = 100;
-
-fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        response
-            .split("\r\n\r\n")
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned(),
-    )
-}
 
 fn drained(gateway: &Gateway) -> u64 {
     let i = gateway::metrics::CLOSE_REASONS
@@ -60,14 +42,14 @@ fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
         .collect();
     assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
     assert_eq!(
-        post(admin, "/reload").0,
+        http_post(admin, "/reload").unwrap().0,
         200,
         "no TLS listener: nothing to reload"
     );
     assert_eq!(http_get(admin, "/drain").unwrap().0, 405);
 
     let started = Instant::now();
-    let (status, said) = post(admin, "/drain");
+    let (status, said) = http_post(admin, "/drain").unwrap();
     assert_eq!(status, 200);
     assert!(
         said.contains(&format!("draining {CARS} connections")),

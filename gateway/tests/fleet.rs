@@ -9,9 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use common::{RawClient, WAIT, config, total};
+use common::{config, total};
 use gateway::Gateway;
-use testkit::{Broker, java_partition};
+use testkit::{Broker, RawClient, WAIT, java_partition};
 
 const CARS: usize = 3000;
 

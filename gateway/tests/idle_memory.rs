@@ -14,13 +14,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{QoS, Subscribe};
-use common::{RawClient, resident_kib, spawn_binary};
-use testkit::Broker;
+use common::{resident_kib, spawn_binary};
+use testkit::{Broker, Proc, RawClient};
 
 /// ARCHITECTURE goal: at most 2 KiB of gateway memory per connection, for
 /// the release build. A debug build's tasks are larger (its futures are
@@ -103,21 +103,17 @@ fn measure(addr: SocketAddr, pid: u32, mut settled: impl FnMut(&str)) -> Steps {
     }
 }
 
-/// mosquitto on a free loopback port; returns once it accepts connections.
-fn start_mosquitto() -> (Child, SocketAddr) {
-    let port = testkit::free_port();
-    let child = Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto not found (scripts/setup.sh installs it)");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    testkit::wait_until("mosquitto to listen", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    });
-    (child, addr)
+/// mosquitto (scripts/setup.sh installs it) on a free loopback port;
+/// returns once it accepts connections.
+fn start_mosquitto() -> Proc {
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    let mut mosquitto = Proc::spawn(
+        "mosquitto",
+        Command::new("mosquitto").args(["-p", &addr.port().to_string()]),
+    )
+    .with_mqtt(addr);
+    mosquitto.wait_for("to listen", |_| std::net::TcpStream::connect(addr).is_ok());
+    mosquitto
 }
 
 #[test]
@@ -126,16 +122,14 @@ fn connections_cost_little_memory_and_no_more_than_mosquitto() {
     broker.create_topic("cs.uplink", 1, &[]);
     broker.create_topic("mqtt.sessions", 1, &[("cleanup.policy", "compact")]);
     broker.create_topic("mqtt.downlink", 2, &[]);
-    let log = tempfile::tempfile().unwrap();
     let admin = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
-    let (mut child, addr) = spawn_binary(
+    let mut gateway = spawn_binary(
         &broker,
-        &log,
         &["--bridge-id", "0", "--admin-listen", &admin.to_string()],
     );
     let uplink = broker.collector("cs.uplink");
     let mut expected = 0;
-    let gateway = measure(addr, child.id(), |step| {
+    let ours = measure(gateway.mqtt(), gateway.id(), |step| {
         expected = if step == "warm" { WARM } else { WARM + CARS };
         if step == "published" {
             uplink.collect(CARS + WARM, Duration::from_secs(60));
@@ -146,29 +140,26 @@ fn connections_cost_little_memory_and_no_more_than_mosquitto() {
             &format!("{expected} connections parked ({step})"),
             PARKING,
             || {
-                testkit::scrape(admin).is_some_and(|m| {
-                    m.get("carbridge_gateway_connections_open") == Some(&(expected as f64))
-                        && m.get("carbridge_gateway_connections_parked") == Some(&(expected as f64))
-                })
+                let m = gateway.metrics();
+                m.get("carbridge_gateway_connections_open") == Some(&(expected as f64))
+                    && m.get("carbridge_gateway_connections_parked") == Some(&(expected as f64))
             },
         );
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    gateway.kill();
 
     // The same client, the same steps (the cars of the gateway's run are
     // closed: one process here holds at most 20,000 descriptors).
-    let (mut mosquitto, addr) = start_mosquitto();
-    let reference = measure(addr, mosquitto.id(), |_| {});
-    mosquitto.kill().unwrap();
-    mosquitto.wait().unwrap();
+    let mut mosquitto = start_mosquitto();
+    let reference = measure(mosquitto.mqtt(), mosquitto.id(), |_| {});
+    mosquitto.kill();
 
     eprintln!("bytes per connection (growth of the resident set over {CARS} cars):");
     eprintln!("  step               gateway  mosquitto");
     let rows = [
-        ("connected", gateway.connected, reference.connected),
-        ("subscribed", gateway.subscribed, reference.subscribed),
-        ("after one publish", gateway.published, reference.published),
+        ("connected", ours.connected, reference.connected),
+        ("subscribed", ours.subscribed, reference.subscribed),
+        ("after one publish", ours.published, reference.published),
     ];
     for (step, ours, theirs) in rows {
         eprintln!("  {step:<18} {ours:>7}  {theirs:>9}");

@@ -10,22 +10,14 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{RawClient, WAIT, config, resident_kib, total};
+use common::{config, resident_kib, total};
 use gateway::Gateway;
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT, wait_until};
 
 const CARS: usize = 8;
 const MAX_IN_FLIGHT: usize = 256 * 1024;
-
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn publishing_survives_a_kafka_outage() {
@@ -66,7 +58,7 @@ fn publishing_survives_a_kafka_outage() {
         });
     }
     let acked = |g: &Gateway| total(g, |m| m.publish_acked.load(Ordering::Relaxed));
-    wait_for("records acknowledged before the outage", WAIT, || {
+    wait_until("records acknowledged before the outage", WAIT, || {
         acked(&gateway) > 100
     });
 
@@ -79,10 +71,10 @@ fn publishing_survives_a_kafka_outage() {
         std::thread::sleep(Duration::from_millis(500));
         counter() == before
     };
-    wait_for("acknowledgements to stop", WAIT, || {
+    wait_until("acknowledgements to stop", WAIT, || {
         settled(&|| acked(&gateway))
     });
-    wait_for("reads to stop", WAIT, || settled(&|| received(&gateway)));
+    wait_until("reads to stop", WAIT, || settled(&|| received(&gateway)));
     let received_while_down = received(&gateway);
     let sent_while_down = sent.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(2));
@@ -112,7 +104,7 @@ fn publishing_survives_a_kafka_outage() {
     let acked_before_recovery = acked(&gateway);
     broker.restart();
     broker.create_topic("cs.uplink", 1, &[]);
-    wait_for("publishing to resume", Duration::from_secs(60), || {
+    wait_until("publishing to resume", WAIT, || {
         acked(&gateway) > acked_before_recovery + 100
     });
     let collector = broker.collector("cs.uplink");

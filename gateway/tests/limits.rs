@@ -8,16 +8,12 @@
 
 mod common;
 
-use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use codec::{Packet, QoS, Subscribe};
-use common::{RawClient, WAIT};
 use gateway::Gateway;
 use gateway::mapping::Rule;
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT};
 
 fn limited(gateway: &Gateway, limit: &str) -> u64 {
     let i = gateway::metrics::LIMITS
@@ -35,39 +31,11 @@ fn closed(gateway: &Gateway, reason: &str) -> u64 {
     common::total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
 }
 
-fn subscribe(car: &mut RawClient, filters: &[&str]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    Subscribe::new(
-        NonZeroU16::new(1).unwrap(),
-        filters.iter().map(|f| (*f, QoS::AtMostOnce)),
-    )
-    .unwrap()
-    .encode(&mut out)
-    .unwrap();
-    car.send(&out);
-    match car.next_packet() {
-        Some(Packet::SubAck(suback)) => suback
-            .return_codes()
-            .map(|code| match code {
-                codec::SubAckReturnCode::Success(qos) => qos as u8,
-                codec::SubAckReturnCode::Failure => 0x80,
-            })
-            .collect(),
-        other => panic!("no SUBACK: {other:?}"),
-    }
-}
-
 /// CONNECT as `client_id`: the CONNACK code, `None` if closed first.
 fn try_connect(addr: std::net::SocketAddr, client_id: &str) -> Option<u8> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(WAIT)).ok()?;
-    let mut out = BytesMut::new();
-    codec::Connect::new(client_id, 30).encode(&mut out).ok()?;
-    stream.write_all(&out).ok()?;
-    let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack).ok()?;
-    Some(connack[3])
+    let mut car = RawClient::connect_tcp(addr);
+    car.send_connect(client_id, 30).ok()?;
+    car.connack_or_closed()
 }
 
 #[test]
@@ -94,16 +62,13 @@ fn limits_and_authorization_refuse_and_count() {
     // Filters: own id allowed, another car's not, too long, too many.
     let (mut car, code) = RawClient::connect(addr, "VIN1", 30);
     assert_eq!(code, 0);
-    let codes = subscribe(
-        &mut car,
-        &[
-            "DL/VIN1/#",
-            "DL/VIN2/#",
-            "DL/VIN1/a/filter/far/too/long",
-            "DL/VIN1/WARN",
-            "DL/VIN1/INFO",
-        ],
-    );
+    let codes = car.subscribe(&[
+        "DL/VIN1/#",
+        "DL/VIN2/#",
+        "DL/VIN1/a/filter/far/too/long",
+        "DL/VIN1/WARN",
+        "DL/VIN1/INFO",
+    ]);
     assert_eq!(codes, [0x00, 0x80, 0x80, 0x00, 0x80]);
     assert_eq!(limited(&gateway, "filter_length"), 1);
     assert_eq!(limited(&gateway, "filters_per_session"), 1);
@@ -131,9 +96,8 @@ fn limits_and_authorization_refuse_and_count() {
         })
         .collect();
     let mut fourth = RawClient::connect_tcp(addr);
-    let mut out = BytesMut::new();
-    codec::Connect::new("CAR4", 30).encode(&mut out).unwrap();
-    let _ = std::io::Write::write_all(&mut fourth.stream, &out);
+    // The gateway may have closed the connection before it is written.
+    let _ = fourth.send_connect("CAR4", 30);
     assert!(
         fourth.expect_closed(WAIT).is_empty(),
         "no CONNACK when full"

@@ -8,27 +8,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use gateway::pinning::{cpu_list, online_cpus};
-
-const WAIT: Duration = Duration::from_secs(30);
+use testkit::{Proc, WAIT, wait_until};
 
 /// A gateway started under `taskset -c <cpus>`, running.
 struct Started {
-    child: Child,
-    /// Everything it logged up to "gateway running".
+    process: Proc,
+    /// Everything it logged up to "gateway running" (and perhaps a little
+    /// after).
     log: String,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Started {
@@ -36,7 +26,7 @@ impl Started {
     /// of that name (glommio's helpers take their shard's name) agrees.
     fn shard_cpus(&self) -> BTreeMap<String, String> {
         let mut shards = BTreeMap::new();
-        let tasks = format!("/proc/{}/task", self.child.id());
+        let tasks = format!("/proc/{}/task", self.process.id());
         for task in std::fs::read_dir(tasks).unwrap() {
             let task = task.unwrap().path();
             let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
@@ -68,75 +58,43 @@ impl Started {
 /// (reading its log as it comes) until it says it is running. `None` when
 /// taskset may not give it those CPUs (a cpuset narrower than the machine).
 fn start(cpus: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Started> {
-    let mut child = Command::new("taskset")
-        .args(["-c", cpus, env!("CARGO_BIN_EXE_gateway")])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "",
-            "--no-downlink",
-            "--kafka-bootstrap",
-            "127.0.0.1:1",
-            "--log-format",
-            "json",
-        ])
-        .args(args)
-        .env_remove("CARBRIDGE_CONFIG")
-        .env_remove("CARBRIDGE_PIN")
-        .env_remove("CARBRIDGE_SHARDS")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("taskset (util-linux) runs");
-    let (lines, said) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(lines);
+    // taskset (util-linux) execs the gateway: one process.
+    let mut process = Proc::spawn(
+        "the gateway under taskset",
+        Command::new("taskset")
+            .args(["-c", cpus, env!("CARGO_BIN_EXE_gateway")])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "",
+                "--no-downlink",
+                "--kafka-bootstrap",
+                "127.0.0.1:1",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env_remove("CARBRIDGE_CONFIG")
+            .env_remove("CARBRIDGE_PIN")
+            .env_remove("CARBRIDGE_SHARDS")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied()),
+    );
     let mut log = String::new();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match said.recv_timeout(left) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains("gateway running") {
-                    return Some(Started { child, log });
-                }
-                if line.contains("failed to set") && line.contains("affinity") {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-            // Both streams closed: it exited.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().unwrap();
-                panic!("the gateway exited ({status}) before running:\n{log}");
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("not running after {WAIT:?}:\n{log}");
-            }
+    let mut refused = false;
+    wait_until("the gateway to run", WAIT, || {
+        // The status first: once it has exited, the log is complete.
+        let exited = process.try_exit_status();
+        log = process.log_text();
+        refused = log.contains("failed to set") && log.contains("affinity");
+        if let (Some(status), false) = (exited, refused) {
+            // The drop shows its log.
+            panic!("the gateway exited ({status}) before running");
         }
-    }
+        refused || log.contains("gateway running")
+    });
+    (!refused).then_some(Started { process, log })
 }
 
 #[test]

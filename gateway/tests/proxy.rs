@@ -8,32 +8,22 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use codec::Connect;
-use common::{RawClient, WAIT};
 use proxy_header::{ProxiedAddress, ProxyHeader, SslInfo, Tlv};
-use testkit::{Broker, free_port, scrape, wait_until};
+use testkit::{Broker, Proc, RawClient, WAIT, free_port, wait_until, wait_until_eq};
 
 struct Gateway {
-    child: Child,
-    admin: SocketAddr,
+    process: Proc,
     /// Trusts 127.0.0.0/8, address only.
     open: SocketAddr,
     /// Trusts 10.0.0.0/8 only: the test's loopback is a stranger.
     strict: SocketAddr,
     /// Trusts 127.0.0.0/8; the identity is the proxy's verified CN.
     identified: SocketAddr,
-    log: tempfile::NamedTempFile,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(broker: &Broker) -> Gateway {
@@ -61,45 +51,29 @@ fn start(broker: &Broker) -> Gateway {
     );
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config).unwrap();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("--config")
-        .arg(file.path())
-        .args(["--admin-listen", &admin.to_string(), "--no-downlink"])
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(testkit::GATEWAY_ON_TANSU)
-        .stdin(Stdio::null())
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let mut gateway = Gateway {
-        child,
-        admin,
+    let mut process = Proc::spawn(
+        "gateway",
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("--config")
+            .arg(file.path())
+            .args(["--admin-listen", &admin.to_string(), "--no-downlink"])
+            .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+            .args(testkit::GATEWAY_ON_TANSU),
+    )
+    .with_admin(admin);
+    process.wait_ready();
+    // The config file may go now: it was read.
+    drop(file);
+    Gateway {
+        process,
         open,
         strict,
         identified,
-        log,
-    };
-    let deadline = Instant::now() + WAIT;
-    while testkit::http_get(admin, "/readyz").map(|(status, _)| status) != Some(200) {
-        assert!(Instant::now() < deadline, "gateway not ready");
-        assert!(
-            gateway.child.try_wait().unwrap().is_none(),
-            "gateway exited"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
-    // The config file may go now: it was read.
-    drop(file);
-    gateway.admin = admin;
-    gateway
 }
 
 fn counter(gateway: &Gateway, name: &str) -> f64 {
-    scrape(gateway.admin)
-        .and_then(|samples| samples.get(name).copied())
-        .unwrap_or(0.0)
+    gateway.process.metric(name)
 }
 
 fn proxied(result: &str) -> String {
@@ -136,26 +110,8 @@ fn connect_through(addr: SocketAddr, header: &[u8], client_id: &str) -> (RawClie
     let mut bytes = header.to_vec();
     bytes.extend_from_slice(&connect_packet(client_id));
     car.send(&bytes);
-    let answer = car.expect_closed_or_connack();
+    let answer = car.connack_or_closed();
     (car, answer)
-}
-
-trait ConnAckOrClose {
-    fn expect_closed_or_connack(&mut self) -> Option<u8>;
-}
-
-impl ConnAckOrClose for RawClient {
-    fn expect_closed_or_connack(&mut self) -> Option<u8> {
-        use std::io::Read;
-        let mut connack = [0u8; 4];
-        match self.stream.read_exact(&mut connack) {
-            Ok(()) => {
-                assert_eq!(&connack[..3], &[0x20, 2, 0], "not a CONNACK: {connack:?}");
-                Some(connack[3])
-            }
-            Err(_) => None,
-        }
-    }
 }
 
 #[test]
@@ -178,8 +134,9 @@ fn proxy_headers_are_required_checked_and_give_the_real_address() {
     let record = broker.collector("cs.uplink").collect(1, WAIT);
     assert_eq!(record[0].key.as_deref(), Some(&b"VIN00000000000001"[..]));
     wait_until("the close log", WAIT, || {
-        std::fs::read_to_string(gateway.log.path())
-            .unwrap()
+        gateway
+            .process
+            .log_text()
             .lines()
             .any(|line| line.contains("malformed") && line.contains("203.0.113.9:40000"))
     });
@@ -217,12 +174,9 @@ fn proxy_headers_are_required_checked_and_give_the_real_address() {
         ("untrusted_source", 1.0),
         ("timeout", 1.0),
     ];
-    let counts = || expected.map(|(result, _)| (result, counter(&gateway, &proxied(result))));
-    let deadline = Instant::now() + WAIT;
-    while counts() != expected {
-        assert!(Instant::now() < deadline, "header counters: {:?}", counts());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_eq("the header counters", WAIT, &expected, || {
+        expected.map(|(result, _)| (result, counter(&gateway, &proxied(result))))
+    });
 }
 
 #[test]

@@ -7,24 +7,26 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RawClient, WAIT, spawn_binary};
-use testkit::Broker;
+use common::spawn_binary;
+use testkit::{Broker, RawClient};
 
 const CARS: usize = 8;
 /// Shutdown must finish within this: connections close, producers flush.
 const EXIT_BOUND: Duration = Duration::from_secs(20);
+/// Bound on reading back every acknowledged record: a debug-build consumer
+/// reading a few hundred thousand records needs more than the usual wait.
+const READ_BACK: Duration = Duration::from_secs(120);
 
 #[test]
 fn sigterm_under_load_accounts_for_every_publish() {
     let broker = Broker::start();
     broker.create_topic("cs.uplink", 2, &[]);
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let (mut child, addr) = spawn_binary(&broker, log.as_file(), &["--log-format", "json"]);
+    let mut gateway = spawn_binary(&broker, &["--log-format", "json"]);
+    let addr = gateway.mqtt();
 
     let stop = Arc::new(AtomicBool::new(false));
     let cars: Vec<_> = (0..CARS)
@@ -48,31 +50,14 @@ fn sigterm_under_load_accounts_for_every_publish() {
     std::thread::sleep(Duration::from_secs(1));
 
     let terminated = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if terminated.elapsed() > EXIT_BOUND {
-            let _ = child.kill();
-            let output = std::fs::read_to_string(log.path()).unwrap_or_default();
-            let tail: Vec<&str> = output.lines().rev().take(30).collect();
-            panic!(
-                "gateway still running after {EXIT_BOUND:?}; log tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    gateway.signal("TERM");
+    // Fails with the log's tail if the gateway is still running.
+    let status = gateway.wait_exit(EXIT_BOUND);
     stop.store(true, Ordering::Relaxed);
     for car in cars {
         car.join().unwrap();
     }
-    let output = std::fs::read_to_string(log.path()).unwrap();
+    let output = gateway.log_text();
     for line in output.lines().filter(|l| {
         l.contains("\"level\":\"WARN\"")
             || l.contains("shard stopped")
@@ -105,10 +90,9 @@ fn sigterm_under_load_accounts_for_every_publish() {
         "too little load to mean anything: {received}"
     );
 
-    // Everything acknowledged is in Kafka, once (a debug-build consumer
-    // reading a few hundred thousand records needs more than the usual wait).
+    // Everything acknowledged is in Kafka, once.
     let collector = broker.collector("cs.uplink");
-    let records = collector.collect(usize::try_from(acked).unwrap(), 4 * WAIT);
+    let records = collector.collect(usize::try_from(acked).unwrap(), READ_BACK);
     assert_eq!(collector.collect_for(Duration::from_secs(1)), vec![]);
     let distinct: HashSet<_> = records.iter().map(|r| r.value.clone()).collect();
     assert_eq!(distinct.len(), records.len(), "duplicates in Kafka");

@@ -7,11 +7,8 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use testkit::{free_port, http_get};
-
-const WAIT: Duration = Duration::from_secs(30);
+use testkit::{Proc, free_port};
 
 fn gateway_under(limit: &str) -> Command {
     let mut command = Command::new("prlimit");
@@ -33,36 +30,21 @@ fn gateway_under(limit: &str) -> Command {
 fn the_open_files_limit_is_raised_and_its_cap_reported() {
     let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = gateway_under("--nofile=1024:4096")
-        .args([
+    // prlimit (util-linux) execs the gateway: one process.
+    let mut gateway = Proc::spawn(
+        "the gateway under prlimit",
+        gateway_under("--nofile=1024:4096").args([
             "--listen",
             &mqtt.to_string(),
             "--admin-listen",
             &admin.to_string(),
-        ])
-        .stdout(log.reopen().unwrap())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .expect("prlimit (util-linux) runs");
-    let deadline = Instant::now() + WAIT;
-    while http_get(admin, "/readyz").map(|(status, _)| status) != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "not ready: {}",
-            std::fs::read_to_string(log.path()).unwrap()
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "exited: {}",
-            std::fs::read_to_string(log.path()).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let said = std::fs::read_to_string(log.path()).unwrap();
+        ]),
+    )
+    .with_admin(admin);
+    gateway.wait_ready();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.id())).unwrap();
+    gateway.kill();
+    let said = gateway.log_text();
     assert!(said.contains("raised the open-files limit"), "{said}");
     assert!(
         said.contains("caps this gateway at about 3840 connections"),

@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use codec::Packet;
-use common::{RawClient, WAIT, config, total};
+use common::{config, total};
 use gateway::Gateway;
 use gateway::metrics::CLOSE_REASONS;
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT};
 
 /// With 2 shards, the kernel places each connection by its source port;
 /// the chance that no pair lands on different shards is about 2^-20.

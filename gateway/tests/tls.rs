@@ -17,12 +17,11 @@ mod common;
 
 use bytes::BytesMut;
 use codec::Connect;
-use common::WAIT;
 use gateway::Gateway;
 use gateway::config::{ClientAuth, IdentitySource, Listener, Tls};
 use gateway::metrics::ShardMetrics;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT};
 
 /// A test PKI on disk: the CA, the gateway's certificate, car certificates.
 struct Pki {
@@ -339,7 +338,7 @@ fn plain_mqtt_garbage_and_silence_on_a_tls_port_are_closed() {
     let addr = gateway.local_addr();
 
     // Plain MQTT: a CONNECT where a ClientHello belongs.
-    let mut plain = common::RawClient::connect_tcp(addr);
+    let mut plain = RawClient::connect_tcp(addr);
     let mut out = BytesMut::new();
     Connect::new("VIN00000000000001", 30)
         .encode(&mut out)
@@ -349,19 +348,19 @@ fn plain_mqtt_garbage_and_silence_on_a_tls_port_are_closed() {
     assert!(!answered.starts_with(&[0x20]), "a CONNACK on a TLS port");
 
     // Garbage.
-    let mut garbage = common::RawClient::connect_tcp(addr);
+    let mut garbage = RawClient::connect_tcp(addr);
     garbage.send(&[0xff; 64]);
     garbage.expect_closed(WAIT);
 
     // Silence: closed by the connect timeout (1 s here), not held.
     let started = Instant::now();
-    let mut silent = common::RawClient::connect_tcp(addr);
+    let mut silent = RawClient::connect_tcp(addr);
     silent.expect_closed(WAIT);
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A slow handshake: half a ClientHello, then nothing.
-    let mut slow = common::RawClient::connect_tcp(addr);
+    let mut slow = RawClient::connect_tcp(addr);
     slow.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
     slow.expect_closed(WAIT);
 

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::WAIT;
 use gateway::Gateway;
-use testkit::{Broker, Record, java_partition};
+use testkit::{Broker, Record, WAIT, java_partition};
 
 fn start_gateway(broker: &Broker, shards: usize) -> Gateway {
     Gateway::start(common::config(broker, shards)).unwrap()
@@ -101,7 +100,8 @@ fn mosquitto_rumqttc_and_paho_publish_into_kafka() {
 
     // The admin endpoint reports the same, all shards summed.
     let admin = gateway.admin_addr().unwrap();
-    let (status, body) = http_get(admin, "/metrics");
+    let get = |path| testkit::http_get(admin, path).expect("the admin endpoint answers");
+    let (status, body) = get("/metrics");
     assert_eq!(status, 200);
     assert!(
         body.contains("carbridge_gateway_publish_acked_total 3\n"),
@@ -111,9 +111,9 @@ fn mosquitto_rumqttc_and_paho_publish_into_kafka() {
         body.contains("carbridge_gateway_publish_failed_total{reason=\"timed_out\"} 0\n"),
         "{body}"
     );
-    assert_eq!(http_get(admin, "/healthz").0, 200);
-    assert_eq!(http_get(admin, "/readyz").0, 200);
-    assert_eq!(http_get(admin, "/nope").0, 404);
+    assert_eq!(get("/healthz").0, 200);
+    assert_eq!(get("/readyz").0, 200);
+    assert_eq!(get("/nope").0, 404);
 
     let metrics = gateway.metrics().to_vec();
     let sum = |f: &dyn Fn(&gateway::metrics::ShardMetrics) -> u64| {
@@ -123,20 +123,4 @@ fn mosquitto_rumqttc_and_paho_publish_into_kafka() {
     assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 3);
     assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 3);
     assert_eq!(sum(&|m| m.failed_total()), 0);
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
 }

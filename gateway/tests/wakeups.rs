@@ -16,9 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{RawClient, WAIT, config, total};
+use common::{config, total};
 use gateway::Gateway;
-use testkit::Broker;
+use testkit::{Broker, RawClient, WAIT};
 
 const CARS: usize = 1000;
 /// One PUBLISH this often, each from the next car: about 1,000 a second,

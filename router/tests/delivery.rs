@@ -10,9 +10,9 @@ mod common;
 use std::time::Duration;
 
 use codec::Packet;
-use common::{Car, MosquittoSub, RawCar, Stack};
+use common::{Car, MosquittoSub, Stack, raw_car};
 use contract::SessionRecord;
-use testkit::wait_until;
+use testkit::{WAIT, wait_until};
 
 fn text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
@@ -82,14 +82,10 @@ fn each_car_gets_its_own_messages_on_the_topics_it_subscribed() {
 
     // Every request is accounted for, then nothing more arrives anywhere.
     let total = requests.len() as f64;
-    wait_until(
-        "the router to account for every request",
-        common::WAIT,
-        || {
-            router.metric("carbridge_router_requests_received_total") == total
-                && router.metric("carbridge_router_routed_acked_total") == 25.0
-        },
-    );
+    wait_until("the router to account for every request", WAIT, || {
+        router.metric("carbridge_router_requests_received_total") == total
+            && router.metric("carbridge_router_routed_acked_total") == 25.0
+    });
     let metrics = router.metrics();
     assert_eq!(metrics["carbridge_router_routed_total"], 25.0);
     assert_eq!(
@@ -100,11 +96,9 @@ fn each_car_gets_its_own_messages_on_the_topics_it_subscribed() {
         metrics["carbridge_router_requests_dropped_total{reason=\"no_filter\"}"],
         5.0
     );
-    wait_until(
-        "the gateway to deliver what was routed",
-        common::WAIT,
-        || gateway.metric("carbridge_gateway_downlink_delivered_total") == 25.0,
-    );
+    wait_until("the gateway to deliver what was routed", WAIT, || {
+        gateway.metric("carbridge_gateway_downlink_delivered_total") == 25.0
+    });
     assert_eq!(
         gateway.metric("carbridge_gateway_downlink_received_total"),
         25.0
@@ -120,7 +114,7 @@ fn each_car_gets_its_own_messages_on_the_topics_it_subscribed() {
     warn.disconnect();
     wait_until(
         "the end-of-session records to reach the router",
-        common::WAIT,
+        WAIT,
         || router.metric("carbridge_router_live_sessions") == 1.0,
     );
     assert_eq!(
@@ -130,7 +124,7 @@ fn each_car_gets_its_own_messages_on_the_topics_it_subscribed() {
     stack.request(&[("VIN-RUMQTTC", "DL/INFO", b"gone".to_vec())]);
     wait_until(
         "the router to drop a request for a car that left",
-        common::WAIT,
+        WAIT,
         || router.metric("carbridge_router_requests_dropped_total{reason=\"offline\"}") == 11.0,
     );
 }
@@ -172,7 +166,7 @@ fn sessions_of(stack: &Stack, client: &str, at_least: usize) -> Vec<SessionRecor
     let mut mine = Vec::new();
     wait_until(
         &format!("{at_least} registry records of {client}"),
-        common::WAIT,
+        WAIT,
         || {
             mine.extend(
                 collector
@@ -200,7 +194,7 @@ fn a_car_that_moves_to_another_gateway_keeps_getting_its_messages() {
     let a = stack.gateway("gateway-a", 0);
     let b = stack.gateway("gateway-b", 1);
 
-    let mut on_a = RawCar::connect(&a, "VIN-MOVER", "DL/#");
+    let mut on_a = raw_car(&a, "VIN-MOVER", "DL/#");
     stack.await_registry(&[&a], &[&router], 0.0);
     let old = sessions_of(&stack, "VIN-MOVER", 2);
     let old_session = old[0].session;
@@ -210,8 +204,8 @@ fn a_car_that_moves_to_another_gateway_keeps_getting_its_messages() {
     let on_b = Car::connect(&b, "VIN-MOVER");
     on_b.subscribe("DL/#");
     // Takeover: A closes its connection on the router's notice.
-    assert_eq!(on_a.next(), None, "A's connection was not closed");
-    wait_until("A to count the takeover notice", common::WAIT, || {
+    assert_eq!(on_a.next_packet(), None, "A's connection was not closed");
+    wait_until("A to count the takeover notice", WAIT, || {
         a.metric("carbridge_gateway_takeover_notices_total") == 1.0
     });
     assert_eq!(
@@ -248,7 +242,7 @@ fn a_car_that_moves_to_another_gateway_keeps_getting_its_messages() {
     stack.request(&requests);
     let got: Vec<String> = on_b.expect(20).into_iter().map(|(_, p)| text(&p)).collect();
     assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
-    wait_until("the router to route all 20", common::WAIT, || {
+    wait_until("the router to route all 20", WAIT, || {
         router.metric("carbridge_router_routed_acked_total") == 20.0
     });
     // Nothing went to A: the late live record of the old session was
@@ -265,16 +259,16 @@ fn a_reconnect_to_the_same_gateway_moves_the_stream() {
     let router = stack.router("router");
     stack.await_routers(&[&router]);
     let gateway = stack.gateway("gateway", 0);
-    let mut first = RawCar::connect(&gateway, "VIN-AGAIN", "DL/#");
+    let mut first = raw_car(&gateway, "VIN-AGAIN", "DL/#");
     stack.await_registry(&[&gateway], &[&router], 0.0);
     stack.request(&[("VIN-AGAIN", "DL/A", b"first".to_vec())]);
-    match first.next() {
+    match first.next_packet() {
         Some(Packet::Publish(publish)) => assert_eq!(publish.payload(), b"first"),
         other => panic!("expected the first message, got {other:?}"),
     }
     let second = Car::connect(&gateway, "VIN-AGAIN");
     second.subscribe("DL/#");
-    assert_eq!(first.next(), None, "the older connection stays open");
+    assert_eq!(first.next_packet(), None, "the older connection stays open");
     stack.await_registry(&[&gateway], &[&router], 0.0);
     stack.request(&[("VIN-AGAIN", "DL/A", b"second".to_vec())]);
     assert_eq!(text(&second.expect(1)[0].1), "second");

@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Car, Proc, Stack, WAIT};
-use testkit::wait_until;
+use common::{Car, Stack};
+use testkit::{Proc, WAIT, wait_until};
 
 /// The "stopped" line a router logs on its way out (JSON logs), as counters.
 fn final_counters(router: &Proc) -> serde_json::Map<String, serde_json::Value> {

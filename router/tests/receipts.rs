@@ -12,9 +12,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Car, Stack, WAIT};
+use common::{Car, Stack};
 use contract::{DecidedBy, Outcome, Receipt, RequestRef, now_ms};
-use testkit::wait_until;
+use testkit::{Proc, WAIT, wait_until};
 
 #[test]
 fn the_router_answers_what_it_drops_and_drops_what_expired() {
@@ -163,7 +163,7 @@ fn the_router_answers_what_it_drops_and_drops_what_expired() {
 }
 
 /// `n` cars on `gateway`, ids `{prefix}0`…, each subscribed to `DL/#`.
-fn subscribed_cars(gateway: &common::Proc, prefix: &str, n: usize) -> Vec<Car> {
+fn subscribed_cars(gateway: &Proc, prefix: &str, n: usize) -> Vec<Car> {
     (0..n)
         .map(|c| {
             let car = Car::connect(gateway, &format!("{prefix}{c}"));

@@ -26,6 +26,18 @@
 //! Every wait is bounded: a broker that does not come up, a topic that does
 //! not appear or records that do not arrive fail the test with what was
 //! seen so far, instead of hanging it.
+//!
+//! The helpers the gateway's and the router's integration tests share, one
+//! file each:
+//! - `wait.rs`: [`WAIT`], the bound on what a test waits for, and
+//!   [`wait_until`] (and [`wait_until_eq`]) that poll a condition within a
+//!   bound,
+//! - `process.rs`: [`Proc`], a child process killed when the test ends,
+//!   whose log (and metrics) a failing test prints,
+//! - `mqtt.rs`: [`RawClient`], an MQTT client on a raw socket that sends
+//!   exactly the bytes a test chooses and sees the gateway close,
+//! - `http.rs`: [`http_get`], [`http_post`] and [`scrape`] for the admin
+//!   endpoints.
 
 // Test support: failing loudly with a message is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -45,6 +57,16 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+mod http;
+mod mqtt;
+mod process;
+mod wait;
+
+pub use http::{http_get, http_post, scrape};
+pub use mqtt::RawClient;
+pub use process::Proc;
+pub use wait::{WAIT, wait_until, wait_until_eq};
 
 /// How long a broker may take to answer its first metadata request.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -611,54 +633,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// One HTTP GET on loopback: status code and body, `None` when nothing
-/// answers.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-/// Samples of a Prometheus text page: `name{labels}` -> value.
-pub fn scrape(addr: std::net::SocketAddr) -> Option<std::collections::HashMap<String, f64>> {
-    let (status, body) = http_get(addr, "/metrics")?;
-    if status != 200 {
-        return None;
-    }
-    Some(
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect(),
-    )
-}
-
-/// Polls `condition` (every 20 ms) until it holds; fails the test naming
-/// `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// systemd's notify socket, played by a test: a process started with
 /// `NOTIFY_SOCKET` = [`NotifySocket::path`] sends its `READY=1`,
 /// `WATCHDOG=1`, `STOPPING=1` here.
@@ -674,9 +648,7 @@ impl NotifySocket {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let socket = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify"))
             .expect("binding the notify socket");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .expect("a read timeout");
+        socket.set_read_timeout(Some(WAIT)).expect("a read timeout");
         Self {
             socket,
             dir,
@@ -689,9 +661,9 @@ impl NotifySocket {
     }
 
     /// Reads notifications until one contains `wanted`; fails the test
-    /// with all that was said after 60 s.
+    /// with all that was said after [`WAIT`].
     pub fn expect(&mut self, wanted: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + WAIT;
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
             let Ok(n) = self.socket.recv(&mut buf) else {
@@ -713,26 +685,21 @@ impl NotifySocket {
     /// READY=1 and two watchdog pings, sends SIGTERM, expects each of
     /// `on_term` in order, and a clean exit.
     pub fn check_lifecycle(&mut self, mut command: std::process::Command, on_term: &[&str]) {
-        let mut child = command
-            .env("NOTIFY_SOCKET", self.path())
-            .env("WATCHDOG_USEC", "200000")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the service starts");
+        let mut service = Proc::spawn(
+            "the service",
+            command
+                .env("NOTIFY_SOCKET", self.path())
+                .env("WATCHDOG_USEC", "200000"),
+        );
         self.expect("READY=1");
         // At least two watchdog pings, 100 ms apart.
         self.expect("WATCHDOG=1");
         self.expect("WATCHDOG=1");
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(kill.success());
+        service.signal("TERM");
         for wanted in on_term {
             self.expect(wanted);
         }
-        assert!(child.wait().expect("the service ends").success());
+        assert!(service.wait_exit(WAIT).success());
     }
 }
 

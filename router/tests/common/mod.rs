@@ -5,114 +5,20 @@
 //! see a connection close.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use codec::{Connect, Decoder, Packet, Role, Subscribe};
-use testkit::{Broker, free_port, scrape, wait_until, workspace_binary};
-
-/// Bound on every wait in these tests.
-pub const WAIT: Duration = Duration::from_secs(60);
+use testkit::{Broker, Proc, RawClient, WAIT, free_port, http_get, wait_until, workspace_binary};
 
 /// A message a car received: MQTT topic and payload.
 pub type Received = (String, Vec<u8>);
 
-/// A process of the stack; SIGKILLed when dropped if still running.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub admin: SocketAddr,
-    /// The MQTT listener (gateways only).
-    pub mqtt: Option<SocketAddr>,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// One sample of the admin endpoint's metrics, 0 when absent.
-    pub fn metric(&self, name: &str) -> f64 {
-        scrape(self.admin)
-            .and_then(|samples| samples.get(name).copied())
-            .unwrap_or(0.0)
-    }
-
-    /// All samples, or an empty map if the process does not answer.
-    pub fn metrics(&self) -> HashMap<String, f64> {
-        scrape(self.admin).unwrap_or_default()
-    }
-
-    pub fn ready(&self) -> bool {
-        testkit::http_get(self.admin, "/readyz").is_some_and(|(status, _)| status == 200)
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {}", self.name);
-    }
-
-    /// Waits for the process to exit; its exit status.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running after {within:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn mqtt(&self) -> SocketAddr {
-        self.mqtt.unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- last lines of {}'s log ----", self.name);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                let mut samples: Vec<_> = self
-                    .metrics()
-                    .into_iter()
-                    .filter(|(_, value)| *value != 0.0)
-                    .collect();
-                samples.sort_by(|a, b| a.0.cmp(&b.0));
-                eprintln!("---- {}'s non-zero metrics: {samples:?}", self.name);
-            }
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Broker, topics and a place for the processes' logs.
+/// A broker with the topics.
 pub struct Stack {
     pub broker: Broker,
-    pub logs: tempfile::TempDir,
     pub partitions: u32,
     pub slots: u32,
 }
@@ -135,20 +41,9 @@ impl Stack {
         );
         Self {
             broker,
-            logs: tempfile::tempdir().unwrap(),
             partitions,
             slots,
         }
-    }
-
-    fn log_file(&self, name: &str) -> (PathBuf, std::fs::File) {
-        let path = self.logs.path().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .unwrap();
-        (path, file)
     }
 
     /// Starts a router process; returns once its admin endpoint answers.
@@ -159,36 +54,23 @@ impl Stack {
     /// [`Stack::router`] with further flags.
     pub fn router_with(&self, name: &str, flags: &[&str]) -> Proc {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (log, file) = self.log_file(name);
-        let child = Command::new(env!("CARGO_BIN_EXE_router"))
-            .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
-            .args(["--admin-listen", &admin.to_string()])
-            // The smallest the group protocol allows by default: a router
-            // that stops heartbeating loses its partitions within 6 s.
-            .args(["--session-timeout-ms", "6000"])
-            .args(["--log-format", "json", "--log-filter", "info,router=debug"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let mut proc = Proc {
-            name: name.to_owned(),
-            child,
-            admin,
-            mqtt: None,
-            log,
-        };
-        wait_until(&format!("{name} to serve /healthz"), WAIT, || {
-            assert!(
-                proc.child.try_wait().unwrap().is_none(),
-                "{name} exited:\n{}",
-                proc.log_text()
-            );
-            testkit::http_get(admin, "/healthz").is_some()
+        let mut router = Proc::spawn(
+            name,
+            Command::new(env!("CARGO_BIN_EXE_router"))
+                .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
+                .args(["--admin-listen", &admin.to_string()])
+                // The smallest the group protocol allows by default: a router
+                // that stops heartbeating loses its partitions within 6 s.
+                .args(["--session-timeout-ms", "6000"])
+                .args(["--log-format", "json", "--log-filter", "info,router=debug"])
+                .args(flags),
+        )
+        .with_admin(admin);
+        // Not ready yet: ready means its tables are rebuilt (await_routers).
+        router.wait_for("to serve /healthz", |_| {
+            http_get(admin, "/healthz").is_some()
         });
-        proc
+        router
     }
 
     /// Starts a gateway process with bridge id `bridge` (2 shards); returns
@@ -196,34 +78,19 @@ impl Stack {
     pub fn gateway(&self, name: &str, bridge: u32) -> Proc {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (log, file) = self.log_file(name);
-        let child = Command::new(workspace_binary("gateway"))
-            .args(["--listen", &mqtt.to_string(), "--shards", "2"])
-            .args(["--bridge-id", &bridge.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
-            .args(testkit::GATEWAY_ON_TANSU)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let mut proc = Proc {
-            name: name.to_owned(),
-            child,
-            admin,
-            mqtt: Some(mqtt),
-            log,
-        };
-        wait_until(&format!("{name} to be ready"), WAIT, || {
-            assert!(
-                proc.child.try_wait().unwrap().is_none(),
-                "{name} exited:\n{}",
-                proc.log_text()
-            );
-            proc.ready()
-        });
-        proc
+        let mut gateway = Proc::spawn(
+            name,
+            Command::new(workspace_binary("gateway"))
+                .args(["--listen", &mqtt.to_string(), "--shards", "2"])
+                .args(["--bridge-id", &bridge.to_string()])
+                .args(["--admin-listen", &admin.to_string()])
+                .args(["--kafka-bootstrap", &self.broker.bootstrap_servers()])
+                .args(testkit::GATEWAY_ON_TANSU),
+        )
+        .with_admin(admin)
+        .with_mqtt(mqtt);
+        gateway.wait_ready();
+        gateway
     }
 
     /// Waits until the routers together own every partition with their
@@ -401,7 +268,8 @@ fn drain(messages: &Receiver<Received>, window: Duration) -> Vec<Received> {
 /// A car as mosquitto_sub (Debian's mosquitto-clients), printing each
 /// message as "topic payload".
 pub struct MosquittoSub {
-    child: Child,
+    /// Killed when the car is dropped.
+    _process: Proc,
     messages: Receiver<Received>,
 }
 
@@ -412,16 +280,14 @@ impl MosquittoSub {
         let addr = gateway.mqtt();
         // Line-buffered: mosquitto_sub flushes only after messages, and
         // the test must see its SUBACK line as it happens.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub"])
-            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
-            .args(["-i", id, "-t", filter, "-q", "0", "-v", "-d"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub (apt install mosquitto-clients; scripts/setup.sh does)");
-        let stdout = child.stdout.take().unwrap();
+        // mosquitto_sub: apt install mosquitto-clients (scripts/setup.sh does).
+        let (process, stdout) = Proc::spawn_reading_stdout(
+            &format!("mosquitto_sub {id}"),
+            Command::new("stdbuf")
+                .args(["-oL", "mosquitto_sub"])
+                .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+                .args(["-i", id, "-t", filter, "-q", "0", "-v", "-d"]),
+        );
         let (tx, messages) = channel();
         let (subscribed_tx, subscribed) = channel();
         std::thread::spawn(move || {
@@ -443,11 +309,14 @@ impl MosquittoSub {
                 }
             }
         });
-        if subscribed.recv_timeout(WAIT).is_err() {
-            let _ = child.kill();
-            panic!("mosquitto_sub {id}: no SUBACK");
+        assert!(
+            subscribed.recv_timeout(WAIT).is_ok(),
+            "mosquitto_sub {id}: no SUBACK"
+        );
+        Self {
+            _process: process,
+            messages,
         }
-        Self { child, messages }
     }
 
     pub fn expect(&self, n: usize) -> Vec<Received> {
@@ -459,65 +328,11 @@ impl MosquittoSub {
     }
 }
 
-impl Drop for MosquittoSub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A car on raw sockets, for tests that must see the gateway close it.
-pub struct RawCar {
-    stream: TcpStream,
-    buffer: BytesMut,
-}
-
-impl RawCar {
-    /// CONNECT (clean session) and SUBSCRIBE `filter`, waiting for both acks.
-    pub fn connect(gateway: &Proc, id: &str, filter: &str) -> Self {
-        let stream = TcpStream::connect(gateway.mqtt()).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        let mut car = Self {
-            stream,
-            buffer: BytesMut::new(),
-        };
-        let mut out = BytesMut::new();
-        Connect::new(id, 60).encode(&mut out).unwrap();
-        car.stream.write_all(&out).unwrap();
-        assert!(
-            matches!(car.next(), Some(Packet::ConnAck(ack)) if ack.code == codec::ConnectReturnCode::Accepted),
-            "{id}: connection refused"
-        );
-        let mut out = BytesMut::new();
-        Subscribe::new(
-            std::num::NonZeroU16::MIN,
-            [(filter, codec::QoS::AtMostOnce)],
-        )
-        .unwrap()
-        .encode(&mut out)
-        .unwrap();
-        car.stream.write_all(&out).unwrap();
-        assert!(
-            matches!(car.next(), Some(Packet::SubAck(_))),
-            "{id}: no SUBACK"
-        );
-        car
-    }
-
-    /// The next packet, `None` once the gateway closed the connection.
-    pub fn next(&mut self) -> Option<Packet> {
-        let decoder = Decoder::new(Role::Client, 1 << 20);
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(packet) = decoder.decode(&mut self.buffer).unwrap() {
-                return Some(packet);
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("no packet within {WAIT:?}: {e}"),
-            }
-        }
-    }
+/// A car on a raw socket, for tests that must see the gateway close it:
+/// CONNECT (clean session) and SUBSCRIBE `filter`, both acknowledged.
+pub fn raw_car(gateway: &Proc, id: &str, filter: &str) -> RawClient {
+    let (mut car, code) = RawClient::connect(gateway.mqtt(), id, 60);
+    assert_eq!(code, 0, "{id}: connection refused");
+    assert_eq!(car.subscribe(&[filter]), [0], "{id}: {filter} refused");
+    car
 }
