@@ -14,8 +14,8 @@
 //! flushes the producers within a bound and joins the shards.
 
 pub mod config;
-mod downlink;
 mod kafka;
+mod kick;
 pub mod mapping;
 pub mod metrics;
 pub mod pinning;
@@ -57,7 +57,7 @@ pub struct Gateway {
     drain: Arc<AtomicBool>,
     /// Each shard's poller's wake-up: the flags above are looked at when
     /// it turns, and an idle poller sleeps up to 250 ms.
-    kicks: Vec<Arc<shard::Kick>>,
+    kicks: Vec<Arc<kick::Kick>>,
     ready: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     reloader: Arc<tls::Reloader>,
@@ -66,7 +66,7 @@ pub struct Gateway {
 
 /// Sets `flag` (the stop or the drain) and wakes every shard's poller to
 /// see it; whether it was set already.
-fn tell_shards(flag: &AtomicBool, kicks: &[Arc<shard::Kick>]) -> bool {
+fn tell_shards(flag: &AtomicBool, kicks: &[Arc<kick::Kick>]) -> bool {
     let already = flag.swap(true, Ordering::Relaxed);
     for kick in kicks {
         kick.kick();
@@ -101,7 +101,7 @@ impl Gateway {
         let metrics: Vec<Arc<ShardMetrics>> = (0..count)
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
-        let kicks: Vec<Arc<shard::Kick>> = (0..count).map(|_| Arc::default()).collect();
+        let kicks: Vec<Arc<kick::Kick>> = (0..count).map(|_| Arc::default()).collect();
         let mut doors = Vec::new();
         for listener in config.listeners() {
             // The same loading as `gateway check-config`'s.
@@ -172,7 +172,7 @@ impl Gateway {
             tracing::info!(
                 bridge,
                 shards_per_bridge = per_bridge,
-                first_slot = downlink::slot(bridge, per_bridge, 0),
+                first_slot = shard::slot_number(bridge, per_bridge, 0),
                 "downlink on"
             );
         }
@@ -219,7 +219,7 @@ impl Gateway {
                         drain: shard_drain,
                         registry,
                         orders,
-                        slot: enabled.then(|| downlink::slot(bridge, per_bridge, id)),
+                        slot: enabled.then(|| shard::slot_number(bridge, per_bridge, id)),
                         bound: bound_tx,
                     })
                 })

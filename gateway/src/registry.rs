@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use codec::ByteString;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::shard::Kick;
+use crate::kick::Kick;
 
 /// A connection: its shard and its id within the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

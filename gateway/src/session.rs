@@ -271,7 +271,7 @@ impl Session {
     /// The gateway stopped reading this connection for reasons of its own
     /// (Kafka backpressure) and resumes at `now`: the car must not be
     /// charged for the pause, so its keep-alive (or connect timeout) restarts.
-    pub fn resume(&mut self, now: Instant) {
+    pub fn excuse_pause(&mut self, now: Instant) {
         match &mut self.state {
             State::Connected(c) => c.deadline = c.deadline.max(now + c.grace),
             State::AwaitingConnect { deadline } => {
@@ -717,7 +717,7 @@ mod tests {
         let t0 = Instant::now();
         let mut session = connected(t0, 10);
         // Reads were paused from 5 s to 40 s; the car's timer restarts at 40 s.
-        session.resume(t0 + Duration::from_secs(40));
+        session.excuse_pause(t0 + Duration::from_secs(40));
         assert_eq!(session.on_deadline(t0 + Duration::from_secs(54)), None);
         assert_eq!(
             session.on_deadline(t0 + Duration::from_secs(55)),
@@ -729,7 +729,7 @@ mod tests {
     fn a_stall_before_connect_is_not_charged_either() {
         let t0 = Instant::now();
         let mut session = Session::new(&TIMING, t0);
-        session.resume(t0 + Duration::from_secs(30));
+        session.excuse_pause(t0 + Duration::from_secs(30));
         assert_eq!(session.on_deadline(t0 + Duration::from_secs(39)), None);
         assert_eq!(
             session.on_deadline(t0 + Duration::from_secs(40)),

@@ -1,6 +1,8 @@
-//! Downlink delivery on a shard: the session-registry records it writes,
-//! the routed messages it reads from its slot and writes to its cars, and
-//! the gone reports for sessions it does not hold.
+//! Downlink delivery on a shard: the routed messages it reads from its
+//! slot ([`super::slot`]) and queues to its cars, the receipts it answers,
+//! the session-registry records it writes, and the gone reports for
+//! sessions it does not hold. The poller serves it
+//! ([`Downlink::serve`]); a connection's task writes what was queued.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -11,11 +13,11 @@ use codec::packet::encode_publish;
 use codec::{ByteString, QoS};
 use contract::{End, Outcome, SessionClock, SessionRecord};
 
-use super::Shard;
-use super::signal::{Kick, Signal, log_due};
+use super::slot::{Polled, Routed, SlotConsumer};
+use super::{Shard, log_due};
 use crate::config::Config;
-use crate::downlink::{Polled, Routed, SlotConsumer};
 use crate::kafka::SendError;
+use crate::kick::Kick;
 use crate::metrics::bump;
 use crate::session::CloseReason;
 
@@ -39,9 +41,9 @@ pub(super) struct Downlink {
     /// Receipts librdkafka's queue had no room for.
     pending_receipts: RefCell<VecDeque<PendingReceipt>>,
     /// Receipts owed for messages queued to a connection and not yet
-    /// written, by the connection's [`Signal`] address. Only connections
-    /// with such messages have an entry: no cost for the others.
-    asks: RefCell<HashMap<usize, Vec<OwedReceipt>>>,
+    /// written, by the connection's id. Only connections with such
+    /// messages have an entry: no cost for the others.
+    asks: RefCell<HashMap<u64, Vec<OwedReceipt>>>,
     /// Recently reported gone, and when the memory was last cleared.
     gone: RefCell<HashSet<(String, u64)>>,
     gone_cleared: Cell<Instant>,
@@ -81,13 +83,6 @@ impl Downlink {
     }
 }
 
-/// The key of a connection's owed receipts: its signal's address, stable
-/// while the connection lives (its owed receipts are settled before the
-/// signal is dropped).
-fn signal_key(signal: &Signal) -> usize {
-    std::ptr::from_ref(signal) as usize
-}
-
 /// A receipt record waiting for room in librdkafka's queue: key (client
 /// id), correlation id, value.
 type PendingReceipt = (Vec<u8>, Vec<u8>, Vec<u8>);
@@ -100,25 +95,29 @@ pub(super) struct OwedReceipt {
     request: contract::RequestRef,
 }
 
-impl Shard {
+impl Downlink {
     /// Writes the receipt of a routed message this shard decided.
-    fn answer(&self, client: &[u8], id: &[u8], request: contract::RequestRef, outcome: Outcome) {
-        let Some(downlink) = &self.downlink else {
-            return;
-        };
+    fn answer(
+        &self,
+        shard: &Shard,
+        client: &[u8],
+        id: &[u8],
+        request: contract::RequestRef,
+        outcome: Outcome,
+    ) {
         let value = contract::Receipt::new(
             outcome,
             contract::DecidedBy::Gateway,
-            Some(downlink.slot()),
+            Some(self.slot()),
             request,
         )
         .encode();
-        self.metrics.count_receipt(outcome);
-        let mut pending = downlink.pending_receipts.borrow_mut();
+        shard.metrics.count_receipt(outcome);
+        let mut pending = self.pending_receipts.borrow_mut();
         if pending.is_empty() {
-            match self
+            match shard
                 .producer
-                .send_receipt(&downlink.receipts_topic, client, id, &value)
+                .send_receipt(&self.receipts_topic, client, id, &value)
             {
                 Ok(()) | Err(SendError::Failed) => return,
                 Err(SendError::QueueFull) => {}
@@ -127,37 +126,41 @@ impl Shard {
         pending.push_back((client.to_vec(), id.to_vec(), value));
     }
 
-    /// The receipts owed for the messages queued to `signal` so far (take
-    /// them together with its output).
-    pub(super) fn take_owed(&self, signal: &Signal) -> Vec<OwedReceipt> {
-        self.downlink
-            .as_ref()
-            .and_then(|d| d.asks.borrow_mut().remove(&signal_key(signal)))
-            .unwrap_or_default()
+    /// The receipts owed for the messages queued to connection `id` so
+    /// far (take them together with its output).
+    pub(super) fn take_owed(&self, id: u64) -> Vec<OwedReceipt> {
+        self.asks.borrow_mut().remove(&id).unwrap_or_default()
     }
 
-    /// Answers receipts taken with [`Shard::take_owed`].
-    pub(super) fn settle(&self, owed: Vec<OwedReceipt>, outcome: Outcome) {
+    /// Answers receipts taken with [`Downlink::take_owed`].
+    pub(super) fn settle(&self, shard: &Shard, owed: Vec<OwedReceipt>, outcome: Outcome) {
         for receipt in owed {
-            self.answer(&receipt.client, &receipt.id, receipt.request, outcome);
+            self.answer(
+                shard,
+                &receipt.client,
+                &receipt.id,
+                receipt.request,
+                outcome,
+            );
         }
     }
 
     /// Writes a session-registry record, keeping this shard's records for
     /// one client in order.
-    pub(super) fn register(&self, client_id: &ByteString, record: &SessionRecord) {
-        let Some(downlink) = &self.downlink else {
-            return;
-        };
-        self.handed_over();
+    pub(super) fn write_session_record(
+        &self,
+        shard: &Shard,
+        client_id: &ByteString,
+        record: &SessionRecord,
+    ) {
+        shard.handed_over();
         let value = record.encode();
-        let mut pending = downlink.pending.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
         if pending.is_empty() {
-            match self.producer.send_registry(
-                &downlink.sessions_topic,
-                client_id.as_bytes(),
-                &value,
-            ) {
+            match shard
+                .producer
+                .send_registry(&self.sessions_topic, client_id.as_bytes(), &value)
+            {
                 Ok(()) | Err(SendError::Failed) => return,
                 Err(SendError::QueueFull) => {}
             }
@@ -167,12 +170,12 @@ impl Shard {
 
     /// Offers the registry records and receipts that found the queue full
     /// again.
-    pub(super) fn retry_registry(&self, downlink: &Downlink) {
-        let mut receipts = downlink.pending_receipts.borrow_mut();
+    pub(super) fn retry_pending(&self, shard: &Shard) {
+        let mut receipts = self.pending_receipts.borrow_mut();
         while let Some((key, id, value)) = receipts.front() {
-            match self
+            match shard
                 .producer
-                .send_receipt(&downlink.receipts_topic, key, id, value)
+                .send_receipt(&self.receipts_topic, key, id, value)
             {
                 Ok(()) | Err(SendError::Failed) => {
                     receipts.pop_front();
@@ -181,11 +184,11 @@ impl Shard {
             }
         }
         drop(receipts);
-        let mut pending = downlink.pending.borrow_mut();
+        let mut pending = self.pending.borrow_mut();
         while let Some((client_id, value)) = pending.front() {
-            match self
+            match shard
                 .producer
-                .send_registry(&downlink.sessions_topic, client_id.as_bytes(), value)
+                .send_registry(&self.sessions_topic, client_id.as_bytes(), value)
             {
                 Ok(()) | Err(SendError::Failed) => {
                     pending.pop_front();
@@ -197,27 +200,24 @@ impl Shard {
 
     /// Reads what arrived on this shard's slot and delivers it; whether
     /// anything was read or waits to be sent (poll again soon).
-    pub(super) fn serve_downlink(&self) -> bool {
-        let Some(downlink) = &self.downlink else {
-            return false;
-        };
-        self.retry_registry(downlink);
-        if downlink.gone_cleared.get().elapsed() >= GONE_MEMORY {
-            downlink.gone.borrow_mut().clear();
-            downlink.gone_cleared.set(Instant::now());
+    pub(super) fn serve(&self, shard: &Shard) -> bool {
+        self.retry_pending(shard);
+        if self.gone_cleared.get().elapsed() >= GONE_MEMORY {
+            self.gone.borrow_mut().clear();
+            self.gone_cleared.set(Instant::now());
         }
-        let mut busy = !downlink.pending.borrow().is_empty();
+        let mut busy = !self.pending.borrow().is_empty();
         for _ in 0..DOWNLINK_BATCH {
-            match downlink
+            match self
                 .consumer
-                .poll_with(&downlink.topic_header, |routed, missed| {
-                    self.route(downlink, routed, missed)
+                .poll_with(&self.topic_header, |routed, missed| {
+                    self.route(shard, routed, missed)
                 }) {
                 Polled::Empty => return busy,
                 Polled::Read => busy = true,
                 Polled::Failed(error) => {
-                    if log_due(&downlink.error_logged_at, Instant::now()) {
-                        tracing::warn!(shard = self.id, slot = downlink.slot(), %error,
+                    if log_due(&self.error_logged_at, Instant::now()) {
+                        tracing::warn!(shard = shard.id, slot = self.slot(), %error,
                             "downlink consumer error");
                     }
                     return busy;
@@ -229,18 +229,18 @@ impl Shard {
 
     /// Handles one routed record; `missed`: routed before this process
     /// started, for a connection that died with its predecessor.
-    fn route(&self, downlink: &Downlink, routed: Option<Routed<'_>>, missed: bool) {
+    fn route(&self, shard: &Shard, routed: Option<Routed<'_>>, missed: bool) {
         match routed {
             None => {
-                bump(&self.metrics.downlink_received);
-                self.metrics.drop_downlink("invalid");
+                bump(&shard.metrics.downlink_received);
+                shard.metrics.drop_downlink("invalid");
             }
             Some(Routed::Takeover { client, session }) => {
-                if let Some(signal) = self.table.holder(client).filter(|_| !missed)
-                    && signal.session.get() == Some(session)
+                if let Some(control) = shard.table.holder(client).filter(|_| !missed)
+                    && control.session.get() == Some(session)
                 {
-                    bump(&self.metrics.takeover_notices);
-                    signal.fire(CloseReason::TakenOver);
+                    bump(&shard.metrics.takeover_notices);
+                    shard.table.fire_at(&control, CloseReason::TakenOver);
                 }
             }
             Some(Routed::Message {
@@ -252,46 +252,47 @@ impl Shard {
                 expires_ms,
                 ask,
             }) => {
-                bump(&self.metrics.downlink_received);
+                bump(&shard.metrics.downlink_received);
                 if let Some(ms) = created_ms {
-                    self.metrics
+                    shard
+                        .metrics
                         .downlink_age_at_read
                         .record_since_kafka_timestamp(ms);
                 }
                 let answer = |outcome: Outcome| {
                     if let Some(ask) = ask {
-                        self.answer(client.as_bytes(), ask.id, ask.request, outcome);
+                        self.answer(shard, client.as_bytes(), ask.id, ask.request, outcome);
                     }
                 };
                 if expires_ms.is_some_and(|at| contract::now_ms() > at) {
-                    self.metrics.drop_downlink("expired");
+                    shard.metrics.drop_downlink("expired");
                     answer(Outcome::Expired);
                     return;
                 }
-                let Some(signal) = self.table.holder(client).filter(|_| !missed) else {
-                    self.metrics.drop_downlink("not_held");
+                let Some(control) = shard.table.holder(client).filter(|_| !missed) else {
+                    shard.metrics.drop_downlink("not_held");
                     answer(Outcome::Offline);
                     if let Some(session) = session {
-                        self.report_gone(downlink, client, session);
+                        self.report_gone(shard, client, session);
                     }
                     return;
                 };
                 // The router matched the filters it knew; the car may have
                 // unsubscribed since.
-                if !signal
+                if !control
                     .filters
                     .borrow()
                     .iter()
                     .flat_map(|filters| filters.iter())
                     .any(|filter| codec::topic::matches(filter, topic))
                 {
-                    self.metrics.drop_downlink("no_filter");
+                    shard.metrics.drop_downlink("no_filter");
                     answer(Outcome::NoFilter);
                     return;
                 }
-                let mut outbox = signal.outbox.borrow_mut();
-                if outbox.len() + topic.len() + payload.len() > downlink.max_queued {
-                    self.metrics.drop_downlink("slow_car");
+                let mut outbox = control.outbox.borrow_mut();
+                if outbox.len() + topic.len() + payload.len() > self.max_queued {
+                    shard.metrics.drop_downlink("slow_car");
                     answer(Outcome::SlowCar);
                     return;
                 }
@@ -305,27 +306,24 @@ impl Shard {
                     false,
                 ) {
                     Ok(()) => {
-                        if signal.queued.get() == 0 {
-                            signal.queued_since.set(super::signal::micros());
+                        if control.queued.get() == 0 {
+                            control.queued_since.set(super::control::micros());
                         }
-                        signal.queued.set(signal.queued.get().saturating_add(1));
+                        control.queued.set(control.queued.get().saturating_add(1));
                         drop(outbox);
                         if let Some(ask) = ask {
-                            downlink
-                                .asks
-                                .borrow_mut()
-                                .entry(signal_key(&signal))
-                                .or_default()
-                                .push(OwedReceipt {
+                            self.asks.borrow_mut().entry(control.id).or_default().push(
+                                OwedReceipt {
                                     client: client.as_bytes().to_vec(),
                                     id: ask.id.to_vec(),
                                     request: ask.request,
-                                });
+                                },
+                            );
                         }
-                        signal.wake();
+                        shard.table.notify(&control);
                     }
                     Err(_) => {
-                        self.metrics.drop_downlink("invalid");
+                        shard.metrics.drop_downlink("invalid");
                         answer(Outcome::Invalid);
                     }
                 }
@@ -335,22 +333,18 @@ impl Shard {
 
     /// Tells the router this shard does not hold `session` of `client`
     /// (for example after a crash): its registration is stale.
-    fn report_gone(&self, downlink: &Downlink, client: &str, session: u64) {
-        if !downlink
-            .gone
-            .borrow_mut()
-            .insert((client.to_owned(), session))
-        {
+    fn report_gone(&self, shard: &Shard, client: &str, session: u64) {
+        if !self.gone.borrow_mut().insert((client.to_owned(), session)) {
             return;
         }
-        bump(&self.metrics.gone_reports);
+        bump(&shard.metrics.gone_reports);
         tracing::debug!(
-            shard = self.id,
+            shard = shard.id,
             client,
             session,
             "reporting a stale session as gone"
         );
-        let record = SessionRecord::ended(session, downlink.slot(), End::Gone);
-        self.register(&ByteString::from(client), &record);
+        let record = SessionRecord::ended(session, self.slot(), End::Gone);
+        self.write_session_record(shard, &ByteString::from(client), &record);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use super::signal::log_due;
+use super::log_due;
 use crate::metrics::{ShardMetrics, bump};
 
 /// A shard stalled this long by Kafka counts as "Kafka cannot take data":

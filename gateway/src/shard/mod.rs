@@ -1,35 +1,55 @@
 //! One shard: a pinned glommio executor with its own SO_REUSEPORT
 //! listeners, its own connections and sessions, and its own Kafka producer.
 //!
-//! - this module: the shard's lifecycle (start, accept, poller, sweeper,
-//!   shutdown);
-//! - [`connection`]: one car's connection, where bytes meet sockets, and
-//!   the CONNECT/PUBLISH policy;
-//! - [`delivery`]: the downlink (registry records, routed messages);
-//! - [`flow`]: reads paused while Kafka is behind;
-//! - [`table`]: the open connections and the client ids they hold;
-//! - [`signal`]: what wakes a connection or the poller;
-//! - [`readiness`]: the shard's epoll set, which wakes a connection when
-//!   its socket has bytes (glommio runs the tasks and the I/O of Kafka and
-//!   files, not the cars' sockets);
-//! - [`lot`]: quiet connections parked without a task, and the task that
-//!   wakes connections from the epoll set.
+//! The modules, from the outside in (a PUBLISH goes down this list):
+//!
+//! - this module: the shard's state ([`Shard`]) and lifecycle (start,
+//!   poller, sweeper, drain, shutdown), and its clock ([`Shard::tick`]);
+//! - [`accept`]: its listeners and accept loops;
+//! - [`readiness`]: its epoll set and the readiness task, which wakes a
+//!   connection when its socket has bytes (glommio runs the tasks and the
+//!   I/O of Kafka and files, not the cars' sockets);
+//! - [`table`]: the open connections, the client ids they hold, their
+//!   deadlines, and the wake-ups that reach them;
+//! - [`control`]: a connection's control block, what it waits on beside
+//!   its socket;
+//! - [`preamble`]: PROXY header and TLS handshake, before MQTT;
+//! - [`task`]: a connection's task, reading, writing and waiting;
+//! - [`parked`]: quiet connections parked without a task, served by the
+//!   readiness task through the lot;
+//! - [`connection`]: the context both work on, and the close bookkeeping;
+//! - [`dispatch`]: its packets fed to its session;
+//! - [`admission`]: the CONNECT policy;
+//! - [`uplink`]: a PUBLISH mapped and handed to the producer;
+//! - [`socket`]: the non-blocking socket calls;
+//! - [`flow`]: reads paused while Kafka is behind, and the accept rate;
+//! - [`delivery`] and [`slot`]: the downlink (routed messages from the
+//!   shard's slot, receipts, registry records).
 //!
 //! A poller task serves the producer's delivery reports and the downlink
 //! slot on this thread, and reopens reading when Kafka has caught up.
 
+mod accept;
+mod admission;
 mod connection;
+mod control;
 mod delivery;
+mod dispatch;
 mod flow;
-mod lot;
+mod parked;
+mod preamble;
 mod readiness;
-mod signal;
+mod slot;
+mod socket;
 mod table;
+mod task;
+mod uplink;
+
+pub(crate) use slot::slot_number;
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,16 +66,15 @@ use std::net::TcpListener;
 
 use crate::config::{Config, Limits, Listener};
 use crate::kafka::ShardProducer;
+use crate::kick::Kick;
 use crate::mapping::TopicMapper;
 use crate::metrics::{ShardMetrics, bump};
 use crate::registry::Registry;
 use crate::session::{CloseReason, SubscribePolicy, Timing};
 use crate::tls::Terminator;
-use connection::{Peer, connection};
 use delivery::Downlink;
 use flow::{AcceptRate, FlowControl};
-use readiness::{CarSocket, Readiness};
-pub(crate) use signal::Kick;
+use readiness::Readiness;
 use table::ConnectionTable;
 
 /// How often a connection offers again a record that found librdkafka's
@@ -85,11 +104,6 @@ const BURST: i32 = 64;
 /// wake-up costs a shard about 40 µs on the test machine: at 25 ms of its
 /// own, an idle shard spent 0.35 % of a core on this sleep alone.)
 const IDLE_POLL: Duration = SWEEP_INTERVAL;
-/// Listening sockets per shard on the one address (SO_REUSEPORT): glommio
-/// listens with a backlog of 1024, so four hold 4,096 cars that connect
-/// faster than the shard accepts. At 25,000 connects/s asked over three
-/// single-shard gateways, one listener each overflowed 10,138 times.
-const LISTENERS_PER_SHARD: usize = 4;
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bound on flushing the producer at shutdown; with the grace above, the
@@ -133,8 +147,9 @@ struct Shard {
     /// this shard has begun draining.
     drain: Arc<AtomicBool>,
     draining: Cell<bool>,
-    /// The accept loops waiting for `stopping` or `draining`.
-    doors: RefCell<Vec<Waker>>,
+    /// The tasks waiting for `stopping` or `draining` (the accept loops,
+    /// the end of [`serve`]).
+    stop_waiters: RefCell<Vec<Waker>>,
     /// Connections closed per second while draining: this shard's share.
     drain_rate: f64,
     drain_max: Duration,
@@ -151,14 +166,14 @@ impl Shard {
         if !self.stopping.replace(true) {
             tracing::info!(shard = self.id, "shutting down: closing connections");
             self.table.fire_all(CloseReason::Shutdown);
-            lot::wake_tender();
-            self.close_doors();
+            self.table.lot.look();
+            self.wake_stop_waiters();
         }
     }
 
-    /// Wakes the accept loops: the shard stops or drains.
-    fn close_doors(&self) {
-        for waker in self.doors.take() {
+    /// Wakes the tasks waiting for a stop or a drain: one began.
+    fn wake_stop_waiters(&self) {
+        for waker in self.stop_waiters.take() {
             waker.wake();
         }
     }
@@ -166,7 +181,7 @@ impl Shard {
     /// Resolves once the shard stops or drains. An event, not a timer: an
     /// accept loop that looked every 20 ms made four listeners most of an
     /// idle shard's wake-ups.
-    async fn doors_closed(&self) {
+    async fn stop_or_drain(&self) {
         self.until(|| self.stopping.get() || self.draining.get())
             .await;
     }
@@ -176,16 +191,16 @@ impl Shard {
         self.until(|| self.stopping.get()).await;
     }
 
-    /// Resolves once `done` holds, looked at whenever the doors close
-    /// ([`Shard::close_doors`]: a stop or a drain begins).
+    /// Resolves once `done` holds, looked at whenever a stop or a drain
+    /// begins ([`Shard::wake_stop_waiters`]).
     async fn until(&self, done: impl Fn() -> bool) {
         future::poll_fn(|cx| {
             if done() {
                 return Poll::Ready(());
             }
-            let mut doors = self.doors.borrow_mut();
-            if !doors.iter().any(|waker| waker.will_wake(cx.waker())) {
-                doors.push(cx.waker().clone());
+            let mut waiters = self.stop_waiters.borrow_mut();
+            if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
             }
             Poll::Pending
         })
@@ -214,6 +229,22 @@ impl Shard {
     fn finished(&self) -> bool {
         self.stopping.get() && (self.table.is_empty() || self.abandoned.get())
     }
+}
+
+/// At most one warning of a kind ("reads paused", downlink consumer
+/// errors) per shard per interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a warning last logged at `at` may be logged again at `now`;
+/// if so, `now` becomes its last time.
+fn log_due(at: &Cell<Option<Instant>>, now: Instant) -> bool {
+    let due = at
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
+    if due {
+        at.set(Some(now));
+    }
+    due
 }
 
 /// A listener as the shards serve it: its settings and, for TLS, the
@@ -270,8 +301,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         let mut listeners = Vec::with_capacity(doors.len());
         for door in &doors {
             let address = door.listener.address;
-            let listener =
-                readiness::listen(address).with_context(|| format!("binding {address}"))?;
+            let listener = socket::listen(address).with_context(|| format!("binding {address}"))?;
             listeners.push(listener);
         }
         let epoch = Instant::now();
@@ -301,7 +331,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             stopping: Cell::new(false),
             drain,
             draining: Cell::new(false),
-            doors: RefCell::new(Vec::new()),
+            stop_waiters: RefCell::new(Vec::new()),
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             abandoned: Cell::new(false),
@@ -324,41 +354,9 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let shard = Rc::new(shard);
     let poller = glommio::spawn_local(poll_producer(shard.clone()));
     let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
-    let tender = glommio::spawn_local(lot::tend(shard.clone()));
+    let tender = glommio::spawn_local(readiness::tend(shard.clone()));
 
-    let mut acceptors = Vec::new();
-    for (listener, door) in listeners.into_iter().zip(doors) {
-        let door = Rc::new(door);
-        tracing::info!(
-            shard = id,
-            address = %door.listener.address,
-            tls = door.tls.is_some(),
-            "listening"
-        );
-        // More listeners on the same address: each has glommio's backlog
-        // of 1024, and a connect storm beyond what the shard accepts
-        // overflows it (the car retries its SYN after a second).
-        let address = listener.local_addr();
-        let mut same = vec![listener];
-        if let Ok(address) = address {
-            for _ in 1..LISTENERS_PER_SHARD {
-                match readiness::listen(address) {
-                    Ok(more) => same.push(more),
-                    Err(error) => {
-                        tracing::warn!(shard = id, %error, "extra listener not bound");
-                        break;
-                    }
-                }
-            }
-        }
-        for listener in same {
-            acceptors.push(glommio::spawn_local(accept(
-                listener,
-                shard.clone(),
-                door.clone(),
-            )));
-        }
-    }
+    let acceptors = accept::spawn_acceptors(&shard, listeners, doors);
     for acceptor in acceptors {
         acceptor.await;
     }
@@ -385,7 +383,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     tender.await;
     // End-of-session records of the connections just closed.
     if let Some(downlink) = &shard.downlink {
-        shard.retry_registry(downlink);
+        downlink.retry_pending(&shard);
     }
     let closed_in = closing.elapsed();
     // Each record ends acknowledged or failed: flush within the bound, then
@@ -434,11 +432,14 @@ async fn poll_producer(shard: Rc<Shard>) {
         }
         bump(&shard.metrics.heartbeat);
         if shard.drain.load(Ordering::Relaxed) && !shard.draining.replace(true) {
-            shard.close_doors();
+            shard.wake_stop_waiters();
             glommio::spawn_local(drain(shard.clone())).detach();
         }
         shard.producer.poll();
-        let arriving = shard.serve_downlink();
+        let arriving = shard
+            .downlink
+            .as_ref()
+            .is_some_and(|downlink| downlink.serve(&shard));
         for connection in shard.orders.try_iter() {
             shard.table.fire(connection, CloseReason::TakenOver);
         }
@@ -515,99 +516,6 @@ async fn drain(shard: Rc<Shard>) {
         seconds = started.elapsed().as_secs_f64(),
         "drained"
     );
-}
-
-/// Accepts connections on `listener` until the shard stops or drains.
-async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
-    let index = match shard.readiness.register_listener(&listener) {
-        Ok(index) => index,
-        Err(error) => {
-            tracing::error!(shard = shard.id, %error, "listener not added to the epoll set");
-            return;
-        }
-    };
-    // The poller notices the stop flag (within IDLE_POLL) and begins the
-    // stop; this only ends the accept loop.
-    let mut stop = pin!(shard.doors_closed());
-    loop {
-        // A reconnect storm waits in the listen backlog rather than take
-        // the shard from the cars it holds.
-        if let Err(wait) = shard.accept_rate.take(Instant::now()) {
-            shard.metrics.limit("accept_rate", 1);
-            let paused = async {
-                sleep(wait).await;
-                Some(())
-            };
-            let stopped = async {
-                stop.as_mut().await;
-                None
-            };
-            if future::or(paused, stopped).await.is_none() {
-                return;
-            }
-            continue;
-        }
-        if shard.stopping.get() || shard.draining.get() {
-            return;
-        }
-        match readiness::accept(&listener) {
-            Ok(None) => {
-                // Edge-triggered: the listener's next event comes with the
-                // next connection, and none is waiting now.
-                let stopped = async {
-                    stop.as_mut().await;
-                    None
-                };
-                let ready = async {
-                    shard.readiness.acceptable(index).await;
-                    Some(())
-                };
-                if future::or(ready, stopped).await.is_none() {
-                    return;
-                }
-            }
-            Ok(Some(_)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
-                // Full: closed before any TLS or MQTT work.
-                shard.metrics.limit("connections_per_shard", 1);
-            }
-            Ok(Some(socket)) => enter(socket, &shard, &door),
-            Err(error) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(shard = shard.id, %error, "accept failed");
-                sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Enters an accepted socket in the shard's table and epoll set, and
-/// starts its task.
-fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
-    let _ = socket.set_nodelay(true);
-    let Ok(addr) = socket.peer_addr() else {
-        // Reset before we looked: nothing to serve.
-        return;
-    };
-    let (id, signal) = shard.table.open();
-    if let Err(error) = shard.readiness.register(&socket, id) {
-        tracing::warn!(shard = shard.id, %error, "socket not added to the epoll set");
-        shard.table.close(id, None);
-        return;
-    }
-    let peer = Peer {
-        addr,
-        identity: None,
-    };
-    let socket = CarSocket::new(socket, signal.clone());
-    let (shard, door) = (shard.clone(), door.clone());
-    let task = match (&door.listener.proxy, &door.tls) {
-        (None, None) => glommio::spawn_local(connection(socket, shard, peer, signal)),
-        (None, Some(_)) => glommio::spawn_local(connection::tls(socket, shard, door, peer, signal)),
-        (Some(_), _) => {
-            glommio::spawn_local(connection::proxied(socket, shard, door, peer, signal))
-        }
-    };
-    task.detach();
 }
 
 #[cfg(test)]

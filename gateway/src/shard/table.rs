@@ -1,4 +1,7 @@
-//! The shard's open connections, and which of them holds each client id.
+//! The shard's open connections, which of them holds each client id, and
+//! their deadlines. Every wake-up of a connection by another of the
+//! shard's tasks goes through here, so that a parked connection (no task
+//! to wake) is handed to the shard's lot instead.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -8,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use codec::ByteString;
 
-use super::signal::Signal;
+use super::control::{Control, Woke};
+use super::parked::Lot;
 use crate::session::CloseReason;
 
 /// Deadlines are looked at in slots of this length: a connection's
@@ -23,7 +27,7 @@ const STALE_ALLOWED: usize = 1024;
 #[derive(Debug)]
 pub(super) struct ConnectionTable {
     /// Every open connection, for shutdown, deadlines and delivery.
-    connections: RefCell<HashMap<u64, Rc<Signal>>>,
+    connections: RefCell<HashMap<u64, Rc<Control>>>,
     /// Which connection holds each client id on this shard.
     clients: RefCell<HashMap<ByteString, u64>>,
     next: Cell<u64>,
@@ -41,6 +45,8 @@ pub(super) struct ConnectionTable {
     deadlines: RefCell<BinaryHeap<Reverse<(u32, u64)>>>,
     /// Where slot 0 ends: the shard's start.
     origin: Instant,
+    /// Parked connections woken, for the readiness task to serve.
+    pub(super) lot: Lot,
 }
 
 impl ConnectionTable {
@@ -52,6 +58,7 @@ impl ConnectionTable {
             next: Cell::default(),
             deadlines: RefCell::default(),
             origin,
+            lot: Lot::default(),
         }
     }
 
@@ -72,35 +79,37 @@ impl ConnectionTable {
         u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Sets connection `signal`'s session deadline, and files the
+    /// Sets connection `control`'s session deadline, and files the
     /// connection to be looked at when the deadline's slot ends, unless it
     /// is filed for that slot or an earlier one already. Called on every
     /// packet: a deadline that moves later, the usual case, costs a
     /// comparison.
-    pub(super) fn set_deadline(&self, signal: &Signal, deadline: Option<Instant>) {
-        let before = signal.deadline.replace(deadline);
+    pub(super) fn set_deadline(&self, control: &Control, deadline: Option<Instant>) {
+        let before = control.deadline.replace(deadline);
         let Some(at) = deadline else {
             return;
         };
-        let filed = signal.filed.get();
+        let filed = control.filed.get();
         if filed != 0 && before.is_some_and(|before| at >= before) {
             // Filed under the earlier deadline's slot or before.
             return;
         }
         let slot = self.slot_of(at);
         if filed == 0 || slot < filed {
-            signal.filed.set(slot);
-            self.deadlines.borrow_mut().push(Reverse((slot, signal.id)));
+            control.filed.set(slot);
+            self.deadlines
+                .borrow_mut()
+                .push(Reverse((slot, control.id)));
         }
     }
 
-    /// Enters a new connection: its id and its signal.
-    pub(super) fn open(&self) -> (u64, Rc<Signal>) {
+    /// Enters a new connection: its id and its control.
+    pub(super) fn open(&self) -> (u64, Rc<Control>) {
         let id = self.next.get();
         self.next.set(id + 1);
-        let signal = Rc::new(Signal::new(id));
-        self.connections.borrow_mut().insert(id, signal.clone());
-        (id, signal)
+        let control = Rc::new(Control::new(id));
+        self.connections.borrow_mut().insert(id, control.clone());
+        (id, control)
     }
 
     /// Removes connection `id`, and its hold on `client_id` if it has it.
@@ -119,34 +128,51 @@ impl ConnectionTable {
         self.clients.borrow_mut().insert(client_id, id);
     }
 
-    pub(super) fn signal(&self, id: u64) -> Option<Rc<Signal>> {
+    pub(super) fn control(&self, id: u64) -> Option<Rc<Control>> {
         self.connections.borrow().get(&id).cloned()
     }
 
-    /// Wakes connection `id`'s task (or resumes it, parked): its socket
-    /// had an event.
+    /// Wakes connection `id`'s task (or has the lot serve it, parked):
+    /// its socket had an event.
     pub(super) fn wake(&self, id: u64) {
-        if let Some(signal) = self.connections.borrow().get(&id) {
-            signal.wake();
+        if let Some(control) = self.connections.borrow().get(&id) {
+            self.woke(control, control.wake());
         }
     }
 
-    /// The signal of the connection holding `client` on this shard.
-    pub(super) fn holder(&self, client: &str) -> Option<Rc<Signal>> {
+    /// Wakes `control`'s connection: downlink output was queued for it.
+    pub(super) fn notify(&self, control: &Control) {
+        self.woke(control, control.wake());
+    }
+
+    /// Tells `control`'s connection to close.
+    pub(super) fn fire_at(&self, control: &Control, reason: CloseReason) {
+        self.woke(control, control.fire(reason));
+    }
+
+    /// A parked connection woken has no task: the lot serves it.
+    fn woke(&self, control: &Control, woke: Woke) {
+        if woke == Woke::Parked {
+            self.lot.serve_later(control.id);
+        }
+    }
+
+    /// The control of the connection holding `client` on this shard.
+    pub(super) fn holder(&self, client: &str) -> Option<Rc<Control>> {
         let id = *self.clients.borrow().get(client)?;
-        self.signal(id)
+        self.control(id)
     }
 
     /// Tells connection `id`, if still open, to close.
     pub(super) fn fire(&self, id: u64, reason: CloseReason) {
-        if let Some(signal) = self.connections.borrow().get(&id) {
-            signal.fire(reason);
+        if let Some(control) = self.connections.borrow().get(&id) {
+            self.fire_at(control, reason);
         }
     }
 
     pub(super) fn fire_all(&self, reason: CloseReason) {
-        for signal in self.connections.borrow().values() {
-            signal.fire(reason);
+        for control in self.connections.borrow().values() {
+            self.fire_at(control, reason);
         }
     }
 
@@ -164,19 +190,19 @@ impl ConnectionTable {
                 break;
             }
             deadlines.pop();
-            let Some(signal) = connections.get(&id) else {
+            let Some(control) = connections.get(&id) else {
                 continue;
             };
-            if signal.filed.get() != slot {
+            if control.filed.get() != slot {
                 // Filed again under an earlier slot: that entry counts.
                 continue;
             }
-            signal.filed.set(0);
-            match signal.deadline.get() {
-                Some(at) if at <= now => signal.deadline_passed(),
+            control.filed.set(0);
+            match control.deadline.get() {
+                Some(at) if at <= now => self.woke(control, control.deadline_passed()),
                 Some(at) => {
                     let slot = self.slot_of(at);
-                    signal.filed.set(slot);
+                    control.filed.set(slot);
                     deadlines.push(Reverse((slot, id)));
                 }
                 None => {}
@@ -188,8 +214,8 @@ impl ConnectionTable {
             // after as many closes as there are open connections.
             *deadlines = connections
                 .values()
-                .filter(|signal| signal.filed.get() != 0)
-                .map(|signal| Reverse((signal.filed.get(), signal.id)))
+                .filter(|control| control.filed.get() != 0)
+                .map(|control| Reverse((control.filed.get(), control.id)))
                 .collect();
         }
     }

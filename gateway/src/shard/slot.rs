@@ -1,5 +1,6 @@
-//! A shard's side of the downlink: its consumer of exactly one
-//! `mqtt.downlink` partition (its slot) and the reading of routed records.
+//! A shard's consumer of exactly one `mqtt.downlink` partition (its
+//! slot), and the reading of routed records: what feeds the shard's
+//! delivery ([`super::delivery`]).
 //!
 //! The consumer is assigned by hand (no consumer group rebalancing) and
 //! delivers from the slot's end: routed messages are realtime data for
@@ -26,13 +27,13 @@ use crate::config::Config;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The slot of shard `shard` of bridge `bridge` with `per_bridge` shards each.
-pub(crate) fn slot(bridge: u32, per_bridge: u32, shard: usize) -> u32 {
+pub(crate) fn slot_number(bridge: u32, per_bridge: u32, shard: usize) -> u32 {
     bridge * per_bridge + u32::try_from(shard).unwrap_or(u32::MAX)
 }
 
-pub(crate) struct SlotConsumer {
+pub(super) struct SlotConsumer {
     consumer: BaseConsumer,
-    pub(crate) slot: u32,
+    pub(super) slot: u32,
     /// Records before this offset were routed before this process started:
     /// missed, not delivered.
     live_from: i64,
@@ -48,7 +49,7 @@ impl std::fmt::Debug for SlotConsumer {
 
 impl SlotConsumer {
     /// Assigns `slot` of the routed topic at its current end.
-    pub(crate) fn new(config: &Config, shard: usize, slot: u32) -> anyhow::Result<Self> {
+    pub(super) fn new(config: &Config, shard: usize, slot: u32) -> anyhow::Result<Self> {
         let topic = &config.downlink.topic;
         let mut client = ClientConfig::new();
         client
@@ -64,7 +65,8 @@ impl SlotConsumer {
         }
         client
             // librdkafka wants a group for any assignment; this one never
-            // joins (no subscribe) and never commits.
+            // joins (no subscribe). It commits what it stored (every
+            // second): where a successor of this process starts reading.
             .set("group.id", format!("carbridge-gateway-slot-{slot}"))
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -136,13 +138,13 @@ impl SlotConsumer {
 
     /// Calls `arrived` (on a librdkafka thread) whenever records arrive
     /// while none were waiting to be polled.
-    pub(crate) fn on_arrival(&mut self, arrived: impl Fn() + Send + Sync + 'static) {
+    pub(super) fn on_arrival(&mut self, arrived: impl Fn() + Send + Sync + 'static) {
         self.consumer.set_nonempty_callback(arrived);
     }
 
     /// Reads the next record, without waiting, and hands what it asks
     /// (`None` for a record this build does not understand) to `handle`.
-    pub(crate) fn poll_with(
+    pub(super) fn poll_with(
         &self,
         topic_header: &str,
         handle: impl FnOnce(Option<Routed<'_>>, bool),
@@ -165,7 +167,7 @@ impl SlotConsumer {
 
 /// What one [`SlotConsumer::poll_with`] found.
 #[derive(Debug)]
-pub(crate) enum Polled {
+pub(super) enum Polled {
     /// Nothing waiting.
     Empty,
     /// One record, handed over.
@@ -176,7 +178,7 @@ pub(crate) enum Polled {
 
 /// What a routed record asks of the shard.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Routed<'a> {
+pub(super) enum Routed<'a> {
     /// Deliver `payload` on `topic` to the client's connection.
     Message {
         client: &'a str,
@@ -196,11 +198,11 @@ pub(crate) enum Routed<'a> {
 
 /// A request's wish for a receipt, carried on its routed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ask<'a> {
+pub(super) struct Ask<'a> {
     /// The correlation id the service chose.
-    pub(crate) id: &'a [u8],
+    pub(super) id: &'a [u8],
     /// Where the request is in `cs.downlink`.
-    pub(crate) request: contract::RequestRef,
+    pub(super) request: contract::RequestRef,
 }
 
 /// Reads a routed record; `None` if it is not one this build understands
@@ -258,8 +260,8 @@ mod tests {
 
     #[test]
     fn slots_follow_the_contract() {
-        assert_eq!(slot(0, 2, 0), 0);
-        assert_eq!(slot(0, 2, 1), 1);
-        assert_eq!(slot(3, 2, 1), 7);
+        assert_eq!(slot_number(0, 2, 0), 0);
+        assert_eq!(slot_number(0, 2, 1), 1);
+        assert_eq!(slot_number(3, 2, 1), 7);
     }
 }

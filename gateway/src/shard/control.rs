@@ -1,44 +1,28 @@
-//! Wake-up primitives: what a connection waits on beside its socket
-//! ([`Signal`]), what wakes the shard's poller from another thread
-//! ([`Kick`]), and the rate limit for repeated warnings.
+//! A connection's control block: what its task (or, parked, the shard's
+//! lot) waits on beside its socket. The shard's other tasks reach a
+//! connection only through it: the readiness task (its socket had an
+//! event), the sweeper (its deadline passed), the poller (a close order, a
+//! downlink message to write).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::rc::Rc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use codec::ByteString;
 use futures_lite::future;
+use std::rc::Rc;
 
-use super::lot::Parked;
+use super::parked::Parked;
 use crate::session::CloseReason;
-
-/// At most one warning of a kind ("reads paused", downlink consumer
-/// errors) per shard per interval.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Whether a warning last logged at `at` may be logged again at `now`;
-/// if so, `now` becomes its last time.
-pub(super) fn log_due(at: &Cell<Option<Instant>>, now: Instant) -> bool {
-    let due = at
-        .get()
-        .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
-    if due {
-        at.set(Some(now));
-    }
-    due
-}
 
 /// What a connection waits on: its socket (woken by the shard's readiness
 /// task), a close order (takeover, shutdown), its session deadline coming
 /// due, or downlink messages to write. Shared between the connection task
 /// and the shard's poller, sweeper and readiness task.
 #[derive(Debug, Default)]
-pub(super) struct Signal {
+pub(super) struct Control {
     /// The connection's id in the shard's table.
     pub(super) id: u64,
     /// The connection while it is parked (no task: see [`super::lot`]):
@@ -75,6 +59,16 @@ pub(super) fn micros() -> u32 {
     now
 }
 
+/// Whom a wake-up reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Woke {
+    /// The connection's task, or nobody needed waking.
+    Task,
+    /// The connection is parked: no task; the lot must serve it.
+    Parked,
+}
+
+/// What woke a connection's task besides its socket.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Wake {
     Close(CloseReason),
@@ -82,7 +76,7 @@ pub(super) enum Wake {
     Output,
 }
 
-impl Signal {
+impl Control {
     pub(super) fn new(id: u64) -> Self {
         Self {
             id,
@@ -90,19 +84,29 @@ impl Signal {
         }
     }
 
-    pub(super) fn fire(&self, reason: CloseReason) {
-        if self.reason.get().is_none() {
-            self.reason.set(Some(reason));
-            self.wake();
+    /// Orders the connection closed (the first order's reason stands).
+    #[must_use = "a parked connection has no task to wake: the lot must serve it"]
+    pub(super) fn fire(&self, reason: CloseReason) -> Woke {
+        if self.reason.get().is_some() {
+            return Woke::Task;
         }
+        self.reason.set(Some(reason));
+        self.wake()
     }
 
-    pub(super) fn wake(&self) {
+    /// Wakes the connection's task; a parked connection has none, and the
+    /// caller has the shard's lot serve it ([`super::table::ConnectionTable`]
+    /// does).
+    #[must_use = "a parked connection has no task to wake: the lot must serve it"]
+    pub(super) fn wake(&self) -> Woke {
         let waker = self.waker.borrow_mut().take();
         if let Some(waker) = waker {
             waker.wake();
+            Woke::Task
         } else if self.is_parked() {
-            super::lot::unpark_later(self.id);
+            Woke::Parked
+        } else {
+            Woke::Task
         }
     }
 
@@ -136,9 +140,12 @@ impl Signal {
     }
 
     /// Called by the sweeper: the session deadline has passed.
-    pub(super) fn deadline_passed(&self) {
-        if !self.due.replace(true) {
-            self.wake();
+    #[must_use = "a parked connection has no task to wake: the lot must serve it"]
+    pub(super) fn deadline_passed(&self) -> Woke {
+        if self.due.replace(true) {
+            Woke::Task
+        } else {
+            self.wake()
         }
     }
 
@@ -172,57 +179,5 @@ impl Signal {
     /// Takes the queued downlink bytes and their message count.
     pub(super) fn take_output(&self) -> (BytesMut, u64) {
         (self.outbox.take(), u64::from(self.queued.replace(0)))
-    }
-}
-
-/// Wakes the shard's poller from its idle sleep, from the shard's own
-/// thread or another one (librdkafka's, when a routed message arrives;
-/// the gateway's, on a stop, a drain or a takeover order; glommio wakers
-/// may be woken from any thread).
-#[derive(Debug, Default)]
-pub(crate) struct Kick {
-    kicked: AtomicBool,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl Kick {
-    pub(crate) fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        let waker = self.waker.lock().ok().and_then(|mut waker| waker.take());
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Whether it was kicked since the last look (and forget it).
-    #[cfg(test)]
-    pub(crate) fn take(&self) -> bool {
-        self.kicked.swap(false, Ordering::Acquire)
-    }
-
-    /// Drops the stored waker here, on the shard's thread, rather than
-    /// wherever the last owner of this `Kick` ends up.
-    pub(super) fn forget(&self) {
-        drop(self.waker.lock().ok().and_then(|mut waker| waker.take()));
-    }
-
-    /// Completes once kicked (at once if kicked since the last time).
-    pub(super) async fn kicked(&self) {
-        future::poll_fn(|cx| {
-            if self.kicked.swap(false, Ordering::Acquire) {
-                return Poll::Ready(());
-            }
-            if let Ok(mut waker) = self.waker.lock() {
-                *waker = Some(cx.waker().clone());
-            }
-            // A kick between the check and storing the waker found no
-            // waker to wake: look again.
-            if self.kicked.swap(false, Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await;
     }
 }

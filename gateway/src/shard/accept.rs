@@ -1,0 +1,159 @@
+//! The shard's listeners: bound on the configured addresses (several per
+//! address, SO_REUSEPORT), accepted from at the shard's accept rate, each
+//! accepted socket entered in the shard's table and epoll set and given
+//! its task, until the shard stops or drains.
+
+use std::net::TcpListener;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use glommio::Task;
+use glommio::timer::sleep;
+
+use super::connection::Peer;
+use super::socket::{self, CarSocket};
+use super::{Door, Shard, preamble, task};
+
+/// Listening sockets per shard on the one address (SO_REUSEPORT), each
+/// with the backlog [`socket::listen`] asks for: four hold 4,096 cars that
+/// connect faster than the shard accepts. At 25,000 connects/s asked over
+/// three single-shard gateways, one listener each overflowed 10,138 times.
+const LISTENERS_PER_SHARD: usize = 4;
+
+/// Starts an accept loop for each listener of the shard, on `doors`'
+/// addresses (with their settings), and more listeners on each address:
+/// see [`LISTENERS_PER_SHARD`].
+pub(super) fn spawn_acceptors(
+    shard: &Rc<Shard>,
+    listeners: Vec<TcpListener>,
+    doors: Vec<Door>,
+) -> Vec<Task<()>> {
+    let id = shard.id;
+    let mut acceptors = Vec::new();
+    for (listener, door) in listeners.into_iter().zip(doors) {
+        let door = Rc::new(door);
+        tracing::info!(
+            shard = id,
+            address = %door.listener.address,
+            tls = door.tls.is_some(),
+            "listening"
+        );
+        // More listeners on the same address: a connect storm beyond what
+        // the shard accepts overflows one backlog (the car retries its SYN
+        // after a second).
+        let address = listener.local_addr();
+        let mut same = vec![listener];
+        if let Ok(address) = address {
+            for _ in 1..LISTENERS_PER_SHARD {
+                match socket::listen(address) {
+                    Ok(more) => same.push(more),
+                    Err(error) => {
+                        tracing::warn!(shard = id, %error, "extra listener not bound");
+                        break;
+                    }
+                }
+            }
+        }
+        for listener in same {
+            acceptors.push(glommio::spawn_local(accept(
+                listener,
+                shard.clone(),
+                door.clone(),
+            )));
+        }
+    }
+    acceptors
+}
+
+/// Accepts connections on `listener` until the shard stops or drains.
+async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
+    let index = match shard.readiness.watch_listener(&listener) {
+        Ok(index) => index,
+        Err(error) => {
+            tracing::error!(shard = shard.id, %error, "listener not added to the epoll set");
+            return;
+        }
+    };
+    // The poller notices the stop flag (within IDLE_POLL) and begins the
+    // stop; this only ends the accept loop.
+    let mut stop = pin!(shard.stop_or_drain());
+    loop {
+        // A reconnect storm waits in the listen backlog rather than take
+        // the shard from the cars it holds.
+        if let Err(wait) = shard.accept_rate.take(Instant::now()) {
+            shard.metrics.limit("accept_rate", 1);
+            let paused = async {
+                sleep(wait).await;
+                Some(())
+            };
+            let stopped = async {
+                stop.as_mut().await;
+                None
+            };
+            if future::or(paused, stopped).await.is_none() {
+                return;
+            }
+            continue;
+        }
+        if shard.stopping.get() || shard.draining.get() {
+            return;
+        }
+        match socket::accept(&listener) {
+            Ok(None) => {
+                // Edge-triggered: the listener's next event comes with the
+                // next connection, and none is waiting now.
+                let stopped = async {
+                    stop.as_mut().await;
+                    None
+                };
+                let ready = async {
+                    shard.readiness.acceptable(index).await;
+                    Some(())
+                };
+                if future::or(ready, stopped).await.is_none() {
+                    return;
+                }
+            }
+            Ok(Some(_)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
+                // Full: closed before any TLS or MQTT work.
+                shard.metrics.limit("connections_per_shard", 1);
+            }
+            Ok(Some(socket)) => enter(socket, &shard, &door),
+            Err(error) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Enters an accepted socket in the shard's table and epoll set, and
+/// starts its task.
+fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
+    let _ = socket.set_nodelay(true);
+    let Ok(addr) = socket.peer_addr() else {
+        // Reset before we looked: nothing to serve.
+        return;
+    };
+    let (id, control) = shard.table.open();
+    if let Err(error) = shard.readiness.watch(&socket, id) {
+        tracing::warn!(shard = shard.id, %error, "socket not added to the epoll set");
+        shard.table.close(id, None);
+        return;
+    }
+    let peer = Peer {
+        addr,
+        identity: None,
+    };
+    let socket = CarSocket::new(socket, control.clone());
+    let (shard, door) = (shard.clone(), door.clone());
+    let task = match (&door.listener.proxy, &door.tls) {
+        (None, None) => glommio::spawn_local(task::start(socket, shard, peer, control)),
+        (None, Some(_)) => glommio::spawn_local(preamble::tls(socket, shard, door, peer, control)),
+        (Some(_), _) => glommio::spawn_local(preamble::proxied(socket, shard, door, peer, control)),
+    };
+    task.detach();
+}

@@ -1,0 +1,201 @@
+//! Parked connections: a quiet car without a task.
+//!
+//! A car between two publishes needs its socket, its session and who it
+//! is; it needs no task (a task's future is over 800 bytes, and glommio
+//! adds its header). When a plain TCP connection has nothing half read,
+//! nothing to write and nothing to read ([`Connection::may_park`]), its
+//! task hands those three to its control block and ends. Whatever wakes
+//! it then (its socket's next event, a close order, its keep-alive
+//! deadline, a downlink message) finds no task and asks the shard's lot
+//! ([`Lot`]); the readiness task serves the lot's connections
+//! ([`serve`]). What a quiet car mostly sends (a PUBLISH, a PINGREQ, a
+//! SUBSCRIBE, even the CONNECT) is handled there without a task; anything
+//! more goes on in a new one. TLS connections are not parked: their
+//! session state is most of what they hold.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use codec::Publish;
+use futures_lite::future;
+
+use super::Shard;
+use super::connection::Connection;
+use super::dispatch::Handled;
+use super::socket;
+use super::task::{self, READ_BUSY};
+use crate::session::{CloseReason, Session};
+
+/// A connection without a task, kept in its control block. Only plain-TCP
+/// connections park, and they have no proven identity: their peer is
+/// their address.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub(super) socket: std::net::TcpStream,
+    pub(super) session: Session,
+    pub(super) addr: std::net::SocketAddr,
+}
+
+/// What the readiness task is asked to look at besides the epoll set:
+/// parked connections woken (a close order, a deadline, downlink output),
+/// and the shard's state (a stop began).
+#[derive(Debug, Default)]
+pub(super) struct Lot {
+    woken: RefCell<Vec<u64>>,
+    look: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Lot {
+    /// Asks the readiness task to serve parked connection `id`.
+    pub(super) fn serve_later(&self, id: u64) {
+        self.woken.borrow_mut().push(id);
+        self.wake_tender();
+    }
+
+    /// Asks the readiness task to look at the shard's state (a stop began).
+    pub(super) fn look(&self) {
+        self.look.set(true);
+        self.wake_tender();
+    }
+
+    fn wake_tender(&self) {
+        let waker = self.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The parked connections to serve now.
+    pub(super) fn take(&self) -> Vec<u64> {
+        self.woken.take()
+    }
+
+    /// Completes when the readiness task was asked something.
+    pub(super) fn asked(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(|cx| {
+            if self.woken.borrow().is_empty() && !self.look.replace(false) {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    }
+}
+
+/// Where a parked connection's new task starts: what the lot read and
+/// handled for it and could not finish without waiting.
+#[derive(Debug, Default)]
+pub(super) struct Handover {
+    /// Bytes read and not handled yet (a partial packet, or the packets
+    /// after a PUBLISH that waits for room).
+    pub(super) input: BytesMut,
+    /// Replies not written yet.
+    pub(super) output: BytesMut,
+    /// A PUBLISH that found librdkafka's queue full.
+    pub(super) blocked: Option<Publish>,
+    /// The session closed (written what `output` holds first).
+    pub(super) close: Option<CloseReason>,
+}
+
+/// Serves parked connection `id`, if it is still parked: its socket had
+/// an event, or its control block a wake-up. Read, handled, the short
+/// reply written, and the connection parked again; or, when that is not
+/// all it takes, on in a new task: a close order, a deadline or downlink
+/// output; a partial packet or a full read; a reply the socket does not
+/// take at once; a full producer queue; a close.
+pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
+    let Some(control) = shard.table.control(id) else {
+        return;
+    };
+    let Some(parked) = control.unpark() else {
+        return;
+    };
+    let (mut connection, socket) = Connection::unparked(shard.clone(), control, parked);
+    // Told to close (a drain, a shutdown, a takeover): what the car sent
+    // before is read and handled first, as its task would have read it
+    // already; a drain loses nothing the car had sent when it was told.
+    let control = &connection.control;
+    let closing = control.reason.get().is_some();
+    let here =
+        (closing || !control.pending()) && !shard.flow.is_paused() && shard.producer.has_room();
+    if !here {
+        return spawn_task(connection, socket, Handover::default());
+    }
+    let mut input = BytesMut::zeroed(READ_BUSY);
+    let read = match socket::try_read(&socket, &mut input) {
+        Ok(None) if control.pending() => {
+            return spawn_task(connection, socket, Handover::default());
+        }
+        // The event was not for reading (room to write, say).
+        Ok(None) => return connection.park(socket),
+        Ok(Some(read)) if read > 0 => read,
+        // The end or an error: the task reads again, and meets it.
+        _ => return spawn_task(connection, socket, Handover::default()),
+    };
+    input.truncate(read);
+    let mut handover = Handover {
+        input,
+        ..Handover::default()
+    };
+    if read == READ_BUSY {
+        // A busy car (there may be more): its task reads on.
+        return spawn_task(connection, socket, handover);
+    }
+    match connection.handle(&mut handover.input, &mut handover.output, Instant::now()) {
+        Handled::Done
+            if connection.may_park(&handover.input)
+                && socket::try_write(&socket, &mut handover.output) =>
+        {
+            shard
+                .table
+                .set_deadline(&connection.control, connection.session.deadline());
+            connection.park(socket);
+        }
+        Handled::Done => spawn_task(connection, socket, handover),
+        Handled::Close(reason) => {
+            handover.close = Some(reason);
+            spawn_task(connection, socket, handover);
+        }
+        Handled::Full(publish) => {
+            handover.blocked = Some(publish);
+            spawn_task(connection, socket, handover);
+        }
+    }
+}
+
+/// Gives a parked connection a task again, starting from `handover`.
+fn spawn_task(connection: Connection, socket: std::net::TcpStream, handover: Handover) {
+    connection
+        .shard
+        .metrics
+        .connections_parked
+        .fetch_sub(1, Ordering::Relaxed);
+    glommio::spawn_local(task::respawn(connection, socket, handover)).detach();
+}
+
+#[cfg(test)]
+mod tests {
+    /// A parked car is its control block (in the table) and nothing else
+    /// of this process's: the parked state lives inside it. Growing either
+    /// grows every quiet car; `tests/idle_memory.rs` measures the whole.
+    #[test]
+    fn a_parked_connection_stays_small() {
+        assert!(
+            size_of::<super::Parked>() <= 128,
+            "{}",
+            size_of::<super::Parked>()
+        );
+        assert!(
+            size_of::<super::super::control::Control>() <= 304,
+            "{}",
+            size_of::<super::super::control::Control>()
+        );
+    }
+}

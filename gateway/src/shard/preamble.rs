@@ -1,0 +1,160 @@
+//! What comes before the first MQTT byte: the PROXY header (the car's
+//! real address, and the identity a TLS-terminating proxy verified) and
+//! the TLS handshake (the identity in the car's certificate). Each ends in
+//! a [`Peer`], or in the connection's close; then [`super::task::start`]
+//! runs MQTT over what is left of the stream.
+
+use std::rc::Rc;
+
+use futures_lite::future;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::timer::sleep;
+use rustls::HandshakeKind;
+
+use super::connection::Peer;
+use super::control::Control;
+use super::socket::CarSocket;
+use super::task;
+use super::{Door, Shard};
+use crate::tls;
+
+/// A connection on a listener that expects a PROXY header: the source
+/// checked against the trusted networks, the header read (bounded by the
+/// connect timeout), then TLS or MQTT over what follows it.
+pub(super) async fn proxied(
+    stream: CarSocket,
+    shard: Rc<Shard>,
+    door: Rc<Door>,
+    peer: Peer,
+    control: Rc<Control>,
+) {
+    let Some((stream, peer)) = proxy_header(stream, &shard, &door, peer).await else {
+        shard.table.close(control.id, None);
+        return;
+    };
+    if door.tls.is_some() {
+        tls(stream, shard, door, peer, control).await;
+    } else {
+        task::start(stream, shard, peer, control).await;
+    }
+}
+
+/// Reads and checks the PROXY header; `None` when the connection closes.
+async fn proxy_header(
+    mut stream: CarSocket,
+    shard: &Shard,
+    door: &Door,
+    mut peer: Peer,
+) -> Option<(crate::proxy::Prefixed<CarSocket>, Peer)> {
+    let proxy = door.listener.proxy.as_ref()?;
+    if !crate::proxy::trusted(&proxy.trusted_networks, peer.addr.ip()) {
+        shard.metrics.proxy_header("untrusted_source");
+        tracing::info!(shard = shard.id, peer = %peer.addr,
+            "closed: PROXY header from a network not in trusted_networks");
+        return None;
+    }
+    let header = async { Some(crate::proxy::read_header(&mut stream).await) };
+    let timeout = async {
+        sleep(shard.timing.connect_timeout).await;
+        None
+    };
+    let (proxied, rest) = match future::or(header, timeout).await {
+        Some(Ok(read)) => read,
+        Some(Err(error)) => {
+            shard.metrics.proxy_header("malformed");
+            tracing::info!(shard = shard.id, peer = %peer.addr, ?error,
+                "closed: no valid PROXY header");
+            return None;
+        }
+        None => {
+            shard.metrics.proxy_header("timeout");
+            return None;
+        }
+    };
+    match proxied.source {
+        Some(source) => {
+            shard.metrics.proxy_header("proxied");
+            peer.addr = source;
+        }
+        // The proxy's own connection (a health check): its address stays.
+        None => shard.metrics.proxy_header("local"),
+    }
+    if proxy.identity_from_proxy {
+        let Some(cn) = proxied.verified_cn else {
+            shard.metrics.proxy_header("no_identity");
+            tracing::info!(shard = shard.id, peer = %peer.addr,
+                "closed: the PROXY header names no verified client certificate");
+            return None;
+        };
+        peer.identity = Some(door.listener.bound_client_id(&cn).into());
+    }
+    Some((crate::proxy::Prefixed::new(rest, stream), peer))
+}
+
+/// A connection on a TLS listener: the handshake on this shard, bounded by
+/// the connect timeout, the car's identity from its verified certificate,
+/// then the car's connection over TLS.
+pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shard: Rc<Shard>,
+    door: Rc<Door>,
+    peer: Peer,
+    control: Rc<Control>,
+) {
+    match handshake(stream, &shard, &door, peer).await {
+        Some((stream, peer)) => task::start(stream, shard, peer, control).await,
+        None => shard.table.close(control.id, None),
+    }
+}
+
+/// The TLS handshake and the identity check; `None` when the connection
+/// closes.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shard: &Shard,
+    door: &Door,
+    mut peer: Peer,
+) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+    let terminator = door.tls.as_ref()?;
+    let loaded = terminator.current();
+    let acceptor = futures_rustls::TlsAcceptor::from(loaded.config.clone());
+    let handshake = async { Some(acceptor.accept(stream).await) };
+    let timeout = async {
+        sleep(shard.timing.connect_timeout).await;
+        None
+    };
+    let stream = match future::or(handshake, timeout).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(error)) => {
+            let label = tls::failure_label(&error);
+            shard.metrics.handshake(label);
+            tracing::debug!(shard = shard.id, peer = %peer.addr, %error, reason = label,
+                "TLS handshake failed");
+            return None;
+        }
+        None => {
+            shard.metrics.handshake("timeout");
+            tracing::debug!(shard = shard.id, peer = %peer.addr, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let session = stream.get_ref().1;
+    if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
+        match loaded.admit(leaf, terminator.identity_source()) {
+            Ok(identity) => peer.identity = Some(door.listener.bound_client_id(&identity).into()),
+            Err(refused) => {
+                shard.metrics.handshake(refused);
+                tracing::info!(shard = shard.id, peer = %peer.addr, reason = refused,
+                    source = ?terminator.identity_source(),
+                    "closed: the certificate is revoked or names no identity");
+                return None;
+            }
+        }
+    }
+    drop(loaded);
+    shard.metrics.handshake(match session.handshake_kind() {
+        Some(HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    });
+    Some((stream, peer))
+}

@@ -1,0 +1,441 @@
+//! A connection's task: the one place where a car's bytes meet its
+//! stream. It reads into its buffer (sized to what the car sends), has
+//! [`Connection::handle`] decode and handle the packets, writes the replies
+//! and the downlink messages queued for the car, and waits on the socket
+//! and the connection's control block, until the connection closes or,
+//! quiet on a plain socket, is parked without a task ([`super::parked`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use contract::Outcome;
+use futures_lite::future;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::timer::sleep;
+
+use super::Shard;
+use super::connection::{Connection, Peer};
+use super::control::{Control, Wake};
+use super::dispatch::Handled;
+use super::parked::Handover;
+use super::socket::CarSocket;
+use crate::session::CloseReason;
+
+/// Bytes asked for when the car has been quiet: the buffer is held while
+/// the read waits, and most connections wait most of the time. A small
+/// packet arrives whole in the next read, once its fixed header says how
+/// many bytes it needs.
+const READ_IDLE: usize = 32;
+/// Bytes asked for while reads come back full (a busy car).
+pub(super) const READ_BUSY: usize = 4096;
+/// Most bytes read at once for a large partial packet.
+const READ_MAX: usize = 64 * 1024;
+/// A car that does not take what we send within this time is dropped.
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection's byte stream: the plain socket, or TLS or a PROXY
+/// header's rest over it.
+pub(super) trait CarStream: AsyncRead + AsyncWrite + Unpin + Sized {
+    /// Whether a quiet connection over this stream is parked (see
+    /// [`super::parked`]): only the plain socket, which holds no state of
+    /// its own.
+    const PARKS: bool = false;
+
+    /// The plain socket, to park (`Err`: this stream is not one).
+    fn into_socket(self) -> Result<CarSocket, Self> {
+        Err(self)
+    }
+}
+
+impl CarStream for CarSocket {
+    const PARKS: bool = true;
+
+    fn into_socket(self) -> Result<CarSocket, Self> {
+        Ok(self)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for futures_rustls::server::TlsStream<S> {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for crate::proxy::Prefixed<S> {}
+
+/// One car's connection, from its first MQTT byte to its close, over any
+/// byte stream (a TCP socket, or TLS over one). Its entry in the shard's
+/// table (`control`) was made when it was accepted.
+pub(super) fn start<S: CarStream>(
+    stream: S,
+    shard: Rc<Shard>,
+    peer: Peer,
+    control: Rc<Control>,
+) -> impl Future<Output = ()> {
+    live(
+        stream,
+        Connection::open(shard, peer, control),
+        Handover::default(),
+    )
+}
+
+/// A parked connection's new task, on from where the lot left it.
+pub(super) fn respawn(
+    connection: Connection,
+    socket: std::net::TcpStream,
+    handover: Handover,
+) -> impl Future<Output = ()> {
+    let socket = CarSocket::new(socket, connection.control.clone());
+    live(socket, connection, handover)
+}
+
+/// Drives the connection until it closes (and cleans up after it) or is
+/// parked.
+///
+/// A plain function returning an `async move` block rather than an `async
+/// fn`: an `async fn` keeps its arguments twice in its state (as captured
+/// and as locals), which is 128 bytes more in every connection's task.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's state is 128 bytes larger per connection"
+)]
+fn live<S: CarStream>(
+    mut stream: S,
+    mut connection: Connection,
+    handover: Handover,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut handover = Some(handover);
+        let reason = loop {
+            let from = handover.take().unwrap_or_default();
+            match drive(&mut stream, &mut connection, from).await {
+                Driven::Closed(reason) => break reason,
+                Driven::Quiet => match stream.into_socket() {
+                    Ok(socket) => {
+                        connection
+                            .shard
+                            .metrics
+                            .connections_parked
+                            .fetch_add(1, Ordering::Relaxed);
+                        connection.park(socket.into_inner());
+                        return;
+                    }
+                    Err(back) => stream = back,
+                },
+            }
+        };
+        let _ = stream.close().await;
+        connection.closed(reason);
+    }
+}
+
+/// How [`drive`] ended.
+enum Driven {
+    Closed(CloseReason),
+    /// Nothing half read, nothing to write, nothing to read: park.
+    Quiet,
+}
+
+enum Event {
+    Read(io::Result<usize>),
+    Deadline,
+    Output,
+    Close(CloseReason),
+}
+
+/// Runs one connection's protocol over its byte stream, from what the lot
+/// handed over, until it closes or (a [`CarStream::PARKS`] stream) has
+/// nothing to do and nothing to read: then it is parked.
+async fn drive<S: CarStream>(
+    stream: &mut S,
+    connection: &mut Connection,
+    handover: Handover,
+) -> Driven {
+    use Driven::Closed;
+    let Handover {
+        mut input,
+        output,
+        blocked,
+        close,
+    } = handover;
+    if !output.is_empty() && write(stream, &output).await.is_err() {
+        return Closed(connection.session.close(CloseReason::Io));
+    }
+    drop(output);
+    if let Some(reason) = close {
+        return Closed(reason);
+    }
+    if let Some(publish) = blocked
+        && let Some(reason) = Box::pin(connection.retry(publish)).await
+    {
+        return Closed(reason);
+    }
+    // What the lot read and left: whole packets are handled before any
+    // more is read.
+    if !input.is_empty()
+        && let Some(reason) =
+            Box::pin(process(stream, connection, &mut input, Instant::now())).await
+    {
+        return Closed(reason);
+    }
+    let shard = connection.shard.clone();
+    let control = connection.control.clone();
+    let mut busy = false;
+    loop {
+        if !shard.producer.has_room() {
+            shard.flow.pause(shard.id, &shard.metrics);
+            match future::or(
+                async {
+                    shard.flow.resumed().await;
+                    None
+                },
+                async { Some(control.closed().await) },
+            )
+            .await
+            {
+                Some(reason) => return Closed(connection.session.close(reason)),
+                None => connection.session.excuse_pause(Instant::now()),
+            }
+        }
+
+        let want = read_size(&shard, &input, busy);
+        shard
+            .table
+            .set_deadline(&control, connection.session.deadline());
+        // Nothing half read and nothing to do: one read without waiting,
+        // and if the socket has nothing either, the connection waits
+        // parked, without this task. (Bytes that came while the task was
+        // busy may have had their edge-triggered event already: this read
+        // takes them, as no other event would come for them.)
+        let event = if S::PARKS && connection.may_park(&input) {
+            match future::poll_once(read_some(stream, &mut input, want)).await {
+                Some(read) => Event::Read(read),
+                None => return Driven::Quiet,
+            }
+        } else {
+            let read = async { Event::Read(read_some(stream, &mut input, want).await) };
+            let woken = async {
+                match control.wait().await {
+                    Wake::Close(reason) => Event::Close(reason),
+                    Wake::Deadline => Event::Deadline,
+                    Wake::Output => Event::Output,
+                }
+            };
+            // The control block first: `or` polls in order, and under
+            // steady load the read is always ready, which would starve a
+            // close order.
+            future::or(pin!(woken), pin!(read)).await
+        };
+        let now = Instant::now();
+        match event {
+            Event::Read(Ok(0)) => return Closed(connection.session.close(CloseReason::PeerClosed)),
+            // A full first read of READ_IDLE bytes is the normal start of
+            // any packet larger than that: not yet a sign of a busy car.
+            Event::Read(Ok(read)) => busy = read == want && want > READ_IDLE,
+            Event::Read(Err(_)) => return Closed(connection.session.close(CloseReason::Io)),
+            Event::Deadline => match connection.session.on_deadline(now) {
+                Some(reason) => return Closed(reason),
+                None => continue,
+            },
+            Event::Output => {
+                if write_downlink(stream, connection).await.is_err() {
+                    return Closed(connection.session.close(CloseReason::Io));
+                }
+                continue;
+            }
+            Event::Close(reason) => return Closed(connection.session.close(reason)),
+        }
+
+        // Boxed: its state (over 300 bytes) would otherwise be part of
+        // every connection's task for all the time the car is quiet.
+        if let Some(reason) = Box::pin(process(stream, connection, &mut input, now)).await {
+            return Closed(reason);
+        }
+        if input.is_empty() {
+            // Hold no buffer while the car is quiet.
+            input = BytesMut::new();
+        }
+    }
+}
+
+/// How many bytes the next read asks for: the rest of a frame plus a
+/// little more. A read that fills that too shows the car sending faster
+/// than one packet per read, so reads grow to [`READ_BUSY`] until one
+/// comes back short. A car that publishes now and then thus never holds
+/// more than [`READ_IDLE`] bytes while it is quiet, nor takes
+/// [`READ_BUSY`] bytes even briefly (short-lived 4 KiB buffers cost 34
+/// bytes per connection in heap fragmentation in the `idle_memory` test).
+fn read_size(shard: &Shard, input: &BytesMut, busy: bool) -> usize {
+    match shard.decoder.frame_length(input) {
+        Ok(Some(frame)) if frame > input.len() => {
+            let more = if busy { READ_BUSY } else { READ_IDLE };
+            (frame - input.len() + more).min(READ_MAX)
+        }
+        _ if busy => READ_BUSY,
+        _ => READ_IDLE,
+    }
+}
+
+/// Handles every whole packet in `input` and writes the replies and any
+/// downlink messages queued meanwhile; `Some` to close.
+async fn process<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    connection: &mut Connection,
+    input: &mut BytesMut,
+    now: Instant,
+) -> Option<CloseReason> {
+    // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
+    // this turn, not held in the task while the car is quiet.
+    let mut output = BytesMut::new();
+    let closed = loop {
+        match connection.handle(input, &mut output, now) {
+            Handled::Done => break None,
+            Handled::Close(reason) => break Some(reason),
+            Handled::Full(publish) => {
+                if let Some(reason) = connection.retry(publish).await {
+                    break Some(reason);
+                }
+            }
+        }
+    };
+    if !output.is_empty() && write(stream, &output).await.is_err() {
+        return Some(connection.session.close(CloseReason::Io));
+    }
+    drop(output);
+    if closed.is_some() {
+        return closed;
+    }
+    if write_downlink(stream, connection).await.is_err() {
+        return Some(connection.session.close(CloseReason::Io));
+    }
+    None
+}
+
+/// Writes the downlink messages queued for this connection, if any, and
+/// answers their receipts.
+async fn write_downlink<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    connection: &Connection,
+) -> io::Result<()> {
+    let control = &connection.control;
+    let metrics = &connection.shard.metrics;
+    let queued_since = control.queued_since.get();
+    let (bytes, count) = control.take_output();
+    if count == 0 {
+        return Ok(());
+    }
+    let owed = connection.take_owed();
+    match write(stream, &bytes).await {
+        Ok(()) => {
+            connection.settle(owed, Outcome::Written);
+            metrics
+                .downlink_delivered
+                .fetch_add(count, Ordering::Relaxed);
+            // Each message counts the oldest one's wait: an upper bound.
+            let waited = super::control::micros().wrapping_sub(queued_since);
+            metrics.downlink_write.record_n(u64::from(waited), count);
+            Ok(())
+        }
+        Err(error) => {
+            for _ in 0..count {
+                metrics.drop_downlink("closed");
+            }
+            connection.settle(owed, Outcome::Closed);
+            Err(error)
+        }
+    }
+}
+
+/// Writes `bytes` and flushes them (TLS holds what it encrypted until a
+/// flush; on plain TCP the flush does nothing), within [`WRITE_TIMEOUT`].
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    // `or` polls the write first: the timer is made only when the write
+    // has to wait for room.
+    let timeout = async {
+        sleep(WRITE_TIMEOUT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the car took nothing for the write timeout",
+        ))
+    };
+    future::or(written, timeout).await
+}
+
+/// Reads up to `want` bytes onto the end of `input`.
+///
+/// Cancel-safe: the read races the connection's control block and is
+/// dropped when that wins (a downlink message to write, a deadline).
+/// `input` then keeps exactly what it had: the streams read here
+/// ([`CarSocket`], and rustls over it) take bytes only in a read that
+/// completes, and the room made for the read is cut back when the future
+/// is dropped.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    /// Cuts the zero-filled room for the read back to what was read, also
+    /// when the read future is dropped before it completes.
+    struct Room<'a> {
+        input: &'a mut BytesMut,
+        keep: usize,
+    }
+    impl Drop for Room<'_> {
+        fn drop(&mut self) {
+            self.input.truncate(self.keep);
+        }
+    }
+    let start = input.len();
+    input.resize(start + want, 0);
+    let mut room = Room { input, keep: start };
+    let result = match room.input.get_mut(start..) {
+        Some(tail) => stream.read(tail).await,
+        None => Ok(0),
+    };
+    room.keep = start + *result.as_ref().unwrap_or(&0);
+    result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::task::Poll;
+
+    use super::*;
+
+    /// A socket with nothing to read yet.
+    struct Quiet;
+
+    impl AsyncRead for Quiet {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_read_dropped_for_the_control_block_leaves_the_input_as_it_was() {
+        let mut input = BytesMut::from(&b"\x30\x05ab"[..]);
+        let mut quiet = Quiet;
+        {
+            let read = read_some(&mut quiet, &mut input, 4096);
+            assert!(future::block_on(future::poll_once(pin!(read))).is_none());
+        }
+        // No zero-filled room is left behind for the decoder to choke on.
+        assert_eq!(&input[..], b"\x30\x05ab");
+        let mut rest: &[u8] = b"cde";
+        assert_eq!(
+            future::block_on(read_some(&mut rest, &mut input, 4096)).unwrap(),
+            3
+        );
+        assert_eq!(&input[..], b"\x30\x05abcde");
+    }
+}
