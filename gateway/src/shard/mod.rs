@@ -3,8 +3,9 @@
 //!
 //! The modules, from the outside in (a PUBLISH goes down this list):
 //!
-//! - this module: the shard's state ([`Shard`]) and lifecycle (start,
-//!   poller, sweeper, drain, shutdown), and its clock ([`Shard::tick`]);
+//! - this module: the shard's state ([`Shard`]), its start and shutdown,
+//!   and its clock ([`Shard::tick`]);
+//! - [`housekeeping`]: the poller, the sweeper and the drain;
 //! - [`accept`]: its listeners and accept loops;
 //! - [`readiness`]: its epoll set and the readiness task, which wakes a
 //!   connection when its socket has bytes (glommio runs the tasks and the
@@ -36,6 +37,7 @@ mod control;
 mod delivery;
 mod dispatch;
 mod flow;
+mod housekeeping;
 mod parked;
 mod preamble;
 mod readiness;
@@ -52,7 +54,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -68,7 +70,7 @@ use crate::config::{Config, Limits, Listener};
 use crate::kafka::ShardProducer;
 use crate::kick::Kick;
 use crate::mapping::TopicMapper;
-use crate::metrics::{ShardMetrics, bump};
+use crate::metrics::ShardMetrics;
 use crate::registry::Registry;
 use crate::session::{CloseReason, SubscribePolicy, Timing};
 use crate::tls::Terminator;
@@ -80,30 +82,6 @@ use table::ConnectionTable;
 /// How often a connection offers again a record that found librdkafka's
 /// queue full.
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
-/// How often the poller serves delivery reports while records are in
-/// flight. Woken early by librdkafka when routed messages arrive, so this
-/// only delays acknowledgements, which nothing waits for (QoS 0: the car
-/// has no answer to wait for; the in-flight bound has room for this
-/// much). At 1 ms, a fleet publishing every 10 s woke the shard about
-/// 1,000 times a second for its acknowledgements alone.
-const BUSY_POLL: Duration = Duration::from_millis(5);
-/// Records in librdkafka's queue beyond which the poller serves
-/// acknowledgements every [`POLL_INTERVAL`] instead: in a burst (a fleet
-/// connecting or subscribing at once) an acknowledged record's memory is
-/// freed only when its report is served, and those 4 ms per record showed
-/// as 100 bytes per car in the `idle_memory` test.
-const BURST: i32 = 64;
-/// Longest the poller sleeps while nothing is in flight or arriving. It is
-/// woken early by what it serves: a record handed to the producer,
-/// librdkafka when a routed message arrives, the gateway on a stop or a
-/// drain, another shard with a takeover order. So this only bounds how
-/// late it logs a Kafka client's error, and how often it beats the heart
-/// the systemd watchdog checks (`WatchdogSec` must exceed it). The
-/// sweeper's period, on the shard's clock: the sweeper wakes the shard
-/// then anyway, so the idle poller costs no wake-up of its own. (A
-/// wake-up costs a shard about 40 µs on the test machine: at 25 ms of its
-/// own, an idle shard spent 0.35 % of a core on this sleep alone.)
-const IDLE_POLL: Duration = SWEEP_INTERVAL;
 /// Bound on waiting for connections to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Bound on flushing the producer at shutdown; with the grace above, the
@@ -352,8 +330,8 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         .collect::<io::Result<Vec<_>>>();
     let _ = bound.send(addresses);
     let shard = Rc::new(shard);
-    let poller = glommio::spawn_local(poll_producer(shard.clone()));
-    let sweeper = glommio::spawn_local(sweep_deadlines(shard.clone()));
+    let poller = glommio::spawn_local(housekeeping::poll_producer(shard.clone()));
+    let sweeper = glommio::spawn_local(housekeeping::sweep_deadlines(shard.clone()));
     let tender = glommio::spawn_local(readiness::tend(shard.clone()));
 
     let acceptors = accept::spawn_acceptors(&shard, listeners, doors);
@@ -411,111 +389,6 @@ fn until_tick(elapsed: Duration, period: Duration) -> Duration {
     let elapsed = elapsed.as_nanos();
     let left = period - elapsed % period;
     Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
-}
-
-/// Wakes the connections whose session deadline has passed.
-async fn sweep_deadlines(shard: Rc<Shard>) {
-    loop {
-        shard.table.check_deadlines(Instant::now());
-        if shard.finished() {
-            return;
-        }
-        shard.tick(SWEEP_INTERVAL).await;
-    }
-}
-
-/// Serves delivery reports and reopens reading when there is room.
-async fn poll_producer(shard: Rc<Shard>) {
-    loop {
-        if shard.shutdown.load(Ordering::Relaxed) {
-            shard.begin_stop();
-        }
-        bump(&shard.metrics.heartbeat);
-        if shard.drain.load(Ordering::Relaxed) && !shard.draining.replace(true) {
-            shard.wake_stop_waiters();
-            glommio::spawn_local(drain(shard.clone())).detach();
-        }
-        shard.producer.poll();
-        let arriving = shard
-            .downlink
-            .as_ref()
-            .is_some_and(|downlink| downlink.serve(&shard));
-        for connection in shard.orders.try_iter() {
-            shard.table.fire(connection, CloseReason::TakenOver);
-        }
-        if shard.flow.is_paused() && shard.producer.has_room() && shard.flow.resume(&shard.metrics)
-        {
-            tracing::debug!(shard = shard.id, "Kafka caught up: reads resumed");
-        }
-        if shard.finished() {
-            shard.kick.forget();
-            return;
-        }
-        let busy = arriving
-            || shard.producer.queued() > 0
-            || shard.flow.is_paused()
-            || shard.stopping.get();
-        if busy {
-            let interval = if shard.producer.queued() > BURST {
-                POLL_INTERVAL
-            } else {
-                BUSY_POLL
-            };
-            future::or(shard.tick(interval), shard.kick.kicked()).await;
-        } else {
-            // Nothing ran since `busy` was computed: a record handed over
-            // from now on kicks.
-            shard.poller_idle.set(true);
-            future::or(shard.tick(IDLE_POLL), shard.kick.kicked()).await;
-            shard.poller_idle.set(false);
-        }
-    }
-}
-
-/// Closes the shard's connections at its share of the drain rate (faster
-/// if that would take longer than the drain's bound), so that cars
-/// reconnect to other instances as a trickle, not a storm.
-async fn drain(shard: Rc<Shard>) {
-    /// Closes happen in batches this often.
-    const TICK: Duration = Duration::from_millis(10);
-    let ids = shard.table.ids();
-    let rate = shard
-        .drain_rate
-        .max(ids.len() as f64 / shard.drain_max.as_secs_f64());
-    tracing::info!(
-        shard = shard.id,
-        connections = ids.len(),
-        per_second = rate,
-        "draining: closing connections"
-    );
-    let started = Instant::now();
-    let mut closed = 0usize;
-    let mut ids = ids.into_iter();
-    while !shard.stopping.get() {
-        // Due by now at the drain's rate.
-        let due = (started.elapsed().as_secs_f64() * rate).ceil() as usize;
-        for id in ids.by_ref().take(due.saturating_sub(closed)) {
-            shard.table.fire(id, CloseReason::Drained);
-            closed += 1;
-        }
-        if ids.len() == 0 {
-            // Cars accepted in the moment before the listeners closed are
-            // drained too; ones already told stay until their task ends
-            // (told again, they just close).
-            let left = shard.table.ids();
-            if left.is_empty() {
-                break;
-            }
-            ids = left.into_iter();
-        }
-        sleep(TICK).await;
-    }
-    tracing::info!(
-        shard = shard.id,
-        closed,
-        seconds = started.elapsed().as_secs_f64(),
-        "drained"
-    );
 }
 
 #[cfg(test)]
