@@ -22,7 +22,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::config::Kafka;
-use crate::metrics::{ShardMetrics, bump};
+use crate::metrics::{Failure, ShardMetrics, bump};
 
 #[derive(Debug)]
 pub(crate) struct UplinkContext {
@@ -83,21 +83,22 @@ impl ProducerContext for UplinkContext {
             Ok(_) => {
                 bump(&self.metrics.publish_acked);
                 self.metrics
-                    .record_ack(u64::from(clock_us().wrapping_sub(sent_us)));
+                    .ack_latency
+                    .record(u64::from(clock_us().wrapping_sub(sent_us)));
             }
             Err((error, _)) => {
                 let reason = match error.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
-                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+                    Some(RDKafkaErrorCode::MessageTimedOut) => Failure::TimedOut,
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => Failure::TooLarge,
                     Some(
                         RDKafkaErrorCode::BrokerDestroy
                         | RDKafkaErrorCode::PurgeQueue
                         | RDKafkaErrorCode::PurgeInflight
                         | RDKafkaErrorCode::Fatal,
-                    ) => "shutdown",
-                    _ => "kafka_error",
+                    ) => Failure::Shutdown,
+                    _ => Failure::KafkaError,
                 };
-                self.metrics.fail(reason);
+                self.metrics.publish_failed.bump(reason);
             }
         }
     }
@@ -234,11 +235,11 @@ impl ShardProducer {
             }
             Err((error, _)) => {
                 let reason = match error.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
-                    _ => "kafka_error",
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => Failure::TooLarge,
+                    _ => Failure::KafkaError,
                 };
                 tracing::warn!(%error, kafka_topic, "record refused by the producer");
-                self.metrics.fail(reason);
+                self.metrics.publish_failed.bump(reason);
                 Err(SendError::Failed)
             }
         }

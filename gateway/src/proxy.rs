@@ -14,15 +14,18 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use proxy_header::{ParseConfig, ProxyHeader};
 
-/// Header outcomes, in label order (`carbridge_gateway_proxy_headers_total`).
-pub const PROXY_RESULTS: [&str; 6] = [
-    "proxied",
-    "local",
-    "untrusted_source",
-    "malformed",
-    "timeout",
-    "no_identity",
-];
+ops::label_set! {
+    /// What became of a PROXY header (`carbridge_gateway_proxy_headers_total`):
+    /// proxied and local went on; the others closed the connection.
+    pub enum ProxyResult: "result" {
+        Proxied = "proxied",
+        Local = "local",
+        UntrustedSource = "untrusted_source",
+        Malformed = "malformed",
+        Timeout = "timeout",
+        NoIdentity = "no_identity",
+    }
+}
 
 /// Longest header read: a v1 header is at most 107 bytes, a v2 header 16
 /// plus its TLVs; load balancers send a few hundred bytes at most.

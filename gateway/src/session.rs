@@ -15,6 +15,7 @@
 //! reason. Keep alive: a car asking for `k` seconds is closed after 1.5 ×
 //! min(`k`, maximum) without a packet; asking for 0 gets the maximum.
 
+use ops::exposition::LabelSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,27 @@ impl Default for Timing {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
         }
+    }
+}
+
+ops::label_set! {
+    /// A [`CloseReason`] without its details: how closes are counted
+    /// (`carbridge_gateway_connections_closed_total{reason}`).
+    pub enum CloseKind: "reason" {
+        Disconnect = "disconnect",
+        PeerClosed = "peer_closed",
+        ConnectTimeout = "connect_timeout",
+        KeepAliveTimeout = "keep_alive_timeout",
+        Malformed = "malformed",
+        Unsupported = "unsupported",
+        Refused = "refused",
+        NotAuthorized = "not_authorized",
+        UnmappedTopic = "unmapped_topic",
+        ForbiddenTopic = "forbidden_topic",
+        TakenOver = "taken_over",
+        Shutdown = "shutdown",
+        Drained = "drained",
+        Io = "io_error",
     }
 }
 
@@ -83,24 +105,29 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// Bounded metric label.
-    pub const fn label(&self) -> &'static str {
+    /// How the close is counted and logged.
+    pub const fn kind(&self) -> CloseKind {
         match self {
-            Self::Disconnect => "disconnect",
-            Self::PeerClosed => "peer_closed",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::KeepAliveTimeout => "keep_alive_timeout",
-            Self::Malformed(_) => "malformed",
-            Self::Unsupported(_) => "unsupported",
-            Self::Refused(_) => "refused",
-            Self::NotAuthorized => "not_authorized",
-            Self::UnmappedTopic => "unmapped_topic",
-            Self::ForbiddenTopic => "forbidden_topic",
-            Self::TakenOver => "taken_over",
-            Self::Shutdown => "shutdown",
-            Self::Drained => "drained",
-            Self::Io => "io_error",
+            Self::Disconnect => CloseKind::Disconnect,
+            Self::PeerClosed => CloseKind::PeerClosed,
+            Self::ConnectTimeout => CloseKind::ConnectTimeout,
+            Self::KeepAliveTimeout => CloseKind::KeepAliveTimeout,
+            Self::Malformed(_) => CloseKind::Malformed,
+            Self::Unsupported(_) => CloseKind::Unsupported,
+            Self::Refused(_) => CloseKind::Refused,
+            Self::NotAuthorized => CloseKind::NotAuthorized,
+            Self::UnmappedTopic => CloseKind::UnmappedTopic,
+            Self::ForbiddenTopic => CloseKind::ForbiddenTopic,
+            Self::TakenOver => CloseKind::TakenOver,
+            Self::Shutdown => CloseKind::Shutdown,
+            Self::Drained => CloseKind::Drained,
+            Self::Io => CloseKind::Io,
         }
+    }
+
+    /// The close's label in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// Whether the car did something wrong (as opposed to a normal end or

@@ -22,17 +22,21 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::{ClientAuth, IdentitySource, Tls};
 
-/// Handshake outcomes, in label order (`carbridge_gateway_tls_handshakes_total`).
-pub const HANDSHAKE_RESULTS: [&str; 8] = [
-    "full",
-    "resumed",
-    "timeout",
-    "no_certificate",
-    "bad_certificate",
-    "no_identity",
-    "protocol",
-    "io_error",
-];
+ops::label_set! {
+    /// What became of a TLS handshake (`carbridge_gateway_tls_handshakes_total`):
+    /// full and resumed succeeded; the others closed the connection before
+    /// MQTT.
+    pub enum Handshake: "result" {
+        Full = "full",
+        Resumed = "resumed",
+        Timeout = "timeout",
+        NoCertificate = "no_certificate",
+        BadCertificate = "bad_certificate",
+        NoIdentity = "no_identity",
+        Protocol = "protocol",
+        Io = "io_error",
+    }
+}
 
 /// Why TLS settings could not be loaded; says which file and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -387,14 +391,14 @@ pub struct Loaded {
 
 impl Loaded {
     /// What a verified car certificate says: its identity, or why the
-    /// connection may not go on (`HANDSHAKE_RESULTS` label).
+    /// connection may not go on.
     pub fn admit(
         &self,
         leaf: &CertificateDer<'_>,
         source: IdentitySource,
-    ) -> Result<String, &'static str> {
+    ) -> Result<String, Handshake> {
         let (_, certificate) =
-            X509Certificate::from_der(leaf.as_ref()).map_err(|_| "bad_certificate")?;
+            X509Certificate::from_der(leaf.as_ref()).map_err(|_| Handshake::BadCertificate)?;
         let key = (
             certificate.issuer().as_raw().to_vec(),
             certificate.raw_serial().to_vec(),
@@ -402,9 +406,9 @@ impl Loaded {
         if self.revoked.contains(&key) {
             // Only a resumed session gets here: a full handshake already
             // refused it.
-            return Err("bad_certificate");
+            return Err(Handshake::BadCertificate);
         }
-        identity_of(&certificate, source).ok_or("no_identity")
+        identity_of(&certificate, source).ok_or(Handshake::NoIdentity)
     }
 }
 
@@ -545,17 +549,17 @@ fn identity_of(certificate: &X509Certificate<'_>, source: IdentitySource) -> Opt
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// The label of a failed handshake (`HANDSHAKE_RESULTS`).
-pub fn failure_label(error: &io::Error) -> &'static str {
+/// How a failed handshake is counted.
+pub fn failure_label(error: &io::Error) -> Handshake {
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(rustls::Error::NoCertificatesPresented) => "no_certificate",
-        Some(rustls::Error::InvalidCertificate(_)) => "bad_certificate",
-        Some(_) => "protocol",
-        None if error.kind() == io::ErrorKind::InvalidData => "protocol",
-        None => "io_error",
+        Some(rustls::Error::NoCertificatesPresented) => Handshake::NoCertificate,
+        Some(rustls::Error::InvalidCertificate(_)) => Handshake::BadCertificate,
+        Some(_) => Handshake::Protocol,
+        None if error.kind() == io::ErrorKind::InvalidData => Handshake::Protocol,
+        None => Handshake::Io,
     }
 }
 

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{Connect, Publish, QoS, Will};
 use common::{config, resident_kib, total};
 use gateway::Gateway;
-use gateway::metrics::CLOSE_REASONS;
+use gateway::session::CloseKind;
+use ops::exposition::LabelSet;
 use testkit::{Broker, RawClient, WAIT};
 
 fn connect_bytes(connect: &Connect) -> Vec<u8> {
@@ -36,7 +36,7 @@ struct Case {
     bytes: Vec<u8>,
     /// What the gateway sends before closing.
     reply: &'static [u8],
-    reason: &'static str,
+    reason: CloseKind,
 }
 
 #[test]
@@ -86,126 +86,126 @@ fn each_violation_closes_only_its_connection() {
             connected: false,
             bytes: vec![0xf0, 0],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "huge declared length first",
             connected: false,
             bytes: vec![0x30, 0xff, 0xff, 0xff, 0x7f],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "PINGREQ before CONNECT",
             connected: false,
             bytes: vec![0xc0, 0],
             reply: b"",
-            reason: "unsupported",
+            reason: CloseKind::Unsupported,
         },
         Case {
             name: "protocol level 3",
             connected: false,
             bytes: level3,
             reply: &[0x20, 2, 0, 1],
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "empty client id",
             connected: false,
             bytes: connect_bytes(&Connect::new("", 60)),
             reply: &[0x20, 2, 0, 2],
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "will",
             connected: false,
             bytes: connect_bytes(&will),
             reply: b"",
-            reason: "unsupported",
+            reason: CloseKind::Unsupported,
         },
         Case {
             name: "QoS 1 publish",
             connected: true,
             bytes: publish_bytes(&qos1),
             reply: b"",
-            reason: "unsupported",
+            reason: CloseKind::Unsupported,
         },
         Case {
             name: "retain",
             connected: true,
             bytes: publish_bytes(&retained),
             reply: b"",
-            reason: "unsupported",
+            reason: CloseKind::Unsupported,
         },
         Case {
             name: "second CONNECT",
             connected: true,
             bytes: connect_bytes(&Connect::new("VIN-BAD", 60)),
             reply: b"",
-            reason: "unsupported",
+            reason: CloseKind::Unsupported,
         },
         Case {
             name: "unmapped topic",
             connected: true,
             bytes: publish_bytes(&Publish::qos0("XX/POS", b"x").unwrap()),
             reply: b"",
-            reason: "unmapped_topic",
+            reason: CloseKind::UnmappedTopic,
         },
         Case {
             name: "over the size limit",
             connected: true,
             bytes: oversized.to_vec(),
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "topic not UTF-8",
             connected: true,
             bytes: vec![0x30, 5, 0, 3, b'U', b'L', 0xff],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "wildcard in topic",
             connected: true,
             bytes: vec![0x30, 6, 0, 4, b'U', b'L', b'/', b'#'],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "DUP on QoS 0",
             connected: true,
             bytes: vec![0x38, 5, 0, 3, b'U', b'L', b'/'],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "SUBSCRIBE with bad flags",
             connected: true,
             bytes: vec![0x80, 6, 0, 1, 0, 1, b'a', 0],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "SUBSCRIBE without filters",
             connected: true,
             bytes: vec![0x82, 2, 0, 1],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
         Case {
             name: "huge length after CONNECT",
             connected: true,
             bytes: vec![0x30, 0xff, 0xff, 0xff, 0x7f],
             reply: b"",
-            reason: "malformed",
+            reason: CloseKind::Malformed,
         },
     ];
 
     let (mut good, code) = RawClient::connect(addr, "VIN-GOOD", 60);
     assert_eq!(code, 0);
     let resident_before = resident_kib(std::process::id());
-    let mut expected_closes = vec![0u64; CLOSE_REASONS.len()];
+    let mut expected_closes = vec![0u64; CloseKind::ALL.len()];
     for (i, case) in cases.iter().enumerate() {
         let mut client = if case.connected {
             let (client, code) = RawClient::connect(addr, &format!("VIN-CASE-{i}"), 60);
@@ -217,10 +217,7 @@ fn each_violation_closes_only_its_connection() {
         client.send(&case.bytes);
         let reply = client.expect_closed(Duration::from_secs(5));
         assert_eq!(reply, case.reply, "{}: reply before closing", case.name);
-        expected_closes[CLOSE_REASONS
-            .iter()
-            .position(|r| *r == case.reason)
-            .unwrap()] += 1;
+        expected_closes[case.reason.index()] += 1;
         // The well-behaved car is unaffected.
         good.publish("UL/POS", format!("after case {i}").as_bytes());
     }
@@ -253,20 +250,18 @@ fn each_violation_closes_only_its_connection() {
     assert!(grown < 20 * 1024, "resident memory grew by {grown} KiB");
 
     // Every close was counted under its reason.
-    let closed = |reason: &str| {
-        let index = CLOSE_REASONS.iter().position(|r| *r == reason).unwrap();
-        total(&gateway, |m| m.closed[index].load(Ordering::Relaxed))
-    };
-    for (index, reason) in CLOSE_REASONS.iter().enumerate() {
+    let closed = |reason: CloseKind| total(&gateway, |m| m.closed.get(reason));
+    for (index, &reason) in CloseKind::ALL.iter().enumerate() {
         if expected_closes[index] > 0 {
             assert_eq!(
                 closed(reason),
                 expected_closes[index],
-                "closed{{reason={reason}}}"
+                "closed{{reason={}}}",
+                reason.as_str()
             );
         }
     }
-    assert_eq!(closed("connect_timeout"), 1);
-    assert_eq!(closed("keep_alive_timeout"), 1);
+    assert_eq!(closed(CloseKind::ConnectTimeout), 1);
+    assert_eq!(closed(CloseKind::KeepAliveTimeout), 1);
     gateway.stop().unwrap();
 }

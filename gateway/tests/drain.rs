@@ -8,7 +8,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gateway::Gateway;
@@ -18,11 +17,9 @@ const CARS: usize = 200;
 const RATE: u32 = 100;
 
 fn drained(gateway: &Gateway) -> u64 {
-    let i = gateway::metrics::CLOSE_REASONS
-        .iter()
-        .position(|r| *r == "drained")
-        .unwrap();
-    common::total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+    common::total(gateway, |m| {
+        m.closed.get(gateway::session::CloseKind::Drained)
+    })
 }
 
 #[test]

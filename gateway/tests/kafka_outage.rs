@@ -127,7 +127,7 @@ fn publishing_survives_a_kafka_outage() {
     };
     let received_total = sum(&|m| m.publish_received.load(Ordering::Relaxed));
     let acked = sum(&|m| m.publish_acked.load(Ordering::Relaxed));
-    let failed = sum(&|m| m.failed_total());
+    let failed = sum(&|m| m.publish_failed.total());
     let in_flight: i64 = metrics
         .iter()
         .map(|m| m.in_flight_bytes.load(Ordering::Relaxed))

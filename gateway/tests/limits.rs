@@ -13,22 +13,16 @@ use std::time::Duration;
 
 use gateway::Gateway;
 use gateway::mapping::Rule;
+use gateway::metrics::Limit;
+use gateway::session::CloseKind;
 use testkit::{Broker, RawClient, WAIT};
 
-fn limited(gateway: &Gateway, limit: &str) -> u64 {
-    let i = gateway::metrics::LIMITS
-        .iter()
-        .position(|l| *l == limit)
-        .unwrap();
-    common::total(gateway, |m| m.limited[i].load(Ordering::Relaxed))
+fn limited(gateway: &Gateway, limit: Limit) -> u64 {
+    common::total(gateway, |m| m.limited.get(limit))
 }
 
-fn closed(gateway: &Gateway, reason: &str) -> u64 {
-    let i = gateway::metrics::CLOSE_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap();
-    common::total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+fn closed(gateway: &Gateway, reason: CloseKind) -> u64 {
+    common::total(gateway, |m| m.closed.get(reason))
 }
 
 /// CONNECT as `client_id`: the CONNACK code, `None` if closed first.
@@ -57,7 +51,7 @@ fn limits_and_authorization_refuse_and_count() {
     // A client id over the limit: CONNACK 0x02 (identifier rejected).
     let (_, code) = RawClient::connect(addr, "VIN0000000000000000000001", 30);
     assert_eq!(code, 2);
-    assert_eq!(limited(&gateway, "client_id_length"), 1);
+    assert_eq!(limited(&gateway, Limit::ClientIdLength), 1);
 
     // Filters: own id allowed, another car's not, too long, too many.
     let (mut car, code) = RawClient::connect(addr, "VIN1", 30);
@@ -70,8 +64,8 @@ fn limits_and_authorization_refuse_and_count() {
         "DL/VIN1/INFO",
     ]);
     assert_eq!(codes, [0x00, 0x80, 0x80, 0x00, 0x80]);
-    assert_eq!(limited(&gateway, "filter_length"), 1);
-    assert_eq!(limited(&gateway, "filters_per_session"), 1);
+    assert_eq!(limited(&gateway, Limit::FilterLength), 1);
+    assert_eq!(limited(&gateway, Limit::FiltersPerSession), 1);
     assert_eq!(
         common::total(&gateway, |m| m.subscribe_denied.load(Ordering::Relaxed)),
         1
@@ -84,7 +78,7 @@ fn limits_and_authorization_refuse_and_count() {
     car.publish("UL/VIN2/POS", b"forged");
     car.expect_closed(WAIT);
     testkit::wait_until("the close", WAIT, || {
-        closed(&gateway, "forbidden_topic") == 1
+        closed(&gateway, CloseKind::ForbiddenTopic) == 1
     });
 
     // Three connections fill the shard; the fourth is closed on accept.
@@ -102,7 +96,7 @@ fn limits_and_authorization_refuse_and_count() {
         fourth.expect_closed(WAIT).is_empty(),
         "no CONNACK when full"
     );
-    assert_eq!(limited(&gateway, "connections_per_shard"), 1);
+    assert_eq!(limited(&gateway, Limit::ConnectionsPerShard), 1);
     // One leaves: there is room again.
     held.into_iter().next().unwrap().disconnect();
     testkit::wait_until("room on the shard", Duration::from_secs(10), || {

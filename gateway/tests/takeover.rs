@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use codec::Packet;
 use common::{config, total};
 use gateway::Gateway;
-use gateway::metrics::CLOSE_REASONS;
+use gateway::session::CloseKind;
 use testkit::{Broker, RawClient, WAIT};
 
 /// With 2 shards, the kernel places each connection by its source port;
@@ -50,18 +49,14 @@ fn the_newer_connection_wins_across_shards() {
         "each newer connection's publish arrives"
     );
 
-    let taken_over = CLOSE_REASONS
-        .iter()
-        .position(|r| *r == "taken_over")
-        .unwrap();
     assert_eq!(
-        total(&gateway, |m| m.closed[taken_over].load(Ordering::Relaxed)),
+        total(&gateway, |m| m.closed.get(CloseKind::TakenOver)),
         PAIRS as u64
     );
     // Both shards closed some older connections.
     for (shard, metrics) in gateway.metrics().iter().enumerate() {
         assert!(
-            metrics.closed[taken_over].load(Ordering::Relaxed) > 0,
+            metrics.closed.get(CloseKind::TakenOver) > 0,
             "shard {shard}"
         );
     }

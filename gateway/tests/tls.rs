@@ -20,6 +20,8 @@ use codec::Connect;
 use gateway::Gateway;
 use gateway::config::{ClientAuth, IdentitySource, Listener, Tls};
 use gateway::metrics::ShardMetrics;
+use gateway::session::CloseKind;
+use gateway::tls::Handshake;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use testkit::{Broker, RawClient, WAIT};
 
@@ -114,20 +116,12 @@ fn total(gateway: &Gateway, counter: impl Fn(&ShardMetrics) -> u64) -> u64 {
     common::total(gateway, counter)
 }
 
-fn handshakes(gateway: &Gateway, result: &str) -> u64 {
-    let i = gateway::tls::HANDSHAKE_RESULTS
-        .iter()
-        .position(|r| *r == result)
-        .unwrap();
-    total(gateway, |m| m.tls_handshakes[i].load(Ordering::Relaxed))
+fn handshakes(gateway: &Gateway, result: Handshake) -> u64 {
+    total(gateway, |m| m.tls_handshakes.get(result))
 }
 
-fn closed(gateway: &Gateway, reason: &str) -> u64 {
-    let i = gateway::metrics::CLOSE_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .unwrap();
-    total(gateway, |m| m.closed[i].load(Ordering::Relaxed))
+fn closed(gateway: &Gateway, reason: CloseKind) -> u64 {
+    total(gateway, |m| m.closed.get(reason))
 }
 
 /// mosquitto_pub over TLS with the car certificate `cert` (a name in the
@@ -319,13 +313,13 @@ fn mutual_tls_binds_the_client_id_to_the_certificate() {
         ]
     );
     testkit::wait_until("the counters", WAIT, || {
-        closed(&gateway, "not_authorized") == 1
+        closed(&gateway, CloseKind::NotAuthorized) == 1
     });
-    assert_eq!(handshakes(&gateway, "full"), 3);
+    assert_eq!(handshakes(&gateway, Handshake::Full), 3);
     testkit::wait_until("the counters", WAIT, || {
-        handshakes(&gateway, "bad_certificate") == 3
+        handshakes(&gateway, Handshake::BadCertificate) == 3
     });
-    assert_eq!(handshakes(&gateway, "no_certificate"), 1);
+    assert_eq!(handshakes(&gateway, Handshake::NoCertificate), 1);
     gateway.stop().unwrap();
 }
 
@@ -365,10 +359,10 @@ fn plain_mqtt_garbage_and_silence_on_a_tls_port_are_closed() {
     slow.expect_closed(WAIT);
 
     testkit::wait_until("the counters", WAIT, || {
-        handshakes(&gateway, "timeout") == 2
+        handshakes(&gateway, Handshake::Timeout) == 2
     });
-    assert_eq!(handshakes(&gateway, "protocol"), 2);
-    assert_eq!(handshakes(&gateway, "full"), 0);
+    assert_eq!(handshakes(&gateway, Handshake::Protocol), 2);
+    assert_eq!(handshakes(&gateway, Handshake::Full), 0);
     assert_eq!(
         total(&gateway, |m| m.publish_received.load(Ordering::Relaxed)),
         0
@@ -393,15 +387,17 @@ fn a_session_is_taken_over_only_by_the_same_identity() {
     assert_eq!(code, 5);
     assert!(intruder.closed_within(WAIT));
     assert!(!first.closed_within(Duration::from_millis(500)));
-    assert_eq!(closed(&gateway, "taken_over"), 0);
+    assert_eq!(closed(&gateway, CloseKind::TakenOver), 0);
 
     // Car 1 again (a reconnect): the newer connection wins.
     let (mut second, code) = TlsCar::connect(addr, &as_car1, "VIN00000000000001");
     assert_eq!(code, 0);
     assert!(first.closed_within(WAIT));
     assert!(!second.closed_within(Duration::from_millis(200)));
-    testkit::wait_until("the counters", WAIT, || closed(&gateway, "taken_over") == 1);
-    assert_eq!(closed(&gateway, "not_authorized"), 1);
+    testkit::wait_until("the counters", WAIT, || {
+        closed(&gateway, CloseKind::TakenOver) == 1
+    });
+    assert_eq!(closed(&gateway, CloseKind::NotAuthorized), 1);
     gateway.stop().unwrap();
 }
 
@@ -452,7 +448,7 @@ fn reloaded_certificates_serve_new_connections_and_a_broken_file_keeps_the_old()
     let records = broker.collector("cs.uplink").collect(1, WAIT);
     assert_eq!(records[0].value.as_deref(), Some(&b"still here"[..]));
     assert_eq!(
-        closed(&gateway, "io_error") + closed(&gateway, "taken_over"),
+        closed(&gateway, CloseKind::Io) + closed(&gateway, CloseKind::TakenOver),
         0
     );
     gateway.stop().unwrap();
@@ -492,8 +488,8 @@ fn a_session_resumes_on_another_gateway_with_the_shared_ticket_key() {
         Some(rustls::HandshakeKind::Resumed)
     );
     car.disconnect();
-    assert_eq!(handshakes(&other, "resumed"), 1);
-    assert_eq!(handshakes(&other, "full"), 0);
+    assert_eq!(handshakes(&other, Handshake::Resumed), 1);
+    assert_eq!(handshakes(&other, Handshake::Full), 0);
     // The car's identity survives resumption: binding still applies.
     let (_car, code) = TlsCar::connect(other.local_addr(), &config, "VIN00000000000002");
     assert_eq!(code, 5);
@@ -565,9 +561,9 @@ fn a_car_revoked_after_it_got_a_ticket_cannot_resume() {
         Some(rustls::HandshakeKind::Resumed)
     );
     testkit::wait_until("the refusal", WAIT, || {
-        handshakes(&gateway, "bad_certificate") == 1
+        handshakes(&gateway, Handshake::BadCertificate) == 1
     });
-    assert_eq!(handshakes(&gateway, "resumed"), 1);
+    assert_eq!(handshakes(&gateway, Handshake::Resumed), 1);
     gateway.stop().unwrap();
 }
 
@@ -623,10 +619,10 @@ fn certificates_reloaded_while_cars_publish_drop_no_connection() {
     let records = broker.collector("cs.uplink").collect(CARS * EACH, WAIT);
     assert_eq!(records.len(), CARS * EACH);
     assert_eq!(
-        closed(&gateway, "io_error") + closed(&gateway, "taken_over"),
+        closed(&gateway, CloseKind::Io) + closed(&gateway, CloseKind::TakenOver),
         0
     );
-    assert_eq!(closed(&gateway, "disconnect"), CARS as u64);
+    assert_eq!(closed(&gateway, CloseKind::Disconnect), CARS as u64);
     // A new connection gets the last chain.
     let car = pki.car("late", &pki::CarOptions::named("VIN00000000000099"));
     let (late, code) = TlsCar::connect(
@@ -697,7 +693,7 @@ fn protocol_violations_over_tls_close_only_their_connection() {
     );
     assert!(!steady.closed_within(Duration::from_millis(200)));
     testkit::wait_until("the closes", WAIT, || {
-        closed(&gateway, "malformed") == 2 && closed(&gateway, "unsupported") == 1
+        closed(&gateway, CloseKind::Malformed) == 2 && closed(&gateway, CloseKind::Unsupported) == 1
     });
     gateway.stop().unwrap();
 }

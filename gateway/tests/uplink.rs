@@ -122,5 +122,5 @@ fn mosquitto_rumqttc_and_paho_publish_into_kafka() {
     gateway.stop().unwrap();
     assert_eq!(sum(&|m| m.publish_received.load(Ordering::Relaxed)), 3);
     assert_eq!(sum(&|m| m.publish_acked.load(Ordering::Relaxed)), 3);
-    assert_eq!(sum(&|m| m.failed_total()), 0);
+    assert_eq!(sum(&|m| m.publish_failed.total()), 0);
 }

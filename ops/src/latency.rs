@@ -1,6 +1,7 @@
 //! Latency histograms for `/metrics`: fixed buckets of atomics, recorded
-//! from any thread without locks, rendered as Prometheus histograms. The
-//! buckets are fine around the downlink's 20 ms goal.
+//! from any thread without locks, written as Prometheus histograms by
+//! [`crate::exposition::Exposition::histogram`]. The buckets are fine
+//! around the downlink's 20 ms goal and the uplink's 50 ms.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,15 +52,13 @@ impl Latency {
     }
 }
 
-/// Renders the sum of `parts` as the Prometheus histogram `name` (in
-/// seconds).
-pub fn render<'a>(
+/// Writes the sum of `parts` as the samples of histogram `name` (in
+/// seconds): cumulative buckets, then the sum and the count.
+pub(crate) fn write_buckets<'a>(
     out: &mut String,
     name: &str,
-    help: &str,
     parts: impl Iterator<Item = &'a Latency> + Clone,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     let load = |i: usize| -> u64 {
         parts
             .clone()
@@ -97,7 +96,7 @@ mod tests {
         latency.record_n(12_000, 2);
         latency.record(60_000_000);
         let mut out = String::new();
-        render(&mut out, "x_seconds", "help", [&latency].into_iter());
+        write_buckets(&mut out, "x_seconds", [&latency].into_iter());
         assert!(
             out.contains("x_seconds_bucket{le=\"0.00025\"} 1\n"),
             "{out}"
@@ -115,7 +114,7 @@ mod tests {
         let latency = Latency::default();
         latency.record_since_kafka_timestamp(i64::MAX / 2000);
         let mut out = String::new();
-        render(&mut out, "y", "h", [&latency].into_iter());
+        write_buckets(&mut out, "y", [&latency].into_iter());
         assert!(out.contains("y_bucket{le=\"0.00025\"} 1\n"), "{out}");
     }
 }

@@ -3,6 +3,7 @@
 //! behave alike.
 
 pub mod admin;
+pub mod exposition;
 pub mod kafka;
 pub mod latency;
 pub mod secrets;

@@ -130,10 +130,10 @@ fn main() -> anyhow::Result<()> {
         routed = metrics.sent.load(Ordering::Relaxed),
         acked = metrics.acked.load(Ordering::Relaxed),
         failed = metrics.failed.load(Ordering::Relaxed),
-        dropped_offline = metrics.dropped("offline"),
-        dropped_no_filter = metrics.dropped("no_filter"),
-        dropped_invalid = metrics.dropped("invalid"),
-        dropped_no_slot = metrics.dropped("no_slot"),
+        dropped_offline = metrics.dropped.get(router::metrics::Dropped::Offline),
+        dropped_no_filter = metrics.dropped.get(router::metrics::Dropped::NoFilter),
+        dropped_invalid = metrics.dropped.get(router::metrics::Dropped::Invalid),
+        dropped_no_slot = metrics.dropped.get(router::metrics::Dropped::NoSlot),
         takeover_notices = metrics.takeover_notices.load(Ordering::Relaxed),
         "stopped"
     );

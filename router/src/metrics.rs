@@ -5,13 +5,21 @@
 //! so `received = sent + dropped + waiting` where `waiting` is what sits in
 //! a partition's buffer while its table is rebuilt.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use ops::latency::{self, Latency};
+use ops::exposition::{Counters, Exposition};
+use ops::latency::Latency;
 
-/// Why a request was not routed.
-pub const DROP_REASONS: [&str; 5] = ["offline", "no_filter", "invalid", "no_slot", "expired"];
+ops::label_set! {
+    /// Why a request was not routed.
+    pub enum Dropped: "reason" {
+        Offline = "offline",
+        NoFilter = "no_filter",
+        Invalid = "invalid",
+        NoSlot = "no_slot",
+        Expired = "expired",
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -22,7 +30,7 @@ pub struct Metrics {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub failed: AtomicU64,
-    pub dropped: [AtomicU64; DROP_REASONS.len()],
+    pub dropped: Counters<Dropped>,
     pub registry_applied: AtomicU64,
     pub registry_invalid: AtomicU64,
     pub takeover_notices: AtomicU64,
@@ -53,182 +61,123 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Metrics {
-    pub fn count_drop(&self, reason: &str) {
-        if let Some(counter) = DROP_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.dropped.get(i))
-        {
-            bump(counter);
-        }
-    }
-
     pub fn count_receipt(&self, outcome: contract::Outcome) {
         if let Some(counter) = self.receipts.get(outcome.index()) {
             bump(counter);
         }
     }
 
-    pub fn dropped(&self, reason: &str) -> u64 {
-        DROP_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.dropped.get(i))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, i128)]| {
-            let _ = writeln!(
-                out,
-                "# HELP carbridge_router_{name} {help}\n# TYPE carbridge_router_{name} {kind}"
-            );
-            for (labels, value) in samples {
-                let _ = writeln!(out, "carbridge_router_{name}{labels} {value}");
-            }
-        };
-        let one = |c: &AtomicU64| [(String::new(), i128::from(c.load(Ordering::Relaxed)))];
-        let gauge = |c: &AtomicI64| [(String::new(), i128::from(c.load(Ordering::Relaxed)))];
-        metric(
-            "requests_received_total",
-            "counter",
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let gauge = |c: &AtomicI64| c.load(Ordering::Relaxed);
+        let mut page = Exposition::new();
+        page.counter(
+            "carbridge_router_heartbeats_total",
+            "Turns of the routing loop: a count that stops moving is a stuck router \
+             (the systemd watchdog is no longer fed).",
+            load(&self.heartbeat),
+        );
+        page.counter(
+            "carbridge_router_requests_received_total",
             "Downlink requests read from cs.downlink.",
-            &one(&self.received),
+            load(&self.received),
         );
-        metric(
-            "routed_total",
-            "counter",
+        page.counter(
+            "carbridge_router_routed_total",
             "Requests produced to a gateway shard's slot.",
-            &one(&self.sent),
+            load(&self.sent),
         );
-        metric(
-            "routed_acked_total",
-            "counter",
+        page.counter(
+            "carbridge_router_routed_acked_total",
             "Routed records acknowledged by Kafka.",
-            &one(&self.acked),
+            load(&self.acked),
         );
-        metric(
-            "routed_failed_total",
-            "counter",
+        page.counter(
+            "carbridge_router_routed_failed_total",
             "Routed records Kafka did not take.",
-            &one(&self.failed),
+            load(&self.failed),
         );
-        let dropped: Vec<_> = DROP_REASONS
-            .iter()
-            .zip(&self.dropped)
-            .map(|(r, c)| {
-                (
-                    format!("{{reason=\"{r}\"}}"),
-                    i128::from(c.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
-        metric(
-            "requests_dropped_total",
-            "counter",
+        page.counters(
+            "carbridge_router_requests_dropped_total",
             "Requests not routed, by reason.",
-            &dropped,
+            |reason| self.dropped.get(reason),
         );
-        metric(
-            "registry_applied_total",
-            "counter",
+        page.counter(
+            "carbridge_router_registry_applied_total",
             "Session-registry records applied to the tables.",
-            &one(&self.registry_applied),
+            load(&self.registry_applied),
         );
-        metric(
-            "registry_invalid_total",
-            "counter",
+        page.counter(
+            "carbridge_router_registry_invalid_total",
             "Session-registry records that could not be read (skipped).",
-            &one(&self.registry_invalid),
+            load(&self.registry_invalid),
         );
-        metric(
-            "takeover_notices_total",
-            "counter",
+        page.counter(
+            "carbridge_router_takeover_notices_total",
             "Takeover notices sent to gateway shards.",
-            &one(&self.takeover_notices),
+            load(&self.takeover_notices),
         );
-        metric(
-            "live_sessions",
-            "gauge",
+        page.gauge(
+            "carbridge_router_live_sessions",
             "Clients with a live session in this instance's tables.",
-            &gauge(&self.live_sessions),
+            gauge(&self.live_sessions),
         );
-        metric(
-            "partitions_assigned",
-            "gauge",
+        page.gauge(
+            "carbridge_router_partitions_assigned",
             "cs.downlink partitions this instance routes.",
-            &gauge(&self.partitions),
+            gauge(&self.partitions),
         );
-        metric(
-            "rebalances_total",
-            "counter",
+        page.counter(
+            "carbridge_router_rebalances_total",
             "Consumer-group assignments received.",
-            &one(&self.rebalances),
+            load(&self.rebalances),
         );
-        metric(
-            "table_rebuilds_total",
-            "counter",
+        page.counter(
+            "carbridge_router_table_rebuilds_total",
             "Partition tables rebuilt from mqtt.sessions.",
-            &one(&self.rebuilds),
+            load(&self.rebuilds),
         );
-        metric(
-            "orphaned_partitions",
-            "gauge",
+        page.gauge(
+            "carbridge_router_orphaned_partitions",
             "cs.downlink partitions of no other live instance with requests waiting and no offset committed for longer than --orphan-after-ms.",
-            &gauge(&self.orphaned),
+            gauge(&self.orphaned),
         );
-        metric(
-            "orphan_rejoins_total",
-            "counter",
+        page.counter(
+            "carbridge_router_orphan_rejoins_total",
             "Times this instance rejoined the group to have orphaned partitions reassigned.",
-            &one(&self.orphan_rejoins),
+            load(&self.orphan_rejoins),
         );
-        metric(
-            "partitions_anchored_total",
-            "counter",
+        page.counter(
+            "carbridge_router_partitions_anchored_total",
             "cs.downlink partitions given their first committed offset (the end) when first assigned.",
-            &one(&self.anchored),
+            load(&self.anchored),
         );
-        let receipts: Vec<_> = contract::Outcome::ALL
-            .iter()
-            .zip(&self.receipts)
-            .map(|(o, c)| {
-                (
-                    format!("{{outcome=\"{}\"}}", o.label()),
-                    i128::from(c.load(Ordering::Relaxed)),
-                )
-            })
-            .collect();
-        metric(
-            "receipts_total",
+        page.samples(
+            "carbridge_router_receipts_total",
             "counter",
             "Receipts the router produced, by outcome (requests it dropped that asked for one).",
-            &receipts,
+            "outcome",
+            contract::Outcome::ALL
+                .iter()
+                .zip(&self.receipts)
+                .map(|(outcome, count)| (outcome.label(), load(count))),
         );
-        metric(
-            "receipts_failed_total",
-            "counter",
+        page.counter(
+            "carbridge_router_receipts_failed_total",
             "Receipts Kafka did not take.",
-            &one(&self.receipts_failed),
+            load(&self.receipts_failed),
         );
-        latency::render(
-            &mut out,
+        page.histogram(
             "carbridge_router_request_age_at_read_seconds",
             "Time from a request's Kafka timestamp to the router reading it (the broker's first hop).",
             [&self.age_at_read].into_iter(),
         );
-        latency::render(
-            &mut out,
+        page.histogram(
             "carbridge_router_request_age_at_routing_seconds",
             "Time from a request's Kafka timestamp to its routed record handed to the producer.",
             [&self.age_at_routing].into_iter(),
         );
-        out
+        page.finish()
     }
 }

@@ -37,7 +37,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset};
 
 use crate::Config;
-use crate::metrics::{Metrics, bump};
+use crate::metrics::{Dropped, Metrics, bump};
 use crate::table::{Table, Takeover};
 use crate::watch::{Shared, Watch};
 
@@ -791,7 +791,7 @@ impl Router {
             .zip(topic)
             .filter(|(_, topic)| codec::topic::validate_topic_name(topic).is_ok());
         let Some((client, topic)) = valid.filter(|_| !bad_expiry) else {
-            self.metrics.count_drop("invalid");
+            self.metrics.dropped.bump(Dropped::Invalid);
             answer(self, contract::Outcome::Invalid);
             self.store(consumer, partition, message.offset());
             return;
@@ -809,7 +809,7 @@ impl Router {
             .chain(expires)
             .min();
         if expires.is_some_and(|at| contract::now_ms() > at) {
-            self.metrics.count_drop("expired");
+            self.metrics.dropped.bump(Dropped::Expired);
             answer(self, contract::Outcome::Expired);
             self.store(consumer, partition, message.offset());
             return;
@@ -820,17 +820,11 @@ impl Router {
         };
         match decision {
             Err(miss) => {
-                self.metrics.count_drop(miss.label());
-                answer(
-                    self,
-                    match miss.label() {
-                        "no_filter" => contract::Outcome::NoFilter,
-                        _ => contract::Outcome::Offline,
-                    },
-                );
+                self.metrics.dropped.bump(miss.dropped());
+                answer(self, miss.outcome());
             }
             Ok(route) if route.slot >= self.slots => {
-                self.metrics.count_drop("no_slot");
+                self.metrics.dropped.bump(Dropped::NoSlot);
                 answer(self, contract::Outcome::NoSlot);
                 tracing::warn!(
                     client,

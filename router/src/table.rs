@@ -120,10 +120,19 @@ pub enum Miss {
 }
 
 impl Miss {
-    pub const fn label(self) -> &'static str {
+    /// How the request is counted.
+    pub const fn dropped(self) -> crate::metrics::Dropped {
         match self {
-            Self::Offline => "offline",
-            Self::NoFilter => "no_filter",
+            Self::Offline => crate::metrics::Dropped::Offline,
+            Self::NoFilter => crate::metrics::Dropped::NoFilter,
+        }
+    }
+
+    /// The receipt the request gets.
+    pub const fn outcome(self) -> contract::Outcome {
+        match self {
+            Self::Offline => contract::Outcome::Offline,
+            Self::NoFilter => contract::Outcome::NoFilter,
         }
     }
 }

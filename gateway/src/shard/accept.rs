@@ -15,6 +15,7 @@ use glommio::timer::sleep;
 use super::connection::Peer;
 use super::socket::{self, CarSocket};
 use super::{Door, Shard, preamble, task};
+use crate::metrics::Limit;
 
 /// Listening sockets per shard on the one address (SO_REUSEPORT), each
 /// with the backlog [`socket::listen`] asks for: four hold 4,096 cars that
@@ -83,7 +84,7 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
         // A reconnect storm waits in the listen backlog rather than take
         // the shard from the cars it holds.
         if let Err(wait) = shard.accept_rate.take(Instant::now()) {
-            shard.metrics.limit("accept_rate", 1);
+            shard.metrics.limited.bump(Limit::AcceptRate);
             let paused = async {
                 sleep(wait).await;
                 Some(())
@@ -118,7 +119,7 @@ async fn accept(listener: TcpListener, shard: Rc<Shard>, door: Rc<Door>) {
             }
             Ok(Some(_)) if shard.table.len() >= shard.limits.max_connections_per_shard => {
                 // Full: closed before any TLS or MQTT work.
-                shard.metrics.limit("connections_per_shard", 1);
+                shard.metrics.limited.bump(Limit::ConnectionsPerShard);
             }
             Ok(Some(socket)) => enter(socket, &shard, &door),
             Err(error) => {

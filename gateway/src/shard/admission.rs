@@ -12,6 +12,7 @@ use codec::packet::Connect;
 use contract::SessionRecord;
 
 use super::connection::{Connection, Peer};
+use crate::metrics::Limit;
 use crate::registry::Holder;
 use crate::session::CloseReason;
 
@@ -28,11 +29,11 @@ pub(super) struct Gate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admission {
     Accept,
-    /// Refused with this CONNACK code; `limit` names the limit that
-    /// refused it, for the metric.
+    /// Refused with this CONNACK code; `limit` is the limit that refused
+    /// it, for the metric.
     Refuse {
         code: ConnectReturnCode,
-        limit: Option<&'static str>,
+        limit: Option<Limit>,
     },
     /// The client id is not the one the car's proven identity binds.
     Deny,
@@ -49,7 +50,7 @@ pub(super) fn admit(peer: &Peer, client_id: &str, gate: Gate) -> Admission {
     if client_id.len() > gate.max_client_id_length {
         return Admission::Refuse {
             code: ConnectReturnCode::IdentifierRejected,
-            limit: Some("client_id_length"),
+            limit: Some(Limit::ClientIdLength),
         };
     }
     // A proven identity binds the client id: no one takes over another
@@ -78,7 +79,7 @@ impl Connection {
             Admission::Accept => {}
             Admission::Refuse { code, limit } => {
                 if let Some(limit) = limit {
-                    shard.metrics.limit(limit, 1);
+                    shard.metrics.limited.bump(limit);
                 }
                 return Some(self.session.refuse(code, output));
             }
@@ -145,7 +146,7 @@ mod tests {
             admit(&peer(None), "VIN000001", OPEN),
             Admission::Refuse {
                 code: ConnectReturnCode::IdentifierRejected,
-                limit: Some("client_id_length"),
+                limit: Some(Limit::ClientIdLength),
             }
         );
     }

@@ -23,7 +23,7 @@ use super::Shard;
 use super::control::Control;
 use super::delivery::OwedReceipt;
 use super::parked::Parked;
-use crate::metrics::bump;
+use crate::metrics::{Dropped, bump};
 use crate::registry::Holder;
 use crate::session::{CloseReason, Session};
 
@@ -161,7 +161,7 @@ impl Connection {
     pub(super) fn closed(self, reason: CloseReason) {
         let shard = &self.shard;
         let id = self.control.id;
-        shard.metrics.close(reason.label());
+        shard.metrics.closed.bump(reason.kind());
         shard
             .metrics
             .connections_open
@@ -169,7 +169,7 @@ impl Connection {
         shard.table.close(id, self.session.client_id());
         let (_, unsent) = self.control.take_output();
         for _ in 0..unsent {
-            shard.metrics.drop_downlink("closed");
+            shard.metrics.downlink_dropped.bump(Dropped::Closed);
         }
         self.settle(self.take_owed(), Outcome::Closed);
         if let Some(client_id) = self.session.client_id() {

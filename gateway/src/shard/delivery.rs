@@ -18,7 +18,7 @@ use super::{Shard, log_due};
 use crate::config::Config;
 use crate::kafka::SendError;
 use crate::kick::Kick;
-use crate::metrics::bump;
+use crate::metrics::{Dropped, bump};
 use crate::session::CloseReason;
 
 /// Routed records read per poller tick at most, so one busy slot cannot
@@ -233,7 +233,7 @@ impl Downlink {
         match routed {
             None => {
                 bump(&shard.metrics.downlink_received);
-                shard.metrics.drop_downlink("invalid");
+                shard.metrics.downlink_dropped.bump(Dropped::Invalid);
             }
             Some(Routed::Takeover { client, session }) => {
                 if let Some(control) = shard.table.holder(client).filter(|_| !missed)
@@ -265,12 +265,12 @@ impl Downlink {
                     }
                 };
                 if expires_ms.is_some_and(|at| contract::now_ms() > at) {
-                    shard.metrics.drop_downlink("expired");
+                    shard.metrics.downlink_dropped.bump(Dropped::Expired);
                     answer(Outcome::Expired);
                     return;
                 }
                 let Some(control) = shard.table.holder(client).filter(|_| !missed) else {
-                    shard.metrics.drop_downlink("not_held");
+                    shard.metrics.downlink_dropped.bump(Dropped::NotHeld);
                     answer(Outcome::Offline);
                     if let Some(session) = session {
                         self.report_gone(shard, client, session);
@@ -286,13 +286,13 @@ impl Downlink {
                     .flat_map(|filters| filters.iter())
                     .any(|filter| codec::topic::matches(filter, topic))
                 {
-                    shard.metrics.drop_downlink("no_filter");
+                    shard.metrics.downlink_dropped.bump(Dropped::NoFilter);
                     answer(Outcome::NoFilter);
                     return;
                 }
                 let mut outbox = control.outbox.borrow_mut();
                 if outbox.len() + topic.len() + payload.len() > self.max_queued {
-                    shard.metrics.drop_downlink("slow_car");
+                    shard.metrics.downlink_dropped.bump(Dropped::SlowCar);
                     answer(Outcome::SlowCar);
                     return;
                 }
@@ -323,7 +323,7 @@ impl Downlink {
                         shard.table.notify(&control);
                     }
                     Err(_) => {
-                        shard.metrics.drop_downlink("invalid");
+                        shard.metrics.downlink_dropped.bump(Dropped::Invalid);
                         answer(Outcome::Invalid);
                     }
                 }

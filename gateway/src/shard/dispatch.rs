@@ -12,6 +12,7 @@ use contract::SessionRecord;
 
 use super::connection::Connection;
 use super::uplink::Offered;
+use crate::metrics::Limit;
 use crate::session::{CloseReason, Refused, Step};
 
 /// What [`Connection::handle`] left to do.
@@ -99,8 +100,12 @@ impl Connection {
     /// matching and written to the session registry.
     fn on_filters_changed(&self, refused: Refused) {
         let metrics = &self.shard.metrics;
-        metrics.limit("filter_length", refused.too_long.into());
-        metrics.limit("filters_per_session", refused.too_many.into());
+        metrics
+            .limited
+            .add(Limit::FilterLength, refused.too_long.into());
+        metrics
+            .limited
+            .add(Limit::FiltersPerSession, refused.too_many.into());
         metrics
             .subscribe_denied
             .fetch_add(refused.not_allowed.into(), Ordering::Relaxed);

@@ -16,7 +16,10 @@ use super::control::Control;
 use super::socket::CarSocket;
 use super::task;
 use super::{Door, Shard};
-use crate::tls;
+use ops::exposition::LabelSet;
+
+use crate::proxy::ProxyResult;
+use crate::tls::{self, Handshake};
 
 /// A connection on a listener that expects a PROXY header: the source
 /// checked against the trusted networks, the header read (bounded by the
@@ -48,7 +51,10 @@ async fn proxy_header(
 ) -> Option<(crate::proxy::Prefixed<CarSocket>, Peer)> {
     let proxy = door.listener.proxy.as_ref()?;
     if !crate::proxy::trusted(&proxy.trusted_networks, peer.addr.ip()) {
-        shard.metrics.proxy_header("untrusted_source");
+        shard
+            .metrics
+            .proxy_headers
+            .bump(ProxyResult::UntrustedSource);
         tracing::info!(shard = shard.id, peer = %peer.addr,
             "closed: PROXY header from a network not in trusted_networks");
         return None;
@@ -61,27 +67,27 @@ async fn proxy_header(
     let (proxied, rest) = match future::or(header, timeout).await {
         Some(Ok(read)) => read,
         Some(Err(error)) => {
-            shard.metrics.proxy_header("malformed");
+            shard.metrics.proxy_headers.bump(ProxyResult::Malformed);
             tracing::info!(shard = shard.id, peer = %peer.addr, ?error,
                 "closed: no valid PROXY header");
             return None;
         }
         None => {
-            shard.metrics.proxy_header("timeout");
+            shard.metrics.proxy_headers.bump(ProxyResult::Timeout);
             return None;
         }
     };
     match proxied.source {
         Some(source) => {
-            shard.metrics.proxy_header("proxied");
+            shard.metrics.proxy_headers.bump(ProxyResult::Proxied);
             peer.addr = source;
         }
         // The proxy's own connection (a health check): its address stays.
-        None => shard.metrics.proxy_header("local"),
+        None => shard.metrics.proxy_headers.bump(ProxyResult::Local),
     }
     if proxy.identity_from_proxy {
         let Some(cn) = proxied.verified_cn else {
-            shard.metrics.proxy_header("no_identity");
+            shard.metrics.proxy_headers.bump(ProxyResult::NoIdentity);
             tracing::info!(shard = shard.id, peer = %peer.addr,
                 "closed: the PROXY header names no verified client certificate");
             return None;
@@ -127,13 +133,13 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Some(Ok(stream)) => stream,
         Some(Err(error)) => {
             let label = tls::failure_label(&error);
-            shard.metrics.handshake(label);
-            tracing::debug!(shard = shard.id, peer = %peer.addr, %error, reason = label,
+            shard.metrics.tls_handshakes.bump(label);
+            tracing::debug!(shard = shard.id, peer = %peer.addr, %error, reason = label.as_str(),
                 "TLS handshake failed");
             return None;
         }
         None => {
-            shard.metrics.handshake("timeout");
+            shard.metrics.tls_handshakes.bump(Handshake::Timeout);
             tracing::debug!(shard = shard.id, peer = %peer.addr, "TLS handshake timed out");
             return None;
         }
@@ -143,8 +149,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         match loaded.admit(leaf, terminator.identity_source()) {
             Ok(identity) => peer.identity = Some(door.listener.bound_client_id(&identity).into()),
             Err(refused) => {
-                shard.metrics.handshake(refused);
-                tracing::info!(shard = shard.id, peer = %peer.addr, reason = refused,
+                shard.metrics.tls_handshakes.bump(refused);
+                tracing::info!(shard = shard.id, peer = %peer.addr, reason = refused.as_str(),
                     source = ?terminator.identity_source(),
                     "closed: the certificate is revoked or names no identity");
                 return None;
@@ -152,9 +158,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     drop(loaded);
-    shard.metrics.handshake(match session.handshake_kind() {
-        Some(HandshakeKind::Resumed) => "resumed",
-        _ => "full",
-    });
+    shard
+        .metrics
+        .tls_handshakes
+        .bump(match session.handshake_kind() {
+            Some(HandshakeKind::Resumed) => Handshake::Resumed,
+            _ => Handshake::Full,
+        });
     Some((stream, peer))
 }

@@ -24,6 +24,7 @@ use super::control::{Control, Wake};
 use super::dispatch::Handled;
 use super::parked::Handover;
 use super::socket::CarSocket;
+use crate::metrics::Dropped;
 use crate::session::CloseReason;
 
 /// Bytes asked for when the car has been quiet: the buffer is held while
@@ -339,7 +340,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
         }
         Err(error) => {
             for _ in 0..count {
-                metrics.drop_downlink("closed");
+                metrics.downlink_dropped.bump(Dropped::Closed);
             }
             connection.settle(owed, Outcome::Closed);
             Err(error)

@@ -11,7 +11,7 @@ use super::POLL_INTERVAL;
 use super::connection::Connection;
 use crate::kafka::SendError;
 use crate::mapping::Unmapped;
-use crate::metrics::bump;
+use crate::metrics::{Failure, bump};
 use crate::session::CloseReason;
 
 /// What became of a PUBLISH offered to the producer.
@@ -67,7 +67,7 @@ impl Connection {
                 // Told to close while waiting for queue space: this one record
                 // was read and is not handed over.
                 Some(reason) => {
-                    shard.metrics.fail("shutdown");
+                    shard.metrics.publish_failed.bump(Failure::Shutdown);
                     Offered::Close(self.session.close(reason))
                 }
                 // librdkafka's own queue is full: the shard waits for
