@@ -51,7 +51,7 @@ pub const RING_DEPTH: usize = 4096;
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    shards: Vec<glommio::ExecutorJoinHandle<anyhow::Result<()>>>,
+    shards: Vec<glommio::ExecutorJoinHandle<Result<(), shard::StartError>>>,
     metrics: Vec<Arc<ShardMetrics>>,
     shutdown: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
@@ -343,7 +343,9 @@ impl Gateway {
         for (id, shard) in self.shards.into_iter().enumerate() {
             match shard.join() {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => result = Err(error.context(format!("shard {id}"))),
+                Ok(Err(error)) => {
+                    result = Err(anyhow::Error::new(error).context(format!("shard {id}")))
+                }
                 Err(error) => {
                     result = Err(anyhow::anyhow!("shard {id} panicked or failed: {error}"))
                 }

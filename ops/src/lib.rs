@@ -20,3 +20,17 @@ pub fn init_logging(filter: &str, json: bool) {
         builder.init();
     }
 }
+
+/// An error and its causes on one line, `outer: inner: root`: what a log
+/// line or a message to another thread carries when it cannot carry the
+/// error itself.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

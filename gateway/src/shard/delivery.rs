@@ -58,7 +58,7 @@ impl Downlink {
         shard: usize,
         slot: u32,
         kick: &Arc<Kick>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, super::slot::SlotError> {
         let mut consumer = SlotConsumer::new(config, shard, slot)?;
         let kick = kick.clone();
         consumer.on_arrival(move || kick.kick());

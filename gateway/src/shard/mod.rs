@@ -58,8 +58,6 @@ use std::sync::atomic::AtomicBool;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use codec::{Decoder, Role};
 use crossbeam_channel::Receiver;
 use futures_lite::future;
@@ -258,8 +256,28 @@ pub(crate) struct Start {
     pub(crate) bound: std::sync::mpsc::Sender<io::Result<Vec<SocketAddr>>>,
 }
 
+/// Why a shard could not start. Each says what it was doing; the cause
+/// is its source.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("binding {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating the shard's Kafka producer")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("compiling the topic mapping")]
+    Mapping(#[source] crate::mapping::MappingError),
+    #[error("creating the shard's epoll set")]
+    Epoll(#[source] io::Error),
+    #[error(transparent)]
+    Downlink(#[from] slot::SlotError),
+}
+
 /// Runs one shard on the current glommio executor until shutdown.
-pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
+pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
     let Start {
         id,
         shards,
@@ -275,11 +293,12 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
         bound,
     } = start;
     let shards = f64::from(u32::try_from(shards.max(1)).unwrap_or(u32::MAX));
-    let setup = || -> anyhow::Result<(Vec<TcpListener>, Shard)> {
+    let setup = || -> Result<(Vec<TcpListener>, Shard), StartError> {
         let mut listeners = Vec::with_capacity(doors.len());
         for door in &doors {
             let address = door.listener.address;
-            let listener = socket::listen(address).with_context(|| format!("binding {address}"))?;
+            let listener =
+                socket::listen(address).map_err(|source| StartError::Bind { address, source })?;
             listeners.push(listener);
         }
         let epoch = Instant::now();
@@ -291,8 +310,9 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             id,
             kick,
             poller_idle: Cell::new(false),
-            producer: ShardProducer::new(&config.kafka, id, metrics.clone())?,
-            mapper: RefCell::new(TopicMapper::new(&config.mapping)?),
+            producer: ShardProducer::new(&config.kafka, id, metrics.clone())
+                .map_err(StartError::Producer)?,
+            mapper: RefCell::new(TopicMapper::new(&config.mapping).map_err(StartError::Mapping)?),
             decoder: Decoder::new(Role::Server, config.mqtt.max_packet_size),
             timing: Box::leak(Box::new(config.timing())),
             limits: config.limits.clone(),
@@ -303,7 +323,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
             registry,
             orders,
             table: ConnectionTable::new(epoch),
-            readiness: Readiness::new().context("creating the shard's epoll set")?,
+            readiness: Readiness::new().map_err(StartError::Epoll)?,
             downlink,
             shutdown,
             stopping: Cell::new(false),
@@ -320,7 +340,7 @@ pub(crate) async fn serve(start: Start) -> anyhow::Result<()> {
     let (listeners, shard) = match setup() {
         Ok(ready) => ready,
         Err(error) => {
-            let _ = bound.send(Err(io::Error::other(format!("{error:#}"))));
+            let _ = bound.send(Err(io::Error::other(ops::error_chain(&error))));
             return Err(error);
         }
     };

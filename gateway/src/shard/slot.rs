@@ -16,12 +16,52 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::Config;
+
+/// Why a shard's downlink slot could not be assigned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SlotError {
+    #[error("creating the downlink consumer")]
+    Consumer(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Metadata(#[from] ops::kafka::Error),
+    #[error(
+        "topic {topic} does not exist: create the topics first \
+         (`carbridge-topics create`), or set downlink.enabled = false"
+    )]
+    NoTopic { topic: String },
+    #[error(
+        "topic {topic} has {partitions} partitions, shard {shard} needs slot {slot}: \
+         give it one partition per shard of every gateway instance \
+         (`carbridge-topics create --slots N`), or check downlink.bridge_id"
+    )]
+    TooFewPartitions {
+        topic: String,
+        partitions: usize,
+        shard: usize,
+        slot: u32,
+    },
+    #[error("slot {slot} is out of range")]
+    OutOfRange { slot: u32 },
+    #[error("reading the offsets of {topic}/{slot}")]
+    Offsets {
+        topic: String,
+        slot: u32,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("assigning the slot {topic}/{slot}")]
+    Assign {
+        topic: String,
+        slot: u32,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
 
 /// Bound on each metadata and offset request made while starting.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,7 +89,7 @@ impl std::fmt::Debug for SlotConsumer {
 
 impl SlotConsumer {
     /// Assigns `slot` of the routed topic at its current end.
-    pub(super) fn new(config: &Config, shard: usize, slot: u32) -> anyhow::Result<Self> {
+    pub(super) fn new(config: &Config, shard: usize, slot: u32) -> Result<Self, SlotError> {
         let topic = &config.downlink.topic;
         let mut client = ClientConfig::new();
         client
@@ -73,26 +113,30 @@ impl SlotConsumer {
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer = client
             .create_with_context(DefaultConsumerContext)
-            .context("creating the downlink consumer")?;
+            .map_err(SlotError::Consumer)?;
 
         let partitions = ops::kafka::partition_count(&consumer, topic, STARTUP_TIMEOUT)?;
         if partitions == 0 {
-            bail!(
-                "topic {topic} does not exist: create the topics first \
-                 (`carbridge-topics create`), or set downlink.enabled = false"
-            );
+            return Err(SlotError::NoTopic {
+                topic: topic.clone(),
+            });
         }
         if u32::try_from(partitions).unwrap_or(u32::MAX) <= slot {
-            bail!(
-                "topic {topic} has {partitions} partitions, shard {shard} needs slot {slot}: \
-                 give it one partition per shard of every gateway instance \
-                 (`carbridge-topics create --slots N`), or check downlink.bridge_id"
-            );
+            return Err(SlotError::TooFewPartitions {
+                topic: topic.clone(),
+                partitions,
+                shard,
+                slot,
+            });
         }
-        let partition = i32::try_from(slot).context("slot out of range")?;
+        let partition = i32::try_from(slot).map_err(|_| SlotError::OutOfRange { slot })?;
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, STARTUP_TIMEOUT)
-            .with_context(|| format!("reading the offsets of {topic}/{slot}"))?;
+            .map_err(|source| SlotError::Offsets {
+                topic: topic.clone(),
+                slot,
+                source,
+            })?;
         // Where the predecessor stopped, if it committed and that is still
         // in the topic.
         let mut wanted = TopicPartitionList::new();
@@ -111,8 +155,18 @@ impl SlotConsumer {
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, Offset::Offset(from))
-            .context("assigning the slot")?;
-        consumer.assign(&assignment).context("assigning the slot")?;
+            .map_err(|source| SlotError::Assign {
+                topic: topic.clone(),
+                slot,
+                source,
+            })?;
+        consumer
+            .assign(&assignment)
+            .map_err(|source| SlotError::Assign {
+                topic: topic.clone(),
+                slot,
+                source,
+            })?;
         if committed.is_none() {
             // The slot's first start: a successor of this process then
             // starts from here, not from its own end, even if this one
