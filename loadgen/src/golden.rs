@@ -1,5 +1,6 @@
-//! The report's three renderings (the summary text, the JSON report and the
-//! HTML page) of two fixed reports, pinned byte for byte against
+//! The report's renderings (the summary text, the JSON report, the HTML
+//! page and, after `loadgen verdict`, the verdict's text) of three fixed
+//! reports, pinned byte for byte against
 //! `tests/fixtures/`: a change of output shows here as a diff to review.
 //! `LOADGEN_BLESS=1 cargo test -p loadgen --lib golden` rewrites the
 //! fixtures from the current code.
@@ -9,7 +10,8 @@
 use std::path::PathBuf;
 
 use crate::report::{
-    ConnectStats, FlowStats, Latency, Machine, REPORT_VERSION, Report, Stages, Tick, TopicCount,
+    ConnectStats, CpuUse, FlowStats, Latency, Machine, MemoryUse, REPORT_VERSION, Report, Stack,
+    Stages, Tick, TopicCount,
 };
 
 fn latency(base: f64, count: u64) -> Latency {
@@ -65,9 +67,11 @@ fn timeline(seconds: u32, warmup: u32, downlink: bool) -> Vec<Tick> {
 
 /// Everything a report can hold: downlink, Kafka stages, a recount, other
 /// services' messages and dropped connections.
-fn full() -> Report {
+pub(crate) fn full() -> Report {
     Report {
         version: REPORT_VERSION,
+        verdict: None,
+        stack: None,
         started_at: "2026-03-14T09:26:53Z".to_owned(),
         machine: Machine {
             hostname: "bench<1>&co".to_owned(),
@@ -130,9 +134,11 @@ fn full() -> Report {
 }
 
 /// The least a report holds: peer mode, uplink only, nothing else seen.
-fn bare() -> Report {
+pub(crate) fn bare() -> Report {
     Report {
         version: REPORT_VERSION,
+        verdict: None,
+        stack: None,
         started_at: "2025-12-31T23:59:59Z".to_owned(),
         machine: Machine {
             hostname: "host".to_owned(),
@@ -171,6 +177,49 @@ fn bare() -> Report {
     }
 }
 
+/// `full()` after `loadgen verdict` on a tansu stack that kept up: the
+/// stack's facts and the verdict (LOST: 5 uplink records failed).
+pub(crate) fn judged() -> Report {
+    let mut report = full();
+    report.stack = Some(Stack {
+        broker: "tansu".to_owned(),
+        broker_detail: "tansu (memory://tansu/)".to_owned(),
+        tls: true,
+        tls_resume: false,
+        gateways: 2,
+        shards: 2,
+        fetch_wait_ms: 2,
+        profile: "release".to_owned(),
+        gateway_cpu: Some(CpuUse {
+            cpu_ms: 1_830,
+            secs: 19.6,
+            core_percent: 9.3,
+            publish: 20_391,
+            us_per_publish: Some(89.7),
+            downlink: Some(1_199),
+        }),
+        gateway_cpu_window: Some(CpuUse {
+            cpu_ms: 730,
+            secs: 12.0,
+            core_percent: 6.1,
+            publish: 14_395,
+            us_per_publish: Some(50.7),
+            downlink: None,
+        }),
+        gateway_memory: Some(MemoryUse {
+            connections: 11_998,
+            growth_mib: 27.4,
+            idle_mib: 9.8,
+            bytes_per_connection: 2_394.6,
+        }),
+    });
+    report.verdict = Some(crate::verdict::judge(
+        &report,
+        &crate::verdict::tests::inputs(),
+    ));
+    report
+}
+
 /// Compares `actual` with the fixture `name` (or writes it, blessing).
 fn pin(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -197,11 +246,16 @@ fn pin(name: &str, actual: &str) {
 fn the_summary_text_is_pinned() {
     pin("full.summary.txt", &crate::run::summary(&full()));
     pin("bare.summary.txt", &crate::run::summary(&bare()));
+    pin("judged.verdict.txt", &crate::verdict::text(&judged()));
 }
 
 #[test]
 fn the_json_report_is_pinned() {
-    for (name, report) in [("full.json", full()), ("bare.json", bare())] {
+    for (name, report) in [
+        ("full.json", full()),
+        ("bare.json", bare()),
+        ("judged.json", judged()),
+    ] {
         pin(name, &serde_json::to_string_pretty(&report).unwrap());
     }
 }
@@ -210,4 +264,17 @@ fn the_json_report_is_pinned() {
 fn the_html_page_is_pinned() {
     pin("full.html", &crate::html::render(&full()));
     pin("bare.html", &crate::html::render(&bare()));
+    pin("judged.html", &crate::html::render(&judged()));
+}
+
+#[test]
+fn a_judged_report_reads_back_as_written() {
+    let json = serde_json::to_string_pretty(&judged()).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert!(back.stack == judged().stack);
+    let (verdict, expected) = (back.verdict.unwrap(), judged().verdict.unwrap());
+    assert_eq!(verdict.outcome, expected.outcome);
+    assert_eq!(verdict.headline, expected.headline);
+    // What matters comes first.
+    assert!(json.starts_with("{\n  \"version\": 1,\n  \"verdict\": {\n    \"outcome\": \"LOST\""));
 }

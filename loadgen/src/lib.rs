@@ -8,7 +8,9 @@
 //! Kafka (or from MQTT subscribers on the server in peer mode), sends
 //! downlink messages through Kafka, and builds the [`report`], shown as a
 //! text summary ([`run::summary`]) and a self-contained HTML page
-//! ([`html`], with an SVG chart engine of its own).
+//! ([`html`], with an SVG chart engine of its own). After a run through
+//! the local stack, [`verdict`] judges it (`loadgen verdict`): the verdict
+//! and the stack's facts go into the report, at the top of its pages.
 
 pub mod html;
 pub mod payload;
@@ -17,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 pub mod tls;
+pub mod verdict;
 pub mod worker;
 
 #[cfg(test)]

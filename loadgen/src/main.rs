@@ -51,6 +51,40 @@ enum Command {
         #[arg(long)]
         plan: String,
     },
+    /// The main job's verdict on a finished run (scripts/stack.sh runs it
+    /// after loadgen): whether anything was lost, which latency goals were
+    /// met, and whose the latency is (the bridge's or the broker's).
+    /// Prints it, writes it into the JSON report (with the stack's facts)
+    /// and renders the HTML report again with it at the top. Exits 0 when
+    /// HEALTHY, 3 when LOST, 4 when OVERLOADED (lost, the broker behind).
+    Verdict(VerdictArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerdictArgs {
+    /// The run's JSON report; the verdict is written into it.
+    #[arg(long)]
+    report_json: PathBuf,
+    /// The HTML report to render again from it, the verdict at the top.
+    #[arg(long)]
+    report_html: Option<PathBuf>,
+    /// The broker probe's figures (`kafka_rtt --json`); missing: no probe.
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// The stack's facts as JSON: broker, TLS, gateways, shards, and the
+    /// gateways' CPU per message and memory per connection.
+    #[arg(long)]
+    stack: Option<PathBuf>,
+    /// A gateway's /metrics page saved to a file (repeatable: summed).
+    #[arg(long)]
+    gateway_metrics: Vec<PathBuf>,
+    /// The router's /metrics page saved to a file.
+    #[arg(long)]
+    router_metrics: Option<PathBuf>,
+    /// The broker's name in the verdict (default: the stack's, or "the
+    /// broker").
+    #[arg(long)]
+    broker: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +218,28 @@ struct RunArgs {
     churn: f64,
 }
 
+fn verdict(args: VerdictArgs) -> ! {
+    let files = loadgen::verdict::Files {
+        report_json: args.report_json,
+        report_html: args.report_html,
+        probe: args.probe,
+        stack: args.stack,
+        gateway_metrics: args.gateway_metrics,
+        router_metrics: args.router_metrics,
+        broker: args.broker,
+    };
+    match loadgen::verdict::run(&files) {
+        Ok((text, outcome)) => {
+            print!("{text}");
+            std::process::exit(loadgen::verdict::exit_code(outcome));
+        }
+        Err(error) => {
+            eprintln!("loadgen verdict: {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
     target
         .to_socket_addrs()
@@ -198,9 +254,13 @@ fn main() -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    if let Some(Command::Worker { plan }) = cli.command {
-        let plan: Plan = serde_json::from_str(&plan).context("reading the worker plan")?;
-        return loadgen::worker::run(plan, stop);
+    match cli.command {
+        Some(Command::Worker { plan }) => {
+            let plan: Plan = serde_json::from_str(&plan).context("reading the worker plan")?;
+            return loadgen::worker::run(plan, stop);
+        }
+        Some(Command::Verdict(args)) => verdict(args),
+        None => {}
     }
     let args = cli.run;
     if args.payload_size < loadgen::payload::MIN_PAYLOAD {

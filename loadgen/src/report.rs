@@ -12,6 +12,14 @@ pub const REPORT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub version: u32,
+    /// The verdict on the run (`loadgen verdict`, which scripts/stack.sh
+    /// runs after loadgen): absent from loadgen's own report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// The local stack the run went through, and its server-side figures
+    /// (`loadgen verdict --stack`): absent from loadgen's own report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Stack>,
     /// When the run started, RFC 3339 UTC.
     pub started_at: String,
     pub machine: Machine,
@@ -160,4 +168,236 @@ pub struct Tick {
     pub downlink_sent: u64,
     pub downlink_received: u64,
     pub downlink_p99_ms: f64,
+}
+
+/// The verdict on a run through the local stack (`loadgen verdict`): did
+/// the system keep up, which goals did it meet, and whose latency is it?
+/// Computed from the report's own figures, the broker probe's, and the
+/// gateways' and router's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// The verdict in one sentence, as the terminal's closing line.
+    pub headline: String,
+    /// The broker, as the verdict names it.
+    pub broker: String,
+    /// Messages that did not arrive, both directions; a downlink message
+    /// answered by a receipt saying why it was not written is not counted.
+    pub lost: u64,
+    /// The latency goals, met or missed.
+    pub goals: Vec<Goal>,
+    /// Whose the latency is, per direction: the bridge's part and the
+    /// broker's.
+    pub shares: Vec<Share>,
+    /// The downlink's four hops, from the router's and gateways' own
+    /// histograms (whole run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downlink_hops: Option<DownlinkHops>,
+    /// The broker alone beside the fleet: `kafka_rtt` producing and
+    /// consuming 100 records/s through a topic of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// What the gateways counted, summed over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayCounts>,
+    /// Downlink requests the router read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_requests: Option<u64>,
+    /// What explains the outcome, in words.
+    pub findings: Vec<String>,
+    /// The machine's load at the verdict, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
+}
+
+/// The three verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// Nothing lost (the latency goals may still be missed).
+    Healthy,
+    /// Messages lost while the broker kept up: the bridge's fault.
+    Lost,
+    /// Messages lost, and the broker is what fell behind: the run
+    /// measured the broker, not the bridge.
+    Overloaded,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "HEALTHY",
+            Self::Lost => "LOST",
+            Self::Overloaded => "OVERLOADED",
+        }
+    }
+}
+
+/// One direction's latency goal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Goal {
+    /// `uplink` or `downlink`.
+    pub flow: String,
+    /// The goal: p99 below this.
+    pub p99_limit_ms: f64,
+    pub p99_ms: f64,
+    pub met: bool,
+}
+
+/// One direction's latency, split between the bridge and the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    /// `uplink` or `downlink`.
+    pub flow: String,
+    pub basis: ShareBasis,
+    /// The bridge's part at the median; for an estimate, the rest beside
+    /// the broker's estimated part (the clients included).
+    pub bridge_p50_ms: f64,
+    /// Measured splits only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_p99_ms: Option<f64>,
+    pub broker_p50_ms: f64,
+    pub broker_p99_ms: f64,
+}
+
+/// How a latency split was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareBasis {
+    /// Split at each record's Kafka timestamp (the uplink).
+    Measured,
+    /// The broker's part taken as its hops at the probe's figures.
+    Estimated,
+}
+
+/// The downlink's hops and, by their means, the bridge's share against
+/// Kafka's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownlinkHops {
+    pub hops: Vec<Hop>,
+    /// The router's own time (mean).
+    pub router_ms: f64,
+    /// The gateway's own time, read to written to the car's socket (mean).
+    pub gateway_ms: f64,
+    /// Kafka's two hops (means).
+    pub kafka_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hop {
+    pub name: String,
+    pub latency: Bucketed,
+}
+
+/// A latency from a Prometheus histogram: percentiles interpolated
+/// within its buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bucketed {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The broker probe's figures (`kafka_rtt --json`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub sent: u64,
+    pub received: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The gateways' counters at the verdict, summed over the gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayCounts {
+    /// Uplink records Kafka acknowledged.
+    pub acked: u64,
+    /// Uplink records Kafka refused or timed out.
+    pub failed: u64,
+    /// Downlink messages written to cars.
+    pub downlink_written: u64,
+    /// Kafka's acknowledgement of the uplink records: the gateway's share
+    /// of the uplink, without the consumer side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_ack: Option<Bucketed>,
+}
+
+/// The load average (1 minute) at the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    pub average: f64,
+    pub cores: usize,
+}
+
+impl Load {
+    /// More runnable work than cores: the fleet, the broker and the bridge
+    /// competed for CPU, which bends every latency.
+    pub fn busy(&self) -> bool {
+        self.average > self.cores as f64
+    }
+}
+
+/// The local stack a run went through (scripts/stack.sh writes this as
+/// JSON; `loadgen verdict --stack` puts it in the report): its setup and
+/// the server side's figures, which loadgen cannot see from the cars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    /// `mock` (librdkafka's mock cluster) or `tansu`.
+    pub broker: String,
+    /// The broker as run, in words (`tansu (memory://tansu/)`).
+    pub broker_detail: String,
+    /// Mutual TLS between the cars and the gateways.
+    pub tls: bool,
+    /// With TLS: the measured connections resumed a TLS session.
+    pub tls_resume: bool,
+    pub gateways: u32,
+    /// Shards per gateway.
+    pub shards: u32,
+    /// The router's and gateways' `fetch.wait.max.ms`.
+    pub fetch_wait_ms: u64,
+    /// The cargo profile of the binaries: `release` or `dev`.
+    pub profile: String,
+    /// The gateways' CPU over loadgen's whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_cpu: Option<CpuUse>,
+    /// The gateways' CPU over loadgen's measured window alone (the
+    /// connect storm of the warm-up left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_cpu_window: Option<CpuUse>,
+    /// The gateways' memory per connection under load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_memory: Option<MemoryUse>,
+}
+
+/// CPU time (user + system) of all gateways over a span of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuUse {
+    pub cpu_ms: u64,
+    pub secs: f64,
+    /// Share of one core over the span, percent.
+    pub core_percent: f64,
+    /// Uplink PUBLISH the gateways received in the span.
+    pub publish: u64,
+    /// Gateway CPU per uplink PUBLISH; absent without PUBLISH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub us_per_publish: Option<f64>,
+    /// Downlink messages the gateways wrote in the span, where counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downlink: Option<u64>,
+}
+
+/// The gateways' resident memory at the sample with the most open
+/// connections, against the idle gateways before the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryUse {
+    pub connections: u64,
+    /// Resident set growth over the idle gateways, MiB.
+    pub growth_mib: f64,
+    pub idle_mib: f64,
+    pub bytes_per_connection: f64,
 }

@@ -1,9 +1,12 @@
 //! The HTML report: one self-contained page (inline CSS and SVG, no scripts,
 //! no external resources), so it can be archived as a CI artifact or mailed
 //! and still open anywhere without a server. The charts are drawn by
-//! `chart`, which knows nothing of the report.
+//! `chart`, which knows nothing of the report. After a run through the
+//! local stack, `verdict` puts what matters at the top: the verdict, the
+//! goals, whose the latency is, the server side and the setup.
 
 mod chart;
+mod verdict;
 
 use std::fmt::Write;
 
@@ -27,6 +30,12 @@ th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .bad { color: #c00; font-weight: bold; }
 .muted { color: #666; }
+.met { color: #080; font-weight: bold; }
+.verdict { border-left: 0.5em solid #999; padding: 0.2em 1em; margin: 1em 0 1.5em; }
+.verdict.healthy { border-color: #2a2; background: #f1faf1; }
+.verdict.lost { border-color: #c00; background: #fdf0f0; }
+.verdict.overloaded { border-color: #d80; background: #fdf6ec; }
+.verdict .outcome { font-size: 1.6em; font-weight: bold; margin: 0.3em 0; }
 svg.chart { display: block; width: 100%; height: auto; margin-bottom: 1em; }
 ";
 
@@ -34,6 +43,11 @@ svg.chart { display: block; width: 100%; height: auto; margin-bottom: 1em; }
 pub fn render(report: &Report) -> String {
     let mut page = String::with_capacity(64 * 1024);
     write_head(&mut page, report);
+    page.push_str("<h1>Load test report</h1>\n");
+    verdict::write(&mut page, report);
+    if report.verdict.is_some() || report.stack.is_some() {
+        page.push_str("<h2>Run</h2>\n");
+    }
     write_header(&mut page, report);
     write_summary(&mut page, report);
     write_throughput_charts(&mut page, report);
@@ -88,7 +102,11 @@ fn write_head(page: &mut String, report: &Report) {
         page,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>Load test report: {} mode, {}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n",
+         <title>{}Load test report: {} mode, {}</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n",
+        report
+            .verdict
+            .as_ref()
+            .map_or(String::new(), |v| format!("{}: ", v.outcome.as_str())),
         escape(&report.mode),
         escape(&report.started_at),
     );
@@ -97,7 +115,7 @@ fn write_head(page: &mut String, report: &Report) {
 /// What was run, where and how: enough to reproduce or compare the run.
 fn write_header(page: &mut String, report: &Report) {
     let machine = &report.machine;
-    page.push_str("<h1>Load test report</h1>\n<table class=\"facts\">\n");
+    page.push_str("<table class=\"facts\">\n");
     let facts = [
         ("Mode", escape(&report.mode)),
         ("Started", escape(&report.started_at)),
@@ -472,6 +490,8 @@ mod tests {
     fn sample_report(downlink: Option<FlowStats>) -> Report {
         Report {
             version: REPORT_VERSION,
+            verdict: None,
+            stack: None,
             started_at: "2026-01-02T03:04:05Z".to_owned(),
             machine: Machine {
                 hostname: "a<b&\"c\"".to_owned(),

@@ -25,6 +25,8 @@ pub(super) fn report(
     let measured_secs = options.duration_secs as f64;
     Report {
         version: REPORT_VERSION,
+        verdict: None,
+        stack: None,
         started_at: rfc3339(times.started_us),
         machine: machine(),
         mode: if options.peer {
