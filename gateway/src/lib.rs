@@ -39,13 +39,15 @@ use crate::metrics::ShardMetrics;
 
 /// io_uring submission-queue depth of each shard (glommio's default: 128).
 ///
-/// Every reactor turn, glommio cancels and re-arms its preemption timers,
-/// and the kernel looks a cancelled request up in a hash table of all the
+/// Chosen when every quiet car held a pending poll in its shard's ring:
+/// the kernel looks a cancelled request up in a hash table of all the
 /// ring's pending polls, with 2^(log2(completion entries) − 5) buckets, at
-/// most 256. A shard holds one pending poll per quiet car: at 128 entries
-/// (8 buckets) and 16,000 cars, `io_poll_find` took half of the machine's
-/// CPU (perf). 4096 entries give the full 256 buckets, for about 1 MiB of
-/// ring memory per shard.
+/// most 256, and at 128 entries (8 buckets) with 16,000 cars `io_poll_find`
+/// took half of the machine's CPU (perf). Since the shard's sockets sit in
+/// one epoll set, the ring holds a handful of polls (the epoll set's, the
+/// timers', Kafka's), and 4096 entries cost about 1 MiB of ring memory per
+/// shard for a reason that is gone; they stay until a measurement says the
+/// default does as well.
 pub const RING_DEPTH: usize = 4096;
 
 /// A running gateway.

@@ -169,6 +169,19 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
         );
     }
 
+    if let Some(cap) = crate::shard::somaxconn()
+        && cap < crate::shard::BACKLOG
+    {
+        tracing::warn!(
+            somaxconn = cap,
+            backlog = crate::shard::BACKLOG,
+            "net.core.somaxconn caps each shard's listen backlog at {cap}: a reconnect \
+             storm beyond the accept rate overflows it sooner (cars retry after a second \
+             or more); set net.core.somaxconn = {} (deploy/sysctl; a pod's sysctls)",
+            crate::shard::BACKLOG
+        );
+    }
+
     let (mut memlock, memlock_hard) = Resource::MEMLOCK.get()?;
     if memlock < MEMLOCK_NEEDED
         && memlock_hard >= MEMLOCK_NEEDED

@@ -1,5 +1,6 @@
-//! The shard's listeners: bound on the configured addresses (several per
-//! address, SO_REUSEPORT), accepted from at the shard's accept rate, each
+//! The shard's listeners: bound on the configured addresses (one per
+//! address and shard, SO_REUSEPORT), accepted from at the shard's accept
+//! rate, each
 //! accepted socket entered in the shard's table and epoll set and given
 //! its task, until the shard stops or drains.
 
@@ -17,55 +18,26 @@ use super::socket::{self, CarSocket};
 use super::{Door, Shard, preamble, task};
 use crate::metrics::Limit;
 
-/// Listening sockets per shard on the one address (SO_REUSEPORT), each
-/// with the backlog [`socket::listen`] asks for: four hold 4,096 cars that
-/// connect faster than the shard accepts. At 25,000 connects/s asked over
-/// three single-shard gateways, one listener each overflowed 10,138 times.
-const LISTENERS_PER_SHARD: usize = 4;
-
 /// Starts an accept loop for each listener of the shard, on `doors`'
-/// addresses (with their settings), and more listeners on each address:
-/// see [`LISTENERS_PER_SHARD`].
+/// addresses (with their settings).
 pub(super) fn spawn_acceptors(
     shard: &Rc<Shard>,
     listeners: Vec<TcpListener>,
     doors: Vec<Door>,
 ) -> Vec<Task<()>> {
-    let id = shard.id;
-    let mut acceptors = Vec::new();
-    for (listener, door) in listeners.into_iter().zip(doors) {
-        let door = Rc::new(door);
-        tracing::info!(
-            shard = id,
-            address = %door.listener.address,
-            tls = door.tls.is_some(),
-            "listening"
-        );
-        // More listeners on the same address: a connect storm beyond what
-        // the shard accepts overflows one backlog (the car retries its SYN
-        // after a second).
-        let address = listener.local_addr();
-        let mut same = vec![listener];
-        if let Ok(address) = address {
-            for _ in 1..LISTENERS_PER_SHARD {
-                match socket::listen(address) {
-                    Ok(more) => same.push(more),
-                    Err(error) => {
-                        tracing::warn!(shard = id, %error, "extra listener not bound");
-                        break;
-                    }
-                }
-            }
-        }
-        for listener in same {
-            acceptors.push(glommio::spawn_local(accept(
-                listener,
-                shard.clone(),
-                door.clone(),
-            )));
-        }
-    }
-    acceptors
+    listeners
+        .into_iter()
+        .zip(doors)
+        .map(|(listener, door)| {
+            tracing::info!(
+                shard = shard.id,
+                address = %door.listener.address,
+                tls = door.tls.is_some(),
+                "listening"
+            );
+            glommio::spawn_local(accept(listener, shard.clone(), Rc::new(door)))
+        })
+        .collect()
 }
 
 /// Accepts connections on `listener` until the shard stops or drains.

@@ -48,6 +48,7 @@ mod task;
 mod uplink;
 
 pub(crate) use slot::slot_number;
+pub(crate) use socket::{BACKLOG, somaxconn};
 
 use std::cell::{Cell, RefCell};
 use std::io;

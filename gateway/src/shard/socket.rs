@@ -16,8 +16,19 @@ use rustix::net::{RecvFlags, SendFlags};
 
 use super::control::Control;
 
+/// Connections a listener holds that the shard has not accepted yet: a
+/// connect storm beyond the shard's accept rate waits here, and what does
+/// not fit is dropped (the car retries its SYN after a second or more).
+/// The kernel caps it at `net.core.somaxconn` (4096 by default since Linux
+/// 5.4; `deploy/sysctl` sets it): see [`somaxconn`]. One listener of 4096
+/// per shard took a storm of 8,000 connects with fewer overflows than the
+/// four listeners of 1024 it replaces (3,498 against 3,893, median of
+/// three runs, BENCHMARKS.md): SO_REUSEPORT spreads connections over four
+/// queues unevenly, and one fills while another has room.
+pub(crate) const BACKLOG: i32 = 4096;
+
 /// Binds a listening socket that other shards (and processes) may bind
-/// too (SO_REUSEPORT), non-blocking, with a backlog of 1024.
+/// too (SO_REUSEPORT), non-blocking, with a backlog of [`BACKLOG`].
 pub(super) fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     let domain = if address.is_ipv6() {
         socket2::Domain::IPV6
@@ -28,8 +39,18 @@ pub(super) fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
-    socket.listen(1024)?;
+    socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+/// The kernel's cap on a listen backlog (`net.core.somaxconn` of this
+/// network namespace), if it can be read.
+pub(crate) fn somaxconn() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Accepts one connection, non-blocking (`Ok(None)`: none waiting).
