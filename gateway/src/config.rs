@@ -46,6 +46,7 @@ pub struct Config {
     pub limits: Limits,
     pub authorization: Authorization,
     pub drain: Drain,
+    pub tls_watch: TlsWatch,
     pub admin: Admin,
     pub log: Log,
 }
@@ -79,6 +80,21 @@ pub struct Drain {
     /// closes in this time, they close faster. A Kubernetes grace period
     /// (or systemd's TimeoutStopSec) must exceed it by the flush (15 s).
     pub max_secs: u64,
+}
+
+/// The TLS listeners' files looked at for changes (a renewed certificate,
+/// a Kubernetes Secret swapped by the kubelet) and reloaded as on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsWatch {
+    /// Seconds between looks at every TLS file (its resolved path, inode,
+    /// size and times); 0: never (SIGHUP and `POST /reload` only).
+    pub poll_secs: u64,
+    /// Seconds a changed set of files may go on not loading before the
+    /// failure is reported (logged as an error, counted, the failing gauge
+    /// set); meanwhile each further change is tried, quietly, and the old
+    /// files serve. Rides out a set replaced one file at a time.
+    pub settle_secs: u64,
 }
 
 /// Overload limits, each counted when hit
@@ -300,6 +316,7 @@ impl Default for Config {
             limits: Limits::default(),
             authorization: Authorization::default(),
             drain: Drain::default(),
+            tls_watch: TlsWatch::default(),
             admin: Admin::default(),
             log: Log::default(),
         }
@@ -330,6 +347,19 @@ impl Default for Drain {
             // of a ten-gateway fleet sees about 55 reconnects a second.
             closes_per_sec: 500,
             max_secs: 120,
+        }
+    }
+}
+
+impl Default for TlsWatch {
+    fn default() -> Self {
+        Self {
+            // Kubelet takes a minute or more to pass a Secret's update on:
+            // a few seconds more are nothing, and a look is a stat per file.
+            poll_secs: 5,
+            // Six looks: a set copied in file by file is whole long before;
+            // the failing alert waits a minute more.
+            settle_secs: 30,
         }
     }
 }
@@ -679,6 +709,20 @@ impl Config {
                 "must be at least 23 (MQTT 3.1.1 servers must accept ids of 1 to 23 bytes)",
             ));
         }
+        if self.tls_watch.poll_secs > 3600 {
+            return Err(invalid(
+                "tls_watch.poll_secs",
+                &self.tls_watch.poll_secs,
+                "use at most 3600 (0 turns the watch off)",
+            ));
+        }
+        if self.tls_watch.settle_secs > 86_400 {
+            return Err(invalid(
+                "tls_watch.settle_secs",
+                &self.tls_watch.settle_secs,
+                "use at most 86400",
+            ));
+        }
         if self.drain.closes_per_sec == 0 || self.drain.max_secs == 0 {
             return Err(invalid(
                 "drain",
@@ -899,5 +943,19 @@ mod tests {
         check(|c| c.kafka.properties.clear(), "bootstrap.servers");
         check(|c| c.mapping.clear(), "no topic mapping rules");
         check(|c| c.mapping = vec![Rule::new("(", "x")], "rule 0");
+        check(|c| c.tls_watch.poll_secs = 3601, "tls_watch.poll_secs");
+        check(
+            |c| c.tls_watch.settle_secs = 100_000,
+            "tls_watch.settle_secs",
+        );
+    }
+
+    #[test]
+    fn the_tls_watch_is_on_by_default_and_may_be_turned_off() {
+        assert_eq!(Config::default().tls_watch.poll_secs, 5);
+        let config = Config::from_toml("[tls_watch]\npoll_secs = 0\n").unwrap();
+        assert_eq!(config.tls_watch.poll_secs, 0);
+        assert_eq!(config.tls_watch.settle_secs, 30);
+        config.validate().unwrap();
     }
 }

@@ -8,6 +8,8 @@
 //! records to the shard's own Kafka producer ([`kafka`]), whose delivery
 //! reports it serves on its own thread. [`metrics`] counts everything per
 //! shard; the admin endpoint (crate `ops`) serves the sums over HTTP.
+//! TLS listeners' files are reloaded on SIGHUP, `POST /reload` and when a
+//! thread of their own sees them change ([`tls`]).
 //!
 //! [`Gateway::start`] is the testable entry point: it returns once every
 //! shard listens; [`Gateway::stop`] stops accepting, closes connections,
@@ -30,6 +32,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -63,6 +66,9 @@ pub struct Gateway {
     ready: Arc<AtomicBool>,
     local_addrs: Vec<SocketAddr>,
     reloader: Arc<tls::Reloader>,
+    /// Looks at the TLS files (`[tls_watch]`); none when off or without
+    /// TLS listeners.
+    watcher: Option<tls::watch::Watcher>,
     admin_addr: Option<SocketAddr>,
 }
 
@@ -104,15 +110,45 @@ impl Gateway {
             .map(|_| Arc::new(ShardMetrics::default()))
             .collect();
         let kicks: Vec<Arc<kick::Kick>> = (0..count).map(|_| Arc::default()).collect();
+        let listeners = config.listeners();
+        // Looked at before they are loaded: a change during the load is
+        // a change to the watcher.
+        let watched = tls::watch::Files::of(&listeners);
+        let before = watched.look();
         let mut doors = Vec::new();
-        for listener in config.listeners() {
+        for listener in listeners {
             // The same loading as `gateway check-config`'s.
             let tls = startup::terminator(&listener)?;
             doors.push(shard::Door { listener, tls });
         }
         let reloader = Arc::new(tls::Reloader::new(
-            doors.iter().filter_map(|door| door.tls.clone()).collect(),
+            doors
+                .iter()
+                .filter_map(|door| Some((door.listener.address, door.tls.clone()?)))
+                .collect(),
         ));
+        // Stopped and joined when dropped, should the start fail below.
+        let watcher = match config.tls_watch.poll_secs {
+            0 => None,
+            _ if watched.is_empty() => None,
+            secs => {
+                tracing::info!(
+                    poll_secs = secs,
+                    settle_secs = config.tls_watch.settle_secs,
+                    "watching the TLS files for changes"
+                );
+                Some(
+                    tls::watch::Watcher::spawn(
+                        watched,
+                        before,
+                        reloader.clone(),
+                        Duration::from_secs(secs),
+                        Duration::from_secs(config.tls_watch.settle_secs),
+                    )
+                    .context("starting the TLS file watcher")?,
+                )
+            }
+        };
 
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
@@ -122,9 +158,9 @@ impl Gateway {
                     {
                         let (metrics, reloader) = (metrics.clone(), reloader.clone());
                         Box::new(move || {
-                            let mut page = metrics::render(&metrics);
+                            let mut page = metrics::page(&metrics);
                             reloader.render(&mut page);
-                            page
+                            page.finish()
                         })
                     },
                     ready.clone(),
@@ -253,6 +289,14 @@ impl Gateway {
                 }
             }
         }
+        // The expiry gauge names each listener by the address it got.
+        reloader.bound(
+            doors
+                .iter()
+                .filter(|door| door.tls.is_some())
+                .map(|door| door.listener.address)
+                .collect(),
+        );
         ready.store(true, Ordering::Relaxed);
         Ok(Self {
             shards,
@@ -263,6 +307,7 @@ impl Gateway {
             ready,
             local_addrs: doors.iter().map(|door| door.listener.address).collect(),
             reloader,
+            watcher,
             admin_addr,
         })
     }
@@ -281,9 +326,10 @@ impl Gateway {
     }
 
     /// Reads every TLS listener's certificate, key, CA and CRL files
-    /// again (SIGHUP, `POST /reload`). New connections use what loaded,
-    /// live ones keep theirs; a listener whose files do not load keeps its
-    /// old ones, and the error says which file and why.
+    /// again (SIGHUP, `POST /reload`; the watcher does the same when it
+    /// sees them change). New connections use what loaded, live ones keep
+    /// theirs; a listener whose files do not load keeps its old ones, and
+    /// the error says which file and why.
     pub fn reload_tls(&self) -> Result<String, String> {
         self.reloader.reload()
     }
@@ -339,8 +385,9 @@ impl Gateway {
         self.join()
     }
 
-    /// Waits until the shutdown flag is set and every shard has finished.
-    pub fn join(self) -> anyhow::Result<()> {
+    /// Waits until the shutdown flag is set and every shard has finished,
+    /// then stops the TLS file watcher.
+    pub fn join(mut self) -> anyhow::Result<()> {
         let mut result = Ok(());
         for (id, shard) in self.shards.into_iter().enumerate() {
             match shard.join() {
@@ -352,6 +399,9 @@ impl Gateway {
                     result = Err(anyhow::anyhow!("shard {id} panicked or failed: {error}"))
                 }
             }
+        }
+        if let Some(mut watcher) = self.watcher.take() {
+            watcher.stop();
         }
         self.ready.store(false, Ordering::Relaxed);
         self.shutdown.store(true, Ordering::Relaxed);

@@ -148,6 +148,12 @@ pub fn open_connections(shards: &[std::sync::Arc<ShardMetrics>]) -> i64 {
 /// Prometheus text exposition of all shards, summed, with each shard's
 /// heartbeat.
 pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
+    page(shards).finish()
+}
+
+/// The page [`render`] writes, for more to be appended (the TLS reloads
+/// and certificate expiries: `tls::Reloader::render`).
+pub fn page(shards: &[std::sync::Arc<ShardMetrics>]) -> Exposition {
     let sum = |f: &dyn Fn(&ShardMetrics) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
     let gauge = |f: &dyn Fn(&ShardMetrics) -> &AtomicI64| {
         shards
@@ -314,7 +320,7 @@ pub fn render(shards: &[std::sync::Arc<ShardMetrics>]) -> String {
          (each message counts the oldest queued with it: an upper bound).",
         shards.iter().map(|s| &s.downlink_write),
     );
-    page.finish()
+    page
 }
 
 #[cfg(test)]

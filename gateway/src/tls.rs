@@ -1,18 +1,19 @@
 //! TLS termination for a listener: the rustls server configuration built
-//! from PEM files, re-read on demand (SIGHUP, `POST /reload`) without
-//! touching live connections, and the car's identity read from its
-//! verified certificate.
+//! from PEM files, re-read on demand (SIGHUP, `POST /reload`, or the files
+//! seen to change by [`watch`]) without touching live connections, and the
+//! car's identity read from its verified certificate.
 //!
 //! The crypto provider is aws-lc-rs (BENCHMARKS.md: server handshakes per
 //! second, 1.09x ring's full ones and 1.12x its resumed ones). The handshake itself runs on the shard
 //! that accepted the socket (`shard::connection`).
 
-use std::fmt::Write;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use ops::exposition::{Counters, Exposition};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -21,6 +22,8 @@ use rustls::server::WebPkiClientVerifier;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::config::{ClientAuth, IdentitySource, Tls};
+
+pub(crate) mod watch;
 
 ops::label_set! {
     /// What became of a TLS handshake (`carbridge_gateway_tls_handshakes_total`):
@@ -35,6 +38,23 @@ ops::label_set! {
         NoIdentity = "no_identity",
         Protocol = "protocol",
         Io = "io_error",
+    }
+}
+
+ops::label_set! {
+    /// How a reload of the TLS files ended (`carbridge_gateway_tls_reloads_total`).
+    pub enum Reload: "result" {
+        Ok = "ok",
+        Failed = "failed",
+    }
+}
+
+ops::label_set! {
+    /// Whose expiry (`carbridge_gateway_tls_certificate_expiry_timestamp_seconds`):
+    /// the listener's own chain, or the CA bundle that checks the cars.
+    pub enum Certificate: "certificate" {
+        Server = "server",
+        Ca = "ca",
     }
 }
 
@@ -96,6 +116,17 @@ fn revoked(path: &Path, crls: &[CertificateRevocationListDer<'_>]) -> Result<Rev
 
 type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
 
+/// When the first of `certificates` expires (its notAfter, unix seconds);
+/// `None` if none parses (rustls has accepted them: a certificate this
+/// parser cannot read only goes unreported).
+fn earliest_expiry(certificates: &[CertificateDer<'_>]) -> Option<i64> {
+    certificates
+        .iter()
+        .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok())
+        .map(|(_, certificate)| certificate.validity().not_after.timestamp())
+        .min()
+}
+
 /// The file a failed client verifier comes from: the CA bundle, or the
 /// CRL file that webpki refuses (found by trying each alone; an error
 /// path only).
@@ -123,11 +154,15 @@ fn verifier_error(
     }
 }
 
-/// The server configuration and the revoked certificates; `random` makes
-/// the tickets when no ticket key file is configured.
-fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsError> {
+/// The server configuration, the revoked certificates and the expiries;
+/// `random` makes the tickets when no ticket key file is configured.
+fn load(tls: &Tls, random: &Ticketer) -> Result<Loaded, TlsError> {
     let provider = provider();
     let chain = certificates(&tls.cert)?;
+    let mut expiry = Expiry {
+        server: earliest_expiry(&chain),
+        ca: None,
+    };
     let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|error| match error {
         rustls::pki_types::pem::Error::NoItemsFound => file_error(
             &tls.key,
@@ -148,7 +183,9 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
         }
         (auth, Some(ca)) => {
             let mut roots = rustls::RootCertStore::empty();
-            for certificate in certificates(ca)? {
+            let bundle = certificates(ca)?;
+            expiry.ca = earliest_expiry(&bundle);
+            for certificate in bundle {
                 roots
                     .add(certificate)
                     .map_err(|error| file_error(ca, error))?;
@@ -208,7 +245,11 @@ fn load(tls: &Tls, random: &Ticketer) -> Result<(ServerConfig, Revoked), TlsErro
     // The server's cipher suite order (AES-GCM first, fast with AES-NI)
     // rather than whatever the car lists first.
     config.ignore_client_order = true;
-    Ok((config, revoked_certificates))
+    Ok(Loaded {
+        config: Arc::new(config),
+        revoked: revoked_certificates,
+        expiry,
+    })
 }
 
 /// Session tickets under keys shared by every gateway instance: a key per
@@ -387,6 +428,16 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 pub struct Loaded {
     pub config: Arc<ServerConfig>,
     pub revoked: Revoked,
+    pub expiry: Expiry,
+}
+
+/// When what a listener loaded expires: the earliest notAfter (unix
+/// seconds) of its certificate chain and of its CA bundle (none without
+/// one: `client_auth = "none"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    pub server: Option<i64>,
+    pub ca: Option<i64>,
 }
 
 impl Loaded {
@@ -423,11 +474,7 @@ pub struct Terminator {
 }
 
 fn loaded(spec: &Tls, random: &Ticketer) -> Result<Arc<Loaded>, TlsError> {
-    let (config, revoked) = load(spec, random)?;
-    Ok(Arc::new(Loaded {
-        config: Arc::new(config),
-        revoked,
-    }))
+    load(spec, random).map(Arc::new)
 }
 
 impl Terminator {
@@ -444,17 +491,14 @@ impl Terminator {
     pub fn current(&self) -> Arc<Loaded> {
         self.current
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
     /// Reads the files again; on an error the old configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = loaded(&self.spec, &self.random)?;
-        *self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         Ok(())
     }
 
@@ -463,63 +507,139 @@ impl Terminator {
     }
 }
 
+/// Why the TLS files are read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// SIGHUP or `POST /reload`: the outcome is always reported.
+    Asked,
+    /// [`watch`] saw the files change. A failure is reported only with
+    /// `report` (the set has not loaded for `[tls_watch] settle_secs`);
+    /// before that it may be a set half replaced, and the old files
+    /// serve on without a word beyond an info line.
+    Changed { report: bool },
+}
+
 /// Every TLS listener's files, reloaded together, the outcome logged and
 /// counted (a failed reload stays visible in a gauge until one succeeds).
 #[derive(Debug, Default)]
 pub struct Reloader {
     terminators: Vec<Arc<Terminator>>,
-    succeeded: AtomicU64,
-    failed: AtomicU64,
+    /// Each terminator's listener address: the configured one, then the
+    /// bound one (port 0 resolved) once the shards listen.
+    addresses: RwLock<Vec<SocketAddr>>,
+    reloads: Counters<Reload>,
     failing: AtomicBool,
+    /// One reload at a time (SIGHUP, `POST /reload` and the watcher may
+    /// meet): the failing gauge is the last one's.
+    one_at_a_time: Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(terminators: Vec<Arc<Terminator>>) -> Self {
+    /// The TLS listeners: each one's address and terminator.
+    pub fn new(listeners: Vec<(SocketAddr, Arc<Terminator>)>) -> Self {
+        let (addresses, terminators) = listeners.into_iter().unzip();
         Self {
             terminators,
+            addresses: RwLock::new(addresses),
             ..Self::default()
         }
     }
 
-    /// Reloads every listener; the message says what happened.
+    /// The addresses the listeners were bound to, in the same order.
+    pub fn bound(&self, addresses: Vec<SocketAddr>) {
+        *self
+            .addresses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = addresses;
+    }
+
+    /// Reloads every listener (SIGHUP, `POST /reload`); the message says
+    /// what happened.
     pub fn reload(&self) -> Result<String, String> {
+        self.reload_as(Attempt::Asked)
+    }
+
+    /// Reloads every listener: a listener whose files load serves them to
+    /// new connections, one whose files do not keeps its old ones. Logged
+    /// and counted unless `attempt` is a change not to be reported yet.
+    pub(crate) fn reload_as(&self, attempt: Attempt) -> Result<String, String> {
+        let _one = self
+            .one_at_a_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let report = attempt != Attempt::Changed { report: false };
+        let cause = match attempt {
+            Attempt::Asked => "asked (SIGHUP or POST /reload)",
+            Attempt::Changed { .. } => "the files changed",
+        };
         let mut errors = Vec::new();
         for terminator in &self.terminators {
             if let Err(error) = terminator.reload() {
-                tracing::error!(%error, "TLS reload failed: this listener keeps its old files");
+                if report {
+                    tracing::error!(
+                        %error,
+                        cause,
+                        "TLS reload failed: this listener keeps its old files"
+                    );
+                }
                 errors.push(error.to_string());
             }
         }
-        self.failing.store(!errors.is_empty(), Ordering::Relaxed);
         if errors.is_empty() {
-            self.succeeded.fetch_add(1, Ordering::Relaxed);
+            self.failing.store(false, Ordering::Relaxed);
+            self.reloads.bump(Reload::Ok);
             let done = format!("reloaded {} TLS listener(s)\n", self.terminators.len());
-            tracing::info!("{}", done.trim_end());
-            Ok(done)
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            Err(format!(
-                "kept the old files of {} listener(s):\n{}\n",
-                errors.len(),
-                errors.join("\n")
-            ))
+            tracing::info!(cause, "{}", done.trim_end());
+            return Ok(done);
         }
+        if report {
+            self.failing.store(true, Ordering::Relaxed);
+            self.reloads.bump(Reload::Failed);
+        }
+        Err(format!(
+            "kept the old files of {} listener(s):\n{}\n",
+            errors.len(),
+            errors.join("\n")
+        ))
     }
 
-    /// Appends the reload metrics (Prometheus text).
-    pub fn render(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            "# HELP carbridge_gateway_tls_reloads_total TLS file reloads (SIGHUP, POST /reload), by result.\n\
-             # TYPE carbridge_gateway_tls_reloads_total counter\n\
-             carbridge_gateway_tls_reloads_total{{result=\"ok\"}} {}\n\
-             carbridge_gateway_tls_reloads_total{{result=\"failed\"}} {}\n\
-             # HELP carbridge_gateway_tls_reload_failing 1 while the last reload failed: some listener serves old files.\n\
-             # TYPE carbridge_gateway_tls_reload_failing gauge\n\
-             carbridge_gateway_tls_reload_failing {}\n",
-            self.succeeded.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+    /// Appends the reload metrics and each listener's expiries.
+    pub fn render(&self, page: &mut Exposition) {
+        page.counters(
+            "carbridge_gateway_tls_reloads_total",
+            "TLS file reloads (SIGHUP, POST /reload, files seen to change), by result; a \
+             changed set that does not load counts as failed once it has not loaded for \
+             [tls_watch] settle_secs.",
+            |result| self.reloads.get(result),
+        );
+        page.gauge(
+            "carbridge_gateway_tls_reload_failing",
+            "1 while the last reload failed: some listener serves old files.",
             u8::from(self.failing.load(Ordering::Relaxed)),
+        );
+        let addresses = self
+            .addresses
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let expiries: Vec<_> = addresses
+            .iter()
+            .zip(&self.terminators)
+            .flat_map(|(address, terminator)| {
+                let Expiry { server, ca } = terminator.current().expiry;
+                [(Certificate::Server, server), (Certificate::Ca, ca)]
+                    .into_iter()
+                    .filter_map(move |(which, at)| Some((*address, which, at?)))
+            })
+            .collect();
+        page.samples_with(
+            "carbridge_gateway_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When a TLS listener's certificate (certificate=\"server\": the earliest notAfter \
+             of its chain) or its CA bundle (certificate=\"ca\": the earliest of the CAs \
+             that check the cars) expires, in unix seconds, as last loaded.",
+            "listener",
+            expiries,
         );
     }
 }
@@ -693,5 +813,87 @@ mod tests {
             .unwrap();
         terminator.reload().unwrap();
         assert!(!Arc::ptr_eq(&before, &terminator.current().config));
+    }
+
+    #[test]
+    fn changed_files_are_reported_only_when_asked_and_expiries_follow_each_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::new().unwrap();
+        let server = |until| {
+            ca.server_until(&["localhost"], until)
+                .unwrap()
+                .write(dir.path(), "server")
+                .unwrap();
+        };
+        server((2031, 5, 1));
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        let spec = Tls {
+            cert: dir.path().join("server.crt"),
+            key: dir.path().join("server.key"),
+            client_auth: ClientAuth::Required,
+            client_ca: Some(dir.path().join("ca.crt")),
+            crls: Vec::new(),
+            identity: IdentitySource::Cn,
+            ticket_keys: None,
+            ticket_keys_env: None,
+            ticket_lifetime_secs: 3600,
+        };
+        let terminator = Arc::new(Terminator::new(&spec).unwrap());
+        let reloader = Reloader::new(vec![("0.0.0.0:0".parse().unwrap(), terminator)]);
+        reloader.bound(vec!["0.0.0.0:8883".parse().unwrap()]);
+        let page = || {
+            let mut page = Exposition::new();
+            reloader.render(&mut page);
+            page.finish()
+        };
+        let sample = |text: &str, series: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .to_owned()
+        };
+        let (expiry_server, expiry_ca, failing, ok, failed) = (
+            "carbridge_gateway_tls_certificate_expiry_timestamp_seconds\
+             {listener=\"0.0.0.0:8883\",certificate=\"server\"}",
+            "carbridge_gateway_tls_certificate_expiry_timestamp_seconds\
+             {listener=\"0.0.0.0:8883\",certificate=\"ca\"}",
+            "carbridge_gateway_tls_reload_failing",
+            "carbridge_gateway_tls_reloads_total{result=\"ok\"}",
+            "carbridge_gateway_tls_reloads_total{result=\"failed\"}",
+        );
+        let text = page();
+        // 2031-05-01 and rcgen's default notAfter, 4096-01-01 (UTC).
+        assert_eq!(sample(&text, expiry_server), "1935360000");
+        assert_eq!(sample(&text, expiry_ca), "67090118400");
+
+        // A key that does not load, seen changing: quiet until reported.
+        std::fs::write(dir.path().join("server.key"), "not yet").unwrap();
+        let quiet = reloader.reload_as(Attempt::Changed { report: false });
+        assert!(quiet.unwrap_err().contains("server.key"));
+        let text = page();
+        assert_eq!(sample(&text, failing), "0");
+        assert_eq!(sample(&text, failed), "0");
+        assert!(
+            reloader
+                .reload_as(Attempt::Changed { report: true })
+                .is_err()
+        );
+        let text = page();
+        assert_eq!(sample(&text, failing), "1");
+        assert_eq!(sample(&text, failed), "1");
+        assert_eq!(sample(&text, expiry_server), "1935360000");
+
+        // A renewed set: loaded, the failure cleared, the new expiry shown.
+        server((2032, 1, 1));
+        reloader
+            .reload_as(Attempt::Changed { report: false })
+            .unwrap();
+        let text = page();
+        assert_eq!(sample(&text, failing), "0");
+        assert_eq!(sample(&text, ok), "1");
+        assert_eq!(sample(&text, expiry_server), "1956528000");
+        // Asked (SIGHUP): counted like any reload.
+        reloader.reload().unwrap();
+        assert_eq!(sample(&page(), ok), "2");
     }
 }

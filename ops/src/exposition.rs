@@ -173,6 +173,24 @@ impl Exposition {
         }
     }
 
+    /// [`Exposition::samples`] with a second, typed label: one sample per
+    /// `(value of label, value of L, sample)` (a listener's address and
+    /// which of its certificates).
+    pub fn samples_with<V: Display, L: LabelSet, S: Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (V, L, S)>,
+    ) {
+        self.head(name, kind, help);
+        for (value, typed, sample) in samples {
+            let labels = format!("{{{label}=\"{value}\",{}=\"{}\"}}", L::NAME, typed.as_str());
+            self.sample(name, &labels, sample);
+        }
+    }
+
     /// The sum of `parts` as a histogram in seconds.
     pub fn histogram<'a>(
         &mut self,
@@ -218,6 +236,27 @@ mod tests {
             "# HELP x_total Things.\n# TYPE x_total counter\n\
              x_total{colour=\"red\"} 0\nx_total{colour=\"green\"} 3\n\
              # HELP y Per shard.\n# TYPE y gauge\ny{shard=\"0\"} 5\ny{shard=\"1\"} 7\n"
+        );
+    }
+
+    #[test]
+    fn samples_with_a_typed_label_name_both_labels() {
+        let mut page = Exposition::new();
+        page.samples_with(
+            "z",
+            "gauge",
+            "Per door.",
+            "door",
+            [
+                ("0.0.0.0:8883", Colour::Red, 5),
+                ("[::]:8883", Colour::Green, 7),
+            ],
+        );
+        assert_eq!(
+            page.finish(),
+            "# HELP z Per door.\n# TYPE z gauge\n\
+             z{door=\"0.0.0.0:8883\",colour=\"red\"} 5\n\
+             z{door=\"[::]:8883\",colour=\"green\"} 7\n"
         );
     }
 }

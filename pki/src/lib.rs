@@ -87,6 +87,17 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(params)
 }
 
+fn server_params(names: &[&str]) -> anyhow::Result<CertificateParams> {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "carbridge gateway");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
 impl Ca {
     /// A new CA with a fresh key.
     pub fn new() -> anyhow::Result<Self> {
@@ -157,13 +168,18 @@ impl Ca {
 
     /// A server certificate for `names` (DNS names or IP addresses).
     pub fn server(&self, names: &[&str]) -> anyhow::Result<Issued> {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "carbridge gateway");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(server_params(names)?)
+    }
+
+    /// A server certificate like [`Ca::server`]'s that expires at the
+    /// start of `year`-`month`-`day` (UTC): a renewal with a known notAfter.
+    pub fn server_until(
+        &self,
+        names: &[&str],
+        (year, month, day): (i32, u8, u8),
+    ) -> anyhow::Result<Issued> {
+        let mut params = server_params(names)?;
+        params.not_after = date_time_ymd(year, month, day);
         self.issue(params)
     }
 
