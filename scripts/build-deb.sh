@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-log() { printf '\033[1mbuild-deb:\033[0m %s\n' "$*" >&2; }
+. scripts/lib.sh
 
 if ! cargo deb --version >/dev/null 2>&1; then
   log "building cargo-deb from crates.io, once (a few minutes): it packages the workspace as a .deb"

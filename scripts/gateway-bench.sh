@@ -25,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib.sh
 
 cars=${BENCH_CARS:-1000}
 warmup=${BENCH_WARMUP:-5}
@@ -35,8 +36,6 @@ mkdir -p "$dir"
 mqtt=127.0.0.1:23883
 admin=127.0.0.1:29190
 bin=target/release
-
-log() { printf 'gateway-bench: %s\n' "$*" >&2; }
 
 log "building (release)"
 cargo build --release --locked -p gateway --bin gateway -p loadgen --bin carbridge-mockbroker 2>&1 | tail -n 1 >&2
@@ -62,45 +61,17 @@ fi
 rounds=${BENCH_ROUNDS:-1}
 
 blast="" gateway="" sink=""
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  stop
-  log "logs in $dir"
-  exit "$status"
-}
 # The blaster, then the gateway (while the sink still takes what it
-# flushes), then the sink.
-stop() {
+# flushes), then the sink; between measurements and on the way out.
+stop_all() {
   local p
   for p in "$blast" "$gateway" "$sink"; do
-    [ -n "$p" ] || continue
-    kill -TERM "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
+    [ -z "$p" ] || stop_pids "$p"
   done
   blast="" gateway="" sink=""
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit "logs in $dir"
 
-await() {
-  local what=$1; shift
-  for _ in $(seq 300); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "gateway-bench: timed out waiting for $what; see $dir" >&2
-  return 1
-}
-
-# "name ticks" for every thread of process $1 (utime + stime, fields 14
-# and 15 of its stat; the name may hold spaces, so split after it).
-threads() {
-  for stat in /proc/"$1"/task/*/stat; do
-    sed -E 's/^[0-9]+ \((.*)\) [A-Za-z] (.*)$/\1|\2/' "$stat" 2>/dev/null
-  done | awk -F'|' '{ split($2, f, " "); gsub(/ /, "_", $1); print $1, f[11] + f[12] }'
-}
-ticks() { threads "$1" | awk '{ s += $2 } END { print s + 0 }'; }
 metric() {
   curl -fsS "http://$admin/metrics" | awk -v m="$1" '$1 == m { s += $2 } END { print s + 0 }'
 }
@@ -111,7 +82,7 @@ measure() {
   local name=$1 binary=$2 out=$dir/$1-$3 port load_before
   mkdir -p "$out"
   for port in "${mqtt#*:}" "${admin#*:}"; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if port_open "$port"; then
       echo "gateway-bench: port $port is in use: stop what holds it first" >&2
       exit 1
     fi
@@ -138,14 +109,14 @@ measure() {
   kill -0 "$blast" 2>/dev/null || { cat "$out/blast.log" >&2; echo "gateway-bench: the blaster ended early" >&2; exit 1; }
   wait "$blast" || { cat "$out/blast.log" >&2; exit 1; }
   blast=""
-  stop
+  stop_all
   report "$name" "$out" "$load_before"
 }
 
 # The counters at one end of the window, into directory $1, named $2.
 sample() {
-  threads "$gateway" >"$1/threads-$2"
-  echo "$(ticks "$sink") $(ticks "$blast") $(metric carbridge_gateway_publish_acked_total)" \
+  thread_ticks "$gateway" >"$1/threads-$2"
+  echo "$(stat_ticks "/proc/$sink/stat") $(stat_ticks "/proc/$blast/stat") $(metric carbridge_gateway_publish_acked_total)" \
     "$(metric carbridge_gateway_publish_received_total) $(metric carbridge_gateway_read_pauses_total)" \
     "$(metric carbridge_gateway_read_paused_seconds_total)" \
     >"$1/sample-$2"
@@ -154,51 +125,7 @@ sample() {
 # Prints the figures of one measurement and appends "name per-core-rate"
 # to $dir/results.
 report() {
-  python3 - "$1" "$2" "$secs" "$cars" "$payload" "$(getconf CLK_TCK)" "$3" "$dir/results" <<'EOF'
-import sys
-from collections import defaultdict
-name, out, secs, cars, payload, hz, load, results = sys.argv[1:]
-secs, cars, payload, hz = float(secs), int(cars), int(payload), float(hz)
-
-def threads(which):
-    by = defaultdict(float)
-    for line in open(f"{out}/threads-{which}"):
-        thread, ticks = line.split()
-        # librdkafka's broker threads carry the broker's address: one group.
-        by["librdkafka" if thread.startswith("rdk:") else thread] += float(ticks) / hz
-    return by
-
-start, end = threads("start"), threads("end")
-used = {t: end[t] - start.get(t, 0.0) for t in end}
-s0 = [float(x) for x in open(f"{out}/sample-start").read().split()]
-s1 = [float(x) for x in open(f"{out}/sample-end").read().split()]
-sink, blast, acked, received, pauses, paused = [(b - a) for a, b in zip(s0, s1)]
-sink, blast = sink / hz, blast / hz
-cpu = sum(used.values())
-if acked <= 0 or cpu <= 0:
-    sys.exit(f"gateway-bench [{name}]: nothing acknowledged in the window ({acked:.0f} PUBLISH, "
-             f"{cpu:.2f} s of CPU); see {out}")
-per_core = acked / cpu
-print(f"gateway-bench [{name}]: 1 shard, {cars:,} connections, {payload}-byte payloads, "
-      f"{secs:.0f} s measured (load average before: {load})")
-print(f"  PUBLISH acknowledged by the sink: {acked / secs:,.0f}/s (received {received / secs:,.0f}/s)")
-print(f"  gateway CPU: {cpu:.2f} s over {secs:.0f} s ({100 * cpu / secs:.0f} % of one core): "
-      f"{1e6 * cpu / acked:.2f} µs per PUBLISH, {per_core:,.0f} PUBLISH per second per core")
-for thread, seconds in sorted(used.items(), key=lambda kv: -kv[1]):
-    if seconds > 0.005 * secs:
-        print(f"    {thread:<20} {100 * seconds / secs:5.1f} % of a core, {1e6 * seconds / acked:.2f} µs per PUBLISH")
-print(f"  the sink (librdkafka mock cluster): {100 * sink / secs:.0f} % of a core; "
-      f"the blaster: {100 * blast / secs:.0f} %")
-# Gateways before 2026-11-30 evening do not export the paused seconds.
-# A pause is counted when it ends, so one begun before the window can
-# take the share above 100 %.
-held = (f"{paused:.2f} s in all ({100 * paused / secs:.1f} % of the window)"
-        if s1[5] > 0 else "their length not exported by this gateway")
-print(f"  read pauses (librdkafka's queue or the in-flight bytes full, cars held back): "
-      f"{pauses:.0f}, {held}")
-with open(results, "a") as f:
-    print(name, per_core, file=f)
-EOF
+  py gateway_bench report "$1" "$2" "$secs" "$cars" "$payload" "$clk_tck" "$3" "$dir/results"
 }
 
 for ((round = 1; round <= rounds; round++)); do
@@ -208,17 +135,5 @@ for ((round = 1; round <= rounds; round++)); do
 done
 
 if [ ${#variants[@]} -gt 1 ]; then
-  python3 - "$dir/results" "$rev" <<'EOF'
-import sys
-from collections import defaultdict
-from statistics import median
-rates = defaultdict(list)
-for line in open(sys.argv[1]):
-    name, rate = line.split()
-    rates[name].append(float(rate))
-rev = sys.argv[2]
-before, now = median(rates[rev]), median(rates["now"])
-print(f"gateway-bench: PUBLISH per second per core, medians of {len(rates['now'])} rounds: "
-      f"{rev} {before:,.0f}, now {now:,.0f}: now / {rev} = {now / before:.3f}")
-EOF
+  py gateway_bench compare "$dir/results" "$rev"
 fi

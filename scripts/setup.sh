@@ -8,12 +8,13 @@
 #   scripts/setup.sh stack    only what the main job needs (scripts/stack.sh
 #                             calls this): the Debian packages and tansu
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/lib.sh"
 only_stack="" quiet_done="${SETUP_QUIET:-}"
 [ "${1:-}" = "stack" ] && only_stack=1
 
 export PATH="$HOME/.cargo/bin:$PATH"
 TANSU_VERSION=0.6.0
-log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
 
 apt_packages=(
   build-essential pkg-config perl   # vendored librdkafka
@@ -25,6 +26,11 @@ apt_packages=(
 # scripts/instructions.sh counts instructions under callgrind: 22 MB to
 # download with libc6-dbg, seconds to install, no cargo install.
 [ -n "$only_stack" ] || apt_packages+=(valgrind)
+# scripts/container-test.sh runs the image: built and run with podman on
+# runc (crun fails on some machines' cgroups), over a base image made with
+# debootstrap; it reads Kafka with kcat and edits the seccomp profile
+# with jq. About 25 MB to download; no image registry needed.
+[ -n "$only_stack" ] || apt_packages+=(podman runc debootstrap kcat jq)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

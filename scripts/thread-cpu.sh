@@ -14,28 +14,29 @@
 # A clock tick is 1/CLK_TCK s (10 ms here): over 20 s a thread's share is
 # known to 0.05 % of a core.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$(dirname "$0")/lib.sh"
 pid=${1:?usage: scripts/thread-cpu.sh PID [SECONDS]}
 secs=${2:-20}
 [[ -d /proc/$pid ]] || { echo "thread-cpu: no process $pid" >&2; exit 2; }
 
-# One line per thread: tid name utime stime voluntary involuntary.
+# One line per thread: tid name ticks voluntary involuntary (a thread gone
+# meanwhile left out).
 snapshot() {
-  local task stat name
-  for task in /proc/"$pid"/task/*; do
-    stat=$(cat "$task/stat" 2>/dev/null) || continue
-    name=$(tr ' ' '_' <"$task/comm")
-    read -r -a fields <<<"${stat##*) }"
-    echo "${task##*/} $name ${fields[11]} ${fields[12]} $(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' "$task/status")"
-  done | sort
+  local tid name ticks
+  thread_ticks "$pid" | while read -r tid name ticks; do
+    echo "$tid $name $ticks $(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v, n}' \
+      "/proc/$pid/task/$tid/status" 2>/dev/null)"
+  done | awk 'NF == 5' | sort
 }
 
 before=$(snapshot)
 sleep "$secs"
 after=$(snapshot)
-join <(echo "$before") <(echo "$after") | awk -v secs="$secs" -v hz="$(getconf CLK_TCK)" '
-  $2 == $7 {
-    cpu = ($8 - $3 + $9 - $4) / hz / secs * 100
-    woken = ($10 - $5) / secs; preempted = ($11 - $6) / secs
+join <(echo "$before") <(echo "$after") | awk -v secs="$secs" -v hz="$clk_tck" '
+  $2 == $6 {
+    cpu = ($7 - $3) / hz / secs * 100
+    woken = ($8 - $4) / secs; preempted = ($9 - $5) / secs
     all += cpu; wakeups += woken; preemptions += preempted
     printf "%-8s %-18s %6.2f %% of a core  %8.1f wake-ups/s  %7.1f preemptions/s\n", $1, $2, cpu, woken, preempted
   }

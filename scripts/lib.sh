@@ -1,0 +1,115 @@
+# What the scripts share; sourced, never run:
+#
+#   . "$(dirname "$0")/lib.sh"
+#
+#   log MESSAGE...         "<script>: MESSAGE" on stderr, the name in bold
+#                          (log_name, by default the script's name)
+#   pids+=($!)             a background process to stop on the way out
+#   cleanup_on_exit [NOTE] on exit, Ctrl-C or TERM: stop what the script
+#                          started (its own stop_all if it defines one,
+#                          else stop_pids "${pids[@]}"), log NOTE, and exit
+#                          with the script's status (130 after a signal)
+#   stop_pids PID...       TERM, up to 5 s for them to go, then KILL
+#   port_open PORT         something listens on 127.0.0.1:PORT
+#   await WHAT CMD...      runs CMD every 0.1 s until it succeeds, at most
+#                          30 s, else fails saying what it waited for
+#   stat_ticks FILE        CPU time (user + system) in clock ticks of a
+#                          /proc/PID/stat or /proc/PID/task/TID/stat
+#   cpu_ms PID...          the CPU time (user + system) of processes so far, ms
+#   thread_ticks PID       one line per thread: "tid name ticks"
+#   rss_kib PID            its resident set, KiB (0 when it is gone)
+#   start_tansu ADDR LOG [STORAGE]
+#                          tansu (STACK_TANSU, default tansu on PATH) on
+#                          ADDR (127.0.0.1:PORT), its output in LOG, storage
+#                          memory://tansu/ unless given; tansu_pid is its
+#                          process; returns once it answers
+#   py MODULE ARGS...      runs scripts/py/MODULE.py with python3
+#
+# shellcheck shell=bash
+
+scripts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+log_name=${log_name:-$(basename "$0" .sh)}
+clk_tck=$(getconf CLK_TCK)
+pids=()
+exit_note=""
+
+log() { printf '\033[1m%s:\033[0m %s\n' "$log_name" "$*" >&2; }
+
+stop_pids() {
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for _ in $(seq 50); do
+    kill -0 "$@" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$@" 2>/dev/null || true
+  wait "$@" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if declare -F stop_all >/dev/null; then
+    stop_all
+  else
+    stop_pids "${pids[@]}"
+  fi
+  [ -z "$exit_note" ] || log "$exit_note"
+  exit "$status"
+}
+
+cleanup_on_exit() {
+  exit_note=${1:-}
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+await() {
+  local what=$1
+  shift
+  for _ in $(seq 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "$log_name: timed out waiting for $what${dir:+; see $dir}" >&2
+  return 1
+}
+
+# Fields 14 and 15 of the stat line, counted after the name in parentheses
+# (which may hold spaces and parentheses); 0 for a process that is gone.
+stat_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$1" 2>/dev/null || echo 0; }
+
+cpu_ms() {
+  local ticks=0 pid
+  for pid; do ticks=$((ticks + $(stat_ticks "/proc/$pid/stat"))); done
+  echo $((ticks * 1000 / clk_tck))
+}
+
+# The thread's name with its spaces as "_", so that the line splits on
+# spaces.
+thread_ticks() {
+  local task name
+  for task in /proc/"$1"/task/*; do
+    name=$(tr ' ' '_' <"$task/comm" 2>/dev/null) || continue
+    echo "${task##*/} $name $(stat_ticks "$task/stat")"
+  done
+}
+
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+start_tansu() {
+  local addr=$1 out=$2 storage=${3:-memory://tansu/}
+  "${STACK_TANSU:-tansu}" broker --listener-url "tcp://$addr" --advertised-listener-url "tcp://$addr" \
+    --storage-engine "$storage" >"$out" 2>&1 &
+  # shellcheck disable=SC2034 # the caller's
+  tansu_pid=$!
+  await "tansu to answer on $addr" port_open "${addr##*:}"
+}
+
+py() {
+  local module=$1
+  shift
+  python3 "$scripts_dir/py/$module.py" "$@"
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""TLS side by side, the gateway and mosquitto (scripts/tls-bench.sh).
+
+    tls_bench.py server NAME RSS_BEFORE_KIB RSS_IDLE_KIB CARS ROUNDS
+        one server's result as a JSON line: its memory per idle TLS
+        connection and tls_connect's rounds (ROUNDS: one JSON per line)
+    tls_bench.py uplink NAME GATEWAY_CPU_MS REPORT
+        one listener's uplink run (loadgen's REPORT) as a JSON line
+    tls_bench.py summary RESULTS UPLINK
+        the two as tables, with the ratios
+"""
+
+import json
+import sys
+
+
+def server(name, before, after, cars, rounds):
+    before, after, cars = int(before), int(after), int(cars)
+    result = {"server": name, "rss_before_kib": before, "rss_idle_kib": after,
+              "bytes_per_connection": (after - before) * 1024 / cars}
+    for line in open(rounds):
+        r = json.loads(line)
+        result[r["round"]] = r
+    print(json.dumps(result))
+
+
+def uplink(name, cpu_ms, report):
+    report = json.load(open(report))
+    up = report["uplink"]
+    received = sum(t["uplink_received"] for t in report["timeline"])
+    print(json.dumps({"listener": name, "gateway_cpu_secs": int(cpu_ms) / 1000, "received": received,
+                      "lost": up["lost"], "achieved_rate": up["achieved_rate"], "p99_ms": up["latency"]["p99_ms"]}))
+
+
+def summary(results, uplinks):
+    results = {r["server"]: r for r in map(json.loads, open(results))}
+    g, m = results["gateway"], results["mosquitto"]
+    print(f"load average (1 min) at the end: {open('/proc/loadavg').read().split()[0]}")
+    print(f"{'':28}{'gateway':>14}{'mosquitto':>14}{'ratio':>8}")
+    for label, key in (("full handshakes, cars/s", "full"), ("resumed, cars/s", "resumed")):
+        gr, mr = g[key]["rate"], m[key]["rate"]
+        print(f"{label:28}{gr:>14,.0f}{mr:>14,.0f}{gr / mr if mr else float('nan'):>8.2f}")
+    for label, key in (("  of them resumed", "resumed"),):
+        print(f"{label:28}{g[key]['resumed']:>14,}{m[key]['resumed']:>14,}")
+    print(f"{'failed (full + resumed)':28}{g['full']['failed'] + g['resumed']['failed']:>14,}{m['full']['failed'] + m['resumed']['failed']:>14,}")
+    gb, mb = g["bytes_per_connection"], m["bytes_per_connection"]
+    print(f"{'bytes per idle connection':28}{gb:>14,.0f}{mb:>14,.0f}{gb / mb if mb else float('nan'):>8.2f}")
+    uplink = {r["listener"]: r for r in map(json.loads, open(uplinks))}
+    p, t = uplink["plain"], uplink["tls"]
+    print()
+    print(f"{'uplink, 2,000 cars, gateway':28}{'plain':>14}{'TLS':>14}{'ratio':>8}")
+    print(f"{'  sent per second':28}{p['achieved_rate']:>14,.0f}{t['achieved_rate']:>14,.0f}{t['achieved_rate'] / p['achieved_rate']:>8.2f}")
+    print(f"{'  lost':28}{p['lost']:>14,}{t['lost']:>14,}")
+    per = lambda r: r["received"] / r["gateway_cpu_secs"] if r["gateway_cpu_secs"] else float("nan")
+    print(f"{'  messages per gateway CPU-s':28}{per(p):>14,.0f}{per(t):>14,.0f}{per(t) / per(p):>8.2f}")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    {"server": server, "uplink": uplink, "summary": summary}[command](*args)
