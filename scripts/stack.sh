@@ -4,11 +4,20 @@
 # loadgen against it, prints the report and
 # tears everything down, also on Ctrl-C. A broker probe runs beside the
 # fleet (records produced and consumed through the same broker at the same
-# time), and the verdict at the end says whether the run was healthy and
-# which part of the latency is the broker's.
+# time), and the verdict at the end (`loadgen verdict`) says whether the
+# run was healthy and which part of the latency is the broker's; it goes
+# into the JSON and HTML reports, at their top, with the stack's setup and
+# the gateways' CPU per message and memory per connection.
 #
 #   scripts/stack.sh                      # 5,000 cars, about a minute
 #   scripts/stack.sh --cars 100000 --duration-secs 120
+#
+# Exit status: the verdict's. 0 HEALTHY (nothing lost; a latency goal may
+# be missed), 3 LOST (messages lost while the broker kept up: the bridge's
+# fault), 4 OVERLOADED (messages lost, and the broker is what fell behind:
+# the run measured the broker; lower the load). Both losses fail the run:
+# a message that did not arrive is never a pass. 1 or 2: the stack itself
+# failed (a build, a start, a usage error); 130: interrupted.
 #
 # Every argument goes to loadgen (see `loadgen --help`). Environment:
 #   STACK_BASELINE=1 first runs loadgen --raw-kafka with the same arguments
@@ -36,7 +45,10 @@
 #   STACK_DRAIN_AFTER=S  S seconds into loadgen's run, drain the last
 #                    gateway (POST /drain) while the cars reconnect to the
 #                    others (loadgen --reconnect); the report says how fast
-#                    the others took them and whether all came back
+#                    the others took them and whether all came back.
+#                    Downlink messages meant for a car while it reconnects
+#                    are lost (LOST, exit 3) unless --receipts is given:
+#                    then each is answered offline, and not counted lost
 #   STACK_DRAIN_RATE closes per second of that drain (default: the
 #                    gateway's drain.closes_per_sec, 500)
 #   STACK_BROKER     mock (default: librdkafka's in-process mock cluster,
@@ -57,6 +69,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/lib.sh
 
 profile=${STACK_PROFILE:-release}
 case "$profile" in
@@ -84,8 +97,6 @@ fetch_wait=${STACK_FETCH_WAIT_MS:-2}
 props=(-X "fetch.wait.max.ms=$fetch_wait")
 for p in ${STACK_KAFKA_PROPS:-}; do props+=(-X "$p"); done
 
-log() { printf '\033[1mstack:\033[0m %s\n' "$*" >&2; }
-
 # A fresh machine: install what the main job lacks (skipped when there).
 if [ -z "${STACK_TANSU:-}" ] && [ "$broker" = tansu ]; then
   SETUP_QUIET=1 scripts/setup.sh stack
@@ -95,42 +106,20 @@ fi
 log "building ($profile)"
 "${build[@]}" 2>&1 | tail -n 3 >&2
 
-pids=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ ${#pids[@]} -gt 0 ]; then
-    log "stopping the stack"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 "${pids[@]}" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-  fi
-  log "logs and reports in $dir"
-  exit "$status"
+# shellcheck disable=SC2317 # called by cleanup (scripts/lib.sh)
+stop_all() {
+  [ ${#pids[@]} -gt 0 ] || return 0
+  log "stopping the stack"
+  stop_pids "${pids[@]}"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Waits until $1 (a description) holds, running the rest as the check.
-await() {
-  local what=$1; shift
-  for _ in $(seq 300); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $what; see $dir" >&2
-  return 1
-}
+cleanup_on_exit "logs and reports in $dir"
+# shellcheck disable=SC2317 # called by await
 ready() { curl -fsS "http://$1/readyz"; }
 
 # Another stack (or anything) on these ports would mix into this run:
 # SO_REUSEPORT even lets a second gateway share the MQTT port.
 for port in "$kafka_port" "$mqtt_port" 29100 29101; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if port_open "$port"; then
     echo "port $port is in use (another stack still running?): stop it first" >&2
     exit 1
   fi
@@ -151,11 +140,9 @@ if [ "$broker" = mock ]; then
   probe_create=()
 else
   log "tansu on $kafka ($storage)"
-  "$tansu" broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
-    --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
-  pids+=($!)
-  broker_pid=$!
-  await "tansu to answer" bash -c "exec 3<>/dev/tcp/127.0.0.1/$kafka_port"
+  start_tansu "$kafka" "$dir/tansu.log" "$storage"
+  pids+=("$tansu_pid")
+  broker_pid=$tansu_pid
   broker_name="tansu ($storage)"
 
   log "topics: $((shards * 2)) partitions, $slots slots"
@@ -238,11 +225,6 @@ for ((i = 0; i < ${#all[@]}; i++)); do
   esac
 done
 
-# Uplink records per second that reached Kafka in the measured window.
-received_rate() {
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(t["uplink_received"] for t in r["timeline"] if not t["warmup"]) / r["measured_secs"])' "$1"
-}
-
 if [ -n "${STACK_BASELINE:-}" ]; then
   log "baseline: loadgen --raw-kafka $* (the same records from one rdkafka producer, no MQTT)"
   "$bin/loadgen" --kafka-bootstrap "$kafka" --raw-kafka "${defaults[@]}" \
@@ -252,9 +234,8 @@ fi
 # Gateway memory per connection under load: every second, each gateway's
 # resident set and open connections; the growth over the idle gateways at
 # the sample with the most connections, divided by those connections.
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 open_connections() {
-  curl -fsS "http://$1/metrics" 2>/dev/null | awk '/^carbridge_gateway_connections_open/ {s += $2} END {print s + 0}'
+  { curl -fsS "http://$1/metrics" 2>/dev/null || true; } | awk '/^carbridge_gateway_connections_open/ {s += $2} END {print s + 0}'
 }
 idle_kib=0
 for p in "${gateway_pids[@]}"; do idle_kib=$((idle_kib + $(rss_kib "$p"))); done
@@ -270,7 +251,7 @@ for p in "${gateway_pids[@]}"; do idle_kib=$((idle_kib + $(rss_kib "$p"))); done
   done
 ) >"$dir/gateway-memory.txt" &
 sampler=$!
-pids+=($sampler)
+pids+=("$sampler")
 
 # The broker alone, beside the fleet in its measured window: 100 records/s
 # produced and consumed with the gateway's linger and the components' fetch
@@ -279,7 +260,7 @@ pids+=($sampler)
   --rate 100 --delay-secs "$warmup" --secs "$duration" --linger-ms 5 --fetch-wait-ms "$fetch_wait" \
   --quiet --json "$dir/probe.json" >"$dir/probe.log" 2>&1 &
 probe=$!
-pids+=($probe)
+pids+=("$probe")
 
 drain_args=()
 if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
@@ -291,7 +272,7 @@ if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
     while true; do
       line="$(date +%s.%N)"
       for a in "${admins[@]}"; do
-        line+=" $(curl -fsS "http://$a/metrics" 2>/dev/null | awk '/^carbridge_gateway_connections_accepted_total/ {a = $2} /^carbridge_gateway_connections_open/ {o = $2} END {print a + 0 ":" o + 0}')"
+        line+=" $({ curl -fsS "http://$a/metrics" 2>/dev/null || true; } | awk '/^carbridge_gateway_connections_accepted_total/ {a = $2} /^carbridge_gateway_connections_open/ {o = $2} END {print a + 0 ":" o + 0}')"
       done
       echo "$line"
       sleep 1
@@ -304,11 +285,11 @@ if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
   log "draining gateway $((gateways - 1)) ($last) $STACK_DRAIN_AFTER s into the run; cars reconnect"
 fi
 
-# CPU time (user + system, ms) of processes $@ so far, from their own
-# accounting; and the gateways' message counters, for CPU per message.
-cpu_ms() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ sub(/^.*\) /, ""); print ($12 + $13) * 10 }' "/proc/$p/stat"))); done; echo "$t"; }
+# The gateways' message counters, for CPU per message (with cpu_ms of
+# scripts/lib.sh: the processes' own accounting).
 gateway_count() {
-  for a in "${admins[@]}"; do curl -fsS "http://$a/metrics" 2>/dev/null; done |
+  # A gateway that is gone counts nothing (and must not end the script).
+  for a in "${admins[@]}"; do curl -fsS "http://$a/metrics" 2>/dev/null || true; done |
     awk -v name="$1" '$1 == name {n += $2} END {printf "%d\n", n}'
 }
 cpu_before=$(cpu_ms "${gateway_pids[@]}")
@@ -328,22 +309,8 @@ window_cpu() {
     sleep "$duration"; echo "$(cpu_ms "$@") $(gateway_count carbridge_gateway_publish_received_total)" >"$out.end" ) 2>/dev/null &
   pids+=($!)
 }
-# Prints the CPU and the µs per PUBLISH of the measured window from the
-# samples in $1.start and $1.end; $2 counts the PUBLISH when the samples'
-# own count does not (mosquitto: from its report).
-window_line() {
-  [ -s "$1.start" ] && [ -s "$1.end" ] || return 0
-  python3 - "$1" "$duration" "${2:-}" <<'EOF'
-import sys
-path, secs, count = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-(ms0, n0), (ms1, n1) = (map(int, open(f"{path}.{e}").read().split()) for e in ("start", "end"))
-n = int(count) if count else n1 - n0
-ms = ms1 - ms0
-per = f"{ms * 1000 / n:.1f} µs per PUBLISH" if n else "no PUBLISH"
-print(f"{ms / 1000:.2f} s over the {secs:.0f} s measured window ({ms / 10 / secs:.1f} % of one core): "
-      f"{per} ({n:,}; the connect storm of the warm-up left out)")
-EOF
-}
+# scripts/py/stack_figures.py turns the samples into the CPU per PUBLISH of
+# the measured window.
 window_cpu "$dir/gateway-window" "${gateway_pids[@]}"
 
 log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
@@ -352,29 +319,31 @@ log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true
+for i in "${!gateway_pids[@]}"; do
+  kill -0 "${gateway_pids[$i]}" 2>/dev/null || log "gateway $i exited during the run: see $dir/gateway-$i.log"
+done
 cpu_after=$(cpu_ms "${gateway_pids[@]}")
 up=$(($(gateway_count carbridge_gateway_publish_received_total) - up_before))
 down=$(($(gateway_count carbridge_gateway_downlink_delivered_total) - down_before))
+secs=$(awk -v from="$started" -v to="$(date +%s.%N)" 'BEGIN { printf "%.2f", to - from }')
 # The server side's CPU over loadgen's run, for scripts that compare runs.
 printf 'gateway_ms=%d router_ms=%d broker_ms=%d secs=%s uplink=%d downlink=%d\n' \
   $((cpu_after - cpu_before)) $(($(cpu_ms "$router_pid") - router_cpu_before)) \
-  $(($(cpu_ms "$broker_pid") - broker_cpu_before)) "$(python3 -c "import time; print(round(time.time() - $started, 2))")" \
+  $(($(cpu_ms "$broker_pid") - broker_cpu_before)) "$secs" \
   "$up" "$down" >"$dir/server-cpu.txt"
-log "$(python3 -c "
-import time
-ms, up, down, secs = $cpu_after - $cpu_before, $up, $down, time.time() - $started
-per = f'{ms * 1000 / up:.1f} µs per uplink PUBLISH' if up else 'no uplink'
-print(f'gateway CPU (user + system, all gateways): {ms / 1000:.2f} s over {secs:.0f} s of loadgen '
-      f'({ms / 10 / secs:.1f} % of one core): {per} ({up:,} PUBLISH, {down:,} downlink deliveries, '
-      f'{$cars_for_cpu:,} cars)')
-")"
-line=$(window_line "$dir/gateway-window")
-[ -n "$line" ] && log "gateway CPU in the measured window: $line"
-log "$(awk -v idle="$idle_kib" -v n="${#gateway_pids[@]}" '$2 > best {best = $2; kib = $3}
-  END {
-    if (best > 0) printf "gateway memory: %d connections at most, resident %.1f MiB over %d idle gateway(s) (%.1f MiB): %d bytes per connection", best, (kib - idle) / 1024, n, idle / 1024, (kib - idle) * 1024 / best
-    else print "gateway memory: no connections seen"
-  }' "$dir/gateway-memory.txt")"
+# The gateways' CPU per PUBLISH and memory per connection: printed, and
+# written with the stack's setup for the report (loadgen verdict --stack).
+tls_facts=()
+if [ -n "${STACK_TLS:-}" ]; then
+  tls_facts=(--tls)
+  [ -z "${STACK_TLS_RESUME:-}" ] || tls_facts+=(--tls-resume)
+fi
+py stack_figures server --cpu-ms $((cpu_after - cpu_before)) --secs "$secs" --uplink "$up" --downlink "$down" \
+  --cars "$cars_for_cpu" --window "$dir/gateway-window" --duration "$duration" \
+  --memory "$dir/gateway-memory.txt" --idle-kib "$idle_kib" \
+  --broker "$broker" --broker-detail "$broker_name" "${tls_facts[@]}" --gateways "$gateways" \
+  --shards "$shards" --fetch-wait-ms "$fetch_wait" --profile "$profile" --json "$dir/stack.json" |
+  while IFS= read -r line; do log "$line"; done
 
 if [ -n "${STACK_MOSQUITTO:-}" ]; then
   # The same fleet against mosquitto, the uplink received by loadgen's
@@ -384,7 +353,7 @@ if [ -n "${STACK_MOSQUITTO:-}" ]; then
   log "mosquitto on 127.0.0.1:$peer_port, same loadgen arguments in peer mode"
   mosquitto -p "$peer_port" >"$dir/mosquitto.log" 2>&1 &
   pids+=($!)
-  await "mosquitto" bash -c "exec 3<>/dev/tcp/127.0.0.1/$peer_port"
+  await "mosquitto" port_open "$peer_port"
   mosquitto_pid=${pids[-1]}
   mq_cpu_before=$(cpu_ms "$mosquitto_pid")
   mq_started=$(date +%s.%N)
@@ -392,81 +361,44 @@ if [ -n "${STACK_MOSQUITTO:-}" ]; then
   "$bin/loadgen" --peer --target "127.0.0.1:$peer_port" "${defaults[@]}" --topic 'UL/POS/{shard}' \
     --report-json "$dir/mosquitto.json" --report-html "$dir/mosquitto.html" "$@"
   mq_cpu=$(($(cpu_ms "$mosquitto_pid") - mq_cpu_before))
-  log "$(python3 -c "
-import json, time
-r = json.load(open('$dir/mosquitto.json'))
-n, ms, secs = sum(t['uplink_received'] for t in r['timeline']), $mq_cpu, time.time() - $mq_started
-print(f'mosquitto CPU (user + system): {ms / 1000:.2f} s over {secs:.0f} s ({ms / 10 / secs:.1f} % of one core): '
-      + (f'{ms * 1000 / n:.1f} µs per PUBLISH delivered to its subscribers ({n:,}, warm-up included)' if n else 'nothing delivered'))
-")"
-  mq_window=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sum(t["uplink_received"] for t in r["timeline"] if not t["warmup"]))' "$dir/mosquitto.json")
-  line=$(window_line "$dir/mosquitto-window" "$mq_window")
-  [ -n "$line" ] && log "mosquitto CPU in the measured window: $line"
-  gw=$(received_rate "$dir/report.json")
-  mq=$(received_rate "$dir/mosquitto.json")
-  log "uplink ingest: gateway $gw/s into Kafka, mosquitto $mq/s to its subscribers, ratio $(python3 -c "print(round($gw / $mq, 3) if $mq else 'n/a')")"
+  mq_secs=$(awk -v from="$mq_started" -v to="$(date +%s.%N)" 'BEGIN { printf "%.2f", to - from }')
+  py stack_figures mosquitto --cpu-ms "$mq_cpu" --secs "$mq_secs" --report "$dir/mosquitto.json" \
+    --window "$dir/mosquitto-window" --duration "$duration" | while IFS= read -r line; do log "$line"; done
+  log "$(py stack_figures ingest "$dir/report.json" "$dir/mosquitto.json")"
 fi
 
 if [ -n "${STACK_BASELINE:-}" ]; then
-  raw=$(received_rate "$dir/baseline.json")
-  gw=$(received_rate "$dir/report.json")
-  log "uplink into Kafka: gateway $gw/s, raw producer $raw/s, ratio $(python3 -c "print(round($gw / $raw, 3) if $raw else 'n/a')")"
+  log "$(py stack_figures baseline "$dir/report.json" "$dir/baseline.json")"
 fi
 
-# Kafka's acknowledgement of the gateways' uplink records (whole run, all
-# gateways): the gateway's share of the uplink, without the consumer side.
-acks=$(for a in "${admins[@]}"; do curl -fsS "http://$a/metrics" 2>/dev/null; done | python3 -c '
-import sys, collections
-buckets = collections.Counter()
-for line in sys.stdin:
-    if line.startswith("carbridge_gateway_kafka_ack_seconds_bucket"):
-        le = line.split("le=\"")[1].split("\"")[0]
-        buckets[float("inf") if le == "+Inf" else float(le)] += float(line.split()[-1])
-bounds = sorted(buckets)
-total = buckets[bounds[-1]] if bounds else 0
-def q(p):
-    for b in bounds:
-        if buckets[b] >= p * total:
-            return "%g ms" % (b * 1000) if b != float("inf") else "over 30 s"
-if total:
-    print("Kafka acknowledged %d gateway records: p50 <= %s, p99 <= %s (histogram bounds)" % (total, q(0.5), q(0.99)))
-')
-[ -n "$acks" ] && log "$acks"
-
-log "gateway 0: $(curl -fsS 127.0.0.1:29100/metrics | grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' | tr '\n' ' ')"
-log "router:  $(curl -fsS 127.0.0.1:29101/metrics | grep -E '^carbridge_router_(requests_received|routed_acked)_total' | tr '\n' ' ')"
-if [ -n "${STACK_DRAIN_AFTER:-}" ] && [ -s "$dir/drain-start.txt" ]; then
-  log "$(python3 - "$dir/drain-samples.txt" "$(cat "$dir/drain-start.txt")" "$gateways" <<'EOF'
-import sys
-samples, start, gateways = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-rows = []
-for line in open(samples):
-    t, *cells = line.split()
-    rows.append((float(t), [tuple(int(float(x)) for x in c.split(":")) for c in cells]))
-before = [r for r in rows if r[0] <= start]
-after = [r for r in rows if r[0] > start]
-if not before or len(after) < 2:
-    print("drain: too few samples")
-    sys.exit()
-drained = gateways - 1
-peak_open = max(cells[drained][1] for _, cells in before + after[:1])
-empty = next((t for t, cells in after if cells[drained][1] == 0), None)
-rates = []
-for (t0, c0), (t1, c1) in zip(after, after[1:]):
-    accepted = sum(c1[g][0] - c0[g][0] for g in range(drained))
-    rates.append(accepted / (t1 - t0))
-others_open = max(sum(cells[g][1] for g in range(drained)) for _, cells in after)
-took = f"{empty - start:.1f} s" if empty else "not empty by the end"
-print(f"drain: gateway {drained} went from {peak_open} connections to 0 in {took}; "
-      f"the others accepted at most {max(rates):.0f} connections/s meanwhile "
-      f"and held {others_open} at most")
-EOF
-)"
-fi
-
+# The gateways' and the router's metrics as the run left them, for the
+# verdict: counters, Kafka's acknowledgements, the downlink's hops.
+mkdir -p "$dir/metrics"
 gateway_metrics=()
-for a in "${admins[@]}"; do gateway_metrics+=(--gateway-metrics "http://$a/metrics"); done
+for i in "${!admins[@]}"; do
+  curl -fsS "http://${admins[$i]}/metrics" >"$dir/metrics/gateway-$i.txt" 2>/dev/null || true
+  gateway_metrics+=(--gateway-metrics "$dir/metrics/gateway-$i.txt")
+done
+curl -fsS http://127.0.0.1:29101/metrics >"$dir/metrics/router.txt" 2>/dev/null || true
+
+log "gateway 0: $(grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' "$dir/metrics/gateway-0.txt" | tr '\n' ' ')"
+log "router:  $(grep -E '^carbridge_router_(requests_received|routed_acked)_total' "$dir/metrics/router.txt" | tr '\n' ' ')"
+if [ -n "${STACK_DRAIN_AFTER:-}" ] && [ -s "$dir/drain-start.txt" ]; then
+  log "$(py drain "$dir/drain-samples.txt" "$(cat "$dir/drain-start.txt")" "$gateways")"
+fi
+
+# The verdict: printed, written into report.json and at the top of
+# report.html (with stack.json's facts); its exit status is this script's.
 echo >&2
-python3 scripts/verdict.py "$dir/report.json" "$dir/probe.json" --broker "$broker_name" \
-  "${gateway_metrics[@]}" --router-metrics http://127.0.0.1:29101/metrics >&2 || true
+verdict=0
+"$bin/loadgen" verdict --report-json "$dir/report.json" --report-html "$dir/report.html" \
+  --probe "$dir/probe.json" --stack "$dir/stack.json" "${gateway_metrics[@]}" \
+  --router-metrics "$dir/metrics/router.txt" >&2 || verdict=$?
 log "HTML report: $dir/report.html"
+case $verdict in
+  0) ;;
+  3) log "the verdict is LOST: exit 3" ;;
+  4) log "the verdict is OVERLOADED: exit 4" ;;
+  *) log "loadgen verdict failed (exit $verdict)" ;;
+esac
+exit "$verdict"

@@ -31,18 +31,55 @@ step "instruction counts of the hot paths against benches/instructions.baseline 
 # meant change is accepted with scripts/instructions.sh --accept.
 timeout 10m scripts/instructions.sh
 
+step "the main job's verdict fails a run that lost messages (loadgen verdict on fixed reports)"
+# scripts/stack.sh exits with the verdict's status. The verdict on the
+# golden reports: full.json lost 5 uplink messages, LOST (3); with a broker
+# probe that saw p99 300 ms, OVERLOADED (4); bare.json lost none, HEALTHY
+# (0). It rewrites the report it judges: copies.
+cargo build --locked -q -p loadgen --bin loadgen
+verdicts=$(mktemp -d)
+cp loadgen/tests/fixtures/full.json loadgen/tests/fixtures/bare.json "$verdicts/"
+printf '{"sent": 100, "received": 100, "p50_ms": 120.0, "p99_ms": 300.0, "max_ms": 400.0}\n' >"$verdicts/slow-probe.json"
+expect_verdict() {
+  local want=$1 status=0
+  shift
+  target/debug/loadgen verdict "$@" >"$verdicts/out.txt" || status=$?
+  if [ "$status" -ne "$want" ]; then
+    cat "$verdicts/out.txt"
+    echo "loadgen verdict $*: exit $status, expected $want" >&2
+    exit 1
+  fi
+  grep -E "^(HEALTHY|LOST|OVERLOADED)" "$verdicts/out.txt"
+}
+expect_verdict 3 --report-json "$verdicts/full.json"
+expect_verdict 4 --report-json "$verdicts/full.json" --probe "$verdicts/slow-probe.json"
+expect_verdict 0 --report-json "$verdicts/bare.json"
+rm -rf "$verdicts"
+
+# The run's verdict, at the top of both reports. The run exits 3 (LOST) or
+# 4 (OVERLOADED) on any loss, which fails this script: 300 cars are far
+# below what either broker carries here, so even an overloaded broker is a
+# failure worth a look.
+healthy() {
+  if ! grep -q '"outcome": "HEALTHY"' "$1/report.json" ||
+    ! grep -q '<p class="outcome">HEALTHY</p>' "$1/report.html"; then
+    echo "$1: no HEALTHY verdict in the reports" >&2
+    return 1
+  fi
+}
+
 step "the main job, small: scripts/stack.sh"
 # The whole local stack end to end (debug build, already made by the tests).
 stack_dir=$(mktemp -d)
 STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
   --cars 300 --warmup-secs 2 --duration-secs 5 --downlink-rate 100 --quiet
-test -s "$stack_dir/report.json" && test -s "$stack_dir/report.html"
+healthy "$stack_dir"
 rm -rf "$stack_dir"
 # The same on tansu (STACK_BROKER=tansu), the other broker it offers.
 stack_dir=$(mktemp -d)
 STACK_BROKER=tansu STACK_PROFILE=dev STACK_DIR="$stack_dir" timeout 10m scripts/stack.sh \
   --cars 300 --warmup-secs 2 --duration-secs 5 --downlink-rate 100 --quiet
-test -s "$stack_dir/report.json"
+healthy "$stack_dir"
 rm -rf "$stack_dir"
 
 step "deployment: Kubernetes manifests and host units (scripts/check-k8s.sh, check-host.sh)"
