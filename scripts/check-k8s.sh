@@ -205,12 +205,7 @@ EOF
   done
 
   if [ -n "$gateway_bin" ]; then
-    "$py" -c '
-import sys, yaml
-for doc in yaml.safe_load_all(open(sys.argv[1])):
-    if doc and doc["kind"] == "ConfigMap" and "gateway.toml" in doc.get("data", {}):
-        sys.stdout.write(doc["data"]["gateway.toml"])
-' "$out" >"$tmp/gateway.toml"
+    "$py" scripts/py/k8s_gateway.py toml "$out" >"$tmp/gateway.toml"
     # check-config loads every file the configuration names: give it test
     # files in the Secrets' layout where the pods would have the real ones.
     [ -f "$tmp/pki/tickets" ] || deploy/checks/test-pki.sh "$tmp/pki" ||
@@ -227,9 +222,9 @@ done
 # The gateway itself, under the profile as runc would load it: it must
 # start, serve /readyz and stop cleanly on SIGTERM; with io_uring_setup
 # left out of the profile it must refuse to start and name the profile.
-if [ -n "$gateway_bin" ] && python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("seccomp"))'; then
-  admin_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  gateway_cmd=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$gateway_bin" \
+if [ -n "$gateway_bin" ] && python3 scripts/py/k8s_gateway.py has-libseccomp; then
+  admin_port=$(python3 scripts/py/k8s_gateway.py free-port)
+  gateway_cmd=$(python3 scripts/py/k8s_gateway.py argv-json "$gateway_bin" \
     --listen 127.0.0.1:0 --admin-listen "127.0.0.1:$admin_port" --shards 2 --no-downlink \
     --kafka-bootstrap 127.0.0.1:1)
   SECCOMP_EXEC=$gateway_cmd "$py" "$seccomp_check" "$profile" >"$tmp/under-profile.log" 2>&1 &
