@@ -166,6 +166,10 @@ pub struct Mqtt {
     /// Cap on the keep-alive a car may ask for, in seconds; a car asking
     /// for 0 (none) gets this. Idle cars are closed after 1.5 × keep-alive.
     pub max_keep_alive_secs: u64,
+    /// Seconds a car may take none of what the gateway writes to it (its
+    /// replies, its downlink messages) before it is closed as
+    /// `write_stall`.
+    pub write_timeout_secs: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +377,7 @@ impl Default for Mqtt {
             max_packet_size: 256 * 1024,
             connect_timeout_secs: timing.connect_timeout.as_secs(),
             max_keep_alive_secs: timing.max_keep_alive.as_secs(),
+            write_timeout_secs: timing.write_timeout.as_secs(),
         }
     }
 }
@@ -577,6 +582,9 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.mqtt.write_timeout_secs == 0 {
+            return Err(invalid("mqtt.write_timeout_secs", &0, "must be at least 1"));
+        }
         if self.mqtt.max_keep_alive_secs == 0 || self.mqtt.max_keep_alive_secs > 65_535 {
             return Err(invalid(
                 "mqtt.max_keep_alive_secs",
@@ -779,6 +787,7 @@ impl Config {
         Timing {
             connect_timeout: Duration::from_secs(self.mqtt.connect_timeout_secs),
             max_keep_alive: Duration::from_secs(self.mqtt.max_keep_alive_secs),
+            write_timeout: Duration::from_secs(self.mqtt.write_timeout_secs),
         }
     }
 }
@@ -932,6 +941,7 @@ mod tests {
             |c| c.mqtt.connect_timeout_secs = 0,
             "mqtt.connect_timeout_secs",
         );
+        check(|c| c.mqtt.write_timeout_secs = 0, "mqtt.write_timeout_secs");
         check(
             |c| c.mqtt.max_keep_alive_secs = 70_000,
             "mqtt.max_keep_alive_secs",

@@ -37,6 +37,9 @@ pub struct Timing {
     /// for 0 (no keep-alive), so a vanished car cannot hold a connection
     /// forever.
     pub max_keep_alive: Duration,
+    /// A car that takes none of what the gateway writes to it for this
+    /// long is closed (`write_stall`): it stopped reading.
+    pub write_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -44,6 +47,7 @@ impl Default for Timing {
         Self {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +69,7 @@ ops::label_set! {
         TakenOver = "taken_over",
         Shutdown = "shutdown",
         Drained = "drained",
+        WriteStall = "write_stall",
         Io = "io_error",
     }
 }
@@ -100,6 +105,10 @@ pub enum CloseReason {
     Shutdown,
     /// The gateway is draining: its cars reconnect elsewhere.
     Drained,
+    /// The car took none of what the gateway wrote for
+    /// `mqtt.write_timeout_secs`: it stopped reading, and its socket's
+    /// buffers and the kernel's are full.
+    WriteStall,
     /// A socket error.
     Io,
 }
@@ -121,6 +130,7 @@ impl CloseReason {
             Self::TakenOver => CloseKind::TakenOver,
             Self::Shutdown => CloseKind::Shutdown,
             Self::Drained => CloseKind::Drained,
+            Self::WriteStall => CloseKind::WriteStall,
             Self::Io => CloseKind::Io,
         }
     }
@@ -141,6 +151,7 @@ impl CloseReason {
                 | Self::ForbiddenTopic
                 | Self::ConnectTimeout
                 | Self::NotAuthorized
+                | Self::WriteStall
         )
     }
 }
@@ -571,6 +582,7 @@ mod tests {
     const TIMING: Timing = Timing {
         connect_timeout: Duration::from_secs(10),
         max_keep_alive: Duration::from_secs(600),
+        write_timeout: Duration::from_secs(10),
     };
 
     fn id(n: u16) -> NonZeroU16 {

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -102,5 +103,39 @@ fn limits_and_authorization_refuse_and_count() {
     testkit::wait_until("room on the shard", Duration::from_secs(10), || {
         try_connect(addr, "CAR5") == Some(0)
     });
+    gateway.stop().unwrap();
+}
+
+/// A car that stops reading is closed once the gateway's writes to it have
+/// waited `mqtt.write_timeout_secs` for room, as `write_stall` (not as a
+/// socket error), and nothing else is counted for it.
+#[test]
+fn a_car_that_stops_reading_is_closed_as_a_write_stall() {
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 1);
+    config.mqtt.write_timeout_secs = 1;
+    let gateway = Gateway::start(config).unwrap();
+    let (mut car, code) = RawClient::connect(gateway.local_addr(), "VIN-DEAF", 60);
+    assert_eq!(code, 0);
+
+    // PINGREQ after PINGREQ, never reading a PINGRESP: the replies fill the
+    // car's receive buffer and the gateway's send buffer, the gateway's
+    // write waits and it stops reading, and then the car's own writes stop.
+    car.stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let pings = [0xC0u8, 0x00].repeat(32 * 1024);
+    let started = std::time::Instant::now();
+    while car.stream.write_all(&pings).is_ok() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the gateway kept reading from a car that reads nothing"
+        );
+    }
+    testkit::wait_until("the write-stall close", WAIT, || {
+        closed(&gateway, CloseKind::WriteStall) == 1
+    });
+    assert_eq!(closed(&gateway, CloseKind::Io), 0);
     gateway.stop().unwrap();
 }

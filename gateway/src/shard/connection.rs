@@ -95,6 +95,11 @@ impl Connection {
         (connection, socket)
     }
 
+    /// The shard's timeouts for its sessions.
+    pub(super) fn session_timing(&self) -> &'static crate::session::Timing {
+        self.shard.timing
+    }
+
     /// Whether the connection may wait parked, without a task: nothing half
     /// read in `input`, nothing to handle, and no proven identity to keep
     /// (a parked car keeps its address only: plain TCP has no identity).

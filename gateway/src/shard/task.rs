@@ -36,8 +36,6 @@ const READ_IDLE: usize = 32;
 pub(super) const READ_BUSY: usize = 4096;
 /// Most bytes read at once for a large partial packet.
 const READ_MAX: usize = 64 * 1024;
-/// A car that does not take what we send within this time is dropped.
-pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's byte stream: the plain socket, or TLS or a PROXY
 /// header's rest over it.
@@ -160,8 +158,10 @@ async fn drive<S: CarStream>(
         blocked,
         close,
     } = handover;
-    if !output.is_empty() && write(stream, &output).await.is_err() {
-        return Closed(connection.session.close(CloseReason::Io));
+    if !output.is_empty()
+        && let Err(failed) = write(stream, &output, connection.session_timing().write_timeout).await
+    {
+        return Closed(connection.session.close(failed));
     }
     drop(output);
     if let Some(reason) = close {
@@ -240,8 +240,8 @@ async fn drive<S: CarStream>(
                 None => continue,
             },
             Event::Output => {
-                if write_downlink(stream, connection).await.is_err() {
-                    return Closed(connection.session.close(CloseReason::Io));
+                if let Err(failed) = write_downlink(stream, connection).await {
+                    return Closed(connection.session.close(failed));
                 }
                 continue;
             }
@@ -300,25 +300,28 @@ async fn process<S: AsyncWrite + Unpin>(
             }
         }
     };
-    if !output.is_empty() && write(stream, &output).await.is_err() {
-        return Some(connection.session.close(CloseReason::Io));
+    if !output.is_empty()
+        && let Err(failed) = write(stream, &output, connection.session_timing().write_timeout).await
+    {
+        return Some(connection.session.close(failed));
     }
     drop(output);
     if closed.is_some() {
         return closed;
     }
-    if write_downlink(stream, connection).await.is_err() {
-        return Some(connection.session.close(CloseReason::Io));
+    if let Err(failed) = write_downlink(stream, connection).await {
+        return Some(connection.session.close(failed));
     }
     None
 }
 
 /// Writes the downlink messages queued for this connection, if any, and
-/// answers their receipts.
+/// answers their receipts (`closed` when the write fails: the car never
+/// read them).
 async fn write_downlink<S: AsyncWrite + Unpin>(
     stream: &mut S,
     connection: &Connection,
-) -> io::Result<()> {
+) -> Result<(), CloseReason> {
     let control = &connection.control;
     let metrics = &connection.shard.metrics;
     let queued_since = control.queued_since.get();
@@ -327,7 +330,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
         return Ok(());
     }
     let owed = connection.take_owed();
-    match write(stream, &bytes).await {
+    match write(stream, &bytes, connection.session_timing().write_timeout).await {
         Ok(()) => {
             connection.settle(owed, Outcome::Written);
             metrics
@@ -349,22 +352,29 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
 }
 
 /// Writes `bytes` and flushes them (TLS holds what it encrypted until a
-/// flush; on plain TCP the flush does nothing), within [`WRITE_TIMEOUT`].
-async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+/// flush; on plain TCP the flush does nothing), within `timeout`: a car
+/// that takes nothing for that long stopped reading
+/// ([`CloseReason::WriteStall`]); any other failure is
+/// [`CloseReason::Io`].
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), CloseReason> {
     let written = async {
-        stream.write_all(bytes).await?;
-        stream.flush().await
+        let done = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        done.await.map_err(|_: io::Error| CloseReason::Io)
     };
     // `or` polls the write first: the timer is made only when the write
     // has to wait for room.
-    let timeout = async {
-        sleep(WRITE_TIMEOUT).await;
-        Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the car took nothing for the write timeout",
-        ))
+    let stalled = async {
+        sleep(timeout).await;
+        Err(CloseReason::WriteStall)
     };
-    future::or(written, timeout).await
+    future::or(written, stalled).await
 }
 
 /// Reads up to `want` bytes onto the end of `input`.
