@@ -31,6 +31,10 @@ apt_packages=(
 # debootstrap; it reads Kafka with kcat and edits the seccomp profile
 # with jq. About 25 MB to download; no image registry needed.
 [ -n "$only_stack" ] || apt_packages+=(podman runc debootstrap kcat jq)
+# scripts/monitoring-test.sh runs Debian's Prometheus (the binary, not its
+# service) against a local stack; scripts/check-k8s.sh uses its promtool.
+# PyYAML reads the rules for both.
+[ -n "$only_stack" ] || apt_packages+=(prometheus python3-yaml)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
