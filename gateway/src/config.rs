@@ -284,9 +284,36 @@ impl Kafka {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Admin {
-    /// Address of the HTTP endpoint serving /metrics, /healthz, /readyz;
-    /// empty string disables it.
+    /// Address of the HTTP endpoint serving /metrics, /healthz, /livez,
+    /// /readyz, POST /drain and POST /reload; empty string disables it.
     pub listen: String,
+    /// A file holding the admin token that POST /drain and POST /reload
+    /// must carry (`Authorization: Bearer <token>`); the environment
+    /// variable `CARBRIDGE_ADMIN_TOKEN` is the other source. Without a
+    /// token the actions run only on a loopback `listen` address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `/livez` fails once a shard's poller has not turned for this long.
+    pub liveness_timeout_secs: u64,
+    /// Admin connections open at once; beyond, the oldest that has not
+    /// sent its request makes room.
+    pub max_connections: usize,
+    /// Time from an admin connection's accept to the end of its request
+    /// head.
+    pub head_timeout_secs: u64,
+    /// Time from an admin connection's accept to the end of its answer.
+    pub exchange_timeout_secs: u64,
+}
+
+impl Admin {
+    /// The endpoint's bounds on its connections.
+    pub fn limits(&self) -> ops::admin::Limits {
+        ops::admin::Limits {
+            max_connections: self.max_connections,
+            head_timeout: Duration::from_secs(self.head_timeout_secs),
+            exchange_timeout: Duration::from_secs(self.exchange_timeout_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,8 +453,17 @@ impl Downlink {
 
 impl Default for Admin {
     fn default() -> Self {
+        let limits = ops::admin::Limits::default();
         Self {
             listen: "127.0.0.1:9100".to_owned(),
+            token_file: None,
+            // A busy shard's poller turns every few milliseconds, an idle
+            // one at least every 250 ms: 20 s is a stuck shard, not a busy
+            // one.
+            liveness_timeout_secs: 20,
+            max_connections: limits.max_connections,
+            head_timeout_secs: limits.head_timeout.as_secs(),
+            exchange_timeout_secs: limits.exchange_timeout.as_secs(),
         }
     }
 }
@@ -739,6 +775,34 @@ impl Config {
                     self.drain.closes_per_sec, self.drain.max_secs
                 ),
                 "both must be at least 1",
+            ));
+        }
+        let admin = &self.admin;
+        for (field, value) in [
+            ("admin.liveness_timeout_secs", admin.liveness_timeout_secs),
+            ("admin.max_connections", admin.max_connections as u64),
+            ("admin.head_timeout_secs", admin.head_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, &0, "must be at least 1"));
+            }
+        }
+        if admin.exchange_timeout_secs < admin.head_timeout_secs {
+            return Err(invalid(
+                "admin.exchange_timeout_secs",
+                &admin.exchange_timeout_secs,
+                "must be at least admin.head_timeout_secs (the exchange includes the head)",
+            ));
+        }
+        if admin
+            .token_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "admin.token_file",
+                &"\"\"",
+                "name the file holding the admin token, or leave the setting out",
             ));
         }
         for pattern in &self.authorization.subscribe {

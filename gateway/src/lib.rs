@@ -82,6 +82,72 @@ fn tell_shards(flag: &AtomicBool, kicks: &[Arc<kick::Kick>]) -> bool {
     already
 }
 
+/// The admin endpoint: `/metrics` over every shard and the TLS
+/// reloader, `/livez` on each shard's heartbeat, `/readyz` on `ready`,
+/// `POST /reload` and `POST /drain` behind the admin token.
+fn admin_endpoint(
+    config: &Config,
+    metrics: &[Arc<ShardMetrics>],
+    reloader: &Arc<tls::Reloader>,
+    ready: &Arc<AtomicBool>,
+    drain: &Arc<AtomicBool>,
+    kicks: &[Arc<kick::Kick>],
+) -> anyhow::Result<ops::admin::Endpoint> {
+    let token = ops::admin::Token::load(config.admin.token_file.as_deref(), ops::admin::TOKEN_ENV)?;
+    let render = {
+        let (metrics, reloader) = (metrics.to_vec(), reloader.clone());
+        Box::new(move || {
+            let mut page = metrics::page(&metrics);
+            reloader.render(&mut page);
+            page.finish()
+        })
+    };
+    let heartbeats = ops::admin::Heartbeats::new(
+        (0..metrics.len()).map(|id| format!("shard {id}")).collect(),
+        Duration::from_secs(config.admin.liveness_timeout_secs),
+        {
+            let metrics = metrics.to_vec();
+            move || {
+                metrics
+                    .iter()
+                    .map(|m| m.heartbeat.load(Ordering::Relaxed))
+                    .collect()
+            }
+        },
+    );
+    let reload = {
+        let reloader = reloader.clone();
+        Box::new(move || reloader.reload()) as ops::admin::Action
+    };
+    let drain = {
+        let (drain, ready, metrics, kicks) = (
+            drain.clone(),
+            ready.clone(),
+            metrics.to_vec(),
+            kicks.to_vec(),
+        );
+        Box::new(move || {
+            ready.store(false, Ordering::Relaxed);
+            // Counted before the shards hear of it: kicked, they start
+            // closing at once.
+            let open = metrics::open_connections(&metrics);
+            let already = tell_shards(&drain, &kicks);
+            Ok(if already {
+                format!("draining already: {open} connections open\n")
+            } else {
+                tracing::info!(connections = open, "POST /drain: draining");
+                format!("draining {open} connections\n")
+            })
+        }) as ops::admin::Action
+    };
+    Ok(ops::admin::Endpoint::new(render, ready.clone())
+        .action("/reload", reload)
+        .action("/drain", drain)
+        .heartbeats(heartbeats)
+        .token(token)
+        .limits(config.admin.limits()))
+}
+
 impl Gateway {
     /// Validates `config`, reads the Kafka properties it takes from files
     /// and environment variables, starts every shard and returns once all
@@ -153,43 +219,9 @@ impl Gateway {
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
             addr => Some(
-                ops::admin::spawn_with_actions(
-                    addr,
-                    {
-                        let (metrics, reloader) = (metrics.clone(), reloader.clone());
-                        Box::new(move || {
-                            let mut page = metrics::page(&metrics);
-                            reloader.render(&mut page);
-                            page.finish()
-                        })
-                    },
-                    ready.clone(),
-                    shutdown.clone(),
-                    vec![
-                        ("/reload", {
-                            let reloader = reloader.clone();
-                            Box::new(move || reloader.reload()) as ops::admin::Action
-                        }),
-                        ("/drain", {
-                            let (drain, ready, metrics, kicks) =
-                                (drain.clone(), ready.clone(), metrics.clone(), kicks.clone());
-                            Box::new(move || {
-                                ready.store(false, Ordering::Relaxed);
-                                // Counted before the shards hear of it:
-                                // kicked, they start closing at once.
-                                let open = metrics::open_connections(&metrics);
-                                let already = tell_shards(&drain, &kicks);
-                                Ok(if already {
-                                    format!("draining already: {open} connections open\n")
-                                } else {
-                                    tracing::info!(connections = open, "POST /drain: draining");
-                                    format!("draining {open} connections\n")
-                                })
-                            })
-                        }),
-                    ],
-                )
-                .with_context(|| format!("admin endpoint on {addr}"))?,
+                admin_endpoint(&config, &metrics, &reloader, &ready, &drain, &kicks)?
+                    .spawn(addr, shutdown.clone())
+                    .with_context(|| format!("admin endpoint on {addr}"))?,
             ),
         };
 

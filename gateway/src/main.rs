@@ -68,9 +68,16 @@ struct Cli {
     /// resolving a backtrace loads the debug info, about 90 MiB).
     #[arg(long, global = true)]
     detect_stalls: bool,
-    /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
+    /// Admin HTTP address (/metrics, /healthz, /livez, /readyz, POST
+    /// /drain, POST /reload); "" disables it.
     #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", global = true)]
     admin_listen: Option<String>,
+    /// A file holding the admin token that POST /drain and POST /reload
+    /// must carry as `Authorization: Bearer <token>` (or give the token
+    /// itself in CARBRIDGE_ADMIN_TOKEN). Without one, the actions run only
+    /// on a loopback admin address.
+    #[arg(long, env = "CARBRIDGE_ADMIN_TOKEN_FILE", global = true)]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, env = "CARBRIDGE_LOG_FORMAT", value_enum, global = true)]
     log_format: Option<Format>,
@@ -98,10 +105,10 @@ enum Command {
     /// Check the configuration as a start would, without starting: every
     /// value, the mapping patterns, every TLS file (certificate chains,
     /// keys and whether they match, CA bundles, CRLs, ticket keys), loaded
-    /// by the code a start uses, and every Kafka property to be read from a
-    /// file or a variable. Prints the configuration (secrets redacted) and
-    /// exits 0, or exits 1 naming each file, variable or pattern that would
-    /// stop a start.
+    /// by the code a start uses, every Kafka property to be read from a
+    /// file or a variable, and the admin token. Prints the configuration
+    /// (secrets redacted) and exits 0, or exits 1 naming each file,
+    /// variable or pattern that would stop a start.
     CheckConfig,
 }
 
@@ -163,6 +170,9 @@ impl Cli {
         if let Some(admin) = &self.admin_listen {
             config.admin.listen = admin.clone();
         }
+        if let Some(token) = &self.admin_token_file {
+            config.admin.token_file = Some(token.clone());
+        }
         if let Some(format) = self.log_format {
             config.log.format = match format {
                 Format::Human => LogFormat::Human,
@@ -189,6 +199,11 @@ fn main() -> anyhow::Result<()> {
             // Every problem at once: the values and the files.
             let mut problems = Vec::new();
             if let Err(error) = config.validate() {
+                problems.push(error.to_string());
+            }
+            if let Err(error) =
+                ops::admin::Token::load(config.admin.token_file.as_deref(), ops::admin::TOKEN_ENV)
+            {
                 problems.push(error.to_string());
             }
             let tls = match gateway::startup::check_files(&config) {

@@ -1,8 +1,9 @@
-//! librdkafka properties whose values are secrets (`sasl.password`,
-//! `ssl.key.password`, …) read from a file or an environment variable at
-//! start, instead of written in a configuration file or on a command line
-//! (which `ps` shows to every user of the host), and the redaction of
-//! secret values wherever properties are shown.
+//! Secrets read from a file or an environment variable at start, instead
+//! of written in a configuration file or on a command line (which `ps`
+//! shows to every user of the host): librdkafka properties whose values
+//! are secrets (`sasl.password`, `ssl.key.password`, …) and the admin
+//! token ([`crate::admin::Token`]); and the redaction of secret values
+//! wherever properties are shown.
 //!
 //! The source is named by the setting, never guessed from the value: a
 //! value such as `file:/run/secrets/x` could be a password. Flags
@@ -11,8 +12,8 @@
 //! tables `[kafka.properties_from_files]` and `[kafka.properties_from_env]`.
 //! A value read is used as it is, but for its trailing line ends (`echo`
 //! and editors add one; a Kubernetes Secret keeps it); an empty value is
-//! refused. Errors name the property and the file or variable, never the
-//! value.
+//! refused. Errors name the property (or the secret) and the file or
+//! variable, never the value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,22 +30,23 @@ pub enum Source<'a> {
     Env(&'a str),
 }
 
-/// Why a property's value could not be had. The value itself is never
-/// part of the message.
+/// Why a secret (a property's value, the admin token) could not be had.
+/// The value itself is never part of the message; `what` names the
+/// secret ("Kafka property sasl.password", "the admin token").
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("Kafka property {key}: cannot read {}: {error}", path.display())]
+    #[error("{what}: cannot read {}: {error}", path.display())]
     File {
-        key: String,
+        what: String,
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("Kafka property {key}: the environment variable {variable} is not set")]
-    EnvMissing { key: String, variable: String },
-    #[error("Kafka property {key}: the environment variable {variable} is not valid UTF-8")]
-    EnvNotUnicode { key: String, variable: String },
-    #[error("Kafka property {key}: {origin} is empty")]
-    Empty { key: String, origin: String },
+    #[error("{what}: the environment variable {variable} is not set")]
+    EnvMissing { what: String, variable: String },
+    #[error("{what}: the environment variable {variable} is not valid UTF-8")]
+    EnvNotUnicode { what: String, variable: String },
+    #[error("{what}: {origin} is empty")]
+    Empty { what: String, origin: String },
     #[error("{flag} {argument}: expected {form}")]
     Form {
         flag: &'static str,
@@ -61,10 +63,16 @@ pub enum SecretError {
 
 /// The value of property `key` from `source`, trailing line ends removed.
 pub fn read(key: &str, source: Source<'_>) -> Result<String, SecretError> {
+    read_secret(&format!("Kafka property {key}"), source)
+}
+
+/// The secret `what` names, from `source`, trailing line ends removed;
+/// errors begin with `what`.
+pub fn read_secret(what: &str, source: Source<'_>) -> Result<String, SecretError> {
     let (value, origin) = match source {
         Source::File(path) => (
             std::fs::read_to_string(path).map_err(|error| SecretError::File {
-                key: key.to_owned(),
+                what: what.to_owned(),
                 path: path.to_owned(),
                 error,
             })?,
@@ -73,11 +81,11 @@ pub fn read(key: &str, source: Source<'_>) -> Result<String, SecretError> {
         Source::Env(variable) => (
             std::env::var(variable).map_err(|error| match error {
                 std::env::VarError::NotPresent => SecretError::EnvMissing {
-                    key: key.to_owned(),
+                    what: what.to_owned(),
                     variable: variable.to_owned(),
                 },
                 std::env::VarError::NotUnicode(_) => SecretError::EnvNotUnicode {
-                    key: key.to_owned(),
+                    what: what.to_owned(),
                     variable: variable.to_owned(),
                 },
             })?,
@@ -87,7 +95,7 @@ pub fn read(key: &str, source: Source<'_>) -> Result<String, SecretError> {
     let value = value.trim_end_matches(['\n', '\r']);
     if value.is_empty() {
         return Err(SecretError::Empty {
-            key: key.to_owned(),
+            what: what.to_owned(),
             origin,
         });
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -68,15 +69,58 @@ struct Cli {
     /// Only report orphaned partitions; never rejoin the group for them.
     #[arg(long)]
     no_orphan_rejoin: bool,
-    /// Admin HTTP address (/metrics, /healthz, /readyz); "" disables it.
-    #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9101")]
-    admin_listen: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Log format: human or json.
     #[arg(long, env = "CARBRIDGE_LOG_FORMAT", default_value = "human")]
     log_format: String,
     /// tracing filter; RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log_filter: String,
+}
+
+/// The admin endpoint's flags.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// Admin HTTP address (/metrics, /healthz, /livez, /readyz); ""
+    /// disables it.
+    #[arg(long, env = "CARBRIDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9101")]
+    admin_listen: String,
+    /// Seconds the routing loop may go without a turn before /livez
+    /// answers 503. It turns every 50 ms at least while Kafka answers; a
+    /// rebalance makes requests to Kafka of up to 10 s each from inside
+    /// the loop, several in a row, hence a minute.
+    #[arg(
+        long,
+        env = "CARBRIDGE_LIVENESS_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    liveness_timeout_secs: u64,
+    /// Admin connections open at once; beyond, the oldest that has not
+    /// sent its request is closed to make room.
+    #[arg(
+        long,
+        default_value_t = ops::admin::Limits::DEFAULT_MAX_CONNECTIONS as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    admin_max_connections: u64,
+    /// Seconds from an admin connection's accept to the end of its request
+    /// head.
+    #[arg(
+        long,
+        default_value_t = ops::admin::Limits::DEFAULT_HEAD_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    admin_head_timeout_secs: u64,
+    /// Seconds from an admin connection's accept to the end of its answer
+    /// (at least the head's).
+    #[arg(
+        long,
+        default_value_t = ops::admin::Limits::DEFAULT_EXCHANGE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    admin_exchange_timeout_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,15 +154,11 @@ fn main() -> anyhow::Result<()> {
     }
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    if !cli.admin_listen.is_empty() {
-        let rendered = metrics.clone();
-        let addr = ops::admin::spawn(
-            &cli.admin_listen,
-            Box::new(move || rendered.render()),
-            ready.clone(),
-            stop.clone(),
-        )
-        .with_context(|| format!("admin endpoint on {}", cli.admin_listen))?;
+    if !cli.admin.admin_listen.is_empty() {
+        let listen = &cli.admin.admin_listen;
+        let addr = admin_endpoint(&cli.admin, &metrics, &ready)?
+            .spawn(listen, stop.clone())
+            .with_context(|| format!("admin endpoint on {listen}"))?;
         tracing::info!(%addr, "admin endpoint listening");
     }
     notify_systemd(metrics.clone(), ready.clone(), stop.clone());
@@ -138,6 +178,37 @@ fn main() -> anyhow::Result<()> {
         "stopped"
     );
     Ok(result?)
+}
+
+/// The admin endpoint: `/metrics`, `/livez` on the routing loop's
+/// heartbeat, `/readyz` on `ready`. No actions.
+fn admin_endpoint(
+    cli: &AdminArgs,
+    metrics: &Arc<Metrics>,
+    ready: &Arc<AtomicBool>,
+) -> anyhow::Result<ops::admin::Endpoint> {
+    anyhow::ensure!(
+        cli.admin_exchange_timeout_secs >= cli.admin_head_timeout_secs,
+        "--admin-exchange-timeout-secs {} must be at least --admin-head-timeout-secs {} \
+         (the exchange includes the head)",
+        cli.admin_exchange_timeout_secs,
+        cli.admin_head_timeout_secs
+    );
+    let rendered = metrics.clone();
+    let beating = metrics.clone();
+    Ok(
+        ops::admin::Endpoint::new(Box::new(move || rendered.render()), ready.clone())
+            .heartbeats(ops::admin::Heartbeats::new(
+                vec!["routing loop".to_owned()],
+                Duration::from_secs(cli.liveness_timeout_secs),
+                move || vec![beating.heartbeat.load(Ordering::Relaxed)],
+            ))
+            .limits(ops::admin::Limits {
+                max_connections: usize::try_from(cli.admin_max_connections).unwrap_or(usize::MAX),
+                head_timeout: Duration::from_secs(cli.admin_head_timeout_secs),
+                exchange_timeout: Duration::from_secs(cli.admin_exchange_timeout_secs),
+            }),
+    )
 }
 
 /// One --max-age rule: a valid MQTT topic filter and whole seconds.

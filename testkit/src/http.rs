@@ -26,12 +26,27 @@ pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     request(addr, "POST", path)
 }
 
+/// [`http_post`] with `Authorization: Bearer <token>`.
+pub fn http_post_bearer(addr: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    exchange(
+        addr,
+        "POST",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+}
+
 fn request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    exchange(addr, method, path, "")
+}
+
+/// One request with `headers` (whole lines) added.
+fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT)).ok()?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n"
     )
     .ok()?;
     let mut response = String::new();

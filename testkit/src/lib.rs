@@ -36,8 +36,13 @@
 //!   whose log (and metrics) a failing test prints,
 //! - `mqtt.rs`: [`RawClient`], an MQTT client on a raw socket that sends
 //!   exactly the bytes a test chooses and sees the gateway close,
-//! - `http.rs`: [`http_get`], [`http_post`] and [`scrape`] for the admin
-//!   endpoints.
+//! - `http.rs`: [`http_get`], [`http_post`] (and [`http_post_bearer`]) and
+//!   [`scrape`] for the admin
+//!   endpoints,
+//! - `crowd.rs`: [`Crowd`], clients that hold connections open and never
+//!   finish a request (the admin endpoint's starvation tests),
+//! - `stall.rs`: [`Stalled`], threads of a process under test stopped with
+//!   ptrace (the liveness tests).
 
 // Test support: failing loudly with a message is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -58,14 +63,18 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+mod crowd;
 mod http;
 mod mqtt;
 mod process;
+mod stall;
 mod wait;
 
-pub use http::{http_get, http_post, scrape};
+pub use crowd::Crowd;
+pub use http::{http_get, http_post, http_post_bearer, scrape};
 pub use mqtt::RawClient;
 pub use process::Proc;
+pub use stall::Stalled;
 pub use wait::{WAIT, wait_until, wait_until_eq};
 
 /// How long a broker may take to answer its first metadata request.
