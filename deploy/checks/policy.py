@@ -327,11 +327,21 @@ for overlay in overlays:
     check(router is not None, "no Deployment router")
     for owner in (sts, router):
         for c in pod_spec(owner)["containers"]:
-            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
                 got = (c.get(probe) or {}).get("httpGet", {}).get("path")
                 check(got == path, f"{owner['kind']}/{owner['metadata']['name']} container "
                                    f"{c['name']}: {probe} on {got}, want {path}")
-    ok("readiness (/readyz) and liveness (/healthz) probes on every gateway and router container")
+    ok("readiness (/readyz) and liveness (/livez) probes on every gateway and router container")
+
+    # The admin token comes from a Secret, never a literal in the manifests.
+    for owner in (sts, router):
+        for c in pod_spec(owner)["containers"]:
+            for env in c.get("env", []):
+                if env["name"] == "CARBRIDGE_ADMIN_TOKEN":
+                    check("secretKeyRef" in (env.get("valueFrom") or {}),
+                          f"{owner['kind']}/{owner['metadata']['name']}: CARBRIDGE_ADMIN_TOKEN "
+                          "is not from a Secret")
+    ok("the admin token, where set, from a Secret")
 
     # Hardening of every container of every workload.
     for o in workloads:
