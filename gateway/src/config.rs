@@ -115,6 +115,10 @@ pub struct Limits {
     pub max_filters_per_session: usize,
     /// Longest topic filter in bytes; a longer one gets 0x80.
     pub max_filter_length: usize,
+    /// Bytes one shard holds in incomplete packets, all connections
+    /// together; beyond it the connections holding the most are closed
+    /// (`partial_budget`).
+    pub max_partial_bytes_per_shard: usize,
 }
 
 /// What a car may do beyond the topic mapping.
@@ -170,6 +174,9 @@ pub struct Mqtt {
     /// replies, its downlink messages) before it is closed as
     /// `write_stall`.
     pub write_timeout_secs: u64,
+    /// Seconds a packet may take to arrive once its first byte has: a car
+    /// that begins a packet and stalls is closed (`packet_timeout`).
+    pub packet_timeout_secs: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,6 +370,10 @@ impl Default for Limits {
             // About half of what one core does in full TLS handshakes
             // (BENCHMARKS.md): a storm never takes the whole core.
             accept_rate_per_shard: 2_000,
+            // A car's packets arrive whole within a segment or two: only
+            // large or stalled ones are held. 32 MiB is 8,000 connections
+            // each 4 KiB into a packet.
+            max_partial_bytes_per_shard: 32 * 1024 * 1024,
             // A VIN is 17 bytes; MQTT 3.1.1 asks servers for at least 23.
             max_client_id_length: 128,
             max_filters_per_session: 32,
@@ -405,6 +416,7 @@ impl Default for Mqtt {
             connect_timeout_secs: timing.connect_timeout.as_secs(),
             max_keep_alive_secs: timing.max_keep_alive.as_secs(),
             write_timeout_secs: timing.write_timeout.as_secs(),
+            packet_timeout_secs: timing.packet_timeout.as_secs(),
         }
     }
 }
@@ -621,6 +633,13 @@ impl Config {
         if self.mqtt.write_timeout_secs == 0 {
             return Err(invalid("mqtt.write_timeout_secs", &0, "must be at least 1"));
         }
+        if self.mqtt.packet_timeout_secs == 0 {
+            return Err(invalid(
+                "mqtt.packet_timeout_secs",
+                &0,
+                "must be at least 1",
+            ));
+        }
         if self.mqtt.max_keep_alive_secs == 0 || self.mqtt.max_keep_alive_secs > 65_535 {
             return Err(invalid(
                 "mqtt.max_keep_alive_secs",
@@ -735,6 +754,10 @@ impl Config {
             (
                 "limits.max_client_id_length",
                 self.limits.max_client_id_length,
+            ),
+            (
+                "limits.max_partial_bytes_per_shard",
+                self.limits.max_partial_bytes_per_shard,
             ),
             (
                 "limits.max_filters_per_session",
@@ -852,6 +875,7 @@ impl Config {
             connect_timeout: Duration::from_secs(self.mqtt.connect_timeout_secs),
             max_keep_alive: Duration::from_secs(self.mqtt.max_keep_alive_secs),
             write_timeout: Duration::from_secs(self.mqtt.write_timeout_secs),
+            packet_timeout: Duration::from_secs(self.mqtt.packet_timeout_secs),
         }
     }
 }
@@ -1006,6 +1030,10 @@ mod tests {
             "mqtt.connect_timeout_secs",
         );
         check(|c| c.mqtt.write_timeout_secs = 0, "mqtt.write_timeout_secs");
+        check(
+            |c| c.mqtt.packet_timeout_secs = 0,
+            "mqtt.packet_timeout_secs",
+        );
         check(
             |c| c.mqtt.max_keep_alive_secs = 70_000,
             "mqtt.max_keep_alive_secs",

@@ -22,6 +22,7 @@ ops::label_set! {
         ClientIdLength = "client_id_length",
         FiltersPerSession = "filters_per_session",
         FilterLength = "filter_length",
+        PartialBytes = "partial_bytes",
     }
 }
 
@@ -61,6 +62,8 @@ pub struct ShardMetrics {
     pub publish_acked: AtomicU64,
     pub publish_failed: Counters<Failure>,
     pub in_flight_bytes: AtomicI64,
+    /// Bytes held in incomplete packets (a packet begun, not yet whole).
+    pub partial_bytes: AtomicI64,
     /// PUBLISH handed to the producer → acknowledged by Kafka.
     pub ack_latency: Latency,
     /// Times the shard stopped reading because Kafka could not keep up.
@@ -202,6 +205,12 @@ pub fn page(shards: &[std::sync::Arc<ShardMetrics>]) -> Exposition {
         "carbridge_gateway_kafka_in_flight_bytes",
         "Uplink bytes handed to Kafka and not yet acknowledged.",
         gauge(&|s| &s.in_flight_bytes),
+    );
+    page.gauge(
+        "carbridge_gateway_partial_bytes",
+        "Bytes held in incomplete packets (begun, not yet whole), all shards; each shard's \
+         budget is limits.max_partial_bytes_per_shard.",
+        gauge(&|s| &s.partial_bytes),
     );
     page.counter(
         "carbridge_gateway_read_pauses_total",

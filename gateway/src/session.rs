@@ -40,6 +40,9 @@ pub struct Timing {
     /// A car that takes none of what the gateway writes to it for this
     /// long is closed (`write_stall`): it stopped reading.
     pub write_timeout: Duration,
+    /// A packet begun and not complete for this long closes the
+    /// connection (`packet_timeout`).
+    pub packet_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -48,6 +51,7 @@ impl Default for Timing {
             connect_timeout: Duration::from_secs(10),
             max_keep_alive: Duration::from_secs(20 * 60),
             write_timeout: Duration::from_secs(10),
+            packet_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -70,6 +74,8 @@ ops::label_set! {
         Shutdown = "shutdown",
         Drained = "drained",
         WriteStall = "write_stall",
+        PacketTimeout = "packet_timeout",
+        PartialBudget = "partial_budget",
         Io = "io_error",
     }
 }
@@ -109,6 +115,11 @@ pub enum CloseReason {
     /// `mqtt.write_timeout_secs`: it stopped reading, and its socket's
     /// buffers and the kernel's are full.
     WriteStall,
+    /// A packet begun and not complete within `mqtt.packet_timeout_secs`.
+    PacketTimeout,
+    /// The shard held more than `limits.max_partial_bytes_per_shard` in
+    /// incomplete packets, and this connection held among the most.
+    PartialBudget,
     /// A socket error.
     Io,
 }
@@ -131,6 +142,8 @@ impl CloseReason {
             Self::Shutdown => CloseKind::Shutdown,
             Self::Drained => CloseKind::Drained,
             Self::WriteStall => CloseKind::WriteStall,
+            Self::PacketTimeout => CloseKind::PacketTimeout,
+            Self::PartialBudget => CloseKind::PartialBudget,
             Self::Io => CloseKind::Io,
         }
     }
@@ -152,6 +165,8 @@ impl CloseReason {
                 | Self::ConnectTimeout
                 | Self::NotAuthorized
                 | Self::WriteStall
+                | Self::PacketTimeout
+                | Self::PartialBudget
         )
     }
 }
@@ -583,6 +598,7 @@ mod tests {
         connect_timeout: Duration::from_secs(10),
         max_keep_alive: Duration::from_secs(600),
         write_timeout: Duration::from_secs(10),
+        packet_timeout: Duration::from_secs(30),
     };
 
     fn id(n: u16) -> NonZeroU16 {

@@ -139,3 +139,81 @@ fn a_car_that_stops_reading_is_closed_as_a_write_stall() {
     assert_eq!(closed(&gateway, CloseKind::Io), 0);
     gateway.stop().unwrap();
 }
+
+/// The first `sent` bytes of a PUBLISH on UL/POS that declares a payload
+/// of `payload` bytes.
+fn publish_head(payload: usize, sent: usize) -> Vec<u8> {
+    let topic = b"UL/POS";
+    let mut remaining = 2 + topic.len() + payload;
+    let mut packet = vec![0x30];
+    loop {
+        let byte = (remaining % 128) as u8;
+        remaining /= 128;
+        packet.push(if remaining > 0 { byte | 0x80 } else { byte });
+        if remaining == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    packet.extend_from_slice(topic);
+    packet.resize(sent, b'x');
+    packet
+}
+
+/// Cars that begin a 250 kB PUBLISH and stall hold about what they sent,
+/// not the declared length; the shard's budget closes the largest holder
+/// first; and every stalled packet is closed as `packet_timeout` once it
+/// has not completed within `mqtt.packet_timeout_secs`.
+#[test]
+fn stalled_partial_packets_are_bounded_and_closed() {
+    const CARS: usize = 200;
+    const SENT: usize = 100;
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 1);
+    config.mqtt.packet_timeout_secs = 3;
+    config.mqtt.max_packet_size = 1024 * 1024;
+    config.limits.max_partial_bytes_per_shard = 64 * 1024;
+    let gateway = Gateway::start(config).unwrap();
+    let addr = gateway.local_addr();
+    let partial_bytes =
+        || common::total(&gateway, |m| m.partial_bytes.load(Ordering::Relaxed) as u64);
+
+    let resident_before = common::resident_kib(std::process::id());
+    let mut stalled = Vec::new();
+    for i in 0..CARS {
+        let (mut car, code) = RawClient::connect(addr, &format!("VIN-STALL-{i}"), 600);
+        assert_eq!(code, 0);
+        car.send(&publish_head(250_000, SENT));
+        stalled.push(car);
+    }
+    testkit::wait_until("the stalled packets held", WAIT, || {
+        partial_bytes() == (CARS * SENT) as u64
+    });
+    // Before, each held a 64 KiB read buffer: 12.5 MiB for 200.
+    let grown = common::resident_kib(std::process::id()).saturating_sub(resident_before);
+    assert!(
+        grown < (CARS * 16) as u64,
+        "{CARS} stalled packets grew the resident set by {grown} KiB"
+    );
+
+    // One car sends 60,000 bytes of its packet: 80,000 held, over the
+    // 64 KiB budget, and it holds the most.
+    let (mut big, code) = RawClient::connect(addr, "VIN-BIG", 600);
+    assert_eq!(code, 0);
+    big.send(&publish_head(250_000, 60_000));
+    testkit::wait_until("the largest holder closed", WAIT, || {
+        closed(&gateway, CloseKind::PartialBudget) == 1
+    });
+    assert_eq!(limited(&gateway, Limit::PartialBytes), 1);
+    assert_eq!(closed(&gateway, CloseKind::PacketTimeout), 0);
+
+    // The others' packets do not complete: closed once they are 3 s old.
+    testkit::wait_until("the stalled packets closed", WAIT, || {
+        closed(&gateway, CloseKind::PacketTimeout) == CARS as u64
+    });
+    assert_eq!(partial_bytes(), 0);
+    assert_eq!(closed(&gateway, CloseKind::PartialBudget), 1);
+    drop(stalled);
+    gateway.stop().unwrap();
+}

@@ -172,6 +172,8 @@ impl Connection {
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
         shard.table.close(id, self.session.client_id());
+        // Nothing to close here: this connection no longer holds any.
+        let _ = shard.partials.hold(id, 0);
         let (_, unsent) = self.control.take_output();
         for _ in 0..unsent {
             shard.metrics.downlink_dropped.bump(Dropped::Closed);

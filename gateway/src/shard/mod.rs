@@ -24,6 +24,8 @@
 //! - [`uplink`]: a PUBLISH mapped and handed to the producer;
 //! - [`socket`]: the non-blocking socket calls;
 //! - [`flow`]: reads paused while Kafka is behind, and the accept rate;
+//! - [`partial`]: bytes held in incomplete packets, within the shard's
+//!   budget;
 //! - [`delivery`] and [`slot`]: the downlink (routed messages from the
 //!   shard's slot, receipts, registry records).
 //!
@@ -39,6 +41,7 @@ mod dispatch;
 mod flow;
 mod housekeeping;
 mod parked;
+mod partial;
 mod preamble;
 mod readiness;
 mod slot;
@@ -109,6 +112,8 @@ struct Shard {
     metrics: Arc<ShardMetrics>,
     flow: FlowControl,
     accept_rate: AcceptRate,
+    /// Bytes held in incomplete packets, and the shard's budget for them.
+    partials: partial::Partials,
     /// Which connection holds each client id, across shards.
     registry: Arc<Registry>,
     /// Takeover orders from other shards: connection ids to close.
@@ -321,6 +326,10 @@ pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
             metrics: metrics.clone(),
             flow: FlowControl::default(),
             accept_rate: AcceptRate::new(config.limits.accept_rate_per_shard),
+            partials: partial::Partials::new(
+                config.limits.max_partial_bytes_per_shard,
+                metrics.clone(),
+            ),
             registry,
             orders,
             table: ConnectionTable::new(epoch),

@@ -24,7 +24,7 @@ use super::control::{Control, Wake};
 use super::dispatch::Handled;
 use super::parked::Handover;
 use super::socket::CarSocket;
-use crate::metrics::Dropped;
+use crate::metrics::{Dropped, Limit};
 use crate::session::CloseReason;
 
 /// Bytes asked for when the car has been quiet: the buffer is held while
@@ -36,6 +36,11 @@ const READ_IDLE: usize = 32;
 pub(super) const READ_BUSY: usize = 4096;
 /// Most bytes read at once for a large partial packet.
 const READ_MAX: usize = 64 * 1024;
+/// A partial packet's buffer grows by at most what it holds per read, and
+/// by at least this: a car that begins a large packet and stalls holds
+/// about what it sent (and at most this more), not the declared length;
+/// a packet of up to this size still arrives in one more read.
+const GROW_FLOOR: usize = 1024;
 
 /// A connection's byte stream: the plain socket, or TLS or a PROXY
 /// header's rest over it.
@@ -182,8 +187,27 @@ async fn drive<S: CarStream>(
     }
     let shard = connection.shard.clone();
     let control = connection.control.clone();
+    let packet_timeout = connection.session_timing().packet_timeout;
     let mut busy = false;
+    // Since when the packet at the head of `input` has been arriving, and
+    // the bytes of it held (in the shard's account): see [`super::partial`].
+    let mut partial_since: Option<Instant> = None;
+    let mut held = 0;
+    let mut progressed = false;
     loop {
+        if input.len() != held {
+            held = input.len();
+            for id in shard.partials.hold(control.id, held) {
+                shard.metrics.limited.bump(Limit::PartialBytes);
+                shard.table.fire(id, CloseReason::PartialBudget);
+            }
+        }
+        partial_since = match partial_since {
+            _ if held == 0 => None,
+            Some(since) if !progressed => Some(since),
+            _ => Some(Instant::now()),
+        };
+        progressed = false;
         if !shard.producer.has_room() {
             shard.flow.pause(shard.id, &shard.metrics);
             match future::or(
@@ -201,9 +225,15 @@ async fn drive<S: CarStream>(
         }
 
         let want = read_size(&shard, &input, busy);
-        shard
-            .table
-            .set_deadline(&control, connection.session.deadline());
+        let deadline = connection.session.deadline();
+        let packet_due = partial_since.map(|since| since + packet_timeout);
+        shard.table.set_deadline(
+            &control,
+            match (deadline, packet_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        );
         // Nothing half read and nothing to do: one read without waiting,
         // and if the socket has nothing either, the connection waits
         // parked, without this task. (Bytes that came while the task was
@@ -235,6 +265,9 @@ async fn drive<S: CarStream>(
             // any packet larger than that: not yet a sign of a busy car.
             Event::Read(Ok(read)) => busy = read == want && want > READ_IDLE,
             Event::Read(Err(_)) => return Closed(connection.session.close(CloseReason::Io)),
+            Event::Deadline if packet_due.is_some_and(|due| due <= now) => {
+                return Closed(connection.session.close(CloseReason::PacketTimeout));
+            }
             Event::Deadline => match connection.session.on_deadline(now) {
                 Some(reason) => return Closed(reason),
                 None => continue,
@@ -250,28 +283,37 @@ async fn drive<S: CarStream>(
 
         // Boxed: its state (over 300 bytes) would otherwise be part of
         // every connection's task for all the time the car is quiet.
+        let before = input.len();
         if let Some(reason) = Box::pin(process(stream, connection, &mut input, now)).await {
             return Closed(reason);
         }
+        progressed = input.len() < before;
         if input.is_empty() {
             // Hold no buffer while the car is quiet.
             input = BytesMut::new();
+        } else if input.capacity() > 2 * input.len().max(READ_BUSY) {
+            // The rest of a large packet's buffer, given back.
+            input = BytesMut::from(&input[..]);
         }
     }
 }
 
 /// How many bytes the next read asks for: the rest of a frame plus a
-/// little more. A read that fills that too shows the car sending faster
-/// than one packet per read, so reads grow to [`READ_BUSY`] until one
-/// comes back short. A car that publishes now and then thus never holds
-/// more than [`READ_IDLE`] bytes while it is quiet, nor takes
-/// [`READ_BUSY`] bytes even briefly (short-lived 4 KiB buffers cost 34
-/// bytes per connection in heap fragmentation in the `idle_memory` test).
+/// little more, but at most what the buffer holds already (or
+/// [`GROW_FLOOR`]), so that a packet's buffer grows with what arrives. A
+/// read that fills that too shows the car sending faster than one packet
+/// per read, so reads grow to [`READ_BUSY`] until one comes back short. A
+/// car that publishes now and then thus never holds more than
+/// [`READ_IDLE`] bytes while it is quiet, nor takes [`READ_BUSY`] bytes
+/// even briefly (short-lived 4 KiB buffers cost 34 bytes per connection in
+/// heap fragmentation in the `idle_memory` test).
 fn read_size(shard: &Shard, input: &BytesMut, busy: bool) -> usize {
     match shard.decoder.frame_length(input) {
         Ok(Some(frame)) if frame > input.len() => {
             let more = if busy { READ_BUSY } else { READ_IDLE };
-            (frame - input.len() + more).min(READ_MAX)
+            (frame - input.len() + more)
+                .min(input.len().max(GROW_FLOOR))
+                .min(READ_MAX)
         }
         _ if busy => READ_BUSY,
         _ => READ_IDLE,
