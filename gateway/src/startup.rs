@@ -212,6 +212,11 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
              kernel.io_uring_group"
         );
     }
+    // glommio panics on a refused ring with a word about the kernel's
+    // version before its error reaches us: ask first, and say what to fix.
+    if let Err(error) = io_uring::IoUring::new(2) {
+        bail!("{}", io_uring_refused(&error));
+    }
     Ok(Limits { files, memlock })
 }
 
