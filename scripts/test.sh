@@ -2,7 +2,8 @@
 # The whole test suite: formatting, lints, every crate's tests (integration
 # tests start their own tansu broker), the instruction-count gate of the hot
 # paths (with the codec's ratios to mqttbytes), the main job, the deployment
-# checks, a short run of the gateway benchmark, and a short fuzzing run.
+# checks, the monitoring rules against a live Prometheus, a short run of
+# the gateway benchmark, the image in containers, and a short fuzzing run.
 # FUZZ_SECONDS (default 20) bounds each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,12 +87,28 @@ step "deployment: Kubernetes manifests and host units (scripts/check-k8s.sh, che
 scripts/check-k8s.sh
 scripts/check-host.sh
 
+step "monitoring against a live Prometheus: every alert and dashboard expression returns series (scripts/monitoring-test.sh)"
+# Debian's Prometheus scrapes a local stack; debug build, already made by
+# the main job's step above, so nothing to build. About 40 s.
+MONITORING_PROFILE=dev timeout 10m scripts/monitoring-test.sh
+
 step "the Debian package: built, installed with dpkg, run, purged (scripts/build-deb.sh)"
 timeout 20m scripts/build-deb.sh --install
 
 step "the gateway alone at full speed, short (scripts/gateway-bench.sh)"
 # A smoke run that keeps the benchmark working; its figures are not judged.
 BENCH_CARS=200 BENCH_WARMUP=2 BENCH_SECS=3 timeout 10m scripts/gateway-bench.sh
+
+step "the image in containers: built with podman, run under the seccomp profile, read-only, not root (scripts/container-test.sh)"
+# The gateway and the router in containers, the broker on the host: a car's
+# PUBLISH reaches Kafka, a downlink message reaches the car, podman stop
+# drains, a profile without io_uring stops the gateway with its message.
+# The base image is made with debootstrap once per machine (about a
+# minute), then kept in target/container/; the release binaries are the
+# benchmark's above.
+container_dir=$(mktemp -d)
+CONTAINER_TEST_DIR="$container_dir" timeout 15m scripts/container-test.sh
+rm -rf "$container_dir"
 
 if [ -x fuzz/run.sh ]; then
   step "fuzzing, ${FUZZ_SECONDS:-20} s per target"
