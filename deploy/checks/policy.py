@@ -343,6 +343,36 @@ for overlay in overlays:
                           "is not from a Secret")
     ok("the admin token, where set, from a Secret")
 
+    # Kafka secrets (passwords, key passphrases, SASL credentials) only
+    # from files or variables a Secret fills: never a literal in a
+    # ConfigMap, an -X flag or an environment variable's value.
+    secret_key = re.compile(r"(password|secret|sasl\.username|sasl\.oauthbearer)", re.I)
+    for name, cm in by_kind["ConfigMap"].items():
+        for key, text in (cm.get("data") or {}).items():
+            for line in str(text).splitlines():
+                prop = line.split("=", 1)[0].strip().strip('"')
+                check(not ("=" in line and secret_key.search(prop) and not line.lstrip().startswith("#")),
+                      f"ConfigMap {name} {key}: a Kafka secret as a literal ({prop})")
+    workloads = [o for kind in ("StatefulSet", "Deployment", "Job") for o in by_kind[kind].values()]
+    for owner in workloads:
+        for c in pod_spec(owner)["containers"]:
+            argv = (c.get("command") or []) + (c.get("args") or [])
+            for flag, value in zip(argv, argv[1:]):
+                if flag in ("-X", "--kafka-property"):
+                    check(not secret_key.search(value.split("=", 1)[0]),
+                          f"{owner['kind']}/{owner['metadata']['name']}: a Kafka secret as -X {value.split('=', 1)[0]}")
+                if flag == "--kafka-property-file":
+                    path = value.split("=", 1)[-1]
+                    mounts = [m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+                    volumes = {v["name"]: v for v in pod_spec(owner).get("volumes", [])}
+                    check(mounts and any("secret" in volumes.get(m["name"], {}) or "projected" in volumes.get(m["name"], {})
+                                         for m in mounts),
+                          f"{owner['kind']}/{owner['metadata']['name']}: --kafka-property-file {value} is not on a Secret volume")
+            for env in c.get("env", []):
+                if secret_key.search(env["name"]) and "value" in env:
+                    check(False, f"{owner['kind']}/{owner['metadata']['name']}: {env['name']} as a literal")
+    ok("Kafka secrets only from Secret volumes (--kafka-property-file), never literals")
+
     # Hardening of every container of every workload.
     for o in workloads:
         spec = pod_spec(o)
