@@ -214,8 +214,18 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
     }
     // glommio panics on a refused ring with a word about the kernel's
     // version before its error reaches us: ask first, and say what to fix.
-    if let Err(error) = io_uring::IoUring::new(2) {
-        bail!("{}", io_uring_refused(&error));
+    // On a thread of its own: closing a ring leaves the kernel's clean-up
+    // work queued on the thread that made it, which interrupts that
+    // thread's next blocking call with a timeout (EINTR), and the caller's
+    // thread goes on to serve.
+    let probe = std::thread::Builder::new()
+        .name("io-uring-probe".into())
+        .spawn(|| io_uring::IoUring::new(2).map(drop))
+        .map_err(|error| anyhow::anyhow!("starting the io_uring probe: {error}"))?;
+    match probe.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => bail!("{}", io_uring_refused(&error)),
+        Err(_) => bail!("the io_uring probe panicked"),
     }
     Ok(Limits { files, memlock })
 }

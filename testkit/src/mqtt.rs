@@ -132,6 +132,9 @@ impl RawClient {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                // A signal, or the kernel's work for a closed io_uring of
+                // this thread: not the end of anything.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
                 Err(e) => panic!("no packet within {WAIT:?}: {e}"),
             }
@@ -152,6 +155,7 @@ impl RawClient {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return received,
                 Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return received,
                 Err(e) => panic!("connection still open after {:?}: {e}", started.elapsed()),
             }
