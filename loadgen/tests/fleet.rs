@@ -9,11 +9,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Proc, WAIT, gateway, router, topics};
+use common::{Proc, gateway, router, topics};
 use loadgen::report::Report;
-use testkit::{Broker, free_port, wait_until};
+use testkit::{Broker, free_port};
 
 fn loadgen(broker: &Broker, targets: &[SocketAddr], extra: &[&str]) -> Report {
     let dir = tempfile::tempdir().unwrap();
@@ -109,18 +109,14 @@ fn records_that_never_reach_the_topic_are_reported_lost() {
 #[test]
 fn peer_mode_measures_any_mqtt_server() {
     let port = free_port();
-    let mosquitto = Proc(
-        Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt install mosquitto; scripts/setup.sh does)"),
-    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until("mosquitto to listen", WAIT, || {
-        std::net::TcpStream::connect(addr).is_ok()
-    });
+    // Debian's mosquitto (scripts/setup.sh installs it).
+    let mut mosquitto = Proc::spawn(
+        "mosquitto",
+        Command::new("mosquitto").args(["-p", &port.to_string()]),
+    )
+    .with_mqtt(addr);
+    mosquitto.wait_for("to listen", |_| std::net::TcpStream::connect(addr).is_ok());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))

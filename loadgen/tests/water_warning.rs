@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
@@ -54,13 +54,14 @@ fn a_car_in_the_water_area_is_warned_and_one_outside_is_not() {
     // The service reads from the end of cs.uplink once its group has the
     // partitions; positions are sent until it answers, so no sleep guesses
     // when that is.
-    let _service = Proc(
-        Command::new(env!("CARGO_BIN_EXE_water-warning"))
-            .args(["--kafka-bootstrap", &bootstrap, "--repeat-secs", "3600"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _service = Proc::spawn(
+        "water-warning",
+        Command::new(env!("CARGO_BIN_EXE_water-warning")).args([
+            "--kafka-bootstrap",
+            &bootstrap,
+            "--repeat-secs",
+            "3600",
+        ]),
     );
 
     let (wet, wet_rx) = car(mqtt, "CBLG0000000000001");

@@ -5,9 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::time::Duration;
-use testkit::{Broker, java_partition, murmur2};
 
-const WAIT: Duration = Duration::from_secs(20);
+use testkit::{Broker, WAIT, java_partition, murmur2};
 
 #[test]
 fn murmur2_matches_the_java_client() {

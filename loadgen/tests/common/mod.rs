@@ -1,25 +1,13 @@
 //! The stack's processes for loadgen's integration tests: topics by
 //! `carbridge-topics`, router and gateway binaries, each killed when its
 //! guard drops.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use testkit::{Broker, free_port, http_get, wait_until, workspace_binary};
-
-pub const WAIT: Duration = Duration::from_secs(60);
-
-/// A child process killed when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::{Broker, free_port, http_get, workspace_binary};
+pub use testkit::{Proc, WAIT};
 
 /// Every topic, with `partitions` partitions and `slots` slots.
 pub fn topics(broker: &Broker, partitions: u32, slots: u32) {
@@ -39,15 +27,15 @@ pub fn ready(admin: SocketAddr) -> bool {
 
 pub fn router(broker: &Broker) -> Proc {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let child = Command::new(workspace_binary("router"))
-        .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(["--admin-listen", &admin.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the router to be ready", WAIT, || ready(admin));
-    Proc(child)
+    let mut router = Proc::spawn(
+        "router",
+        Command::new(workspace_binary("router"))
+            .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
+            .args(["--admin-listen", &admin.to_string()]),
+    )
+    .with_admin(admin);
+    router.wait_ready();
+    router
 }
 
 /// A gateway with bridge id `bridge`; `config` is a TOML file or none.
@@ -72,18 +60,17 @@ pub fn gateway_with_admin(
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
-    let child = command
+    command
         .args(["--listen", &mqtt.to_string(), "--shards", "2"])
         .args(["--bridge-id", &bridge.to_string()])
         .args(["--admin-listen", &admin.to_string()])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-        .args(testkit::GATEWAY_ON_TANSU)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the gateway to be ready", WAIT, || ready(admin));
-    (Proc(child), mqtt, admin)
+        .args(testkit::GATEWAY_ON_TANSU);
+    let mut gateway = Proc::spawn("gateway", &mut command)
+        .with_admin(admin)
+        .with_mqtt(mqtt);
+    gateway.wait_ready();
+    (gateway, mqtt, admin)
 }
 
 /// loadgen running in the background against `targets`, quiet, with its
