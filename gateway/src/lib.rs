@@ -26,6 +26,7 @@ pub mod proxy;
 mod registry;
 pub mod session;
 mod shard;
+pub use shard::{SlotError, StartError};
 pub mod startup;
 pub mod tls;
 
@@ -34,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
@@ -82,6 +82,83 @@ fn tell_shards(flag: &AtomicBool, kicks: &[Arc<kick::Kick>]) -> bool {
     already
 }
 
+/// Why the gateway could not start, or stopped with an error. Each says
+/// what failed; the cause, where there is one, is its source (the
+/// binary's `main` prints the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(Box<config::ConfigError>),
+    #[error("reading the Kafka properties taken from files and variables")]
+    Secrets(#[source] Box<ops::secrets::SecretError>),
+    #[error(transparent)]
+    Startup(Box<startup::StartupError>),
+    #[error(transparent)]
+    TlsFiles(Box<startup::FileError>),
+    #[error("starting the TLS file watcher")]
+    TlsWatcher(#[source] std::io::Error),
+    #[error("the admin endpoint's token")]
+    AdminToken(#[source] Box<ops::admin::TokenError>),
+    #[error("the admin endpoint on {address}")]
+    Admin {
+        address: String,
+        #[source]
+        source: ops::admin::AdminError,
+    },
+    #[error(
+        "{shards} shards but downlink.shards_per_bridge = {per_bridge}: two shards would \
+         share a downlink slot"
+    )]
+    SlotsShared { shards: usize, per_bridge: u32 },
+    #[error("starting shard {shard}{}", cpu.map(|cpu| format!(" on CPU {cpu}")).unwrap_or_default())]
+    Executor {
+        shard: usize,
+        cpu: Option<usize>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shard {shard}")]
+    Shard {
+        shard: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shard {shard}: {}", startup::io_uring_refused(source))]
+    IoUringRefused {
+        shard: usize,
+        source: std::io::Error,
+    },
+    #[error("shard {shard} exited before listening")]
+    ShardExited { shard: usize },
+    #[error("shard {shard} panicked or failed: {reason}")]
+    ShardFailed { shard: usize, reason: String },
+    #[error("shard {shard} stopped with an error")]
+    ShardStopped {
+        shard: usize,
+        #[source]
+        source: Box<shard::StartError>,
+    },
+}
+
+/// Boxed: some of these are large, and an error is rare.
+macro_rules! boxed_from {
+    ($($source:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$source> for Error {
+            fn from(error: $source) -> Self {
+                Self::$variant(Box::new(error))
+            }
+        })*
+    };
+}
+
+boxed_from! {
+    config::ConfigError => Config,
+    ops::secrets::SecretError => Secrets,
+    startup::StartupError => Startup,
+    startup::FileError => TlsFiles,
+    ops::admin::TokenError => AdminToken,
+}
+
 /// The admin endpoint: `/metrics` over every shard and the TLS
 /// reloader, `/livez` on each shard's heartbeat, `/readyz` on `ready`,
 /// `POST /reload` and `POST /drain` behind the admin token.
@@ -92,7 +169,7 @@ fn admin_endpoint(
     ready: &Arc<AtomicBool>,
     drain: &Arc<AtomicBool>,
     kicks: &[Arc<kick::Kick>],
-) -> anyhow::Result<ops::admin::Endpoint> {
+) -> Result<ops::admin::Endpoint, Error> {
     let token = ops::admin::Token::load(config.admin.token_file.as_deref(), ops::admin::TOKEN_ENV)?;
     let render = {
         let (metrics, reloader) = (metrics.to_vec(), reloader.clone());
@@ -152,7 +229,7 @@ impl Gateway {
     /// Validates `config`, reads the Kafka properties it takes from files
     /// and environment variables, starts every shard and returns once all
     /// listen.
-    pub fn start(mut config: Config) -> anyhow::Result<Self> {
+    pub fn start(mut config: Config) -> Result<Self, Error> {
         config.validate()?;
         config.kafka.read_secrets()?;
         let cpus = pinning::affinity_mask();
@@ -211,7 +288,7 @@ impl Gateway {
                         Duration::from_secs(secs),
                         Duration::from_secs(config.tls_watch.settle_secs),
                     )
-                    .context("starting the TLS file watcher")?,
+                    .map_err(Error::TlsWatcher)?,
                 )
             }
         };
@@ -221,7 +298,10 @@ impl Gateway {
             addr => Some(
                 admin_endpoint(&config, &metrics, &reloader, &ready, &drain, &kicks)?
                     .spawn(addr, shutdown.clone())
-                    .with_context(|| format!("admin endpoint on {addr}"))?,
+                    .map_err(|source| Error::Admin {
+                        address: addr.to_owned(),
+                        source,
+                    })?,
             ),
         };
 
@@ -234,10 +314,10 @@ impl Gateway {
         );
         if config.downlink.enabled {
             if u32::try_from(count).unwrap_or(u32::MAX) > per_bridge {
-                anyhow::bail!(
-                    "{count} shards but downlink.shards_per_bridge = {per_bridge}: \
-                     two shards would share a downlink slot"
-                );
+                return Err(Error::SlotsShared {
+                    shards: count,
+                    per_bridge,
+                });
             }
             tracing::info!(
                 bridge,
@@ -261,11 +341,11 @@ impl Gateway {
             let enabled = config.downlink.enabled;
             let shard_doors = doors.clone();
             let shard_drain = drain.clone();
-            let (registry, orders) = (
-                registry.clone(),
-                inboxes.pop().context("one inbox per shard")?,
-            );
-            let kick = kicks.get(id).context("one kick per shard")?.clone();
+            // One inbox and one kick per shard, made above for `count`.
+            let (Some(orders), Some(kick)) = (inboxes.pop(), kicks.get(id).cloned()) else {
+                return Err(Error::ShardExited { shard: id });
+            };
+            let registry = registry.clone();
             let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
             let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{id}"))
@@ -293,10 +373,10 @@ impl Gateway {
                         bound: bound_tx,
                     })
                 })
-                .map_err(std::io::Error::from)
-                .with_context(|| match cpu {
-                    Some(cpu) => format!("starting shard {id} on CPU {cpu}"),
-                    None => format!("starting shard {id}"),
+                .map_err(|error| Error::Executor {
+                    shard: id,
+                    cpu,
+                    source: std::io::Error::from(error),
                 })?;
             shards.push(handle);
             match bound_rx.recv() {
@@ -307,17 +387,22 @@ impl Gateway {
                 }
                 Ok(Err(error)) => {
                     tell_shards(&shutdown, &kicks);
-                    return Err(error).with_context(|| format!("shard {id}"));
+                    return Err(Error::Shard {
+                        shard: id,
+                        source: error,
+                    });
                 }
                 Err(_) => {
                     // The executor never ran: its ring could not be made.
                     let failed = shards.pop().map(glommio::ExecutorJoinHandle::join);
                     tell_shards(&shutdown, &kicks);
                     if let Some(Err(error)) = failed {
-                        let error = std::io::Error::from(error);
-                        anyhow::bail!("shard {id}: {}", startup::io_uring_refused(&error));
+                        return Err(Error::IoUringRefused {
+                            shard: id,
+                            source: std::io::Error::from(error),
+                        });
                     }
-                    anyhow::bail!("shard {id} exited before listening");
+                    return Err(Error::ShardExited { shard: id });
                 }
             }
         }
@@ -411,7 +496,7 @@ impl Gateway {
     }
 
     /// Stops accepting, closes connections, flushes and joins.
-    pub fn stop(self) -> anyhow::Result<()> {
+    pub fn stop(self) -> Result<(), Error> {
         self.ready.store(false, Ordering::Relaxed);
         tell_shards(&self.shutdown, &self.kicks);
         self.join()
@@ -419,16 +504,22 @@ impl Gateway {
 
     /// Waits until the shutdown flag is set and every shard has finished,
     /// then stops the TLS file watcher.
-    pub fn join(mut self) -> anyhow::Result<()> {
+    pub fn join(mut self) -> Result<(), Error> {
         let mut result = Ok(());
         for (id, shard) in self.shards.into_iter().enumerate() {
             match shard.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    result = Err(anyhow::Error::new(error).context(format!("shard {id}")))
+                    result = Err(Error::ShardStopped {
+                        shard: id,
+                        source: Box::new(error),
+                    })
                 }
                 Err(error) => {
-                    result = Err(anyhow::anyhow!("shard {id} panicked or failed: {error}"))
+                    result = Err(Error::ShardFailed {
+                        shard: id,
+                        reason: error.to_string(),
+                    })
                 }
             }
         }

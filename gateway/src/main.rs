@@ -319,5 +319,5 @@ fn main() -> anyhow::Result<()> {
         in_flight_bytes = totals.in_flight_bytes,
         "stopped"
     );
-    result
+    Ok(result?)
 }

@@ -12,11 +12,34 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::bail;
 use rlimit::Resource;
 
 use crate::config::{Config, Listener};
 use crate::tls::{Terminator, TlsError};
+
+/// Why the process limits or the kernel would not let the gateway start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("reading the process's resource limits")]
+    Limits(#[source] std::io::Error),
+    #[error(
+        "the locked-memory limit (RLIMIT_MEMLOCK) is {0} bytes; glommio needs at least \
+         {MEMLOCK_NEEDED} for its io_uring rings: set LimitMEMLOCK=infinity (systemd), \
+         `ulimit -l unlimited`, or the container runtime's memlock ulimit (Kubernetes has \
+         no field for it: see docs/operations.md)"
+    )]
+    Memlock(u64),
+    #[error(
+        "io_uring is disabled on this host (sysctl kernel.io_uring_disabled = 2, the default \
+         on some distributions): set it to 0, or to 1 with the gateway's user in \
+         kernel.io_uring_group"
+    )]
+    IoUringDisabled,
+    #[error("{}", io_uring_refused(.0))]
+    IoUringRefused(std::io::Error),
+    #[error("the io_uring probe could not run: {0}")]
+    Probe(String),
+}
 
 /// A file (or variable) a start would not load, and what it is for.
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +157,8 @@ pub struct Limits {
 /// Raises the open-files soft limit to the hard limit, checks the
 /// locked-memory limit and that io_uring is allowed. Warns when the
 /// open-files limit caps the connections the configuration allows.
-pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
-    let (soft, hard) = Resource::NOFILE.get()?;
+pub fn check(config: &Config, shards: usize) -> Result<Limits, StartupError> {
+    let (soft, hard) = Resource::NOFILE.get().map_err(StartupError::Limits)?;
     let files = if soft < hard {
         match Resource::NOFILE.set(hard, hard) {
             Ok(()) => {
@@ -182,7 +205,7 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
         );
     }
 
-    let (mut memlock, memlock_hard) = Resource::MEMLOCK.get()?;
+    let (mut memlock, memlock_hard) = Resource::MEMLOCK.get().map_err(StartupError::Limits)?;
     if memlock < MEMLOCK_NEEDED
         && memlock_hard >= MEMLOCK_NEEDED
         && Resource::MEMLOCK.set(MEMLOCK_NEEDED, memlock_hard).is_ok()
@@ -195,22 +218,13 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
         memlock = MEMLOCK_NEEDED;
     }
     if memlock < MEMLOCK_NEEDED {
-        bail!(
-            "the locked-memory limit (RLIMIT_MEMLOCK) is {memlock} bytes; glommio needs at \
-             least {MEMLOCK_NEEDED} for its io_uring rings: set LimitMEMLOCK=infinity \
-             (systemd), `ulimit -l unlimited`, or the container runtime's memlock ulimit \
-             (Kubernetes has no field for it: see docs/operations.md)"
-        );
+        return Err(StartupError::Memlock(memlock));
     }
 
     if let Ok(disabled) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         && disabled.trim() == "2"
     {
-        bail!(
-            "io_uring is disabled on this host (sysctl kernel.io_uring_disabled = 2, the \
-             default on some distributions): set it to 0, or to 1 with the gateway's user in \
-             kernel.io_uring_group"
-        );
+        return Err(StartupError::IoUringDisabled);
     }
     // glommio panics on a refused ring with a word about the kernel's
     // version before its error reaches us: ask first, and say what to fix.
@@ -221,11 +235,11 @@ pub fn check(config: &Config, shards: usize) -> anyhow::Result<Limits> {
     let probe = std::thread::Builder::new()
         .name("io-uring-probe".into())
         .spawn(|| io_uring::IoUring::new(2).map(drop))
-        .map_err(|error| anyhow::anyhow!("starting the io_uring probe: {error}"))?;
+        .map_err(|error| StartupError::Probe(error.to_string()))?;
     match probe.join() {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => bail!("{}", io_uring_refused(&error)),
-        Err(_) => bail!("the io_uring probe panicked"),
+        Ok(Err(error)) => return Err(StartupError::IoUringRefused(error)),
+        Err(_) => return Err(StartupError::Probe("it panicked".to_owned())),
     }
     Ok(Limits { files, memlock })
 }

@@ -266,7 +266,7 @@ fn a_start_refuses_what_the_check_refuses_in_the_same_words() {
     let mut config = Config::from_toml(&toml).unwrap();
     config.admin.listen = String::new();
     config.downlink.enabled = false;
-    let error = format!("{:#}", Gateway::start(config).unwrap_err());
+    let error = ops::error_chain(&Gateway::start(config).unwrap_err());
     assert!(error.contains("does not match"), "{error}");
     assert!(
         checked.stderr.contains(&error),

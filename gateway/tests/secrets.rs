@@ -246,6 +246,6 @@ fn a_start_hands_the_value_read_to_librdkafka() {
     };
     let gateway = start("plaintext\n").unwrap();
     gateway.stop().unwrap();
-    let error = format!("{:#}", start("plaintext-ish\n").unwrap_err());
+    let error = ops::error_chain(&start("plaintext-ish\n").unwrap_err());
     assert!(error.contains("security.protocol"), "{error}");
 }

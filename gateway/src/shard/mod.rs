@@ -50,6 +50,7 @@ mod table;
 mod task;
 mod uplink;
 
+pub use slot::SlotError;
 pub(crate) use slot::slot_number;
 pub(crate) use socket::{BACKLOG, somaxconn};
 
@@ -265,7 +266,7 @@ pub(crate) struct Start {
 /// Why a shard could not start. Each says what it was doing; the cause
 /// is its source.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
+pub enum StartError {
     #[error("binding {address}")]
     Bind {
         address: SocketAddr,

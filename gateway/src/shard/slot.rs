@@ -24,7 +24,7 @@ use crate::config::Config;
 
 /// Why a shard's downlink slot could not be assigned.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SlotError {
+pub enum SlotError {
     #[error("creating the downlink consumer")]
     Consumer(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
