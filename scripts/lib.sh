@@ -24,6 +24,10 @@
 #                          memory://tansu/ unless given; tansu_pid is its
 #                          process; returns once it answers
 #   py MODULE ARGS...      runs scripts/py/MODULE.py with python3
+#   tls_gateway_toml ADDR PKI
+#                          a gateway.toml with one mutual-TLS listener on
+#                          ADDR, its files from carbridge-testpki's PKI dir
+#                          (the car's certificate CN is its client id)
 #
 # shellcheck shell=bash
 
@@ -106,6 +110,20 @@ start_tansu() {
   # shellcheck disable=SC2034 # the caller's
   tansu_pid=$!
   await "tansu to answer on $addr" port_open "${addr##*:}"
+}
+
+tls_gateway_toml() {
+  cat <<EOF
+[[listeners]]
+address = "$1"
+client_id = "{identity}"
+[listeners.tls]
+cert = "$2/server.crt"
+key = "$2/server.key"
+client_auth = "required"
+client_ca = "$2/ca.crt"
+ticket_keys = "$2/tickets"
+EOF
 }
 
 py() {

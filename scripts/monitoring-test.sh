@@ -128,17 +128,7 @@ pids+=($!)
 # certificate-expiry alert need a TLS listener (its server and CA expiry).
 pki=$dir/pki
 "$bin/carbridge-testpki" "$pki" >"$dir/testpki.log" 2>&1 || { cat "$dir/testpki.log" >&2; exit 1; }
-cat >"$dir/gateway.toml" <<EOF
-[[listeners]]
-address = "127.0.0.1:$mqtt_port"
-client_id = "{identity}"
-[listeners.tls]
-cert = "$pki/server.crt"
-key = "$pki/server.key"
-client_auth = "required"
-client_ca = "$pki/ca.crt"
-ticket_keys = "$pki/tickets"
-EOF
+tls_gateway_toml "127.0.0.1:$mqtt_port" "$pki" >"$dir/gateway.toml"
 log "gateway on 127.0.0.1:$mqtt_port (mutual TLS, $shards shards, admin $gateway_admin)"
 "$bin/gateway" --config "$dir/gateway.toml" --kafka-bootstrap "$kafka" -X fetch.wait.max.ms=2 \
   --shards "$shards" --bridge-id 0 --admin-listen "$gateway_admin" >"$dir/gateway.log" 2>&1 &

@@ -174,17 +174,7 @@ for ((g = 0; g < gateways; g++)); do
   listen=(--listen "127.0.0.1:$port")
   if [ -n "${STACK_TLS:-}" ]; then
     # Mutual TLS: a car certificate from the test CA whose CN is the client id.
-    cat >"$dir/gateway-$g.toml" <<EOF
-[[listeners]]
-address = "127.0.0.1:$port"
-client_id = "{identity}"
-[listeners.tls]
-cert = "$pki/server.crt"
-key = "$pki/server.key"
-client_auth = "required"
-client_ca = "$pki/ca.crt"
-ticket_keys = "$pki/tickets"
-EOF
+    tls_gateway_toml "127.0.0.1:$port" "$pki" >"$dir/gateway-$g.toml"
     listen=(--config "$dir/gateway-$g.toml")
   fi
   if [ -n "${STACK_DRAIN_RATE:-}" ]; then

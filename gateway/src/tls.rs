@@ -781,6 +781,21 @@ mod tests {
         assert!(SharedTicketer::from_file(&path, 3600).is_err());
     }
 
+    /// Mutual TLS with `server.crt`, `server.key` and `ca.crt` in `dir`.
+    fn mutual_tls_in(dir: &std::path::Path) -> Tls {
+        Tls {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            client_auth: ClientAuth::Required,
+            client_ca: Some(dir.join("ca.crt")),
+            crls: Vec::new(),
+            identity: IdentitySource::Cn,
+            ticket_keys: None,
+            ticket_keys_env: None,
+            ticket_lifetime_secs: 3600,
+        }
+    }
+
     #[test]
     fn a_broken_file_says_which_and_keeps_the_old_configuration() {
         let dir = tempfile::tempdir().unwrap();
@@ -790,17 +805,7 @@ mod tests {
             .write(dir.path(), "server")
             .unwrap();
         std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
-        let spec = Tls {
-            cert: dir.path().join("server.crt"),
-            key: dir.path().join("server.key"),
-            client_auth: ClientAuth::Required,
-            client_ca: Some(dir.path().join("ca.crt")),
-            crls: Vec::new(),
-            identity: IdentitySource::Cn,
-            ticket_keys: None,
-            ticket_keys_env: None,
-            ticket_lifetime_secs: 3600,
-        };
+        let spec = mutual_tls_in(dir.path());
         let terminator = Terminator::new(&spec).unwrap();
         let before = terminator.current().config.clone();
         std::fs::write(dir.path().join("server.key"), "not a key").unwrap();
@@ -827,17 +832,7 @@ mod tests {
         };
         server((2031, 5, 1));
         std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
-        let spec = Tls {
-            cert: dir.path().join("server.crt"),
-            key: dir.path().join("server.key"),
-            client_auth: ClientAuth::Required,
-            client_ca: Some(dir.path().join("ca.crt")),
-            crls: Vec::new(),
-            identity: IdentitySource::Cn,
-            ticket_keys: None,
-            ticket_keys_env: None,
-            ticket_lifetime_secs: 3600,
-        };
+        let spec = mutual_tls_in(dir.path());
         let terminator = Arc::new(Terminator::new(&spec).unwrap());
         let reloader = Reloader::new(vec![("0.0.0.0:0".parse().unwrap(), terminator)]);
         reloader.bound(vec!["0.0.0.0:8883".parse().unwrap()]);
