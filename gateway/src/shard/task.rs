@@ -298,9 +298,9 @@ async fn drive<S: CarStream>(
     }
 }
 
-/// How many bytes the next read asks for: the rest of a frame plus a
-/// little more, but at most what the buffer holds already (or
-/// [`GROW_FLOOR`]), so that a packet's buffer grows with what arrives. A
+/// How many bytes the next read asks for: the rest of a frame (but at
+/// most what the buffer holds already, or [`GROW_FLOOR`], so that a large
+/// packet's buffer grows with what arrives) plus a little more. A
 /// read that fills that too shows the car sending faster than one packet
 /// per read, so reads grow to [`READ_BUSY`] until one comes back short. A
 /// car that publishes now and then thus never holds more than
@@ -311,9 +311,8 @@ fn read_size(shard: &Shard, input: &BytesMut, busy: bool) -> usize {
     match shard.decoder.frame_length(input) {
         Ok(Some(frame)) if frame > input.len() => {
             let more = if busy { READ_BUSY } else { READ_IDLE };
-            (frame - input.len() + more)
-                .min(input.len().max(GROW_FLOOR))
-                .min(READ_MAX)
+            let rest = (frame - input.len()).min(input.len().max(GROW_FLOOR));
+            (rest + more).min(READ_MAX)
         }
         _ if busy => READ_BUSY,
         _ => READ_IDLE,
