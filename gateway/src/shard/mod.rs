@@ -161,9 +161,9 @@ impl Shard {
         }
     }
 
-    /// Resolves once the shard stops or drains. An event, not a timer: an
-    /// accept loop that looked every 20 ms made four listeners most of an
-    /// idle shard's wake-ups.
+    /// Resolves once the shard stops or drains. An event, not a timer:
+    /// accept loops that looked every 20 ms (four listeners a shard, then)
+    /// were most of an idle shard's wake-ups.
     async fn stop_or_drain(&self) {
         self.until(|| self.stopping.get() || self.draining.get())
             .await;
