@@ -1,0 +1,439 @@
+//! What the router's loop does with each record and each change of its
+//! assignment: a partition's table rebuilt from `mqtt.sessions` before its
+//! requests are routed, registry records applied, a request routed to its
+//! car's slot (or dropped with a receipt), takeover notices, offsets
+//! stored once a record is handed over.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::Offset;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use super::{
+    Change, Error, GroupConsumer, MAX_WAITING, Partition, RECEIPT, REQUEST_TIMEOUT, ROUTED, Router,
+    TAKEOVER,
+};
+use crate::metrics::{Dropped, bump};
+use crate::table::{Table, Takeover};
+
+impl Router {
+    /// Leaves the group (committing what was handled) and joins it again:
+    /// the coordinator starts a new generation and assigns every partition
+    /// anew.
+    pub(super) fn rejoin(&mut self, consumer: &GroupConsumer) -> Result<(), Error> {
+        bump(&self.metrics.orphan_rejoins);
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
+            && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
+        {
+            tracing::warn!(%error, "committing offsets before rejoining failed");
+        }
+        // The revocation reaches the loop through the rebalance callback.
+        consumer.unsubscribe();
+        consumer
+            .subscribe(&[&self.config.downlink_topic, &self.config.sessions_topic])
+            .map_err(Error::Rejoin)?;
+        tracing::info!("rejoined the consumer group");
+        Ok(())
+    }
+
+    pub(super) fn apply_change(&mut self, consumer: &GroupConsumer, change: Change) {
+        bump(&self.metrics.rebalances);
+        match change {
+            Change::Revoked => {
+                self.watch.set_owned([]);
+                self.partitions.clear();
+                self.metrics.partitions.store(0, Ordering::Relaxed);
+                self.metrics.live_sessions.store(0, Ordering::Relaxed);
+            }
+            Change::Assigned(partitions) => {
+                self.watch.set_owned(partitions.iter().copied());
+                self.partitions.clear();
+                self.metrics.live_sessions.store(0, Ordering::Relaxed);
+                self.metrics.partitions.store(
+                    i64::try_from(partitions.len()).unwrap_or(i64::MAX),
+                    Ordering::Relaxed,
+                );
+                for partition in partitions {
+                    self.partitions.insert(
+                        partition,
+                        Partition::Rebuilding {
+                            table: Table::new(),
+                            target: self.registry_end(consumer, partition),
+                            started: Instant::now(),
+                            waiting: Vec::new(),
+                        },
+                    );
+                }
+                self.check_rebuilds(consumer);
+            }
+        }
+    }
+
+    /// The registry partition's end offset: the rebuild is complete once
+    /// the consumer has read up to it. `None` when it cannot be read now.
+    fn registry_end(&self, consumer: &GroupConsumer, partition: i32) -> Option<i64> {
+        match consumer.fetch_watermarks(&self.config.sessions_topic, partition, REQUEST_TIMEOUT) {
+            Ok((_, high)) => Some(high),
+            Err(error) => {
+                tracing::warn!(partition, %error, "reading the registry's end offset failed; retrying");
+                None
+            }
+        }
+    }
+
+    /// Finishes every rebuild whose consumer position reached its target
+    /// (also when the records before it were compacted away, or the
+    /// partition is empty), and retries targets that could not be read.
+    pub(super) fn check_rebuilds(&mut self, consumer: &GroupConsumer) {
+        let mut unknown = Vec::new();
+        let mut targets = Vec::new();
+        for (partition, state) in &self.partitions {
+            match state {
+                Partition::Rebuilding { target: None, .. } => unknown.push(*partition),
+                Partition::Rebuilding {
+                    target: Some(target),
+                    ..
+                } => targets.push((*partition, *target)),
+                Partition::Ready(_) => {}
+            }
+        }
+        for partition in unknown {
+            let end = self.registry_end(consumer, partition);
+            if let Some(Partition::Rebuilding { target, .. }) = self.partitions.get_mut(&partition)
+            {
+                *target = end;
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        let positions = consumer.position().unwrap_or_default();
+        for (partition, target) in targets {
+            let position = positions
+                .find_partition(&self.config.sessions_topic, partition)
+                .and_then(|element| match element.offset() {
+                    Offset::Offset(offset) => Some(offset),
+                    _ => None,
+                });
+            if target == 0 || position.is_some_and(|p| p >= target) {
+                self.finish_rebuild(consumer, partition);
+            }
+        }
+    }
+
+    pub(super) fn handle(&mut self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>) {
+        let partition = message.partition();
+        if message.topic() == self.config.sessions_topic {
+            self.apply_record(partition, message);
+            let done = matches!(
+                self.partitions.get(&partition),
+                Some(Partition::Rebuilding { target: Some(target), .. })
+                    if message.offset() + 1 >= *target
+            );
+            if done {
+                self.finish_rebuild(consumer, partition);
+            }
+            return;
+        }
+        if let Some(ms) = message.timestamp().to_millis() {
+            self.metrics.age_at_read.record_since_kafka_timestamp(ms);
+        }
+        let ready = match self.partitions.get_mut(&partition) {
+            Some(Partition::Ready(_)) => true,
+            Some(Partition::Rebuilding { waiting, .. }) if waiting.len() < MAX_WAITING => {
+                // Fetched before the pause took effect.
+                waiting.push(message.detach());
+                false
+            }
+            Some(Partition::Rebuilding { .. }) => {
+                // Too much waiting: read it again once the table is ready.
+                if let Err(error) = consumer.seek(
+                    &self.config.downlink_topic,
+                    partition,
+                    Offset::Offset(message.offset()),
+                    Duration::ZERO,
+                ) {
+                    tracing::warn!(partition, %error, "rewinding a paused partition failed");
+                }
+                false
+            }
+            None => {
+                // Not ours any more: its offset is not stored, so the new
+                // owner reads it.
+                tracing::debug!(partition, "request for a partition no longer assigned");
+                false
+            }
+        };
+        if ready {
+            self.route(consumer, message);
+        }
+    }
+
+    fn finish_rebuild(&mut self, consumer: &GroupConsumer, partition: i32) {
+        let Some(Partition::Rebuilding {
+            table,
+            started,
+            waiting,
+            ..
+        }) = self.partitions.remove(&partition)
+        else {
+            return;
+        };
+        tracing::info!(
+            partition,
+            live_sessions = table.live(),
+            took_ms = started.elapsed().as_millis(),
+            "table rebuilt; routing"
+        );
+        bump(&self.metrics.rebuilds);
+        self.partitions.insert(partition, Partition::Ready(table));
+        for message in &waiting {
+            self.route(consumer, message);
+        }
+        let mut resume = TopicPartitionList::new();
+        resume.add_partition(&self.config.downlink_topic, partition);
+        if let Err(error) = consumer.resume(&resume) {
+            tracing::error!(partition, %error, "resuming the downlink partition failed");
+        }
+    }
+
+    fn apply_record<M: Message>(&mut self, partition: i32, message: &M) {
+        let record = message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .zip(message.payload())
+            .and_then(|(client, value)| {
+                Some((client, contract::SessionRecord::decode(value).ok()?))
+            });
+        let Some((client, record)) = record else {
+            bump(&self.metrics.registry_invalid);
+            tracing::debug!(
+                partition,
+                offset = message.offset(),
+                "unreadable registry record skipped"
+            );
+            return;
+        };
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let ready = matches!(state, Partition::Ready(_));
+        let table = state.table();
+        let before = table.live();
+        let notice = table.apply(client, &record);
+        let after = table.live();
+        self.metrics.live_sessions.fetch_add(
+            i64::try_from(after).unwrap_or(0) - i64::try_from(before).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        bump(&self.metrics.registry_applied);
+        // History replayed during a rebuild names connections long closed.
+        if let (true, Some(notice)) = (ready, notice) {
+            self.send_takeover(client, notice);
+        }
+    }
+
+    fn send_takeover(&self, client: &str, notice: Takeover) {
+        if notice.slot >= self.slots {
+            return;
+        }
+        let session = notice.session.to_string();
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header {
+                key: contract::HEADER_CONTROL,
+                value: Some(contract::CONTROL_TAKEOVER),
+            })
+            .insert(Header {
+                key: contract::HEADER_SESSION,
+                value: Some(session.as_bytes()),
+            });
+        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, TAKEOVER)
+            .partition(i32::try_from(notice.slot).unwrap_or(i32::MAX))
+            .key(client.as_bytes())
+            .payload(&[][..])
+            .headers(headers);
+        if self.send(record) {
+            bump(&self.metrics.takeover_notices);
+            tracing::debug!(client, slot = notice.slot, "takeover notice sent");
+        }
+    }
+
+    fn route<M: Message>(&mut self, consumer: &GroupConsumer, message: &M) {
+        bump(&self.metrics.received);
+        let partition = message.partition();
+        let request = contract::RequestRef {
+            partition,
+            offset: message.offset(),
+        };
+        let key = message.key().unwrap_or_default();
+        let client = std::str::from_utf8(key).ok().filter(|c| !c.is_empty());
+        let (mut topic, mut receipt, mut expires, mut bad_expiry) = (None, None, None, false);
+        if let Some(headers) = message.headers() {
+            for header in headers.iter() {
+                match header.key {
+                    k if k == self.config.topic_header => {
+                        topic = header.value.and_then(|v| std::str::from_utf8(v).ok());
+                    }
+                    contract::HEADER_RECEIPT => receipt = header.value,
+                    contract::HEADER_EXPIRES => {
+                        expires = header.value.and_then(contract::parse_expiry);
+                        bad_expiry |= expires.is_none();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let answer = |router: &Self, outcome: contract::Outcome| {
+            if let Some(id) = receipt {
+                router.send_receipt(key, id, outcome, request);
+            }
+        };
+        let valid = client
+            .zip(topic)
+            .filter(|(_, topic)| codec::topic::validate_topic_name(topic).is_ok());
+        let Some((client, topic)) = valid.filter(|_| !bad_expiry) else {
+            self.metrics.dropped.bump(Dropped::Invalid);
+            answer(self, contract::Outcome::Invalid);
+            self.store(consumer, partition, message.offset());
+            return;
+        };
+        // The earlier of the request's own expiry and the maximum age its
+        // topic is given here.
+        let expires = self
+            .config
+            .max_age_for(topic)
+            .zip(message.timestamp().to_millis())
+            .map(|(age, created)| {
+                created.saturating_add(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+            })
+            .into_iter()
+            .chain(expires)
+            .min();
+        if expires.is_some_and(|at| contract::now_ms() > at) {
+            self.metrics.dropped.bump(Dropped::Expired);
+            answer(self, contract::Outcome::Expired);
+            self.store(consumer, partition, message.offset());
+            return;
+        }
+        let decision = match self.partitions.get(&partition) {
+            Some(Partition::Ready(table)) => table.route(client, topic),
+            _ => return,
+        };
+        match decision {
+            Err(miss) => {
+                self.metrics.dropped.bump(miss.dropped());
+                answer(self, miss.outcome());
+            }
+            Ok(route) if route.slot >= self.slots => {
+                self.metrics.dropped.bump(Dropped::NoSlot);
+                answer(self, contract::Outcome::NoSlot);
+                tracing::warn!(
+                    client,
+                    slot = route.slot,
+                    slots = self.slots,
+                    "session names a slot mqtt.downlink does not have: add partitions"
+                );
+            }
+            Ok(route) => {
+                let session = route.session.to_string();
+                let expiry = expires.map(|at| at.to_string());
+                let request_header = request.header();
+                let mut headers = OwnedHeaders::new_with_capacity(5)
+                    .insert(Header {
+                        key: &self.config.topic_header,
+                        value: Some(topic.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: contract::HEADER_SESSION,
+                        value: Some(session.as_bytes()),
+                    });
+                if let Some(expiry) = &expiry {
+                    headers = headers.insert(Header {
+                        key: contract::HEADER_EXPIRES,
+                        value: Some(expiry.as_bytes()),
+                    });
+                }
+                if let Some(id) = receipt {
+                    headers = headers
+                        .insert(Header {
+                            key: contract::HEADER_RECEIPT,
+                            value: Some(id),
+                        })
+                        .insert(Header {
+                            key: contract::HEADER_REQUEST,
+                            value: Some(request_header.as_bytes()),
+                        });
+                }
+                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, ROUTED)
+                    .partition(i32::try_from(route.slot).unwrap_or(i32::MAX))
+                    .key(client.as_bytes())
+                    .payload(message.payload().unwrap_or_default())
+                    .headers(headers);
+                if self.send(record) {
+                    bump(&self.metrics.sent);
+                    if let Some(ms) = message.timestamp().to_millis() {
+                        self.metrics.age_at_routing.record_since_kafka_timestamp(ms);
+                    }
+                } else {
+                    bump(&self.metrics.failed);
+                }
+            }
+        }
+        self.store(consumer, partition, message.offset());
+    }
+
+    /// Produces the receipt of a request the router decided (key = the
+    /// request's key, header = its correlation id).
+    fn send_receipt(
+        &self,
+        key: &[u8],
+        id: &[u8],
+        outcome: contract::Outcome,
+        request: contract::RequestRef,
+    ) {
+        let value =
+            contract::Receipt::new(outcome, contract::DecidedBy::Router, None, request).encode();
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: contract::HEADER_RECEIPT,
+            value: Some(id),
+        });
+        let record = BaseRecord::with_opaque_to(&self.config.receipts_topic, RECEIPT)
+            .key(key)
+            .payload(&value[..])
+            .headers(headers);
+        if self.send(record) {
+            self.metrics.count_receipt(outcome);
+        }
+    }
+
+    /// Hands a record to the producer, waiting while its queue is full.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> bool {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return true,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, "record refused by the producer");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Marks the request at `offset` done: the group resumes after it.
+    fn store(&self, consumer: &GroupConsumer, partition: i32, offset: i64) {
+        // librdkafka's rd_kafka_offset_store (behind `store_offset`) takes
+        // the offset of the message handled and commits offset + 1 itself.
+        if let Err(error) = consumer.store_offset(&self.config.downlink_topic, partition, offset) {
+            tracing::debug!(partition, %error, "storing an offset failed");
+        }
+    }
+}
