@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testkit::{
-    Broker, Crowd, Proc, Stalled, WAIT, free_port, http_get, http_post, http_post_bearer,
-    wait_until,
+    Broker, Crowd, Proc, Stalled, WAIT, await_status, free_port, http_get, http_post,
+    http_post_bearer, wait_until,
 };
 
 /// The bound on a probe while the endpoint is under siege.
@@ -140,12 +140,7 @@ fn livez_names_a_stalled_shard_and_for_how_long() {
 
     let stalled = Stalled::threads(gateway.id(), "shard-1-");
     let stopped = Instant::now();
-    let mut said = String::new();
-    wait_until("/livez to fail", WAIT, || {
-        let answer = http_get(admin, "/livez").unwrap();
-        said = answer.1;
-        answer.0 == 503
-    });
+    let said = await_status(admin, "/livez", 503);
     let noticed = stopped.elapsed();
     assert!(
         noticed >= Duration::from_secs(2),
@@ -170,9 +165,7 @@ fn livez_names_a_stalled_shard_and_for_how_long() {
     assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
 
     stalled.resume();
-    wait_until("/livez to recover", WAIT, || {
-        http_get(admin, "/livez") == Some((200, "live\n".to_owned()))
-    });
+    assert_eq!(await_status(admin, "/livez", 200), "live\n");
 }
 
 #[test]

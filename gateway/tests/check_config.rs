@@ -69,6 +69,16 @@ impl Files {
         )
     }
 
+    /// A second server certificate and key, `other.crt` and `other.key`:
+    /// a key that does not match `server.crt`.
+    fn another_server_key(&self) {
+        self.ca
+            .server(&["localhost"])
+            .unwrap()
+            .write(self.dir.path(), "other")
+            .unwrap();
+    }
+
     fn good(&self) -> String {
         self.toml(8883, "server.crt", "server.key", "cars.crl", "^UL/.+")
     }
@@ -154,12 +164,7 @@ fn a_missing_certificate_file_is_named() {
 #[test]
 fn a_key_that_does_not_match_its_certificate_is_named_with_it() {
     let files = Files::new();
-    files
-        .ca
-        .server(&["localhost"])
-        .unwrap()
-        .write(files.dir.path(), "other")
-        .unwrap();
+    files.another_server_key();
     let toml = files.toml(8883, "server.crt", "other.key", "cars.crl", "^UL/.+");
     files.check(&toml).refused_saying(&[
         &show(files.path("other.key")),
@@ -253,12 +258,7 @@ fn every_problem_is_reported_not_only_the_first() {
 #[test]
 fn a_start_refuses_what_the_check_refuses_in_the_same_words() {
     let files = Files::new();
-    files
-        .ca
-        .server(&["localhost"])
-        .unwrap()
-        .write(files.dir.path(), "other")
-        .unwrap();
+    files.another_server_key();
     let toml = files.toml(0, "server.crt", "other.key", "cars.crl", "^UL/.+");
     let checked = files.check(&toml);
     checked.refused_saying(&["does not match"]);

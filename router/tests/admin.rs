@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use testkit::{Crowd, Stalled, WAIT, http_get, wait_until};
+use testkit::{Crowd, Stalled, WAIT, await_status, http_get, wait_until};
 
 /// The bound on a probe while the endpoint is under siege.
 const PROBE_BOUND: Duration = Duration::from_millis(100);
@@ -66,12 +66,7 @@ fn livez_says_the_routing_loop_stopped_turning() {
     // admin thread run on.
     let stalled = Stalled::threads(router.id(), "router");
     let stopped = Instant::now();
-    let mut said = String::new();
-    wait_until("/livez to fail", WAIT, || {
-        let answer = http_get(admin, "/livez").unwrap();
-        said = answer.1;
-        answer.0 == 503
-    });
+    let said = await_status(admin, "/livez", 503);
     assert!(stopped.elapsed() >= Duration::from_secs(2));
     assert!(
         said.starts_with("routing loop: not turned for ")
@@ -81,8 +76,6 @@ fn livez_says_the_routing_loop_stopped_turning() {
     assert_eq!(http_get(admin, "/healthz").unwrap().0, 200);
 
     stalled.resume();
-    wait_until("/livez to recover", WAIT, || {
-        http_get(admin, "/livez") == Some((200, "live\n".to_owned()))
-    });
+    assert_eq!(await_status(admin, "/livez", 200), "live\n");
     assert!(router.ready());
 }

@@ -20,6 +20,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     request(addr, "GET", path)
 }
 
+/// GETs `path` until it answers `status`, at most [`crate::WAIT`]; the
+/// body of that answer.
+pub fn await_status(addr: SocketAddr, path: &str, status: u16) -> String {
+    let mut body = String::new();
+    crate::wait_until(
+        &format!("{path} to answer {status}"),
+        crate::WAIT,
+        || match http_get(addr, path) {
+            Some((got, text)) if got == status => {
+                body = text;
+                true
+            }
+            _ => false,
+        },
+    );
+    body
+}
+
 /// One POST without a body (`/drain`, `/reload`): the status code and the
 /// body, `None` when nothing answers.
 pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

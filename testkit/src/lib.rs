@@ -71,7 +71,7 @@ mod stall;
 mod wait;
 
 pub use crowd::Crowd;
-pub use http::{http_get, http_post, http_post_bearer, scrape};
+pub use http::{await_status, http_get, http_post, http_post_bearer, scrape};
 pub use mqtt::RawClient;
 pub use process::Proc;
 pub use stall::Stalled;
