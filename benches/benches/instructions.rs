@@ -469,7 +469,7 @@ fn connection(
     loop {
         // As `handle_input` does: a PUBLISH in place, anything else owned.
         if let Ok(Some((publish, frame))) = decoder.decode_publish_in_place(input) {
-            if session.on_publish_in_place(&publish, now).is_none() {
+            if session.on_publish_in_place(&publish, frame, now).is_none() {
                 let client_id = session.client_id().cloned().unwrap_or_default();
                 let topic = publish.topic_bytes();
                 if let Ok(kafka_topic) = mapper.map_bytes_for(topic, Some(&client_id)) {

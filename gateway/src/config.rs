@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::Rule;
+use crate::rate::{OverLimit, UplinkLimit};
 use crate::session::Timing;
 
 mod kafka;
@@ -120,6 +121,18 @@ pub struct Limits {
     /// together; beyond it the connections holding the most are closed
     /// (`partial_budget`).
     pub max_partial_bytes_per_shard: usize,
+    /// PUBLISH messages per second one car may send, after a burst of
+    /// `car_message_burst` (0: no limit). Counted as
+    /// `limited_total{limit="car_messages"}` each time a car is held.
+    pub car_messages_per_sec: u32,
+    pub car_message_burst: u32,
+    /// PUBLISH bytes (whole frames) per second one car may send, after a
+    /// burst of `car_byte_burst` (0: no limit); `limit="car_bytes"`.
+    pub car_bytes_per_sec: u32,
+    pub car_byte_burst: u32,
+    /// A car beyond either: `pause` (read nothing more from it until its
+    /// allowance allows its next PUBLISH) or `disconnect` (`uplink_limit`).
+    pub car_over_limit: OverLimit,
 }
 
 /// What a car may do beyond the topic mapping.
@@ -266,6 +279,16 @@ impl Default for Limits {
             // large or stalled ones are held. 32 MiB is 8,000 connections
             // each 4 KiB into a packet.
             max_partial_bytes_per_shard: 32 * 1024 * 1024,
+            // A car publishes every second or every few: 100 a second, and
+            // 1,000 at once (a car catching up after a tunnel), is a
+            // hundred times that, while one shard ingests hundreds of
+            // thousands a second (BENCHMARKS.md): a flooder takes little.
+            car_messages_per_sec: 100,
+            car_message_burst: 1000,
+            // 1 MiB/s, and 4 MiB at once: a few maximum-size packets.
+            car_bytes_per_sec: 1024 * 1024,
+            car_byte_burst: 4 * 1024 * 1024,
+            car_over_limit: OverLimit::Pause,
             // A VIN is 17 bytes; MQTT 3.1.1 asks servers for at least 23.
             max_client_id_length: 128,
             max_filters_per_session: 32,
@@ -448,6 +471,13 @@ impl Config {
             max_keep_alive: Duration::from_secs(self.mqtt.max_keep_alive_secs),
             write_timeout: Duration::from_secs(self.mqtt.write_timeout_secs),
             packet_timeout: Duration::from_secs(self.mqtt.packet_timeout_secs),
+            uplink: UplinkLimit::new(
+                self.limits.car_messages_per_sec,
+                self.limits.car_message_burst,
+                self.limits.car_bytes_per_sec,
+                self.limits.car_byte_burst,
+                self.limits.car_over_limit,
+            ),
         }
     }
 }
@@ -602,6 +632,11 @@ mod tests {
             "mqtt.connect_timeout_secs",
         );
         check(|c| c.mqtt.write_timeout_secs = 0, "mqtt.write_timeout_secs");
+        check(
+            |c| c.limits.car_message_burst = 0,
+            "limits.car_message_burst",
+        );
+        check(|c| c.limits.car_byte_burst = 1000, "limits.car_byte_burst");
         check(
             |c| c.mqtt.packet_timeout_secs = 0,
             "mqtt.packet_timeout_secs",

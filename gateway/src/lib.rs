@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pinning;
 pub mod policy;
 pub mod proxy;
+pub mod rate;
 mod registry;
 pub mod session;
 mod shard;

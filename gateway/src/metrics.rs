@@ -23,6 +23,8 @@ ops::label_set! {
         FiltersPerSession = "filters_per_session",
         FilterLength = "filter_length",
         PartialBytes = "partial_bytes",
+        CarMessages = "car_messages",
+        CarBytes = "car_bytes",
     }
 }
 

@@ -27,9 +27,10 @@ use codec::{
 };
 
 pub use crate::policy::SubscribePolicy;
+use crate::rate::{Allowance, Held, UplinkLimit};
 
-/// Session timing policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Session timing policy: its timeouts, and the pace of its uplink.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
     /// Time a new connection has to send its CONNECT.
     pub connect_timeout: Duration,
@@ -43,6 +44,8 @@ pub struct Timing {
     /// A packet begun and not complete for this long closes the
     /// connection (`packet_timeout`).
     pub packet_timeout: Duration,
+    /// The most a car may publish ([`crate::rate`]).
+    pub uplink: UplinkLimit,
 }
 
 impl Default for Timing {
@@ -52,6 +55,7 @@ impl Default for Timing {
             max_keep_alive: Duration::from_secs(20 * 60),
             write_timeout: Duration::from_secs(10),
             packet_timeout: Duration::from_secs(30),
+            uplink: UplinkLimit::UNLIMITED,
         }
     }
 }
@@ -76,6 +80,7 @@ ops::label_set! {
         WriteStall = "write_stall",
         PacketTimeout = "packet_timeout",
         PartialBudget = "partial_budget",
+        UplinkLimit = "uplink_limit",
         Io = "io_error",
     }
 }
@@ -120,6 +125,9 @@ pub enum CloseReason {
     /// The shard held more than `limits.max_partial_bytes_per_shard` in
     /// incomplete packets, and this connection held among the most.
     PartialBudget,
+    /// The car published beyond its uplink limit, and
+    /// `limits.car_over_limit` is `disconnect`.
+    UplinkLimit,
     /// A socket error.
     Io,
 }
@@ -144,6 +152,7 @@ impl CloseReason {
             Self::WriteStall => CloseKind::WriteStall,
             Self::PacketTimeout => CloseKind::PacketTimeout,
             Self::PartialBudget => CloseKind::PartialBudget,
+            Self::UplinkLimit => CloseKind::UplinkLimit,
             Self::Io => CloseKind::Io,
         }
     }
@@ -167,6 +176,7 @@ impl CloseReason {
                 | Self::WriteStall
                 | Self::PacketTimeout
                 | Self::PartialBudget
+                | Self::UplinkLimit
         )
     }
 }
@@ -230,6 +240,10 @@ pub enum Step {
     FiltersChanged(Refused),
     /// Close the connection after flushing the output buffer.
     Close(CloseReason),
+    /// The PUBLISH is beyond the car's uplink limit ([`Timing::uplink`]):
+    /// it was not taken, and is within the limit at [`Held::until`]. What
+    /// to do (wait with it, or close) is the caller's.
+    Hold(Held),
 }
 
 #[derive(Debug)]
@@ -248,11 +262,21 @@ enum State {
 #[derive(Debug)]
 struct Connected {
     client_id: ByteString,
-    /// 1.5 × the effective keep-alive.
-    grace: Duration,
+    /// 1.5 × the effective keep-alive, in milliseconds (at most 98,302,500:
+    /// 12 bytes less than a `Duration` in every car).
+    grace_ms: u32,
     deadline: Instant,
     /// Shared with the shard's downlink matching; none until a SUBSCRIBE.
     filters: Option<Rc<[ByteString]>>,
+    /// What the car has used of its uplink limit.
+    allowance: Allowance,
+}
+
+impl Connected {
+    /// The deadline after a packet at `now`.
+    fn renewed(&self, now: Instant) -> Instant {
+        now + Duration::from_millis(self.grace_ms.into())
+    }
 }
 
 /// One connection's MQTT state.
@@ -326,7 +350,7 @@ impl Session {
     /// charged for the pause, so its keep-alive (or connect timeout) restarts.
     pub fn excuse_pause(&mut self, now: Instant) {
         match &mut self.state {
-            State::Connected(c) => c.deadline = c.deadline.max(now + c.grace),
+            State::Connected(c) => c.deadline = c.deadline.max(c.renewed(now)),
             State::AwaitingConnect { deadline } => {
                 *deadline = (*deadline).max(now + self.timing.connect_timeout);
             }
@@ -384,7 +408,7 @@ impl Session {
             State::Deciding => self.fail(CloseReason::Unsupported(Unsupported::SecondConnect)),
             State::Connected(session) => {
                 // Any packet counts as activity (MQTT-3.1.2-24).
-                session.deadline = now + session.grace;
+                session.deadline = session.renewed(now);
                 match packet {
                     Packet::Publish(publish) => self.on_publish(publish),
                     Packet::Subscribe(subscribe) => {
@@ -462,9 +486,10 @@ impl Session {
             // A copy, not a view: a view would keep the whole read buffer
             // the CONNECT arrived in alive for the connection's lifetime.
             client_id: ByteString::from(&*connect.client_id),
-            grace,
+            grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX),
             deadline: now + grace,
             filters: None,
+            allowance: Allowance::default(),
         });
     }
 
@@ -499,7 +524,19 @@ impl Session {
     /// handled as [`Session::on_packet`] handles one, without taking it:
     /// `None` when the caller is to hand it over (what `Step::Publish`
     /// says), otherwise the step to take instead.
-    pub fn on_publish_in_place(&mut self, publish: &PublishView<'_>, now: Instant) -> Option<Step> {
+    ///
+    /// Only here is the car's uplink limit applied (`frame`: the
+    /// PUBLISH's whole size): a held PUBLISH stays where it lies, to be
+    /// offered again. Every whole PUBLISH is decoded in place, so
+    /// [`Session::on_packet`] sees none in the gateway.
+    pub fn on_publish_in_place(
+        &mut self,
+        publish: &PublishView<'_>,
+        frame: usize,
+        now: Instant,
+    ) -> Option<Step> {
+        let timing: &'static Timing = self.timing;
+        let limit = &timing.uplink;
         match &mut self.state {
             State::Closed(..) => Some(Step::Continue),
             State::AwaitingConnect { .. } => {
@@ -510,7 +547,13 @@ impl Session {
             }
             State::Connected(session) => {
                 // Any packet counts as activity (MQTT-3.1.2-24).
-                session.deadline = now + session.grace;
+                session.deadline = session.renewed(now);
+                if publish.qos() == QoS::AtMostOnce && !publish.retain() {
+                    return limit
+                        .admit(&mut session.allowance, now, frame)
+                        .err()
+                        .map(Step::Hold);
+                }
                 self.refuse_publish(publish.qos(), publish.retain())
             }
         }
@@ -599,6 +642,7 @@ mod tests {
         max_keep_alive: Duration::from_secs(600),
         write_timeout: Duration::from_secs(10),
         packet_timeout: Duration::from_secs(30),
+        uplink: UplinkLimit::UNLIMITED,
     };
 
     fn id(n: u16) -> NonZeroU16 {
@@ -607,7 +651,11 @@ mod tests {
 
     /// A session that accepted a CONNECT with `keep_alive` at `t0`.
     fn connected(t0: Instant, keep_alive: u16) -> Session {
-        let mut session = Session::new(&TIMING, t0);
+        connected_with(&TIMING, t0, keep_alive)
+    }
+
+    fn connected_with(timing: &'static Timing, t0: Instant, keep_alive: u16) -> Session {
+        let mut session = Session::new(timing, t0);
         let mut out = BytesMut::new();
         let connect = Connect::new("VIN0001", keep_alive);
         let Step::Connect(connect) =
@@ -661,10 +709,10 @@ mod tests {
             for publish in &publishes {
                 let mut frame = BytesMut::new();
                 publish.encode(&mut frame).unwrap();
-                let (view, _) = decoder.decode_publish_in_place(&frame).unwrap().unwrap();
+                let (view, size) = decoder.decode_publish_in_place(&frame).unwrap().unwrap();
                 let (mut a, mut b) = (make(t0), make(t0));
                 let (step, out) = feed(&mut a, Packet::Publish(publish.clone()), t1);
-                let in_place = b.on_publish_in_place(&view, t1);
+                let in_place = b.on_publish_in_place(&view, size, t1);
                 match (step, in_place) {
                     (Step::Publish(handed), None) => assert_eq!(&handed, publish),
                     (step, Some(other)) => assert_eq!(format!("{step:?}"), format!("{other:?}")),
@@ -674,6 +722,42 @@ mod tests {
                 assert_eq!((a.deadline(), a.is_closed()), (b.deadline(), b.is_closed()));
             }
         }
+    }
+
+    /// Beyond its uplink limit, a PUBLISH is held (not taken, not closed),
+    /// with the instant it is within the limit; the keep-alive counts it.
+    #[test]
+    fn a_publish_beyond_the_uplink_limit_is_held() {
+        static LIMITED: Timing = Timing {
+            uplink: UplinkLimit::new(1, 2, 0, 0, crate::rate::OverLimit::Pause),
+            ..TIMING
+        };
+        let t0 = Instant::now();
+        let mut session = connected_with(&LIMITED, t0, 30);
+        let mut frame = BytesMut::new();
+        Publish::qos0("UL/POS", b"x")
+            .unwrap()
+            .encode(&mut frame)
+            .unwrap();
+        let decoder = codec::Decoder::new(codec::Role::Server, 1024);
+        let (view, size) = decoder.decode_publish_in_place(&frame).unwrap().unwrap();
+        assert!(session.on_publish_in_place(&view, size, t0).is_none());
+        assert!(session.on_publish_in_place(&view, size, t0).is_none());
+        let t1 = t0 + Duration::from_millis(10);
+        match session.on_publish_in_place(&view, size, t1) {
+            Some(Step::Hold(held)) => {
+                assert_eq!(held.by, crate::metrics::Limit::CarMessages);
+                assert_eq!(held.until, t0 + Duration::from_secs(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!session.is_closed());
+        assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(45)));
+        assert!(
+            session
+                .on_publish_in_place(&view, size, t0 + Duration::from_secs(1))
+                .is_none()
+        );
     }
 
     #[test]

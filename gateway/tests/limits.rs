@@ -214,3 +214,90 @@ fn stalled_partial_packets_are_bounded_and_closed() {
     drop(stalled);
     gateway.stop().unwrap();
 }
+
+/// `count` QoS 0 PUBLISH packets to `topic`, each with its number as
+/// payload, in one buffer: sent at once, they arrive in a few reads.
+fn publishes(topic: &str, count: usize) -> Vec<u8> {
+    let mut bytes = bytes::BytesMut::new();
+    for n in 0..count {
+        codec::Publish::qos0(topic, n.to_string().as_bytes())
+            .unwrap()
+            .encode(&mut bytes)
+            .unwrap();
+    }
+    bytes.to_vec()
+}
+
+/// A car that sends far more than its uplink limit at once is paused, not
+/// dropped: every message reaches Kafka, in order, at the limit's pace
+/// after the burst, each hold counted; the car stays connected and keeps
+/// its keep-alive (it is answered once its messages are through).
+#[test]
+fn a_car_beyond_its_uplink_limit_is_paused_and_loses_nothing() {
+    const RATE: u32 = 20;
+    const BURST: u32 = 10;
+    const SENT: usize = 60;
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 1);
+    config.limits.car_messages_per_sec = RATE;
+    config.limits.car_message_burst = BURST;
+    let gateway = Gateway::start(config).unwrap();
+    let collector = broker.collector("cs.uplink");
+
+    let (mut car, code) = RawClient::connect(gateway.local_addr(), "VIN-FAST", 30);
+    assert_eq!(code, 0);
+    let started = std::time::Instant::now();
+    car.send(&publishes("UL/POS", SENT));
+    let records = collector.collect(SENT, WAIT);
+    let took = started.elapsed();
+    let payloads: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..SENT).map(|n| n.to_string()).collect();
+    assert_eq!(payloads, expected, "lost or reordered");
+    // The burst at once, then 50 more at 20 a second: 2.5 s.
+    let pace = Duration::from_secs_f64((SENT as f64 - f64::from(BURST)) / f64::from(RATE));
+    assert!(
+        took >= pace - Duration::from_millis(100),
+        "{SENT} messages through in {took:?}: the limit did not hold (at least {pace:?})"
+    );
+    assert!(limited(&gateway, Limit::CarMessages) > 0);
+    assert_eq!(closed(&gateway, CloseKind::UplinkLimit), 0);
+    // Still connected: a PINGREQ is answered.
+    car.send(&[0xC0, 0]);
+    assert!(matches!(car.next_packet(), Some(codec::Packet::PingResp)));
+    gateway.stop().unwrap();
+}
+
+/// With `car_over_limit = "disconnect"`, the PUBLISH beyond the burst
+/// closes the car (`uplink_limit`): what came within it reaches Kafka,
+/// nothing after it does.
+#[test]
+fn a_car_beyond_its_uplink_limit_is_disconnected_when_so_configured() {
+    const BURST: u32 = 5;
+    let broker = Broker::start();
+    broker.create_topic("cs.uplink", 1, &[]);
+    let mut config = common::config(&broker, 1);
+    config.limits.car_messages_per_sec = 1;
+    config.limits.car_message_burst = BURST;
+    config.limits.car_over_limit = gateway::rate::OverLimit::Disconnect;
+    let gateway = Gateway::start(config).unwrap();
+    let collector = broker.collector("cs.uplink");
+
+    let (mut car, code) = RawClient::connect(gateway.local_addr(), "VIN-FLOOD", 30);
+    assert_eq!(code, 0);
+    car.send(&publishes("UL/POS", 20));
+    car.expect_closed(WAIT);
+    assert_eq!(closed(&gateway, CloseKind::UplinkLimit), 1);
+    assert_eq!(limited(&gateway, Limit::CarMessages), 1);
+    assert_eq!(
+        collector.collect(BURST as usize, WAIT).len(),
+        BURST as usize
+    );
+    // Given time to arrive, nothing beyond the burst does.
+    let late = collector.collect_for(Duration::from_secs(2));
+    assert!(late.is_empty(), "{} records beyond the burst", late.len());
+    gateway.stop().unwrap();
+}

@@ -237,6 +237,35 @@ impl Config {
                 return Err(invalid(field, &0, "must be at least 1"));
             }
         }
+        for (rate, burst, field) in [
+            (
+                self.limits.car_messages_per_sec,
+                self.limits.car_message_burst,
+                "limits.car_message_burst",
+            ),
+            (
+                self.limits.car_bytes_per_sec,
+                self.limits.car_byte_burst,
+                "limits.car_byte_burst",
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return Err(invalid(
+                    field,
+                    &0,
+                    "must be at least 1 where its rate is set (0 is no limit)",
+                ));
+            }
+        }
+        if self.limits.car_bytes_per_sec > 0
+            && (self.limits.car_byte_burst as usize) < self.mqtt.max_packet_size
+        {
+            return Err(invalid(
+                "limits.car_byte_burst",
+                &self.limits.car_byte_burst,
+                "must be at least mqtt.max_packet_size: a car sends a whole packet at once",
+            ));
+        }
         if self.limits.max_client_id_length < 23 {
             return Err(invalid(
                 "limits.max_client_id_length",

@@ -13,6 +13,7 @@ use contract::SessionRecord;
 use super::connection::Connection;
 use super::uplink::Offered;
 use crate::metrics::Limit;
+use crate::rate::OverLimit;
 use crate::session::{CloseReason, Refused, Step};
 
 /// What [`Connection::handle`] left to do.
@@ -23,6 +24,10 @@ pub(super) enum Handled {
     /// librdkafka's queue is full: this PUBLISH waits for room (the
     /// packets after it stay in the input).
     Full(Publish),
+    /// The PUBLISH at the head of the input is beyond the car's uplink
+    /// limit until then (`limits.car_over_limit = "pause"`): it stays in
+    /// the input, and nothing more is read from the car meanwhile.
+    Hold(Instant),
 }
 
 impl Connection {
@@ -47,7 +52,7 @@ impl Connection {
             // before the frame leaves the buffer.
             match shard.decoder.decode_publish_in_place(input) {
                 Ok(Some((publish, frame))) => {
-                    let handled = match self.session.on_publish_in_place(&publish, now) {
+                    let handled = match self.session.on_publish_in_place(&publish, frame, now) {
                         None => match self.publish(publish.topic_bytes(), publish.payload()) {
                             // Kept for the retry: the next read may reuse the buffer.
                             Offered::Full => Some(Handled::Full(publish.to_publish())),
@@ -55,6 +60,16 @@ impl Connection {
                             Offered::Done => None,
                         },
                         Some(Step::Close(reason)) => Some(Handled::Close(reason)),
+                        Some(Step::Hold(held)) => {
+                            shard.metrics.limited.bump(held.by);
+                            match self.session_timing().uplink.over {
+                                // Not taken: offered again at `until`.
+                                OverLimit::Pause => return Handled::Hold(held.until),
+                                OverLimit::Disconnect => Some(Handled::Close(
+                                    self.session.close(CloseReason::UplinkLimit),
+                                )),
+                            }
+                        }
                         // A closed session ignores it.
                         Some(_) => None,
                     };
@@ -79,6 +94,8 @@ impl Connection {
                 Step::Continue => {}
                 Step::FiltersChanged(refused) => self.on_filters_changed(refused),
                 Step::Close(reason) => return Handled::Close(reason),
+                // Only a PUBLISH decoded in place is held (above).
+                Step::Hold(_) => {}
                 Step::Connect(connect) => {
                     if let Some(reason) = self.on_connect(&connect, now, output) {
                         return Handled::Close(reason);

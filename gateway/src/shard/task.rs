@@ -325,7 +325,7 @@ async fn process<S: AsyncWrite + Unpin>(
     stream: &mut S,
     connection: &mut Connection,
     input: &mut BytesMut,
-    now: Instant,
+    mut now: Instant,
 ) -> Option<CloseReason> {
     // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
     // this turn, not held in the task while the car is quiet.
@@ -338,6 +338,20 @@ async fn process<S: AsyncWrite + Unpin>(
                 if let Some(reason) = connection.retry(publish).await {
                     break Some(reason);
                 }
+            }
+            Handled::Hold(until) => {
+                // The replies so far go out before the car is held.
+                if !output.is_empty()
+                    && let Err(failed) =
+                        write(stream, &output, connection.session_timing().write_timeout).await
+                {
+                    return Some(connection.session.close(failed));
+                }
+                output.clear();
+                if let Some(reason) = hold(connection, until).await {
+                    break Some(reason);
+                }
+                now = Instant::now();
             }
         }
     };
@@ -354,6 +368,22 @@ async fn process<S: AsyncWrite + Unpin>(
         return Some(connection.session.close(failed));
     }
     None
+}
+
+/// Waits, reading nothing from the car, until its uplink limit lets the
+/// PUBLISH at the head of its input through, or a close order comes
+/// (`Some`). Downlink messages queued meanwhile are written after.
+async fn hold(connection: &mut Connection, until: Instant) -> Option<CloseReason> {
+    let wait = until.saturating_duration_since(Instant::now());
+    let reason = future::or(
+        async {
+            sleep(wait).await;
+            None
+        },
+        async { Some(connection.control.closed().await) },
+    )
+    .await?;
+    Some(connection.session.close(reason))
 }
 
 /// Writes the downlink messages queued for this connection, if any, and
