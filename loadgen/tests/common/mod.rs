@@ -54,6 +54,16 @@ pub fn gateway_with_admin(
     bridge: u32,
     config: Option<&std::path::Path>,
 ) -> (Proc, SocketAddr, SocketAddr) {
+    gateway_on_shards(broker, bridge, config, 2)
+}
+
+/// As [`gateway_with_admin`], with `shards` shards.
+pub fn gateway_on_shards(
+    broker: &Broker,
+    bridge: u32,
+    config: Option<&std::path::Path>,
+    shards: usize,
+) -> (Proc, SocketAddr, SocketAddr) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut command = Command::new(workspace_binary("gateway"));
@@ -61,7 +71,8 @@ pub fn gateway_with_admin(
         command.arg("--config").arg(config);
     }
     command
-        .args(["--listen", &mqtt.to_string(), "--shards", "2"])
+        .args(["--listen", &mqtt.to_string()])
+        .args(["--shards", &shards.to_string()])
         .args(["--bridge-id", &bridge.to_string()])
         .args(["--admin-listen", &admin.to_string()])
         .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
