@@ -42,7 +42,11 @@
 //! - `crowd.rs`: [`Crowd`], clients that hold connections open and never
 //!   finish a request (the admin endpoint's starvation tests),
 //! - `stall.rs`: [`Stalled`], threads of a process under test stopped with
-//!   ptrace (the liveness tests).
+//!   ptrace (the liveness tests),
+//! - [`link`]: [`link::LinkProxy`], a TCP proxy that gives the link
+//!   between cars and the gateway the faults of a cellular one (latency,
+//!   jitter, bandwidth, loss as TCP shows it, outages without a FIN), in
+//!   the tests and in `loadgen --link`.
 
 // Test support: failing loudly with a message is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -65,6 +69,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 mod crowd;
 mod http;
+pub mod link;
 mod mqtt;
 mod process;
 mod stall;
