@@ -26,8 +26,10 @@ use loadgen::worker::Plan;
 /// process exceeds its open-file limit. Against loopback targets, every
 /// 20,000 cars connect from their own source address (127.r.x.y), each car
 /// from its own port, so local ports never run out and the kernel never
-/// searches for one. Progress is printed every second; at the end a
-/// summary, and a JSON and an HTML report.
+/// searches for one. --link puts a link with a cellular network's faults
+/// (latency, bandwidth, loss, outages) between the cars and the target.
+/// Progress is printed every second; at the end a summary, and a JSON and
+/// an HTML report.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -216,7 +218,22 @@ struct RunArgs {
     /// that are offline (with --receipts: `offline` receipts). 0: none.
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
+    /// The link between each car and its target: none (the cars connect
+    /// straight); cellular (150 ms ± 100 ms each way, 64 kB/s each way,
+    /// and a 20 s outage about every 5 minutes per connection, during
+    /// which nothing passes either way and nothing is closed); lossy (100
+    /// ms ± 50 ms, 32 kB/s, and 2 % of the data lost at first and
+    /// retransmitted 200, 400 or 800 ms late, holding up what follows).
+    /// Each worker runs a proxy with these faults in front of each
+    /// target; a car then costs its worker three open files instead of
+    /// one (by default at most 6,000 cars per worker).
+    #[arg(long, default_value = "none", value_name = "PROFILE")]
+    link: String,
 }
+
+/// Open files a worker holds besides its cars' (standard streams, its
+/// io_uring, the proxy's listeners and runtime).
+const FILES_BESIDE_CARS: u64 = 64;
 
 fn verdict(args: VerdictArgs) -> ! {
     let files = loadgen::verdict::Files {
@@ -298,9 +315,24 @@ fn main() -> anyhow::Result<()> {
             "DL/#".to_owned()
         }
     });
+    let linked = testkit::link::Link::profile(&args.link)
+        .map_err(|e| anyhow::anyhow!("--link: {e}"))?
+        .is_some();
     let cars_per_worker = args
         .cars_per_worker
-        .unwrap_or_else(|| loadgen::run::default_cars_per_worker(args.cars));
+        .unwrap_or_else(|| loadgen::run::default_cars_per_worker(args.cars, linked));
+    // A worker that runs out of files fails its cars' connects one by one:
+    // say so before starting.
+    let files = cars_per_worker * loadgen::run::files_per_car(linked) + FILES_BESIDE_CARS;
+    if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+        && files > limit
+    {
+        bail!(
+            "--cars-per-worker {cars_per_worker}{}: a worker would need {files} open files, \
+             and a process may have {limit} here: fewer cars per worker",
+            if linked { " with --link" } else { "" }
+        );
+    }
     let described = vec![
         ("cars".to_owned(), args.cars.to_string()),
         ("targets".to_owned(), args.targets.join(" ")),
@@ -324,6 +356,7 @@ fn main() -> anyhow::Result<()> {
         ("downlink_rate".to_owned(), args.downlink_rate.to_string()),
         ("raw_kafka".to_owned(), args.raw_kafka.to_string()),
         ("cars_per_worker".to_owned(), cars_per_worker.to_string()),
+        ("link".to_owned(), args.link.clone()),
     ];
     let tls = if args.tls {
         let started = std::time::Instant::now();
@@ -347,6 +380,7 @@ fn main() -> anyhow::Result<()> {
         tls,
         reconnect: args.reconnect,
         churn: args.churn,
+        link: linked.then(|| args.link.clone()),
         cars: args.cars,
         targets,
         connect_rate: args.connect_rate,

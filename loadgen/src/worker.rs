@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use glommio::timer::sleep;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use testkit::link::{Link, LinkProxy};
 
 use crate::payload::{self, Arrivals};
 use crate::stats::{Buckets, histogram};
@@ -64,6 +65,11 @@ pub struct Plan {
     /// away 1–3 s and comes back; `None`: cars stay.
     #[serde(default)]
     pub churn_period_secs: Option<f64>,
+    /// The link profile between the cars and their targets: the worker
+    /// runs a proxy with its faults in front of each target
+    /// (`testkit::link`); `None`: the cars connect straight.
+    #[serde(default)]
+    pub link: Option<String>,
 }
 
 /// The cars' TLS: a test PKI directory (see [`crate::tls`]).
@@ -156,7 +162,30 @@ impl Stats {
 }
 
 /// Runs the plan on this thread; returns when the run ended (or SIGTERM).
-pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn run(mut plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    // With a link profile the cars connect to a proxy per target, on a
+    // thread of its own, which stops when the run is over.
+    let link = match plan.link.as_deref().map(Link::profile).transpose() {
+        Err(error) => anyhow::bail!(error),
+        Ok(link) => link.flatten(),
+    };
+    let proxies = match link {
+        Some(link) => {
+            let proxies = plan
+                .targets
+                .iter()
+                .map(|target| LinkProxy::start(*target, link))
+                .collect::<io::Result<Vec<_>>>()
+                .map_err(|e| anyhow::anyhow!("starting the link proxy: {e}"))?;
+            plan.targets = proxies.iter().map(LinkProxy::addr).collect();
+            proxies
+        }
+        None => Vec::new(),
+    };
+    // Held here until the executor is done: the cars' connections end
+    // before their proxies do.
+    let proxies = Rc::new(proxies);
+    let links = proxies.clone();
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("loadgen-worker")
         // The kernel looks up cancelled requests among all pending polls in
@@ -184,6 +213,9 @@ pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         });
         let plan = Rc::new(plan);
         let ticker = glommio::spawn_local(report_every_second(stats.clone(), plan.end_us));
+        if let Some(link) = link.filter(|link| link.outages.is_some()) {
+            glommio::spawn_local(links_back_at_the_end(links, link, plan.end_us)).detach();
+        }
         let start =
             Instant::now() + Duration::from_micros(plan.start_us.saturating_sub(payload::now_us()));
         let mut cars = Vec::new();
@@ -208,6 +240,23 @@ pub fn run(plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         ticker.await;
     });
     Ok(())
+}
+
+/// When publishing ends every link comes back (an outage under way
+/// ends, no new one begins): what the cars sent or were sent during an
+/// outage then arrives and is counted. An outage delays messages; it
+/// loses none, and the run does not end with some still held.
+async fn links_back_at_the_end(proxies: Rc<Vec<LinkProxy>>, link: Link, end_us: u64) {
+    sleep(Duration::from_micros(
+        end_us.saturating_sub(payload::now_us()),
+    ))
+    .await;
+    for proxy in proxies.iter() {
+        proxy.set_link(Link {
+            outages: None,
+            ..link
+        });
+    }
 }
 
 async fn report_every_second(stats: Rc<Stats>, end_us: u64) {
@@ -254,6 +303,7 @@ mod tests {
             tls: None,
             reconnect: false,
             churn_period_secs: None,
+            link: None,
         }
     }
 

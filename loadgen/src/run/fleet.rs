@@ -23,9 +23,17 @@ use crate::worker::{Plan, WorkerTick};
 /// (connecting spreads over the cores, and more processes only add
 /// switching: 45,000 cars connected at 21,487 cars/s over three workers,
 /// 18,587 over nine), at most 15,000 each (below the 20,000 open files a
-/// process may have here).
-pub fn default_cars_per_worker(cars: u64) -> u64 {
-    cars.div_ceil(3).clamp(1, 15_000)
+/// process may have here). With `--link` each car costs its worker three
+/// open files (its socket, and the link proxy's two): at most 6,000.
+pub fn default_cars_per_worker(cars: u64, linked: bool) -> u64 {
+    cars.div_ceil(3)
+        .clamp(1, if linked { 6_000 } else { 15_000 })
+}
+
+/// Open files one car costs its worker process: its socket, and with
+/// `--link` the proxy's two sockets of its connection.
+pub fn files_per_car(linked: bool) -> u64 {
+    if linked { 3 } else { 1 }
 }
 
 /// Source addresses for loopback targets: 127.r.x.y, one per
@@ -117,6 +125,7 @@ impl Fleet {
                 connect_rate: options.connect_rate / workers_needed as f64,
                 tls: options.tls.clone(),
                 reconnect: options.reconnect,
+                link: options.link.clone(),
                 churn_period_secs: (options.churn > 0.0)
                     .then(|| options.cars as f64 / options.churn),
                 publish_interval_ms: options.publish_interval_ms,
@@ -248,10 +257,20 @@ mod tests {
 
     #[test]
     fn the_default_fleet_is_three_workers_of_at_most_15000() {
-        assert_eq!(default_cars_per_worker(1), 1);
-        assert_eq!(default_cars_per_worker(300), 100);
-        assert_eq!(default_cars_per_worker(45_000), 15_000);
-        assert_eq!(default_cars_per_worker(700_000), 15_000);
-        assert_eq!(700_000u64.div_ceil(default_cars_per_worker(700_000)), 47);
+        assert_eq!(default_cars_per_worker(1, false), 1);
+        assert_eq!(default_cars_per_worker(300, false), 100);
+        assert_eq!(default_cars_per_worker(45_000, false), 15_000);
+        assert_eq!(default_cars_per_worker(700_000, false), 15_000);
+        assert_eq!(
+            700_000u64.div_ceil(default_cars_per_worker(700_000, false)),
+            47
+        );
+    }
+
+    #[test]
+    fn a_linked_car_costs_three_files_and_a_worker_holds_6000() {
+        assert_eq!(default_cars_per_worker(1_000, true), 334);
+        assert_eq!(default_cars_per_worker(45_000, true), 6_000);
+        assert!(6_000 * files_per_car(true) < 20_000);
     }
 }

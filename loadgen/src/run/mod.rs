@@ -34,7 +34,7 @@ mod receipts;
 mod summary;
 mod uplink;
 
-pub use fleet::default_cars_per_worker;
+pub use fleet::{default_cars_per_worker, files_per_car};
 pub use summary::summary;
 
 /// What the user asked for (see `loadgen --help`).
@@ -76,6 +76,9 @@ pub struct Options {
     pub reconnect: bool,
     /// Cars leaving (and coming back) per second, fleet-wide.
     pub churn: f64,
+    /// The link profile between each car and its target
+    /// (`testkit::link::Link::profile`); `None`: straight.
+    pub link: Option<String>,
 }
 
 impl Options {

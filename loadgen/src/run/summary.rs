@@ -225,6 +225,7 @@ mod tests {
             tls: None,
             reconnect: false,
             churn: 0.0,
+            link: None,
         }
     }
 
