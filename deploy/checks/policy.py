@@ -101,15 +101,20 @@ for overlay in overlays:
     if tomllib:
         config = tomllib.loads(toml_text)
         max_secs = config.get("drain", {}).get("max_secs", 120)
+        linger_secs = config.get("drain", {}).get("linger_secs", 5)
         listeners = config.get("listeners", [])
     else:
         found = re.search(r"^max_secs\s*=\s*(\d+)", toml_text, re.M)
         max_secs = int(found.group(1)) if found else 120
+        found = re.search(r"^linger_secs\s*=\s*(\d+)", toml_text, re.M)
+        linger_secs = int(found.group(1)) if found else 5
         listeners = None
-    check(grace > GRACE_FLOOR and grace > max_secs + 15,
+    drain = max_secs + linger_secs
+    check(grace > GRACE_FLOOR and grace > drain + 15,
           f"gateway terminationGracePeriodSeconds {grace} must exceed drain.max_secs "
-          f"({max_secs}) + 15 and {GRACE_FLOOR}")
-    ok(f"gateway terminationGracePeriodSeconds {grace} > drain.max_secs {max_secs} + 15")
+          f"({max_secs}) + drain.linger_secs ({linger_secs}) + 15 and {GRACE_FLOOR}")
+    ok(f"gateway terminationGracePeriodSeconds {grace} > drain.max_secs {max_secs} "
+       f"+ linger_secs {linger_secs} + 15")
 
     headless = by_kind.get("Service", {}).get(sts["spec"]["serviceName"])
     check(headless is not None and headless["spec"].get("clusterIP") == "None",

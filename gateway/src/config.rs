@@ -80,8 +80,13 @@ pub struct Drain {
     pub closes_per_sec: u32,
     /// Longest a drain takes: with more connections than `closes_per_sec`
     /// closes in this time, they close faster. A Kubernetes grace period
-    /// (or systemd's TimeoutStopSec) must exceed it by the flush (15 s).
+    /// (or systemd's TimeoutStopSec) must exceed it, `linger_secs` and
+    /// the flush (15 s) together.
     pub max_secs: u64,
+    /// A drained car's connection is half-closed (the gateway stops
+    /// writing) and read on until the car closes its end, at most this
+    /// long: what it sent before it saw the close reaches Kafka.
+    pub linger_secs: u64,
 }
 
 /// The TLS listeners' files looked at for changes (a renewed certificate,
@@ -304,6 +309,9 @@ impl Default for Drain {
             // of a ten-gateway fleet sees about 55 reconnects a second.
             closes_per_sec: 500,
             max_secs: 120,
+            // A car sees the FIN within a round trip and closes at once; a
+            // car that does not is not waited for long.
+            linger_secs: 5,
         }
     }
 }

@@ -273,6 +273,13 @@ impl Config {
                 "must be at least 23 (MQTT 3.1.1 servers must accept ids of 1 to 23 bytes)",
             ));
         }
+        if self.drain.linger_secs > 60 {
+            return Err(invalid(
+                "drain.linger_secs",
+                &self.drain.linger_secs,
+                "use at most 60: a car that has not closed by then is not going to",
+            ));
+        }
         if self.tls_watch.poll_secs > 3600 {
             return Err(invalid(
                 "tls_watch.poll_secs",

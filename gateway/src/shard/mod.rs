@@ -136,6 +136,8 @@ struct Shard {
     /// Connections closed per second while draining: this shard's share.
     drain_rate: f64,
     drain_max: Duration,
+    /// How long a drained connection is read after its half-close.
+    pub(super) drain_linger: Duration,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
     /// The origin of the shard's clock (see [`Shard::tick`]).
@@ -343,6 +345,7 @@ pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
             stop_waiters: RefCell::new(Vec::new()),
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
+            drain_linger: Duration::from_secs(config.drain.linger_secs),
             abandoned: Cell::new(false),
             epoch,
         };

@@ -180,8 +180,13 @@ async fn drive<S: CarStream>(
     // What the lot read and left: whole packets are handled before any
     // more is read.
     if !input.is_empty()
-        && let Some(reason) =
-            Box::pin(process(stream, connection, &mut input, Instant::now())).await
+        && let Some(reason) = Box::pin(process(
+            Some(&mut *stream),
+            connection,
+            &mut input,
+            Instant::now(),
+        ))
+        .await
     {
         return Closed(reason);
     }
@@ -278,13 +283,18 @@ async fn drive<S: CarStream>(
                 }
                 continue;
             }
+            Event::Close(CloseReason::Drained) => {
+                return Closed(Box::pin(linger(stream, connection, input)).await);
+            }
             Event::Close(reason) => return Closed(connection.session.close(reason)),
         }
 
         // Boxed: its state (over 300 bytes) would otherwise be part of
         // every connection's task for all the time the car is quiet.
         let before = input.len();
-        if let Some(reason) = Box::pin(process(stream, connection, &mut input, now)).await {
+        if let Some(reason) =
+            Box::pin(process(Some(&mut *stream), connection, &mut input, now)).await
+        {
             return Closed(reason);
         }
         progressed = input.len() < before;
@@ -321,8 +331,12 @@ fn read_size(shard: &Shard, input: &BytesMut, busy: bool) -> usize {
 
 /// Handles every whole packet in `input` and writes the replies and any
 /// downlink messages queued meanwhile; `Some` to close.
+///
+/// `stream` is `None` once the write side is closed (a drain's
+/// [`linger`]): replies are dropped then, and downlink messages stay
+/// queued (answered `closed` when the connection ends).
 async fn process<S: AsyncWrite + Unpin>(
-    stream: &mut S,
+    mut stream: Option<&mut S>,
     connection: &mut Connection,
     input: &mut BytesMut,
     mut now: Instant,
@@ -341,13 +355,9 @@ async fn process<S: AsyncWrite + Unpin>(
             }
             Handled::Hold(until) => {
                 // The replies so far go out before the car is held.
-                if !output.is_empty()
-                    && let Err(failed) =
-                        write(stream, &output, connection.session_timing().write_timeout).await
-                {
+                if let Err(failed) = reply(stream.as_deref_mut(), connection, &mut output).await {
                     return Some(connection.session.close(failed));
                 }
-                output.clear();
                 if let Some(reason) = hold(connection, until).await {
                     break Some(reason);
                 }
@@ -355,19 +365,78 @@ async fn process<S: AsyncWrite + Unpin>(
             }
         }
     };
-    if !output.is_empty()
-        && let Err(failed) = write(stream, &output, connection.session_timing().write_timeout).await
-    {
+    if let Err(failed) = reply(stream.as_deref_mut(), connection, &mut output).await {
         return Some(connection.session.close(failed));
     }
     drop(output);
     if closed.is_some() {
         return closed;
     }
-    if let Err(failed) = write_downlink(stream, connection).await {
+    if let Some(stream) = stream
+        && let Err(failed) = write_downlink(stream, connection).await
+    {
         return Some(connection.session.close(failed));
     }
     None
+}
+
+/// Writes the replies in `output`, if any, and empties it (they are
+/// dropped where the write side is closed: `stream` is `None`).
+async fn reply<S: AsyncWrite + Unpin>(
+    stream: Option<&mut S>,
+    connection: &Connection,
+    output: &mut BytesMut,
+) -> Result<(), CloseReason> {
+    let written = match stream {
+        Some(stream) if !output.is_empty() => {
+            write(stream, output, connection.session_timing().write_timeout).await
+        }
+        _ => Ok(()),
+    };
+    output.clear();
+    written
+}
+
+/// A drain's close, gentle for what the car has sent: the gateway stops
+/// writing (FIN; TLS sends its close_notify first), and the car, seeing
+/// its connection end, reconnects elsewhere. Until the car closes its end
+/// (or `drain.linger_secs` pass), what it sent before it noticed is still
+/// read, handled and produced: closed at once, with bytes unread, the
+/// socket would answer them with a reset, and they would be lost.
+async fn linger<S: CarStream>(
+    stream: &mut S,
+    connection: &mut Connection,
+    mut input: BytesMut,
+) -> CloseReason {
+    let shard = connection.shard.clone();
+    let _ = stream.close().await;
+    let until = Instant::now() + shard.drain_linger;
+    loop {
+        let want = read_size(&shard, &input, true);
+        let read = future::or(
+            async { Some(read_some(stream, &mut input, want).await) },
+            async {
+                sleep(until.saturating_duration_since(Instant::now())).await;
+                None
+            },
+        )
+        .await;
+        // The car's end, an error, or the bound: done.
+        let Some(Ok(1..)) = read else {
+            break;
+        };
+        if let Some(reason) = Box::pin(process(
+            None::<&mut S>,
+            connection,
+            &mut input,
+            Instant::now(),
+        ))
+        .await
+        {
+            return reason;
+        }
+    }
+    connection.session.close(CloseReason::Drained)
 }
 
 /// Waits, reading nothing from the car, until its uplink limit lets the

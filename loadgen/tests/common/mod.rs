@@ -66,6 +66,20 @@ pub fn gateway_on_shards(
 ) -> (Proc, SocketAddr, SocketAddr) {
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mqtt = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gateway = gateway_at(broker, bridge, config, shards, mqtt, admin);
+    (gateway, mqtt, admin)
+}
+
+/// A gateway listening on `mqtt`, its admin endpoint on `admin` (where an
+/// earlier one listened: a restart).
+pub fn gateway_at(
+    broker: &Broker,
+    bridge: u32,
+    config: Option<&std::path::Path>,
+    shards: usize,
+    mqtt: SocketAddr,
+    admin: SocketAddr,
+) -> Proc {
     let mut command = Command::new(workspace_binary("gateway"));
     if let Some(config) = config {
         command.arg("--config").arg(config);
@@ -81,7 +95,7 @@ pub fn gateway_on_shards(
         .with_admin(admin)
         .with_mqtt(mqtt);
     gateway.wait_ready();
-    (gateway, mqtt, admin)
+    gateway
 }
 
 /// loadgen running in the background against `targets`, quiet, with its
