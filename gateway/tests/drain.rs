@@ -1,6 +1,7 @@
 //! Draining (`POST /drain`, as SIGTERM begins it): the gateway reports not
 //! ready, accepts no new connection, and closes the open ones at its drain
-//! rate rather than all at once.
+//! rate rather than all at once; each half-closed, and closed when the car
+//! closes its end, or `drain.linger_secs` later.
 
 // Test code: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -28,6 +29,7 @@ fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
     broker.create_topic("cs.uplink", 1, &[]);
     let mut config = common::config(&broker, 2);
     config.drain.closes_per_sec = RATE;
+    config.drain.linger_secs = 3;
     let gateway = Gateway::start(config).unwrap();
     let (addr, admin) = (gateway.local_addr(), gateway.admin_addr().unwrap());
     let cars: Vec<RawClient> = (0..CARS)
@@ -36,6 +38,16 @@ fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
             assert_eq!(code, 0);
             car
         })
+        .collect();
+    // One car that never reads, so never sees its connection end: closed
+    // `linger_secs` after its half-close.
+    let (deaf, code) = RawClient::connect(addr, "VIN-DEAF", 60);
+    assert_eq!(code, 0);
+    // The others, as real cars do, read on and close when the gateway's
+    // end closes: what each read before its end comes back.
+    let cars: Vec<_> = cars
+        .into_iter()
+        .map(|mut car| std::thread::spawn(move || car.expect_closed(WAIT)))
         .collect();
     assert_eq!(http_get(admin, "/readyz").unwrap().0, 200);
     assert_eq!(
@@ -49,7 +61,7 @@ fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
     let (status, said) = http_post(admin, "/drain").unwrap();
     assert_eq!(status, 200);
     assert!(
-        said.contains(&format!("draining {CARS} connections")),
+        said.contains(&format!("draining {} connections", CARS + 1)),
         "{said}"
     );
     assert_eq!(http_get(admin, "/readyz").unwrap().0, 503);
@@ -77,13 +89,25 @@ fn a_drain_closes_connections_at_its_rate_and_accepts_no_new_ones() {
     };
     assert!(refused, "a draining gateway accepted a new car");
 
-    testkit::wait_until("the drain", WAIT, || drained(&gateway) == CARS as u64);
+    for car in cars {
+        assert!(car.join().unwrap().is_empty());
+    }
+    testkit::wait_until("the cars' closes", WAIT, || {
+        drained(&gateway) >= CARS as u64
+    });
     let took = started.elapsed();
     // 200 at 100/s: about two seconds, spread, not at once.
     assert!(took >= Duration::from_millis(1500), "drained in {took:?}");
-    for mut car in cars {
-        assert!(car.expect_closed(WAIT).is_empty());
-    }
+    // The deaf car: 3 s after the gateway stopped writing to it.
+    testkit::wait_until("the deaf car's close", WAIT, || {
+        drained(&gateway) == CARS as u64 + 1
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "the deaf car closed after {took:?}"
+    );
+    drop(deaf);
     assert_eq!(gateway.open_connections(), 0);
     gateway.stop().unwrap();
 }
