@@ -51,6 +51,23 @@
 #                    then each is answered offline, and not counted lost
 #   STACK_DRAIN_RATE closes per second of that drain (default: the
 #                    gateway's drain.closes_per_sec, 500)
+#   STACK_RESTART_AFTER=S  with STACK_DRAIN_AFTER: S seconds into loadgen's
+#                    run, stop the drained gateway (SIGTERM) and start it
+#                    again with the same settings (its log in
+#                    gateway-N-restarted.log). It takes no cars back by
+#                    itself: a churning car returns to the gateway it left
+#   STACK_ROUTERS    router instances in one consumer group (default 1)
+#   STACK_KILL_ROUTER_AFTER=S  S seconds into loadgen's run, SIGKILL the
+#                    last router (needs STACK_ROUTERS=2 or more); the others
+#                    take its partitions after its session times out. The
+#                    verdict reads router 0's counters only
+#   STACK_RSS_EVERY=S  every S seconds, every process's resident set
+#                    (VmRSS) into rss.csv (time,process,pid,rss_kib; loadgen
+#                    and its workers included); what happened when (run,
+#                    drain, restart, router kill, end) goes to events.txt
+#   STACK_ADMIN_PORT admin ports from here (default 29100): gateway 0 on it,
+#                    router r on +1+r, gateway g > 0 on +10+g; another base
+#                    lets two stacks run side by side (scripts/soak.sh)
 #   STACK_BROKER     mock (default: librdkafka's in-process mock cluster,
 #                    run by carbridge-mockbroker; memory only, 5 MB per
 #                    partition, no compaction, never for production) or
@@ -82,6 +99,8 @@ kafka_port=${STACK_KAFKA_PORT:-29092}
 mqtt_port=${STACK_MQTT_PORT:-21883}
 shards=${STACK_SHARDS:-$(nproc)}
 gateways=${STACK_GATEWAYS:-1}
+routers=${STACK_ROUTERS:-1}
+admin_port=${STACK_ADMIN_PORT:-29100}
 slots=$((gateways * shards))
 dir=${STACK_DIR:-target/stack/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$dir"
@@ -115,10 +134,15 @@ stop_all() {
 cleanup_on_exit "logs and reports in $dir"
 # shellcheck disable=SC2317 # called by await
 ready() { curl -fsS "http://$1/readyz"; }
+# What the stack started ("name pid", for the RSS samples) and what
+# happened when ("epoch what"); appended from background jobs too.
+register() { echo "$1 $2" >>"$dir/procs.txt"; }
+event() { echo "$(date +%s.%N) $*" >>"$dir/events.txt"; }
+rm -f "$dir/procs.txt" "$dir/events.txt"
 
 # Another stack (or anything) on these ports would mix into this run:
 # SO_REUSEPORT even lets a second gateway share the MQTT port.
-for port in "$kafka_port" "$mqtt_port" 29100 29101; do
+for port in "$kafka_port" "$mqtt_port" "$admin_port" $((admin_port + 1)); do
   if port_open "$port"; then
     echo "port $port is in use (another stack still running?): stop it first" >&2
     exit 1
@@ -134,6 +158,7 @@ if [ "$broker" = mock ]; then
     --bootstrap-file "$dir/bootstrap" >"$dir/mockbroker.log" 2>&1 &
   pids+=($!)
   broker_pid=$!
+  register broker "$broker_pid"
   await "the mock cluster" test -s "$dir/bootstrap"
   kafka=$(cat "$dir/bootstrap")
   broker_name="librdkafka mock cluster"
@@ -143,6 +168,7 @@ else
   start_tansu "$kafka" "$dir/tansu.log" "$storage"
   pids+=("$tansu_pid")
   broker_pid=$tansu_pid
+  register broker "$broker_pid"
   broker_name="tansu ($storage)"
 
   log "topics: $((shards * 2)) partitions, $slots slots"
@@ -150,11 +176,18 @@ else
     >"$dir/topics.log" 2>&1 || { cat "$dir/topics.log" >&2; exit 1; }
 fi
 
-log "router"
-"$bridge_bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen 127.0.0.1:29101 >"$dir/router.log" 2>&1 &
-pids+=($!)
-router_pid=$!
-await "the router" ready 127.0.0.1:29101
+router_pids=()
+for ((r = 0; r < routers; r++)); do
+  admin=127.0.0.1:$((admin_port + 1 + r)) out=$dir/router-$r.log
+  [ "$r" -eq 0 ] && out=$dir/router.log
+  log "router $r (admin $admin)"
+  "$bridge_bin/router" --kafka-bootstrap "$kafka" "${props[@]}" --admin-listen "$admin" >"$out" 2>&1 &
+  pids+=($!)
+  router_pids+=($!)
+  register "router-$r" $!
+  await "router $r" ready "$admin"
+done
+router_pid=${router_pids[0]}
 
 tls_args=()
 if [ -n "${STACK_TLS:-}" ]; then
@@ -165,29 +198,38 @@ if [ -n "${STACK_TLS:-}" ]; then
   [ -n "${STACK_TLS_RESUME:-}" ] && tls_args+=(--tls-resume)
 fi
 
+gateway_admin() {
+  if [ "$1" -eq 0 ]; then echo "127.0.0.1:$admin_port"; else echo "127.0.0.1:$((admin_port + 10 + $1))"; fi
+}
+# Gateway $1 in the background, its output in $2, its process $!; its
+# settings file (if any) is gateway-$1.toml, written below.
+start_gateway() {
+  local g=$1 listen=()
+  [ -n "${STACK_TLS:-}" ] || listen=(--listen "127.0.0.1:$((mqtt_port + g))")
+  [ ! -e "$dir/gateway-$g.toml" ] || listen+=(--config "$dir/gateway-$g.toml")
+  # -X enable.idempotence=false: tansu 0.6.0 leaves some of an idempotent
+  # producer's records unacknowledged (the gateway's default is on).
+  "$bridge_bin/gateway" --kafka-bootstrap "$kafka" -X enable.idempotence=false "${props[@]}" "${listen[@]}" --shards "$shards" \
+    --bridge-id "$g" --admin-listen "$(gateway_admin "$g")" >"$2" 2>&1 &
+}
 targets=()
 gateway_pids=()
 admins=()
 for ((g = 0; g < gateways; g++)); do
-  port=$((mqtt_port + g)); admin=127.0.0.1:$((29110 + g))
-  [ "$g" -eq 0 ] && admin=127.0.0.1:29100
-  listen=(--listen "127.0.0.1:$port")
+  port=$((mqtt_port + g)); admin=$(gateway_admin "$g")
+  rm -f "$dir/gateway-$g.toml"
   if [ -n "${STACK_TLS:-}" ]; then
     # Mutual TLS: a car certificate from the test CA whose CN is the client id.
     tls_gateway_toml "127.0.0.1:$port" "$pki" >"$dir/gateway-$g.toml"
-    listen=(--config "$dir/gateway-$g.toml")
   fi
   if [ -n "${STACK_DRAIN_RATE:-}" ]; then
-    [ "${listen[0]}" = --config ] || { : >"$dir/gateway-$g.toml"; listen+=(--config "$dir/gateway-$g.toml"); }
     printf '[drain]\ncloses_per_sec = %s\n' "$STACK_DRAIN_RATE" >>"$dir/gateway-$g.toml"
   fi
   log "gateway $g on 127.0.0.1:$port ($shards shards${STACK_TLS:+, mutual TLS})"
-  # -X enable.idempotence=false: tansu 0.6.0 leaves some of an idempotent
-  # producer's records unacknowledged (the gateway's default is on).
-  "$bridge_bin/gateway" --kafka-bootstrap "$kafka" -X enable.idempotence=false "${props[@]}" "${listen[@]}" --shards "$shards" \
-    --bridge-id "$g" --admin-listen "$admin" >"$dir/gateway-$g.log" 2>&1 &
+  start_gateway "$g" "$dir/gateway-$g.log"
   pids+=($!)
   gateway_pids+=($!)
+  register "gateway-$g" $!
   admins+=("$admin")
   targets+=(--target "127.0.0.1:$port")
   await "gateway $g" ready "$admin"
@@ -196,6 +238,7 @@ done
 log "water-warning service"
 "$bin/water-warning" --kafka-bootstrap "$kafka" >"$dir/water-warning.log" 2>&1 &
 pids+=($!)
+register water-warning $!
 
 # The fleet goal's rates, every car publishing every 10 s, for as many cars
 # as the local brokers carry within the latency goals on 2 cores (5,000;
@@ -251,6 +294,7 @@ pids+=("$sampler")
   --quiet --json "$dir/probe.json" >"$dir/probe.log" 2>&1 &
 probe=$!
 pids+=("$probe")
+register probe "$probe"
 
 drain_args=()
 if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
@@ -269,10 +313,64 @@ if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
     done
   ) >"$dir/drain-samples.txt" &
   pids+=($!)
-  ( sleep "$STACK_DRAIN_AFTER"; date +%s.%N >"$dir/drain-start.txt"
+  ( sleep "$STACK_DRAIN_AFTER"; date +%s.%N >"$dir/drain-start.txt"; event "drain gateway-$((gateways - 1))"
     curl -fsS -X POST "http://$last/drain" >"$dir/drain.txt" 2>&1 ) &
   pids+=($!)
   log "draining gateway $((gateways - 1)) ($last) $STACK_DRAIN_AFTER s into the run; cars reconnect"
+fi
+
+if [ -n "${STACK_RESTART_AFTER:-}" ]; then
+  [ -n "${STACK_DRAIN_AFTER:-}" ] || { echo "STACK_RESTART_AFTER needs STACK_DRAIN_AFTER" >&2; exit 2; }
+  drained=$((gateways - 1))
+  # The new process is this job's child, not the script's: on the way out
+  # the job is stopped, and it stops the gateway it started.
+  (
+    sleep "$STACK_RESTART_AFTER"
+    event "stop gateway-$drained"
+    stop_pids "${gateway_pids[$drained]}"
+    event "restart gateway-$drained"
+    start_gateway "$drained" "$dir/gateway-$drained-restarted.log"
+    child=$!
+    trap 'stop_pids "$child"; exit 0' TERM
+    register "gateway-$drained" "$child"
+    await "gateway $drained again" ready "${admins[$drained]}" || event "gateway-$drained not ready after its restart"
+    wait "$child"
+  ) &
+  pids+=($!)
+  log "restarting gateway $drained $STACK_RESTART_AFTER s into the run"
+fi
+
+if [ -n "${STACK_KILL_ROUTER_AFTER:-}" ]; then
+  [ "$routers" -ge 2 ] || { echo "STACK_KILL_ROUTER_AFTER needs STACK_ROUTERS=2 or more" >&2; exit 2; }
+  ( sleep "$STACK_KILL_ROUTER_AFTER"; event "kill router-$((routers - 1))"; kill -KILL "${router_pids[-1]}" ) &
+  pids+=($!)
+  log "killing router $((routers - 1)) (SIGKILL) $STACK_KILL_ROUTER_AFTER s into the run"
+fi
+
+if [ -n "${STACK_RSS_EVERY:-}" ]; then
+  # Every process of the stack, loadgen and its workers (found as this
+  # script's and loadgen's children, since loadgen runs in the foreground);
+  # a process that is gone reads 0 and is left out.
+  (
+    echo "time,process,pid,rss_kib"
+    while true; do
+      now=$(date +%s)
+      {
+        cat "$dir/procs.txt"
+        for l in $(pgrep -x loadgen -P $$); do
+          echo "loadgen $l"
+          w=0
+          for c in $(pgrep -P "$l"); do echo "loadgen-worker-$w $c"; w=$((w + 1)); done
+        done
+      } | while read -r name pid; do
+        kib=$(rss_kib "$pid")
+        [ "${kib:-0}" -eq 0 ] || echo "$now,$name,$pid,$kib"
+      done
+      sleep "$STACK_RSS_EVERY"
+    done
+  ) >"$dir/rss.csv" &
+  rss_sampler=$!
+  pids+=("$rss_sampler")
 fi
 
 # The gateways' message counters, for CPU per message (with cpu_ms of
@@ -304,12 +402,16 @@ window_cpu() {
 window_cpu "$dir/gateway-window" "${gateway_pids[@]}"
 
 log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
+event run
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
   "${tls_args[@]}" "${drain_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+event end
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 
 kill "$sampler" 2>/dev/null || true
+[ -z "${rss_sampler:-}" ] || kill "$rss_sampler" 2>/dev/null || true
 for i in "${!gateway_pids[@]}"; do
+  [ -z "${STACK_RESTART_AFTER:-}" ] || [ "$i" -ne $((gateways - 1)) ] || continue
   kill -0 "${gateway_pids[$i]}" 2>/dev/null || log "gateway $i exited during the run: see $dir/gateway-$i.log"
 done
 cpu_after=$(cpu_ms "${gateway_pids[@]}")
@@ -369,7 +471,10 @@ for i in "${!admins[@]}"; do
   curl -fsS "http://${admins[$i]}/metrics" >"$dir/metrics/gateway-$i.txt" 2>/dev/null || true
   gateway_metrics+=(--gateway-metrics "$dir/metrics/gateway-$i.txt")
 done
-curl -fsS http://127.0.0.1:29101/metrics >"$dir/metrics/router.txt" 2>/dev/null || true
+curl -fsS "http://127.0.0.1:$((admin_port + 1))/metrics" >"$dir/metrics/router.txt" 2>/dev/null || true
+for ((r = 1; r < routers; r++)); do
+  curl -fsS "http://127.0.0.1:$((admin_port + 1 + r))/metrics" >"$dir/metrics/router-$r.txt" 2>/dev/null || true
+done
 
 log "gateway 0: $(grep -E '^carbridge_gateway_(publish_acked|downlink_delivered)_total' "$dir/metrics/gateway-0.txt" | tr '\n' ' ')"
 log "router:  $(grep -E '^carbridge_router_(requests_received|routed_acked)_total' "$dir/metrics/router.txt" | tr '\n' ' ')"
