@@ -433,7 +433,13 @@ async fn linger<S: CarStream>(
         ))
         .await
         {
-            return reason;
+            // The drain is why the connection ended (a DISCONNECT now is
+            // the car's answer to it), unless the car broke a rule.
+            return if reason.is_car_fault() {
+                reason
+            } else {
+                CloseReason::Drained
+            };
         }
     }
     connection.session.close(CloseReason::Drained)
