@@ -9,7 +9,8 @@
 #                          started (its own stop_all if it defines one,
 #                          else stop_pids "${pids[@]}"), log NOTE, and exit
 #                          with the script's status (130 after a signal)
-#   stop_pids PID...       TERM, up to 5 s for them to go, then KILL
+#   stop_pids PID...       TERM, up to 5 s for them to go, then KILL; only
+#                          those still children of this script
 #   port_open PORT         something listens on 127.0.0.1:PORT
 #   await WHAT CMD...      runs CMD every 0.1 s until it succeeds, at most
 #                          30 s, else fails saying what it waited for
@@ -39,15 +40,24 @@ exit_note=""
 
 log() { printf '\033[1m%s:\033[0m %s\n' "$log_name" "$*" >&2; }
 
+# Only processes still this script's children (or the calling subshell's)
+# are signalled: a pid that ended and was reaped may be someone else's by
+# now (pid_max is 32,768 here, and a build wraps it in minutes).
 stop_pids() {
-  [ $# -gt 0 ] || return 0
-  kill -TERM "$@" 2>/dev/null || true
+  local own=() p parent
+  for p; do
+    parent=$(awk '{ sub(/^.*\) /, ""); print $2 }' "/proc/$p/stat" 2>/dev/null) || continue
+    [ "$parent" = "$$" ] || [ "$parent" = "$BASHPID" ] || continue
+    own+=("$p")
+  done
+  [ ${#own[@]} -gt 0 ] || return 0
+  kill -TERM "${own[@]}" 2>/dev/null || true
   for _ in $(seq 50); do
-    kill -0 "$@" 2>/dev/null || break
+    kill -0 "${own[@]}" 2>/dev/null || break
     sleep 0.1
   done
-  kill -KILL "$@" 2>/dev/null || true
-  wait "$@" 2>/dev/null || true
+  kill -KILL "${own[@]}" 2>/dev/null || true
+  wait "${own[@]}" 2>/dev/null || true
 }
 
 cleanup() {
