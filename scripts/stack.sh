@@ -65,6 +65,10 @@
 #                    (VmRSS) into rss.csv (time,process,pid,rss_kib; loadgen
 #                    and its workers included); what happened when (run,
 #                    drain, restart, router kill, end) goes to events.txt
+#   STACK_PROBE_SECS the broker probe's time, from the start of the measured
+#                    window (default: all of it); its consumer polls every
+#                    200 µs, about a quarter of a core here, which a long
+#                    run need not pay throughout
 #   STACK_ADMIN_PORT admin ports from here (default 29100): gateway 0 on it,
 #                    router r on +1+r, gateway g > 0 on +10+g; another base
 #                    lets two stacks run side by side (scripts/soak.sh)
@@ -136,7 +140,10 @@ cleanup_on_exit "logs and reports in $dir"
 ready() { curl -fsS "http://$1/readyz"; }
 # What the stack started ("name pid", for the RSS samples) and what
 # happened when ("epoch what"); appended from background jobs too.
-register() { echo "$1 $2" >>"$dir/procs.txt"; }
+# With its start time (field 22 of its stat line), so that a sample never
+# reads another process that got the pid after this one ended.
+started_at() { awk '{ sub(/^.*\) /, ""); print $20 }' "/proc/$1/stat" 2>/dev/null || true; }
+register() { echo "$1 $2 $(started_at "$2")" >>"$dir/procs.txt"; }
 event() { echo "$(date +%s.%N) $*" >>"$dir/events.txt"; }
 rm -f "$dir/procs.txt" "$dir/events.txt"
 
@@ -290,7 +297,7 @@ pids+=("$sampler")
 # produced and consumed with the gateway's linger and the components' fetch
 # wait.
 "$bin/examples/kafka_rtt" --kafka-bootstrap "$kafka" --topic stack.probe "${probe_create[@]}" \
-  --rate 100 --delay-secs "$warmup" --secs "$duration" --linger-ms 5 --fetch-wait-ms "$fetch_wait" \
+  --rate 100 --delay-secs "$warmup" --secs "${STACK_PROBE_SECS:-$duration}" --linger-ms 5 --fetch-wait-ms "$fetch_wait" \
   --quiet --json "$dir/probe.json" >"$dir/probe.log" 2>&1 &
 probe=$!
 pids+=("$probe")
@@ -362,7 +369,8 @@ if [ -n "${STACK_RSS_EVERY:-}" ]; then
           w=0
           for c in $(pgrep -P "$l"); do echo "loadgen-worker-$w $c"; w=$((w + 1)); done
         done
-      } | while read -r name pid; do
+      } | while read -r name pid start; do
+        [ -z "$start" ] || [ "$(started_at "$pid")" = "$start" ] || continue
         kib=$(rss_kib "$pid")
         [ "${kib:-0}" -eq 0 ] || echo "$now,$name,$pid,$kib"
       done
