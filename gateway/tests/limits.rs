@@ -290,7 +290,10 @@ fn a_car_beyond_its_uplink_limit_is_disconnected_when_so_configured() {
     assert_eq!(code, 0);
     car.send(&publishes("UL/POS", 20));
     car.expect_closed(WAIT);
-    assert_eq!(closed(&gateway, CloseKind::UplinkLimit), 1);
+    // Counted just after the socket closes.
+    testkit::wait_until("the close counted", WAIT, || {
+        closed(&gateway, CloseKind::UplinkLimit) == 1
+    });
     assert_eq!(limited(&gateway, Limit::CarMessages), 1);
     assert_eq!(
         collector.collect(BURST as usize, WAIT).len(),
