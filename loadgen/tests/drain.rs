@@ -130,6 +130,7 @@ fn five_drains_of_4000_publishing_cars_lose_nothing() {
             "5",
             "--duration-secs",
             "90",
+            "--recount",
         ],
     );
     testkit::wait_until("the fleet connected", Duration::from_secs(60), || {
@@ -156,11 +157,20 @@ fn five_drains_of_4000_publishing_cars_lose_nothing() {
 
     let report = fleet.report();
     let up = &report.uplink;
+    let in_topic = report.uplink_in_topic.as_ref().expect("run with --recount");
     eprintln!(
-        "{} messages sent, {} lost, {} duplicated; {} connects",
-        up.sent, up.lost, up.duplicates, report.connect.connected
+        "{} messages sent; the live read: {} lost, {} duplicated; Kafka holds {} of them          ({} duplicates); {} connects",
+        up.sent,
+        up.lost,
+        up.duplicates,
+        in_topic.unique,
+        in_topic.duplicates,
+        report.connect.connected
     );
     assert!(up.sent > 100_000, "{up:?}");
-    assert_eq!(up.lost, 0, "{up:?}");
-    assert_eq!(up.duplicates, 0, "{up:?}");
+    // Judged on the topic read again after the run: loadgen's live read on
+    // a loaded tansu was seen to miss a record Kafka held. A duplicate is
+    // the producer's retry of a batch (not idempotent on tansu, see
+    // docs/gateway.md `kafka.properties`), printed, not a loss.
+    assert_eq!(in_topic.unique, up.sent, "{in_topic:?}; sent: {up:?}");
 }
