@@ -142,8 +142,9 @@ fn livez_names_a_stalled_shard_and_for_how_long() {
     let stopped = Instant::now();
     let said = await_status(admin, "/livez", 503);
     let noticed = stopped.elapsed();
+    // The heart last beat up to one idle poll (250 ms) before the stall.
     assert!(
-        noticed >= Duration::from_secs(2),
+        noticed >= Duration::from_millis(1750),
         "failed after {noticed:?}"
     );
     assert!(said.starts_with("shard 1: not turned for "), "{said}");
