@@ -358,8 +358,15 @@ async fn process<S: AsyncWrite + Unpin>(
                 if let Err(failed) = reply(stream.as_deref_mut(), connection, &mut output).await {
                     return Some(connection.session.close(failed));
                 }
-                if let Some(reason) = hold(connection, until).await {
-                    break Some(reason);
+                if stream.is_some() {
+                    if let Some(reason) = hold(connection, until).await {
+                        break Some(reason);
+                    }
+                } else {
+                    // Lingering after a drain's half-close: the close order
+                    // is why, and what the car sent is still taken, at its
+                    // pace.
+                    sleep(until.saturating_duration_since(Instant::now())).await;
                 }
                 now = Instant::now();
             }
