@@ -108,10 +108,10 @@ confined=(--runtime runc --pull never --network host --read-only --cap-drop all
   --security-opt no-new-privileges --ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 
 log "mock cluster on the host"
-"$bin/carbridge-mockbroker" --partitions 2 --slots 1 --bootstrap-file "$dir/bootstrap" >"$dir/mockbroker.log" 2>&1 &
-pids+=($!)
-await "the mock cluster" test -s "$dir/bootstrap" || fail "the mock cluster did not start: see $dir/mockbroker.log"
-kafka=$(cat "$dir/bootstrap")
+start_mockbroker "$bin/carbridge-mockbroker" "$dir/bootstrap" "$dir/mockbroker.log" --partitions 2 --slots 1 ||
+  fail "the mock cluster did not start: see $dir/mockbroker.log"
+pids+=("$mock_pid")
+kafka=$mock_bootstrap
 
 # Ready, or the container's log and a failure: a container that died is
 # not waited for.

@@ -87,12 +87,10 @@ measure() {
       exit 1
     fi
   done
-  "$bin/carbridge-mockbroker" --partitions 2 --slots 1 --bootstrap-file "$out/bootstrap" \
-    >"$out/mockbroker.log" 2>&1 &
-  sink=$!
-  await "the mock cluster" test -s "$out/bootstrap"
+  start_mockbroker "$bin/carbridge-mockbroker" "$out/bootstrap" "$out/mockbroker.log" --partitions 2 --slots 1
+  sink=$mock_pid
   # shellcheck disable=SC2086 # BENCH_GATEWAY_ARGS: words, as typed.
-  "$binary" --kafka-bootstrap "$(cat "$out/bootstrap")" --no-downlink --shards 1 \
+  "$binary" --kafka-bootstrap "$mock_bootstrap" --no-downlink --shards 1 \
     --listen "$mqtt" --admin-listen "$admin" ${BENCH_GATEWAY_ARGS:-} >"$out/gateway.log" 2>&1 &
   gateway=$!
   await "the gateway" curl -fsS "http://$admin/readyz"

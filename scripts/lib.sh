@@ -122,6 +122,22 @@ start_tansu() {
   await "tansu to answer on $addr" port_open "${addr##*:}"
 }
 
+# Starts librdkafka's mock cluster: binary $1 (carbridge-mockbroker), its
+# address written to file $2, its output appended to $3, the rest of the
+# arguments its own. Once it listens: its pid in mock_pid, its bootstrap
+# address in mock_bootstrap.
+start_mockbroker() {
+  local binary=$1 file=$2 out=$3
+  shift 3
+  rm -f "$file"
+  "$binary" --bootstrap-file "$file" "$@" >>"$out" 2>&1 &
+  # shellcheck disable=SC2034 # the caller's
+  mock_pid=$!
+  await "the mock cluster's address" test -s "$file" || return 1
+  # shellcheck disable=SC2034 # the caller's
+  mock_bootstrap=$(cat "$file")
+}
+
 tls_gateway_toml() {
   cat <<EOF
 [[listeners]]

@@ -27,17 +27,14 @@ gateway=${STORM_GATEWAY:-target/release/gateway}
 log "net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for round in $(seq "$rounds"); do
-  target/release/carbridge-mockbroker --partitions 2 --slots 1 --bootstrap-file "$dir/bootstrap" \
-    >"$dir/mock.log" 2>&1 &
-  mock=$!
-  pids=("$mock")
-  await "the mock cluster's address" test -s "$dir/bootstrap"
+  start_mockbroker target/release/carbridge-mockbroker "$dir/bootstrap" "$dir/mock.log" --partitions 2 --slots 1
+  pids=("$mock_pid")
   cat >"$dir/gateway.toml" <<TOML
 [[mapping]]
 mqtt = "^UL/.+"
 kafka = "cs.uplink"
 [kafka.properties]
-"bootstrap.servers" = "$(cat "$dir/bootstrap")"
+"bootstrap.servers" = "$mock_bootstrap"
 [downlink]
 enabled = false
 [limits]
@@ -51,5 +48,4 @@ TOML
   log "round $round: $(py listen_storm 127.0.0.1 "$mqtt_port" "$connects")"
   ss -ltn "sport = :$mqtt_port" | tail -n +2 | awk '{ print "  listen socket: waiting " $2 " of a backlog of " $3 }' >&2
   stop_pids "${pids[@]}"
-  rm -f "$dir/bootstrap"
 done

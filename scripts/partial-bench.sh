@@ -93,17 +93,15 @@ note_load() { echo "$1 $2 $3 $(cut -d' ' -f1-3 /proc/loadavg)" >>"$dir/loads.txt
 start_server() {
   local server=$1
   if [ "$server" = gateway ]; then
-    rm -f "$dir/bootstrap"
-    "$bin/carbridge-mockbroker" --partitions "$((shards * 2))" --slots "$shards" --bootstrap-file "$dir/bootstrap" \
-      >>"$dir/mockbroker.log" 2>&1 &
-    pids+=("$!")
-    await "the mock cluster's address" test -s "$dir/bootstrap"
+    start_mockbroker "$bin/carbridge-mockbroker" "$dir/bootstrap" "$dir/mockbroker.log" \
+      --partitions "$((shards * 2))" --slots "$shards"
+    pids+=("$mock_pid")
     cat >"$dir/gateway.toml" <<TOML
 [[mapping]]
 mqtt = "^UL/.+"
 kafka = "cs.uplink"
 [kafka.properties]
-"bootstrap.servers" = "$(cat "$dir/bootstrap")"
+"bootstrap.servers" = "$mock_bootstrap"
 [downlink]
 enabled = false
 [admin]
@@ -115,7 +113,7 @@ TOML
     pids+=("$server_pid")
     await "the gateway to be ready" curl -sf "http://$admin/readyz"
     port=$gateway_port metrics=http://$admin/metrics
-    fleet_args=(--kafka-bootstrap "$(cat "$dir/bootstrap")")
+    fleet_args=(--kafka-bootstrap "$mock_bootstrap")
   else
     mosquitto -p "$mosquitto_port" >>"$dir/mosquitto.log" 2>&1 &
     server_pid=$!
