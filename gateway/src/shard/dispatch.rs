@@ -13,7 +13,7 @@ use contract::SessionRecord;
 use super::connection::Connection;
 use super::uplink::Offered;
 use crate::metrics::Limit;
-use crate::rate::OverLimit;
+use crate::rate::{Held, OverLimit};
 use crate::session::{CloseReason, Refused, Step};
 
 /// What [`Connection::handle`] left to do.
@@ -25,9 +25,11 @@ pub(super) enum Handled {
     /// packets after it stay in the input).
     Full(Publish),
     /// The PUBLISH at the head of the input is beyond the car's uplink
-    /// limit until then (`limits.car_over_limit = "pause"`): it stays in
-    /// the input, and nothing more is read from the car meanwhile.
-    Hold(Instant),
+    /// limit (`limits.car_over_limit = "pause"`): it stays in the input,
+    /// and nothing more is read from the car until [`Held::until`]. Counted
+    /// where the car is held (the task), not here: the lot hands a held
+    /// car to a task, which finds it held again.
+    Hold(Held),
 }
 
 impl Connection {
@@ -60,16 +62,14 @@ impl Connection {
                             Offered::Done => None,
                         },
                         Some(Step::Close(reason)) => Some(Handled::Close(reason)),
-                        Some(Step::Hold(held)) => {
-                            shard.metrics.limited.bump(held.by);
-                            match self.session_timing().uplink.over {
-                                // Not taken: offered again at `until`.
-                                OverLimit::Pause => return Handled::Hold(held.until),
-                                OverLimit::Disconnect => Some(Handled::Close(
-                                    self.session.close(CloseReason::UplinkLimit),
-                                )),
+                        Some(Step::Hold(held)) => match self.session_timing().uplink.over {
+                            // Not taken: offered again at `until`.
+                            OverLimit::Pause => return Handled::Hold(held),
+                            OverLimit::Disconnect => {
+                                shard.metrics.limited.bump(held.by);
+                                Some(Handled::Close(self.session.close(CloseReason::UplinkLimit)))
                             }
-                        }
+                        },
                         // A closed session ignores it.
                         Some(_) => None,
                     };

@@ -25,6 +25,7 @@ use super::dispatch::Handled;
 use super::parked::Handover;
 use super::socket::CarSocket;
 use crate::metrics::{Dropped, Limit};
+use crate::rate::Held;
 use crate::session::CloseReason;
 
 /// Bytes asked for when the car has been quiet: the buffer is held while
@@ -353,7 +354,8 @@ async fn process<S: AsyncWrite + Unpin>(
                     break Some(reason);
                 }
             }
-            Handled::Hold(until) => {
+            Handled::Hold(Held { until, by }) => {
+                connection.shard.metrics.limited.bump(by);
                 // The replies so far go out before the car is held.
                 if let Err(failed) = reply(stream.as_deref_mut(), connection, &mut output).await {
                     return Some(connection.session.close(failed));
