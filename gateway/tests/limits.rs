@@ -186,11 +186,14 @@ fn stalled_partial_packets_are_bounded_and_closed() {
     testkit::wait_until("the stalled packets held", WAIT, || {
         partial_bytes() == (CARS * SENT) as u64
     });
-    // Before, each held a 64 KiB read buffer: 12.5 MiB for 200.
+    // Each once held a 64 KiB read buffer (12.5 MiB for 200), then the
+    // 4 KiB of a parked connection's first read. The process is the test's
+    // too (its clients, the debug build's tasks): 6-7 KiB a car here, where
+    // the release gateway alone grows by 2.8 KiB (scripts/partial-bench.sh).
     let grown = common::resident_kib(std::process::id()).saturating_sub(resident_before);
     eprintln!("{CARS} stalled packets of {SENT} bytes: the resident set grew by {grown} KiB");
     assert!(
-        grown < (CARS * 16) as u64,
+        grown < (CARS * 10) as u64,
         "{CARS} stalled packets grew the resident set by {grown} KiB"
     );
 

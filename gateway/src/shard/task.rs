@@ -191,6 +191,9 @@ async fn drive<S: CarStream>(
     {
         return Closed(reason);
     }
+    // The lot reads into a buffer of READ_BUSY bytes: a stalled packet's
+    // first bytes are not to keep all of it while the car waits.
+    fit(&mut input, false);
     let shard = connection.shard.clone();
     let control = connection.control.clone();
     let packet_timeout = connection.session_timing().packet_timeout;
@@ -299,13 +302,23 @@ async fn drive<S: CarStream>(
             return Closed(reason);
         }
         progressed = input.len() < before;
-        if input.is_empty() {
-            // Hold no buffer while the car is quiet.
-            input = BytesMut::new();
-        } else if input.capacity() > 2 * input.len().max(READ_BUSY) {
-            // The rest of a large packet's buffer, given back.
-            input = BytesMut::from(&input[..]);
-        }
+        fit(&mut input, busy);
+    }
+}
+
+/// Gives back what `input`'s buffer holds beyond its bytes: all of it
+/// when it is empty (a quiet car holds no buffer), and the rest of a
+/// larger buffer when it is over twice what a partial packet needs. A
+/// busy car's buffer may stay at [`READ_BUSY`], as its next read comes
+/// soon; any other's at most twice its bytes or [`GROW_FLOOR`], so that a
+/// car that stalls in a packet holds about what it sent, whatever size of
+/// read brought it.
+fn fit(input: &mut BytesMut, busy: bool) {
+    let floor = if busy { READ_BUSY } else { GROW_FLOOR };
+    if input.is_empty() {
+        *input = BytesMut::new();
+    } else if input.capacity() > 2 * input.len().max(floor) {
+        *input = BytesMut::from(&input[..]);
     }
 }
 
@@ -573,6 +586,32 @@ mod tests {
     use std::task::Poll;
 
     use super::*;
+
+    /// A stalled packet's first bytes keep about their own size, whatever
+    /// read brought them; a busy car keeps its read buffer, and a quiet
+    /// one none.
+    #[test]
+    fn a_stalled_packet_keeps_about_what_it_sent() {
+        let mut input = BytesMut::zeroed(READ_BUSY);
+        input.truncate(100);
+        fit(&mut input, false);
+        assert!(input.capacity() <= 2 * GROW_FLOOR, "{}", input.capacity());
+        assert_eq!(&input[..], &[0; 100][..]);
+
+        let mut busy = BytesMut::zeroed(READ_BUSY);
+        busy.truncate(100);
+        fit(&mut busy, true);
+        assert_eq!(busy.capacity(), READ_BUSY);
+
+        let mut large = BytesMut::zeroed(5 * GROW_FLOOR);
+        large.truncate(3 * GROW_FLOOR);
+        fit(&mut large, false);
+        assert_eq!(large.capacity(), 5 * GROW_FLOOR, "within twice its bytes");
+
+        busy.clear();
+        fit(&mut busy, true);
+        assert_eq!(busy.capacity(), 0);
+    }
 
     /// A socket with nothing to read yet.
     struct Quiet;
