@@ -697,3 +697,78 @@ fn protocol_violations_over_tls_close_only_their_connection() {
     });
     gateway.stop().unwrap();
 }
+
+/// A quiet TLS car is parked without a task, as a plain one is
+/// (`shard::tls_car`), and is served again by whatever comes: PUBLISH
+/// packets one at a time and many in one write, one larger than a TLS
+/// record and than the shard's receive buffer, a PINGREQ answered, and a
+/// DISCONNECT; between them it parks again. A car whose certificate named
+/// it keeps that identity while parked: a new connection with another
+/// car's certificate cannot take its session over.
+#[test]
+fn a_quiet_tls_car_is_parked_and_served_again() {
+    let stage = stage(|pki| pki.tls(Vec::new()));
+    let gateway = &stage.gateway;
+    let addr = gateway.local_addr();
+    let parked = || {
+        total(gateway, |m| {
+            m.connections_parked.load(Ordering::Relaxed) as u64
+        })
+    };
+    let (mut car1, code) = TlsCar::connect(addr, &stage.as_car1, "VIN00000000000001");
+    assert_eq!(code, 0);
+    let (mut car2, code) = TlsCar::connect(addr, &stage.as_car2, "VIN00000000000002");
+    assert_eq!(code, 0);
+    testkit::wait_until("both TLS cars parked", WAIT, || parked() == 2);
+
+    let collector = stage.broker.collector("cs.uplink");
+    let mut expected = Vec::new();
+    for n in 0..3 {
+        let payload = format!("one at a time {n}");
+        car1.publish("UL/POS", payload.as_bytes());
+        expected.push(payload.into_bytes());
+        testkit::wait_until("car 1 parked again", WAIT, || parked() == 2);
+    }
+    // Ten in one write, then one of 40,000 bytes: three TLS records, more
+    // than the shard reads at once.
+    let mut out = BytesMut::new();
+    for n in 0..10 {
+        let payload = format!("together {n}");
+        codec::Publish::qos0("UL/POS", payload.as_bytes())
+            .unwrap()
+            .encode(&mut out)
+            .unwrap();
+        expected.push(payload.into_bytes());
+    }
+    car1.stream.write_all(&out).unwrap();
+    let large: Vec<u8> = (0..40_000u32).map(|n| (n % 251) as u8).collect();
+    car1.publish("UL/POS", &large);
+    expected.push(large);
+    let records = collector.collect(expected.len(), WAIT);
+    let values: Vec<_> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+    assert_eq!(values, expected);
+    testkit::wait_until("car 1 parked again", WAIT, || parked() == 2);
+
+    // A PINGREQ to a parked car is answered.
+    car2.stream.write_all(&codec::packet::PINGREQ).unwrap();
+    car2.stream.flush().unwrap();
+    let mut pingresp = [0u8; 2];
+    car2.stream.read_exact(&mut pingresp).unwrap();
+    assert_eq!(pingresp, [0xd0, 0]);
+    testkit::wait_until("car 2 parked again", WAIT, || parked() == 2);
+
+    // Car 2's certificate does not take car 1's session, parked or not.
+    let (_forger, code) = TlsCar::connect(addr, &stage.as_car2, "VIN00000000000001");
+    assert_eq!(code, 5);
+    assert!(!car1.closed_within(Duration::from_millis(200)));
+
+    car1.disconnect();
+    car2.disconnect();
+    testkit::wait_until("both closed", WAIT, || {
+        closed(gateway, CloseKind::Disconnect) == 2 && parked() == 0
+    });
+    // The forger reused car 2's client configuration, and its ticket.
+    assert_eq!(handshakes(gateway, Handshake::Full), 2);
+    assert_eq!(handshakes(gateway, Handshake::Resumed), 1);
+    stage.gateway.stop().unwrap();
+}

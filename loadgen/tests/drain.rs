@@ -55,6 +55,7 @@ fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
             "3",
             "--duration-secs",
             "10",
+            "--recount",
         ],
     );
     // Half the cars on each gateway, then the drain: 300 at 100/s.
@@ -77,7 +78,15 @@ fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
     });
 
     let report = fleet.report();
-    assert_eq!(report.uplink.lost, 0, "{:?}", report.uplink);
+    // Judged on the topic read again after the run, as below: loadgen's
+    // live read missed one record of 7,432 once (01:02, the suite beside
+    // a build) that the gateways had produced and had acknowledged.
+    let in_topic = report.uplink_in_topic.as_ref().expect("run with --recount");
+    assert_eq!(
+        in_topic.unique, report.uplink.sent,
+        "{in_topic:?}; sent: {:?}",
+        report.uplink
+    );
     assert_eq!(report.uplink.duplicates, 0, "{:?}", report.uplink);
     assert_eq!(report.connect.connected, CARS + 300, "{:?}", report.connect);
     assert_eq!(

@@ -22,7 +22,8 @@ use contract::{End, Outcome, SessionRecord};
 use super::Shard;
 use super::control::Control;
 use super::delivery::OwedReceipt;
-use super::parked::Parked;
+use super::parked::{Parked, ParkedPeer};
+use super::tls_car::TlsSession;
 use crate::metrics::{Dropped, bump};
 use crate::registry::Holder;
 use crate::session::{CloseReason, Session};
@@ -71,20 +72,33 @@ impl Connection {
         }
     }
 
-    /// A parked connection taken out of its control block, to serve.
+    /// A parked connection taken out of its control block, to serve, with
+    /// its socket and (over TLS) its TLS session.
     pub(super) fn unparked(
         shard: Rc<Shard>,
         control: Rc<Control>,
         parked: Parked,
-    ) -> (Self, std::net::TcpStream) {
+    ) -> (Self, std::net::TcpStream, Option<Box<TlsSession>>) {
         let Parked {
             socket,
             session,
-            addr,
+            peer,
         } = parked;
-        let peer = Peer {
-            addr,
-            identity: None,
+        let (peer, tls) = match peer {
+            ParkedPeer::Plain(addr) => (
+                Peer {
+                    addr,
+                    identity: None,
+                },
+                None,
+            ),
+            ParkedPeer::Tls(mut tls) => (
+                Peer {
+                    addr: tls.addr,
+                    identity: tls.identity.take(),
+                },
+                Some(tls),
+            ),
         };
         let connection = Self {
             shard,
@@ -92,7 +106,7 @@ impl Connection {
             session,
             peer,
         };
-        (connection, socket)
+        (connection, socket, tls)
     }
 
     /// The shard's timeouts for its sessions.
@@ -101,26 +115,37 @@ impl Connection {
     }
 
     /// Whether the connection may wait parked, without a task: nothing half
-    /// read in `input`, nothing to handle, and no proven identity to keep
-    /// (a parked car keeps its address only: plain TCP has no identity).
-    /// The one rule for both the task and the lot.
+    /// read in `input` and nothing to handle (its stream decides whether
+    /// it parks at all: [`super::task::CarStream::parks`]). The one rule
+    /// for both the task and the lot.
     pub(super) fn may_park(&self, input: &BytesMut) -> bool {
-        input.is_empty() && self.peer.identity.is_none() && !self.control.pending()
+        input.is_empty() && !self.control.pending()
     }
 
-    /// Parks the connection: its session and address go into its control
-    /// block, and its socket's next event goes to the lot.
-    pub(super) fn park(self, socket: std::net::TcpStream) {
+    /// Parks the connection: its session and address (and over TLS its
+    /// TLS session and proven identity) go into its control block, and its
+    /// socket's next event goes to the lot. A plain connection has no
+    /// proven identity (a trusted proxy's comes with a PROXY header, and
+    /// such connections do not park).
+    pub(super) fn park(self, socket: std::net::TcpStream, tls: Option<Box<TlsSession>>) {
         let Self {
             control,
             session,
             peer,
             ..
         } = self;
+        let peer = match tls {
+            Some(mut tls) => {
+                tls.addr = peer.addr;
+                tls.identity = peer.identity;
+                ParkedPeer::Tls(tls)
+            }
+            None => ParkedPeer::Plain(peer.addr),
+        };
         control.park(Parked {
             socket,
             session,
-            addr: peer.addr,
+            peer,
         });
     }
 

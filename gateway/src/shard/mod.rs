@@ -48,6 +48,7 @@ mod slot;
 mod socket;
 mod table;
 mod task;
+mod tls_car;
 mod uplink;
 
 pub use slot::SlotError;

@@ -10,8 +10,10 @@
 //! ([`Lot`]); the readiness task serves the lot's connections
 //! ([`serve`]). What a quiet car mostly sends (a PUBLISH, a PINGREQ, a
 //! SUBSCRIBE, even the CONNECT) is handled there without a task; anything
-//! more goes on in a new one. TLS connections are not parked: their
-//! session state is most of what they hold.
+//! more goes on in a new one. A TLS connection parks too, between records
+//! (nothing half received, nothing to write: [`super::tls_car`]), keeping
+//! its TLS session; whatever wakes it gets it a task again, which reads
+//! and decrypts.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -29,16 +31,27 @@ use super::connection::Connection;
 use super::dispatch::Handled;
 use super::socket;
 use super::task::{self, READ_BUSY};
+use super::tls_car::TlsSession;
 use crate::session::{CloseReason, Session};
 
-/// A connection without a task, kept in its control block. Only plain-TCP
-/// connections park, and they have no proven identity: their peer is
-/// their address.
+/// A connection without a task, kept in its control block.
 #[derive(Debug)]
 pub(super) struct Parked {
     pub(super) socket: std::net::TcpStream,
     pub(super) session: Session,
-    pub(super) addr: std::net::SocketAddr,
+    pub(super) peer: ParkedPeer,
+}
+
+/// Who a parked connection's car is: a plain TCP connection has its
+/// address only (no proven identity: a trusted proxy's comes with a PROXY
+/// header, and such connections do not park); a TLS connection keeps its
+/// TLS session, which holds its address and the identity its certificate
+/// proved. One or the other in the same 32 bytes (`SocketAddr`'s tag
+/// leaves room for the box), so that plain cars pay nothing for TLS.
+#[derive(Debug)]
+pub(super) enum ParkedPeer {
+    Plain(std::net::SocketAddr),
+    Tls(Box<TlsSession>),
 }
 
 /// What the readiness task is asked to look at besides the epoll set:
@@ -118,7 +131,12 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
     let Some(parked) = control.unpark() else {
         return;
     };
-    let (mut connection, socket) = Connection::unparked(shard.clone(), control, parked);
+    let (mut connection, socket, tls) = Connection::unparked(shard.clone(), control, parked);
+    if let Some(tls) = tls {
+        // A TLS car's records are read and decrypted by its task.
+        count_unparked(&connection);
+        return task::respawn_tls(connection, socket, tls);
+    }
     // Told to close (a drain, a shutdown, a takeover): what the car sent
     // before is read and handled first, as its task would have read it
     // already; a drain loses nothing the car had sent when it was told.
@@ -135,7 +153,7 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
             return spawn_task(connection, socket, Handover::default());
         }
         // The event was not for reading (room to write, say).
-        Ok(None) => return connection.park(socket),
+        Ok(None) => return connection.park(socket, None),
         Ok(Some(read)) if read > 0 => read,
         // The end or an error: the task reads again, and meets it.
         _ => return spawn_task(connection, socket, Handover::default()),
@@ -157,7 +175,7 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
             shard
                 .table
                 .set_deadline(&connection.control, connection.session.deadline());
-            connection.park(socket);
+            connection.park(socket, None);
         }
         Handled::Done => spawn_task(connection, socket, handover),
         Handled::Close(reason) => {
@@ -176,12 +194,16 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
 
 /// Gives a parked connection a task again, starting from `handover`.
 fn spawn_task(connection: Connection, socket: std::net::TcpStream, handover: Handover) {
+    count_unparked(&connection);
+    task::respawn(connection, socket, handover);
+}
+
+fn count_unparked(connection: &Connection) {
     connection
         .shard
         .metrics
         .connections_parked
         .fetch_sub(1, Ordering::Relaxed);
-    glommio::spawn_local(task::respawn(connection, socket, handover)).detach();
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 use std::rc::Rc;
 
 use futures_lite::future;
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::timer::sleep;
 use rustls::HandshakeKind;
 
@@ -15,6 +14,7 @@ use super::connection::Peer;
 use super::control::Control;
 use super::socket::CarSocket;
 use super::task;
+use super::tls_car::{self, TlsCar};
 use super::{Door, Shard};
 use ops::exposition::LabelSet;
 
@@ -100,7 +100,7 @@ async fn proxy_header(
 /// A connection on a TLS listener: the handshake on this shard, bounded by
 /// the connect timeout, the car's identity from its verified certificate,
 /// then the car's connection over TLS.
-pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn tls<S: task::CarStream>(
     stream: S,
     shard: Rc<Shard>,
     door: Rc<Door>,
@@ -115,16 +115,15 @@ pub(super) async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The TLS handshake and the identity check; `None` when the connection
 /// closes.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+async fn handshake<S: task::CarStream>(
     stream: S,
     shard: &Shard,
     door: &Door,
     mut peer: Peer,
-) -> Option<(futures_rustls::server::TlsStream<S>, Peer)> {
+) -> Option<(TlsCar<S>, Peer)> {
     let terminator = door.tls.as_ref()?;
     let loaded = terminator.current();
-    let acceptor = futures_rustls::TlsAcceptor::from(loaded.config.clone());
-    let handshake = async { Some(acceptor.accept(stream).await) };
+    let handshake = async { Some(tls_car::accept(stream, loaded.config.clone(), peer.addr).await) };
     let timeout = async {
         sleep(shard.timing.connect_timeout).await;
         None
@@ -144,7 +143,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let session = stream.get_ref().1;
+    let session = stream.session();
     if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
         match loaded.admit(leaf, terminator.identity_source()) {
             Ok(identity) => peer.identity = Some(door.listener.bound_client_id(&identity).into()),

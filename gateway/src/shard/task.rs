@@ -24,6 +24,7 @@ use super::control::{Control, Wake};
 use super::dispatch::Handled;
 use super::parked::Handover;
 use super::socket::CarSocket;
+use super::tls_car::{TlsCar, TlsSession};
 use crate::metrics::{Dropped, Limit};
 use crate::rate::Held;
 use crate::session::CloseReason;
@@ -46,26 +47,48 @@ const GROW_FLOOR: usize = 1024;
 /// A connection's byte stream: the plain socket, or TLS or a PROXY
 /// header's rest over it.
 pub(super) trait CarStream: AsyncRead + AsyncWrite + Unpin + Sized {
-    /// Whether a quiet connection over this stream is parked (see
-    /// [`super::parked`]): only the plain socket, which holds no state of
-    /// its own.
-    const PARKS: bool = false;
+    /// Whether a quiet connection over this stream can be parked now (see
+    /// [`super::parked`]): the plain socket, which holds no state of its
+    /// own, and TLS over it between records.
+    fn parks(&self) -> bool {
+        false
+    }
 
-    /// The plain socket, to park (`Err`: this stream is not one).
-    fn into_socket(self) -> Result<CarSocket, Self> {
+    /// The plain socket and, over TLS, the session, to park (`Err`: this
+    /// stream does not park now).
+    fn into_parked(self) -> Result<(CarSocket, Option<Box<TlsSession>>), Self> {
         Err(self)
     }
 }
 
 impl CarStream for CarSocket {
-    const PARKS: bool = true;
+    fn parks(&self) -> bool {
+        true
+    }
 
-    fn into_socket(self) -> Result<CarSocket, Self> {
-        Ok(self)
+    fn into_parked(self) -> Result<(CarSocket, Option<Box<TlsSession>>), Self> {
+        Ok((self, None))
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for futures_rustls::server::TlsStream<S> {}
+/// TLS parks between records, over a stream that parks (not after a
+/// PROXY header, whose rest is the stream's).
+impl<S: CarStream> CarStream for TlsCar<S> {
+    fn parks(&self) -> bool {
+        self.is_quiet() && self.io().parks()
+    }
+
+    fn into_parked(self) -> Result<(CarSocket, Option<Box<TlsSession>>), Self> {
+        if !self.parks() {
+            return Err(self);
+        }
+        let (io, session) = self.into_parts()?;
+        match io.into_parked() {
+            Ok((socket, _)) => Ok((socket, Some(session))),
+            Err(io) => Err(TlsCar::from_parts(io, session)),
+        }
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> CarStream for crate::proxy::Prefixed<S> {}
 
@@ -86,13 +109,20 @@ pub(super) fn start<S: CarStream>(
 }
 
 /// A parked connection's new task, on from where the lot left it.
-pub(super) fn respawn(
+pub(super) fn respawn(connection: Connection, socket: std::net::TcpStream, handover: Handover) {
+    let socket = CarSocket::new(socket, connection.control.clone());
+    glommio::spawn_local(live(socket, connection, handover)).detach();
+}
+
+/// A parked TLS connection's new task, with its session.
+pub(super) fn respawn_tls(
     connection: Connection,
     socket: std::net::TcpStream,
-    handover: Handover,
-) -> impl Future<Output = ()> {
+    session: Box<TlsSession>,
+) {
     let socket = CarSocket::new(socket, connection.control.clone());
-    live(socket, connection, handover)
+    let stream = TlsCar::from_parts(socket, session);
+    glommio::spawn_local(live(stream, connection, Handover::default())).detach();
 }
 
 /// Drives the connection until it closes (and cleans up after it) or is
@@ -116,14 +146,14 @@ fn live<S: CarStream>(
             let from = handover.take().unwrap_or_default();
             match drive(&mut stream, &mut connection, from).await {
                 Driven::Closed(reason) => break reason,
-                Driven::Quiet => match stream.into_socket() {
-                    Ok(socket) => {
+                Driven::Quiet => match stream.into_parked() {
+                    Ok((socket, tls)) => {
                         connection
                             .shard
                             .metrics
                             .connections_parked
                             .fetch_add(1, Ordering::Relaxed);
-                        connection.park(socket.into_inner());
+                        connection.park(socket.into_inner(), tls);
                         return;
                     }
                     Err(back) => stream = back,
@@ -150,7 +180,7 @@ enum Event {
 }
 
 /// Runs one connection's protocol over its byte stream, from what the lot
-/// handed over, until it closes or (a [`CarStream::PARKS`] stream) has
+/// handed over, until it closes or (a stream that [`CarStream::parks`]) has
 /// nothing to do and nothing to read: then it is parked.
 async fn drive<S: CarStream>(
     stream: &mut S,
@@ -248,7 +278,7 @@ async fn drive<S: CarStream>(
         // parked, without this task. (Bytes that came while the task was
         // busy may have had their edge-triggered event already: this read
         // takes them, as no other event would come for them.)
-        let event = if S::PARKS && connection.may_park(&input) {
+        let event = if stream.parks() && connection.may_park(&input) {
             match future::poll_once(read_some(stream, &mut input, want)).await {
                 Some(read) => Event::Read(read),
                 None => return Driven::Quiet,
