@@ -105,7 +105,7 @@ uplink() {
   local before after
   before=$(cpu_ms "$gateway")
   "$bin/loadgen" --kafka-bootstrap "127.0.0.1:$kafka_port" --target "127.0.0.1:$port" --cars 2000 \
-    --publish-interval-ms 500 --downlink-rate 0 --no-subscribe --warmup-secs 3 --duration-secs 20 --quiet \
+    --publish-interval-ms 500 --downlink-rate 0 --no-subscribe --warmup-secs 3 --duration-secs 20 --quiet --recount \
     --report-json "$dir/uplink-$name.json" --report-html "$dir/uplink-$name.html" "$@" >"$dir/uplink-$name.log" 2>&1
   after=$(cpu_ms "$gateway")
   py tls_bench uplink "$name" "$((after - before))" "$dir/uplink-$name.json" >>"$dir/uplink.jsonl"

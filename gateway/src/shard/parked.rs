@@ -30,8 +30,9 @@ use super::Shard;
 use super::connection::Connection;
 use super::dispatch::Handled;
 use super::socket;
+use super::socket::CarSocket;
 use super::task::{self, READ_BUSY};
-use super::tls_car::TlsSession;
+use super::tls_car::{TlsCar, TlsSession};
 use crate::session::{CloseReason, Session};
 
 /// A connection without a task, kept in its control block.
@@ -133,9 +134,8 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
     };
     let (mut connection, socket, tls) = Connection::unparked(shard.clone(), control, parked);
     if let Some(tls) = tls {
-        // A TLS car's records are read and decrypted by its task.
-        count_unparked(&connection);
-        return task::respawn_tls(connection, socket, tls);
+        let car = TlsCar::from_parts(CarSocket::new(socket, connection.control.clone()), tls);
+        return serve_tls(shard, connection, car);
     }
     // Told to close (a drain, a shutdown, a takeover): what the car sent
     // before is read and handled first, as its task would have read it
@@ -190,6 +190,102 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
         // and is held there.
         Handled::Hold(_) => spawn_task(connection, socket, handover),
     }
+}
+
+/// [`serve`] for a parked TLS car: its records are read into the shard's
+/// buffer and decrypted, the whole packets in them handled, the reply
+/// sealed and written, and the car parked again; or on in a new task, as
+/// for a plain car, and also when a record arrived cut.
+fn serve_tls(shard: &Rc<Shard>, mut connection: Connection, mut car: TlsCar<CarSocket>) {
+    let control = &connection.control;
+    let closing = control.reason.get().is_some();
+    let here =
+        (closing || !control.pending()) && !shard.flow.is_paused() && shard.producer.has_room();
+    if !here {
+        return spawn_tls_task(connection, car, Handover::default());
+    }
+    let read = car.receive(|socket, buf| match socket.read_now(buf) {
+        Ok(Some(read)) => Poll::Ready(Ok(read)),
+        Ok(None) => Poll::Pending,
+        Err(error) => Poll::Ready(Err(error)),
+    });
+    let read = match read {
+        Poll::Pending if control.pending() => {
+            return spawn_tls_task(connection, car, Handover::default());
+        }
+        // The event was not for reading (room to write, say).
+        Poll::Pending => return park_tls(connection, car),
+        Poll::Ready(Ok(read)) if read > 0 => read,
+        // The end or an error: the task reads again, and meets it.
+        Poll::Ready(_) => return spawn_tls_task(connection, car, Handover::default()),
+    };
+    let mut handover = Handover {
+        input: car.take_plain(),
+        ..Handover::default()
+    };
+    if TlsCar::<CarSocket>::filled(read) || !car.is_quiet() {
+        // A busy car, or a record cut by the read: its task reads on.
+        return spawn_tls_task(connection, car, handover);
+    }
+    match connection.handle(&mut handover.input, &mut handover.output, Instant::now()) {
+        Handled::Done if connection.may_park(&handover.input) => {
+            if !handover.output.is_empty() {
+                if car.seal(&handover.output).is_err() {
+                    let close = Some(connection.session.close(CloseReason::Io));
+                    let handover = Handover {
+                        close,
+                        ..Handover::default()
+                    };
+                    return spawn_tls_task(connection, car, handover);
+                }
+                handover.output.clear();
+            }
+            match car.send(|socket, bytes| socket.send_now(bytes)) {
+                Ok(true) => {
+                    shard
+                        .table
+                        .set_deadline(&connection.control, connection.session.deadline());
+                    park_tls(connection, car);
+                }
+                // What the socket did not take, the task writes first.
+                Ok(false) => spawn_tls_task(connection, car, Handover::default()),
+                Err(_) => {
+                    let close = Some(connection.session.close(CloseReason::Io));
+                    spawn_tls_task(
+                        connection,
+                        car,
+                        Handover {
+                            close,
+                            ..Handover::default()
+                        },
+                    );
+                }
+            }
+        }
+        Handled::Done => spawn_tls_task(connection, car, handover),
+        Handled::Close(reason) => {
+            handover.close = Some(reason);
+            spawn_tls_task(connection, car, handover);
+        }
+        Handled::Full(publish) => {
+            handover.blocked = Some(publish);
+            spawn_tls_task(connection, car, handover);
+        }
+        Handled::Hold(_) => spawn_tls_task(connection, car, handover),
+    }
+}
+
+/// Parks a TLS car the lot served (quiet: nothing held).
+fn park_tls(connection: Connection, car: TlsCar<CarSocket>) {
+    match car.into_parts() {
+        Ok((socket, session)) => connection.park(socket.into_inner(), Some(session)),
+        Err(car) => spawn_tls_task(connection, car, Handover::default()),
+    }
+}
+
+fn spawn_tls_task(connection: Connection, car: TlsCar<CarSocket>, handover: Handover) {
+    count_unparked(&connection);
+    task::respawn_tls(connection, car, handover);
 }
 
 /// Gives a parked connection a task again, starting from `handover`.

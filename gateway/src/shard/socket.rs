@@ -119,6 +119,17 @@ impl CarSocket {
         self.socket
     }
 
+    /// Reads what the socket has now (`None`: nothing), waiting for
+    /// nothing: for the lot, which serves a parked car without a task.
+    pub(super) fn read_now(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        try_read(&self.socket, buf)
+    }
+
+    /// Writes what the socket takes now (`None`: no room).
+    pub(super) fn send_now(&self, buf: &[u8]) -> io::Result<Option<usize>> {
+        try_send(&self.socket, buf)
+    }
+
     /// A non-blocking read's or write's answer as a poll: when the socket
     /// would block, the task waits for the next event on it (or anything
     /// else its control is woken for).

@@ -114,15 +114,16 @@ pub(super) fn respawn(connection: Connection, socket: std::net::TcpStream, hando
     glommio::spawn_local(live(socket, connection, handover)).detach();
 }
 
-/// A parked TLS connection's new task, with its session.
-pub(super) fn respawn_tls(
-    connection: Connection,
-    socket: std::net::TcpStream,
-    session: Box<TlsSession>,
-) {
-    let socket = CarSocket::new(socket, connection.control.clone());
-    let stream = TlsCar::from_parts(socket, session);
-    glommio::spawn_local(live(stream, connection, Handover::default())).detach();
+/// A parked TLS connection's new task, on from where the lot left it:
+/// what the lot sealed and the socket did not take goes first.
+pub(super) fn respawn_tls(connection: Connection, stream: TlsCar<CarSocket>, handover: Handover) {
+    glommio::spawn_local(async move {
+        let mut stream = stream;
+        // A failed write shows again, as the task's next read or write.
+        let _ = stream.flush().await;
+        live(stream, connection, handover).await;
+    })
+    .detach();
 }
 
 /// Drives the connection until it closes (and cleans up after it) or is

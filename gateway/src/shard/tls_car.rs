@@ -404,6 +404,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsCar<S> {
     /// Reads what the socket has and decrypts the whole records in it:
     /// `Ok(false)` at the end of the car's stream.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let read = ready!(self.receive(|io, buf| Pin::new(io).poll_read(cx, buf)))?;
+        Poll::Ready(Ok(read > 0))
+    }
+}
+
+impl<S> TlsCar<S> {
+    /// Reads once with `read` and decrypts the whole records that are
+    /// then held: their plaintext is ready to read, a record the read cut
+    /// stays held. The bytes read (0: the car's end of the stream).
+    pub(super) fn receive(
+        &mut self,
+        read: impl FnOnce(&mut S, &mut [u8]) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         let Self {
             io,
             session,
@@ -417,7 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsCar<S> {
             // Nothing held: read into the shard's buffer, decrypt there,
             // and keep only a record the read cut.
             SCRATCH.with_borrow_mut(|scratch| {
-                let read = ready!(Pin::new(&mut *io).poll_read(cx, scratch))?;
+                let read = ready!(read(io, scratch))?;
                 let bytes = scratch.get_mut(..read).unwrap_or_default();
                 let (done, next) = process(&mut session.tls, bytes, plain, outgoing, read_closed);
                 next.map_err(invalid)?;
@@ -430,7 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsCar<S> {
             let at = incoming.len();
             let want = record_rest(incoming).max(RECORD_OVERHEAD);
             incoming.resize(at + want, 0);
-            let read = Pin::new(&mut *io).poll_read(cx, incoming.get_mut(at..).unwrap_or_default());
+            let read = read(io, incoming.get_mut(at..).unwrap_or_default());
             incoming.truncate(
                 at + match &read {
                     Poll::Ready(Ok(read)) => *read,
@@ -444,8 +457,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsCar<S> {
             Poll::Ready(Ok(read))
         };
         let read = ready!(read)?;
+        if read == 0 {
+            self.read_closed = true;
+        }
         self.fit();
-        Poll::Ready(Ok(read > 0))
+        Poll::Ready(Ok(read))
+    }
+
+    /// Whether the last [`TlsCar::receive`] may have left bytes in the
+    /// socket: it filled the shard's buffer.
+    pub(super) fn filled(read: usize) -> bool {
+        read >= MAX_RECORD
+    }
+
+    /// The plaintext received and not read yet, taken whole.
+    pub(super) fn take_plain(&mut self) -> BytesMut {
+        std::mem::take(&mut self.plain)
+    }
+
+    /// Encrypts `data` to send with [`TlsCar::send`].
+    pub(super) fn seal(&mut self, data: &[u8]) -> io::Result<()> {
+        let records = data.len().div_ceil(16 * 1024).max(1);
+        encrypt(
+            &mut self.session.tls,
+            &mut self.outgoing,
+            data.len() + records * RECORD_OVERHEAD,
+            |traffic, out| traffic.encrypt(data, out),
+        )
+    }
+
+    /// Writes what is sealed with `write` (a non-blocking send: `None`
+    /// when the socket takes no more now): whether all of it went.
+    pub(super) fn send(
+        &mut self,
+        mut write: impl FnMut(&S, &[u8]) -> io::Result<Option<usize>>,
+    ) -> io::Result<bool> {
+        while let Some(rest) = self
+            .outgoing
+            .get(self.sent..)
+            .filter(|rest| !rest.is_empty())
+        {
+            match write(&self.io, rest)? {
+                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Some(written) => self.sent += written,
+                None => return Ok(false),
+            }
+        }
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Ok(true)
     }
 }
 
@@ -508,13 +568,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsCar<S> {
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let records = buf.len().div_ceil(16 * 1024).max(1);
-        encrypt(
-            &mut this.session.tls,
-            &mut this.outgoing,
-            buf.len() + records * RECORD_OVERHEAD,
-            |traffic, out| traffic.encrypt(buf, out),
-        )?;
+        this.seal(buf)?;
         if let Poll::Ready(Err(error)) = this.poll_send(cx) {
             return Poll::Ready(Err(error));
         }
