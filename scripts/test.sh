@@ -28,6 +28,9 @@ timeout 45m cargo test --workspace --locked
 step "gateway memory per connection against mosquitto, same run, release build (at most mosquitto, and 2 KiB)"
 timeout 20m cargo test --release --locked -p gateway --test idle_memory -- --nocapture
 
+step "gateway memory per idle mutual-TLS connection against mosquitto, same run, release build (at most mosquitto, and 6 KiB: scripts/tls-bench.sh)"
+TLS_BENCH_GATE_BYTES=6144 TLS_BENCH_ONLY=memory timeout 10m scripts/tls-bench.sh
+
 step "instruction counts of the hot paths against benches/instructions.baseline (scripts/instructions.sh)"
 # Fails when one grows more than INSTRUCTIONS_TOLERANCE % (default 3); a
 # meant change is accepted with scripts/instructions.sh --accept.

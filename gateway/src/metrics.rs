@@ -180,7 +180,7 @@ pub fn page(shards: &[std::sync::Arc<ShardMetrics>]) -> Exposition {
     );
     page.gauge(
         "carbridge_gateway_connections_parked",
-        "Open connections parked without a task: quiet cars on plain TCP, resumed by their next byte, deadline or downlink message.",
+        "Open connections parked without a task: quiet cars, plain or TLS between records, resumed by their next byte, deadline or downlink message.",
         gauge(&|s| &s.connections_parked),
     );
     page.counters(

@@ -7,7 +7,10 @@
     tls_bench.py uplink NAME GATEWAY_CPU_MS REPORT
         one listener's uplink run (loadgen's REPORT) as a JSON line
     tls_bench.py summary RESULTS UPLINK
-        the two as tables, with the ratios
+        the two as tables, with the ratios (UPLINK "-": no uplink run)
+    tls_bench.py gate RESULTS GOAL_BYTES
+        exit 3 when the gateway's bytes per idle TLS connection are above
+        GOAL_BYTES or above mosquitto's (GOAL_BYTES empty: no gate)
 """
 
 import json
@@ -50,7 +53,22 @@ def summary(results, uplinks):
     print(f"{'failed (full + resumed)':28}{g['full']['failed'] + g['resumed']['failed']:>14,}{m['full']['failed'] + m['resumed']['failed']:>14,}")
     gb, mb = g["bytes_per_connection"], m["bytes_per_connection"]
     print(f"{'bytes per idle connection':28}{gb:>14,.0f}{mb:>14,.0f}{gb / mb if mb else float('nan'):>8.2f}")
-    uplink = {r["listener"]: r for r in map(json.loads, open(uplinks))}
+    # Each listener's phases (plain and plain-2, tls and tls-2) summed.
+    if uplinks == "-":
+        return
+    uplink = {}
+    for r in map(json.loads, open(uplinks)):
+        name = r["listener"].split("-")[0]
+        if name in uplink:
+            u = uplink[name]
+            for key in ("gateway_cpu_secs", "received", "lost"):
+                u[key] += r[key]
+            u["lost_in_topic"] = None if None in (u["lost_in_topic"], r["lost_in_topic"]) \
+                else u["lost_in_topic"] + r["lost_in_topic"]
+            u["achieved_rate"] = (u["achieved_rate"] + r["achieved_rate"]) / 2
+            u["phases"].append(r)
+        else:
+            uplink[name] = dict(r, phases=[r])
     p, t = uplink["plain"], uplink["tls"]
     print()
     print(f"{'uplink, 2,000 cars, gateway':28}{'plain':>14}{'TLS':>14}{'ratio':>8}")
@@ -60,8 +78,30 @@ def summary(results, uplinks):
     print(f"{'  lost, topic read again':28}{topic(p):>14}{topic(t):>14}")
     per = lambda r: r["received"] / r["gateway_cpu_secs"] if r["gateway_cpu_secs"] else float("nan")
     print(f"{'  messages per gateway CPU-s':28}{per(p):>14,.0f}{per(t):>14,.0f}{per(t) / per(p):>8.2f}")
+    for n in range(max(len(p["phases"]), len(t["phases"]))):
+        ph = lambda r: f"{per(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
+        print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
+
+
+def gate(results, goal):
+    if not goal:
+        return
+    results = {r["server"]: r for r in map(json.loads, open(results))}
+    ours = results["gateway"]["bytes_per_connection"]
+    theirs = results["mosquitto"]["bytes_per_connection"]
+    failed = []
+    if ours > int(goal):
+        failed.append(f"above the goal of {int(goal):,} bytes")
+    if ours > theirs:
+        failed.append(f"above mosquitto's {theirs:,.0f} bytes")
+    if failed:
+        print(f"TLS memory gate: {ours:,.0f} bytes per idle TLS connection, " + " and ".join(failed),
+              file=sys.stderr)
+        sys.exit(3)
+    print(f"TLS memory gate: {ours:,.0f} bytes per idle TLS connection, within {int(goal):,} "
+          f"and mosquitto's {theirs:,.0f}", file=sys.stderr)
 
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"server": server, "uplink": uplink, "summary": summary}[command](*args)
+    {"server": server, "uplink": uplink, "summary": summary, "gate": gate}[command](*args)
