@@ -464,28 +464,37 @@ async fn linger<S: CarStream>(
     let shard = connection.shard.clone();
     let _ = stream.close().await;
     let until = Instant::now() + shard.drain_linger;
+    // The bound first in each race: a car that sends without pause always
+    // has bytes to read, and would otherwise keep the connection (and the
+    // drain, and a stop) past it.
     loop {
         let want = read_size(&shard, &input, true);
-        let read = future::or(
-            async { Some(read_some(stream, &mut input, want).await) },
-            async {
-                sleep(until.saturating_duration_since(Instant::now())).await;
-                None
-            },
-        )
+        let read = future::or(passed(until), async {
+            Some(read_some(stream, &mut input, want).await)
+        })
         .await;
         // The car's end, an error, or the bound: done.
         let Some(Ok(1..)) = read else {
             break;
         };
-        if let Some(reason) = Box::pin(process(
-            None::<&mut S>,
-            connection,
-            &mut input,
-            Instant::now(),
-        ))
-        .await
-        {
+        // Held by the car's uplink limit, handling what was read can take
+        // longer than the bound: what is left then goes with the close.
+        let processed = future::or(passed(until), async {
+            Some(
+                Box::pin(process(
+                    None::<&mut S>,
+                    connection,
+                    &mut input,
+                    Instant::now(),
+                ))
+                .await,
+            )
+        })
+        .await;
+        let Some(processed) = processed else {
+            break;
+        };
+        if let Some(reason) = processed {
             // The drain is why the connection ended (a DISCONNECT now is
             // the car's answer to it), unless the car broke a rule.
             return if reason.is_car_fault() {
@@ -496,6 +505,12 @@ async fn linger<S: CarStream>(
         }
     }
     connection.session.close(CloseReason::Drained)
+}
+
+/// `None` once `until` has passed: the losing side of a race against it.
+async fn passed<T>(until: Instant) -> Option<T> {
+    sleep(until.saturating_duration_since(Instant::now())).await;
+    None
 }
 
 /// Waits, reading nothing from the car, until its uplink limit lets the
