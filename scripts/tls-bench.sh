@@ -13,6 +13,9 @@
 #   TLS_BENCH_CARS=10000 scripts/tls-bench.sh
 #   TLS_BENCH_GATE_BYTES=6144 TLS_BENCH_ONLY=memory scripts/tls-bench.sh
 #
+# TLS_BENCH_GATEWAY: another gateway binary to measure (a known commit's,
+# for a before and after), with this tree's tools.
+#
 # With TLS_BENCH_GATE_BYTES, a gate (scripts/test.sh runs it): exit 3 when
 # the gateway's memory per idle TLS connection is above that many bytes or
 # above mosquitto's. TLS_BENCH_ONLY=memory leaves the uplink out (about a
@@ -61,7 +64,7 @@ ticket_keys = "$pki/tickets"
 [limits]
 accept_rate_per_shard = 100000
 EOF
-"$bin/gateway" --config "$dir/gateway.toml" --kafka-bootstrap "127.0.0.1:$kafka_port" --no-downlink \
+"${TLS_BENCH_GATEWAY:-$bin/gateway}" --config "$dir/gateway.toml" --kafka-bootstrap "127.0.0.1:$kafka_port" --no-downlink \
   -X enable.idempotence=false \
   --admin-listen "$admin" >"$dir/gateway.log" 2>&1 &
 gateway=$!

@@ -7,7 +7,7 @@
 //! cargo run --release -p benches --example tls_state
 //! ```
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 
@@ -133,5 +133,102 @@ fn main() {
             return;
         }
         drop(gateway);
+
+        println!(
+            "{name}, unbuffered (the gateway's): {} bytes on the heap, the session boxed as the gateway keeps it",
+            unbuffered(&server_config, &client_config)
+        );
     }
+}
+
+/// The same handshake and records with rustls' unbuffered server, as the
+/// gateway runs it (`gateway/src/shard/tls_car.rs`): the buffers are the
+/// caller's, dropped here before the reading, so what is held is the
+/// session alone.
+fn unbuffered(server_config: &Arc<ServerConfig>, client_config: &Arc<ClientConfig>) -> u64 {
+    use rustls::server::UnbufferedServerConnection;
+    use rustls::unbuffered::ConnectionState;
+    use std::io::{Read, Write};
+
+    enum Then {
+        Again,
+        Read,
+        Traffic,
+    }
+    let before = heap();
+    let mut gateway = Box::new(UnbufferedServerConnection::new(server_config.clone()).unwrap());
+    {
+        let mut client = ClientConnection::new(
+            client_config.clone(),
+            ServerName::try_from("gateway.test").unwrap(),
+        )
+        .unwrap();
+        let mut incoming = Vec::new();
+        let mut outgoing = Vec::new();
+        // Runs the server over what `incoming` holds; what it sends goes
+        // to `outgoing`, plaintext it decrypts to `plain`.
+        let mut serve = |incoming: &mut Vec<u8>, outgoing: &mut Vec<u8>, plain: &mut Vec<u8>| loop {
+            let status = gateway.process_tls_records(incoming);
+            let discard = status.discard;
+            let then = match status.state.unwrap() {
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let mut room = vec![0; 32 * 1024];
+                    let written = data.encode(&mut room).unwrap();
+                    outgoing.extend_from_slice(&room[..written]);
+                    Then::Again
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    Then::Again
+                }
+                ConnectionState::ReadTraffic(mut records) => {
+                    while let Some(record) = records.next_record() {
+                        plain.extend_from_slice(record.unwrap().payload);
+                    }
+                    Then::Again
+                }
+                ConnectionState::BlockedHandshake => Then::Read,
+                ConnectionState::WriteTraffic(_) => Then::Traffic,
+                other => panic!("unexpected {other:?}"),
+            };
+            incoming.drain(..discard);
+            match then {
+                Then::Again => {}
+                Then::Read => return false,
+                Then::Traffic => return true,
+            }
+        };
+        let mut plain = Vec::new();
+        loop {
+            while client.wants_write() {
+                client.write_tls(&mut incoming).unwrap();
+            }
+            let traffic = serve(&mut incoming, &mut outgoing, &mut plain);
+            client.read_tls(&mut outgoing.as_slice()).unwrap();
+            outgoing.clear();
+            client.process_new_packets().unwrap();
+            if traffic && !client.is_handshaking() && !client.wants_write() {
+                break;
+            }
+        }
+        // One small record each way, as a car's PUBLISH and a PINGRESP.
+        client.writer().write_all(&[0x30; 100]).unwrap();
+        client.write_tls(&mut incoming).unwrap();
+        assert!(serve(&mut incoming, &mut outgoing, &mut plain));
+        assert_eq!(plain.len(), 100);
+        let ConnectionState::WriteTraffic(mut traffic) =
+            gateway.process_tls_records(&mut []).state.unwrap()
+        else {
+            panic!("not ready to send");
+        };
+        let mut room = vec![0; 256];
+        let written = traffic.encrypt(&[0xd0, 0], &mut room).unwrap();
+        client.read_tls(&mut &room[..written]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut pingresp = [0u8; 2];
+        client.reader().read_exact(&mut pingresp).unwrap();
+    }
+    let held = heap() - before;
+    drop(gateway);
+    held
 }
