@@ -56,6 +56,8 @@
 #                    again with the same settings (its log in
 #                    gateway-N-restarted.log). It takes no cars back by
 #                    itself: a churning car returns to the gateway it left
+#   STACK_GATEWAY_TOML whole tables appended to every gateway's settings
+#                    file, "\n" for a line break (e.g. '[shard]\ngather_max_ms = 5')
 #   STACK_ROUTERS    router instances in one consumer group (default 1)
 #   STACK_KILL_ROUTER_AFTER=S  S seconds into loadgen's run, SIGKILL the
 #                    last router (needs STACK_ROUTERS=2 or more); the others
@@ -231,6 +233,9 @@ for ((g = 0; g < gateways; g++)); do
   fi
   if [ -n "${STACK_DRAIN_RATE:-}" ]; then
     printf '[drain]\ncloses_per_sec = %s\n' "$STACK_DRAIN_RATE" >>"$dir/gateway-$g.toml"
+  fi
+  if [ -n "${STACK_GATEWAY_TOML:-}" ]; then
+    printf '%b\n' "$STACK_GATEWAY_TOML" >>"$dir/gateway-$g.toml"
   fi
   log "gateway $g on 127.0.0.1:$port ($shards shards${STACK_TLS:+, mutual TLS})"
   start_gateway "$g" "$dir/gateway-$g.log"

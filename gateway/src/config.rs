@@ -48,6 +48,7 @@ pub struct Config {
     pub limits: Limits,
     pub authorization: Authorization,
     pub drain: Drain,
+    pub shard: ShardSettings,
     pub tls_watch: TlsWatch,
     pub admin: Admin,
     pub log: Log,
@@ -87,6 +88,27 @@ pub struct Drain {
     /// writing) and read on until the car closes its end, at most this
     /// long: what it sent before it saw the close reaches Kafka.
     pub linger_secs: u64,
+}
+
+/// How a shard trades latency for wake-ups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardSettings {
+    /// Longest, in milliseconds, a car's bytes may wait in the kernel while
+    /// the shard gathers more to serve in one wake-up (and its Kafka
+    /// acknowledgements with them). The window starts at 5 ms while events
+    /// come faster than one per window, and doubles up to this bound while
+    /// a wake-up finds few: at a fleet's rate a shard wakes once per window
+    /// instead of once per car. Each wake-up costs about 40 µs of CPU on a
+    /// KVM guest; the wait adds at most this much to the uplink's latency.
+    /// 5 keeps the window fixed at 5 ms; at most 100.
+    pub gather_max_ms: u64,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        Self { gather_max_ms: 20 }
+    }
 }
 
 /// The TLS listeners' files looked at for changes (a renewed certificate,
@@ -264,6 +286,7 @@ impl Default for Config {
             limits: Limits::default(),
             authorization: Authorization::default(),
             drain: Drain::default(),
+            shard: ShardSettings::default(),
             tls_watch: TlsWatch::default(),
             admin: Admin::default(),
             log: Log::default(),

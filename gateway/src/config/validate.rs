@@ -280,6 +280,13 @@ impl Config {
                 "use at most 60: a car that has not closed by then is not going to",
             ));
         }
+        if !(5..=100).contains(&self.shard.gather_max_ms) {
+            return Err(invalid(
+                "shard.gather_max_ms",
+                &self.shard.gather_max_ms,
+                "use 5 to 100: the window starts at 5 ms, and the wait adds to the uplink's latency",
+            ));
+        }
         if self.tls_watch.poll_secs > 3600 {
             return Err(invalid(
                 "tls_watch.poll_secs",

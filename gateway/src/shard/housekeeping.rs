@@ -14,15 +14,9 @@ use super::{POLL_INTERVAL, SWEEP_INTERVAL, Shard};
 use crate::metrics::bump;
 use crate::session::CloseReason;
 
-/// How often the poller serves delivery reports while records are in
-/// flight. Woken early by librdkafka when routed messages arrive, so this
-/// only delays acknowledgements, which nothing waits for (QoS 0: the car
-/// has no answer to wait for; the in-flight bound has room for this
-/// much). At 1 ms, a fleet publishing every 10 s woke the shard about
-/// 1,000 times a second for its acknowledgements alone.
-const BUSY_POLL: Duration = Duration::from_millis(5);
 /// Records in librdkafka's queue beyond which the poller serves
-/// acknowledgements every [`POLL_INTERVAL`] instead: in a burst (a fleet
+/// acknowledgements every [`POLL_INTERVAL`] instead of on the readiness
+/// task's gathering ticks (below): in a burst (a fleet
 /// connecting or subscribing at once) an acknowledged record's memory is
 /// freed only when its report is served, and those 4 ms per record showed
 /// as 100 bytes per car in the `idle_memory` test.
@@ -85,7 +79,14 @@ pub(super) async fn poll_producer(shard: Rc<Shard>) {
             let interval = if shard.producer.queued() > BURST {
                 POLL_INTERVAL
             } else {
-                BUSY_POLL
+                // While records are in flight, delivery reports are served
+                // on the readiness task's gathering ticks: the same
+                // wake-ups. Woken early by librdkafka when routed messages
+                // arrive, so this only delays acknowledgements, which
+                // nothing waits for (QoS 0; the in-flight bound has room).
+                // At 1 ms, a fleet publishing every 10 s woke the shard
+                // about 1,000 times a second for its acknowledgements alone.
+                shard.gather.window()
             };
             future::or(shard.tick(interval), shard.kick.kicked()).await;
         } else {

@@ -139,6 +139,9 @@ struct Shard {
     drain_max: Duration,
     /// How long a drained connection is read after its half-close.
     pub(super) drain_linger: Duration,
+    /// The readiness task's gathering window now, and its bound (see
+    /// [`readiness::Gather`]); the poller's busy ticks follow it.
+    pub(super) gather: readiness::Gather,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
     /// The origin of the shard's clock (see [`Shard::tick`]).
@@ -347,6 +350,7 @@ pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
             drain_rate: f64::from(config.drain.closes_per_sec.max(1)) / shards,
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             drain_linger: Duration::from_secs(config.drain.linger_secs),
+            gather: readiness::Gather::new(Duration::from_millis(config.shard.gather_max_ms)),
             abandoned: Cell::new(false),
             epoch,
         };
