@@ -176,12 +176,18 @@ fn stalled_partial_packets_are_bounded_and_closed() {
         || common::total(&gateway, |m| m.partial_bytes.load(Ordering::Relaxed) as u64);
 
     let resident_before = common::resident_kib(std::process::id());
-    let mut stalled = Vec::new();
-    for i in 0..CARS {
-        let (mut car, code) = RawClient::connect(addr, &format!("VIN-STALL-{i}"), 600);
-        assert_eq!(code, 0);
+    // All connected first, then all stalled at once: a connect is a round
+    // trip, which can wait a gathering window (up to 20 ms) on the
+    // shard, and 200 of them take longer than the packet timeout.
+    let mut stalled: Vec<RawClient> = (0..CARS)
+        .map(|i| {
+            let (car, code) = RawClient::connect(addr, &format!("VIN-STALL-{i}"), 600);
+            assert_eq!(code, 0);
+            car
+        })
+        .collect();
+    for car in &mut stalled {
         car.send(&publish_head(250_000, SENT));
-        stalled.push(car);
     }
     testkit::wait_until("the stalled packets held", WAIT, || {
         partial_bytes() == (CARS * SENT) as u64
