@@ -100,14 +100,18 @@ pub struct ShardSettings {
     /// come faster than one per window, and doubles up to this bound while
     /// a wake-up finds few: at a fleet's rate a shard wakes once per window
     /// instead of once per car. Each wake-up costs about 40 µs of CPU on a
-    /// KVM guest; the wait adds at most this much to the uplink's latency.
-    /// 5 keeps the window fixed at 5 ms; at most 100.
+    /// KVM guest; the wait adds at most this much to the uplink's latency,
+    /// and to each of a car's round trips. 5 (the default) keeps the window
+    /// fixed at 5 ms; at most 100.
     pub gather_max_ms: u64,
 }
 
 impl Default for ShardSettings {
     fn default() -> Self {
-        Self { gather_max_ms: 20 }
+        // The window stays at 5 ms by default: a larger bound costs every
+        // round trip of a car's (CONNECT, SUBSCRIBE, PINGREQ) up to that
+        // much while the shard gathers (docs/gateway.md).
+        Self { gather_max_ms: 5 }
     }
 }
 

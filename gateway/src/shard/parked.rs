@@ -12,8 +12,8 @@
 //! SUBSCRIBE, even the CONNECT) is handled there without a task; anything
 //! more goes on in a new one. A TLS connection parks too, between records
 //! (nothing half received, nothing to write: [`super::tls_car`]), keeping
-//! its TLS session; whatever wakes it gets it a task again, which reads
-//! and decrypts.
+//! its TLS session; the lot reads its records into the shard's buffer,
+//! decrypts and serves them the same way ([`serve_tls`]).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

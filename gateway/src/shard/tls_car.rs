@@ -253,20 +253,12 @@ pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     addr: std::net::SocketAddr,
 ) -> io::Result<TlsCar<S>> {
     let tls = UnbufferedServerConnection::new(config).map_err(invalid)?;
-    let mut car = TlsCar {
-        io,
-        session: Box::new(TlsSession {
-            tls,
-            addr,
-            identity: None,
-        }),
-        incoming: BytesMut::new(),
-        plain: BytesMut::new(),
-        outgoing: Vec::new(),
-        sent: 0,
-        read_closed: false,
-        write_closed: false,
+    let session = TlsSession {
+        tls,
+        addr,
+        identity: None,
     };
+    let mut car = TlsCar::from_parts(io, Box::new(session));
     loop {
         let (done, next) = process(
             &mut car.session.tls,
