@@ -176,8 +176,8 @@ const MANY: usize = 64;
 /// (`shard.gather_max_ms`), while ticks find fewer than [`FEW`] events;
 /// it halves while they find more than [`MANY`]. At a fleet's rate (a
 /// shard's cars publishing a few hundred times a second in all) a shard
-/// thus wakes once per bound rather than once per 5 ms, at 20,000
-/// messages a second it stays at 5 ms.
+/// with a bound above 5 ms thus wakes far less often than once per 5 ms;
+/// at 20,000 messages a second it stays at 5 ms.
 #[derive(Debug)]
 pub(super) struct Gather {
     window: Cell<Duration>,
