@@ -217,6 +217,7 @@ async fn drive<S: CarStream>(
             connection,
             &mut input,
             Instant::now(),
+            None,
         ))
         .await
     {
@@ -327,8 +328,14 @@ async fn drive<S: CarStream>(
         // Boxed: its state (over 300 bytes) would otherwise be part of
         // every connection's task for all the time the car is quiet.
         let before = input.len();
-        if let Some(reason) =
-            Box::pin(process(Some(&mut *stream), connection, &mut input, now)).await
+        if let Some(reason) = Box::pin(process(
+            Some(&mut *stream),
+            connection,
+            &mut input,
+            now,
+            None,
+        ))
+        .await
         {
             return Closed(reason);
         }
@@ -380,11 +387,15 @@ fn read_size(shard: &Shard, input: &BytesMut, busy: bool) -> usize {
 /// `stream` is `None` once the write side is closed (a drain's
 /// [`linger`]): replies are dropped then, and downlink messages stay
 /// queued (answered `closed` when the connection ends).
+/// `bound` is the linger's end then: a PUBLISH that the car's uplink limit
+/// would let through only after it stays unread, and the connection
+/// closes (`Drained`).
 async fn process<S: AsyncWrite + Unpin>(
     mut stream: Option<&mut S>,
     connection: &mut Connection,
     input: &mut BytesMut,
     mut now: Instant,
+    bound: Option<Instant>,
 ) -> Option<CloseReason> {
     // Replies are rare (CONNACK, PINGRESP, SUBACK): a buffer only for
     // this turn, not held in the task while the car is quiet.
@@ -408,6 +419,11 @@ async fn process<S: AsyncWrite + Unpin>(
                     if let Some(reason) = hold(connection, until).await {
                         break Some(reason);
                     }
+                } else if bound.is_some_and(|bound| until > bound) {
+                    // Lingering, and the car's limit would let this PUBLISH
+                    // through only after the linger's bound: it stays
+                    // unread, and the connection closes.
+                    break Some(CloseReason::Drained);
                 } else {
                     // Lingering after a drain's half-close: the close order
                     // is why, and what the car sent is still taken, at its
@@ -464,7 +480,7 @@ async fn linger<S: CarStream>(
     let shard = connection.shard.clone();
     let _ = stream.close().await;
     let until = Instant::now() + shard.drain_linger;
-    // The bound first in each race: a car that sends without pause always
+    // The bound first in the race: a car that sends without pause always
     // has bytes to read, and would otherwise keep the connection (and the
     // drain, and a stop) past it.
     loop {
@@ -477,24 +493,19 @@ async fn linger<S: CarStream>(
         let Some(Ok(1..)) = read else {
             break;
         };
-        // Held by the car's uplink limit, handling what was read can take
-        // longer than the bound: what is left then goes with the close.
-        let processed = future::or(passed(until), async {
-            Some(
-                Box::pin(process(
-                    None::<&mut S>,
-                    connection,
-                    &mut input,
-                    Instant::now(),
-                ))
-                .await,
-            )
-        })
-        .await;
-        let Some(processed) = processed else {
-            break;
-        };
-        if let Some(reason) = processed {
+        // A PUBLISH the car's uplink limit lets through only after the
+        // bound is left unread ([`process`] closes then). Not raced against
+        // the bound: a PUBLISH taken and waiting for room in librdkafka's
+        // queue is produced, not dropped uncounted.
+        if let Some(reason) = Box::pin(process(
+            None::<&mut S>,
+            connection,
+            &mut input,
+            Instant::now(),
+            Some(until),
+        ))
+        .await
+        {
             // The drain is why the connection ended (a DISCONNECT now is
             // the car's answer to it), unless the car broke a rule.
             return if reason.is_car_fault() {
