@@ -122,6 +122,24 @@ start_tansu() {
   await "tansu to answer on $addr" port_open "${addr##*:}"
 }
 
+# A gateway settings file for the uplink alone, against Kafka at $2 (the
+# mapping of "^UL/.+" to cs.uplink, no downlink), an admin endpoint on $3,
+# and any further tables ($4, whole TOML text) into $1.
+uplink_gateway_toml() {
+  cat >"$1" <<TOML
+[[mapping]]
+mqtt = "^UL/.+"
+kafka = "cs.uplink"
+[kafka.properties]
+"bootstrap.servers" = "$2"
+[downlink]
+enabled = false
+[admin]
+listen = "$3"
+${4:-}
+TOML
+}
+
 # Starts librdkafka's mock cluster: binary $1 (carbridge-mockbroker), its
 # address written to file $2, its output appended to $3, the rest of the
 # arguments its own. Once it listens: its pid in mock_pid, its bootstrap

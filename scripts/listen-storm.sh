@@ -29,19 +29,8 @@ log "net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn); load average: $(c
 for round in $(seq "$rounds"); do
   start_mockbroker target/release/carbridge-mockbroker "$dir/bootstrap" "$dir/mock.log" --partitions 2 --slots 1
   pids=("$mock_pid")
-  cat >"$dir/gateway.toml" <<TOML
-[[mapping]]
-mqtt = "^UL/.+"
-kafka = "cs.uplink"
-[kafka.properties]
-"bootstrap.servers" = "$mock_bootstrap"
-[downlink]
-enabled = false
-[limits]
-accept_rate_per_shard = 1000
-[admin]
-listen = "$admin"
-TOML
+  uplink_gateway_toml "$dir/gateway.toml" "$mock_bootstrap" "$admin" \
+    $'[limits]\naccept_rate_per_shard = 1000'
   "$gateway" --config "$dir/gateway.toml" --listen "127.0.0.1:$mqtt_port" --shards 1 >"$dir/gateway.log" 2>&1 &
   pids+=("$!")
   await "the gateway to be ready" curl -sf "http://$admin/readyz"

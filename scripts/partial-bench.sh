@@ -96,17 +96,7 @@ start_server() {
     start_mockbroker "$bin/carbridge-mockbroker" "$dir/bootstrap" "$dir/mockbroker.log" \
       --partitions "$((shards * 2))" --slots "$shards"
     pids+=("$mock_pid")
-    cat >"$dir/gateway.toml" <<TOML
-[[mapping]]
-mqtt = "^UL/.+"
-kafka = "cs.uplink"
-[kafka.properties]
-"bootstrap.servers" = "$mock_bootstrap"
-[downlink]
-enabled = false
-[admin]
-listen = "$admin"
-TOML
+    uplink_gateway_toml "$dir/gateway.toml" "$mock_bootstrap" "$admin"
     "$bin/gateway" --config "$dir/gateway.toml" --listen "127.0.0.1:$gateway_port" --shards "$shards" \
       >>"$dir/gateway.log" 2>&1 &
     server_pid=$!
