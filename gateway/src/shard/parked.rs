@@ -29,9 +29,10 @@ use futures_lite::future;
 use super::Shard;
 use super::connection::Connection;
 use super::dispatch::Handled;
+use super::input::READ_BUSY;
 use super::socket;
 use super::socket::CarSocket;
-use super::task::{self, READ_BUSY};
+use super::task;
 use super::tls_car::{TlsCar, TlsSession};
 use crate::session::{CloseReason, Session};
 
@@ -177,19 +178,21 @@ pub(super) fn serve(shard: &Rc<Shard>, id: u64) {
                 .set_deadline(&connection.control, connection.session.deadline());
             connection.park(socket, None);
         }
-        Handled::Done => spawn_task(connection, socket, handover),
-        Handled::Close(reason) => {
-            handover.close = Some(reason);
-            spawn_task(connection, socket, handover);
-        }
-        Handled::Full(publish) => {
-            handover.blocked = Some(publish);
-            spawn_task(connection, socket, handover);
-        }
-        // The held PUBLISH stays in the input: the task handles it first,
-        // and is held there.
-        Handled::Hold(_) => spawn_task(connection, socket, handover),
+        handled => spawn_task(connection, socket, unfinished(handled, handover)),
     }
+}
+
+/// What a task takes on from a connection the lot could not finish with:
+/// `handover` with the close or the PUBLISH that waits for room.
+fn unfinished(handled: Handled, mut handover: Handover) -> Handover {
+    match handled {
+        Handled::Close(reason) => handover.close = Some(reason),
+        Handled::Full(publish) => handover.blocked = Some(publish),
+        // A held PUBLISH stays in the input: the task handles it first,
+        // and is held there.
+        Handled::Done | Handled::Hold(_) => {}
+    }
+    handover
 }
 
 /// [`serve`] for a parked TLS car: its records are read into the shard's
@@ -262,16 +265,7 @@ fn serve_tls(shard: &Rc<Shard>, mut connection: Connection, mut car: TlsCar<CarS
                 }
             }
         }
-        Handled::Done => spawn_tls_task(connection, car, handover),
-        Handled::Close(reason) => {
-            handover.close = Some(reason);
-            spawn_tls_task(connection, car, handover);
-        }
-        Handled::Full(publish) => {
-            handover.blocked = Some(publish);
-            spawn_tls_task(connection, car, handover);
-        }
-        Handled::Hold(_) => spawn_tls_task(connection, car, handover),
+        handled => spawn_tls_task(connection, car, unfinished(handled, handover)),
     }
 }
 
