@@ -40,6 +40,7 @@ mod delivery;
 mod dispatch;
 mod flow;
 mod housekeeping;
+mod input;
 mod parked;
 mod partial;
 mod preamble;
