@@ -393,11 +393,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsCar<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads what the socket has and decrypts the whole records in it:
-    /// `Ok(false)` at the end of the car's stream.
-    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let read = ready!(self.receive(|io, buf| Pin::new(io).poll_read(cx, buf)))?;
-        Poll::Ready(Ok(read > 0))
+    /// Reads what the socket has and decrypts the whole records in it (the
+    /// end of the car's stream sets `read_closed`).
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.receive(|io, buf| Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -540,9 +539,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsCar<S> {
             {
                 return Poll::Ready(Err(error));
             }
-            if !ready!(this.poll_receive(cx))? {
-                this.read_closed = true;
-            }
+            ready!(this.poll_receive(cx))?;
         }
     }
 }
