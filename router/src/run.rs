@@ -12,9 +12,11 @@
 //! 3. resumes the `cs.downlink` partition (from its committed offset, so a
 //!    request that arrived while no instance owned it is not skipped).
 //!
-//! Offsets of `cs.downlink` are stored only once the routed record is handed
-//! to the producer, and committed before partitions are given up, so a
-//! rebalance neither skips requests nor routes them with a stale table.
+//! Offsets of `cs.downlink` are stored once the routed record is handed
+//! to the producer, committed only once Kafka has it ([`commit`]), and
+//! committed (after a flush) before partitions are given up, so neither a
+//! crash nor a rebalance skips requests, and none is routed with a stale
+//! table.
 //! A partition the group has never committed gets its end committed the
 //! first time it is assigned, so an instance that takes it over after a
 //! crash resumes there rather than at the end of its day (the consumer's
@@ -41,7 +43,10 @@ use crate::metrics::{Metrics, bump};
 use crate::table::Table;
 use crate::watch::{Shared, Watch};
 
+mod commit;
 mod router;
+
+use commit::{InFlight, Kind};
 
 /// Bound on metadata and offset requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,6 +122,8 @@ struct RouterContext {
     sessions: String,
     changes: Mutex<Vec<Change>>,
     metrics: Arc<Metrics>,
+    /// Flushed before a revoke commits: what is handed over is in Kafka.
+    producer: Arc<BaseProducer<RoutedContext>>,
 }
 
 impl ClientContext for RouterContext {
@@ -165,7 +172,11 @@ impl ConsumerContext for RouterContext {
                 self.lock().push(Change::Assigned(partitions));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Hand over exactly where this instance stopped.
+                // Hand over exactly where this instance stopped, once what
+                // it produced for those requests is in Kafka.
+                if let Err(error) = self.producer.flush(FLUSH_BOUND) {
+                    tracing::warn!(%error, "flushing before the rebalance failed; committing anyway");
+                }
                 if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
                     && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
                 {
@@ -251,30 +262,29 @@ impl RouterContext {
     }
 }
 
-/// Delivery opaques: what a produced record was.
-const ROUTED: usize = 0;
-const TAKEOVER: usize = 1;
-const RECEIPT: usize = 2;
-
-/// Counts what Kafka did with routed records, notices and receipts.
+/// Counts what Kafka did with routed records, notices and receipts, and
+/// strikes them off the records in flight.
 struct RoutedContext {
     metrics: Arc<Metrics>,
+    in_flight: Arc<InFlight>,
 }
 
 impl ClientContext for RoutedContext {}
 
 impl ProducerContext for RoutedContext {
-    /// [`ROUTED`], [`TAKEOVER`] or [`RECEIPT`].
+    /// [`commit::opaque`]: the record's kind and sequence number.
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, kind: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (kind, seq) = commit::parse(opaque);
+        self.in_flight.end(seq);
         match (result, kind) {
-            (Ok(_), ROUTED) => bump(&self.metrics.acked),
-            (Err((error, _)), ROUTED) => {
+            (Ok(_), Kind::Routed) => bump(&self.metrics.acked),
+            (Err((error, _)), Kind::Routed) => {
                 bump(&self.metrics.failed);
                 tracing::warn!(%error, "routed record lost");
             }
-            (Err((error, _)), RECEIPT) => {
+            (Err((error, _)), Kind::Receipt) => {
                 bump(&self.metrics.receipts_failed);
                 tracing::warn!(%error, "receipt lost");
             }
@@ -311,7 +321,10 @@ impl Partition {
 /// borrowed from the consumer is handled while the state changes.
 struct Router {
     config: Config,
-    producer: BaseProducer<RoutedContext>,
+    producer: Arc<BaseProducer<RoutedContext>>,
+    in_flight: Arc<InFlight>,
+    /// Which handled offsets may be committed, and when.
+    commits: commit::Commits,
     metrics: Arc<Metrics>,
     slots: u32,
     partitions: HashMap<i32, Partition>,
@@ -385,11 +398,37 @@ pub fn run(
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), Error> {
+    let mut producer_config = client_config(&config, ops::kafka::for_producer);
+    producer_config
+        .set("linger.ms", "1")
+        // Receipts are keyed by client id like everything else: the same
+        // partition as the gateways' and the services' (routed records
+        // name their partition).
+        .set("partitioner", "murmur2_random")
+        // A retried request must not overtake the next one: per-client
+        // order. (Idempotence would allow more in flight, but an
+        // idempotent producer stalls when the broker loses its producer
+        // state, as a restarted in-memory tansu does.)
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("client.id", "carbridge-router");
+    let in_flight = Arc::new(InFlight::default());
+    let producer: BaseProducer<RoutedContext> = producer_config
+        .create_with_context(RoutedContext {
+            metrics: metrics.clone(),
+            in_flight: in_flight.clone(),
+        })
+        .map_err(|source| Error::Client {
+            client: "the producer",
+            source,
+        })?;
+    let producer = Arc::new(producer);
+
     let mut consumer_config = client_config(&config, ops::kafka::for_consumer);
     consumer_config
         .set("group.id", &config.group)
         .set("partition.assignment.strategy", "range")
-        .set("enable.auto.commit", "true")
+        // Committed by the loop once Kafka has what was produced (commit.rs).
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // A new group starts at the end: downlink is realtime data.
         .set("auto.offset.reset", "latest")
@@ -406,6 +445,7 @@ pub fn run(
             sessions: config.sessions_topic.clone(),
             changes: Mutex::new(Vec::new()),
             metrics: metrics.clone(),
+            producer: producer.clone(),
         })
         .map_err(|source| Error::Client {
             client: "the consumer",
@@ -424,28 +464,6 @@ pub fn run(
     }
     let routed = partition_count(&consumer, &config.routed_topic)?;
     let slots = u32::try_from(routed).map_err(|_| Error::TooManySlots(routed))?;
-
-    let mut producer_config = client_config(&config, ops::kafka::for_producer);
-    producer_config
-        .set("linger.ms", "1")
-        // Receipts are keyed by client id like everything else: the same
-        // partition as the gateways' and the services' (routed records
-        // name their partition).
-        .set("partitioner", "murmur2_random")
-        // A retried request must not overtake the next one: per-client
-        // order. (Idempotence would allow more in flight, but an
-        // idempotent producer stalls when the broker loses its producer
-        // state, as a restarted in-memory tansu does.)
-        .set("max.in.flight.requests.per.connection", "1")
-        .set("client.id", "carbridge-router");
-    let producer: BaseProducer<RoutedContext> = producer_config
-        .create_with_context(RoutedContext {
-            metrics: metrics.clone(),
-        })
-        .map_err(|source| Error::Client {
-            client: "the producer",
-            source,
-        })?;
 
     consumer
         .subscribe(&[&config.downlink_topic, &config.sessions_topic])
@@ -469,6 +487,8 @@ pub fn run(
     let mut router = Router {
         config,
         producer,
+        in_flight,
+        commits: commit::Commits::new(Instant::now()),
         metrics,
         slots,
         partitions: HashMap::new(),
@@ -486,6 +506,8 @@ pub fn run(
             assigned_once |= matches!(change, Change::Assigned(_));
             router.apply_change(&consumer, change);
         }
+        // After the changes: a snapshot never outlives its assignment.
+        router.commit(&consumer);
         if let Some(result) = consumer.poll(Duration::from_millis(50)) {
             match result {
                 Ok(message) => router.handle(&consumer, &message),

@@ -2,7 +2,7 @@
 //! assignment: a partition's table rebuilt from `mqtt.sessions` before its
 //! requests are routed, registry records applied, a request routed to its
 //! car's slot (or dropped with a receipt), takeover notices, offsets
-//! stored once a record is handed over.
+//! stored once a record is handed over and committed once it is in Kafka.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,12 +11,12 @@ use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
+use super::commit::{self, Kind};
 use super::{
-    Change, Error, GroupConsumer, MAX_WAITING, Partition, RECEIPT, REQUEST_TIMEOUT, ROUTED, Router,
-    TAKEOVER,
+    Change, Error, FLUSH_BOUND, GroupConsumer, MAX_WAITING, Partition, REQUEST_TIMEOUT, Router,
 };
 use crate::metrics::{Dropped, bump};
 use crate::table::{Table, Takeover};
@@ -27,6 +27,9 @@ impl Router {
     /// anew.
     pub(super) fn rejoin(&mut self, consumer: &GroupConsumer) -> Result<(), Error> {
         bump(&self.metrics.orphan_rejoins);
+        if let Err(error) = self.producer.flush(FLUSH_BOUND) {
+            tracing::warn!(%error, "flushing before rejoining failed; committing anyway");
+        }
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync)
             && !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::NoOffset))
         {
@@ -41,8 +44,21 @@ impl Router {
         Ok(())
     }
 
+    /// Commits the handled offsets whose records Kafka has (commit.rs).
+    pub(super) fn commit(&mut self, consumer: &GroupConsumer) {
+        let due = self
+            .commits
+            .due(&self.in_flight, &self.config.downlink_topic, Instant::now());
+        if let Some(offsets) = due
+            && let Err(error) = consumer.commit(&offsets, CommitMode::Async)
+        {
+            tracing::warn!(%error, "committing offsets failed; retrying with the next ones");
+        }
+    }
+
     pub(super) fn apply_change(&mut self, consumer: &GroupConsumer, change: Change) {
         bump(&self.metrics.rebalances);
+        self.commits.forget();
         match change {
             Change::Revoked => {
                 self.watch.set_owned([]);
@@ -252,12 +268,12 @@ impl Router {
                 key: contract::HEADER_SESSION,
                 value: Some(session.as_bytes()),
             });
-        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, TAKEOVER)
+        let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 0)
             .partition(i32::try_from(notice.slot).unwrap_or(i32::MAX))
             .key(client.as_bytes())
             .payload(&[][..])
             .headers(headers);
-        if self.send(record) {
+        if self.send(record, Kind::Takeover) {
             bump(&self.metrics.takeover_notices);
             tracing::debug!(client, slot = notice.slot, "takeover notice sent");
         }
@@ -369,12 +385,12 @@ impl Router {
                             value: Some(request_header.as_bytes()),
                         });
                 }
-                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, ROUTED)
+                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 0)
                     .partition(i32::try_from(route.slot).unwrap_or(i32::MAX))
                     .key(client.as_bytes())
                     .payload(message.payload().unwrap_or_default())
                     .headers(headers);
-                if self.send(record) {
+                if self.send(record, Kind::Routed) {
                     bump(&self.metrics.sent);
                     if let Some(ms) = message.timestamp().to_millis() {
                         self.metrics.age_at_routing.record_since_kafka_timestamp(ms);
@@ -402,17 +418,20 @@ impl Router {
             key: contract::HEADER_RECEIPT,
             value: Some(id),
         });
-        let record = BaseRecord::with_opaque_to(&self.config.receipts_topic, RECEIPT)
+        let record = BaseRecord::with_opaque_to(&self.config.receipts_topic, 0)
             .key(key)
             .payload(&value[..])
             .headers(headers);
-        if self.send(record) {
+        if self.send(record, Kind::Receipt) {
             self.metrics.count_receipt(outcome);
         }
     }
 
-    /// Hands a record to the producer, waiting while its queue is full.
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> bool {
+    /// Hands a record to the producer, waiting while its queue is full,
+    /// and numbers it among the records in flight.
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>, kind: Kind) -> bool {
+        let seq = self.in_flight.begin();
+        record.delivery_opaque = commit::opaque(kind, seq);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return true,
@@ -421,6 +440,7 @@ impl Router {
                     self.producer.poll(Duration::from_millis(10));
                 }
                 Err((error, _)) => {
+                    self.in_flight.end(seq);
                     tracing::warn!(%error, "record refused by the producer");
                     return false;
                 }
@@ -428,8 +448,10 @@ impl Router {
         }
     }
 
-    /// Marks the request at `offset` done: the group resumes after it.
-    fn store(&self, consumer: &GroupConsumer, partition: i32, offset: i64) {
+    /// Marks the request at `offset` done: the group resumes after it once
+    /// the records produced for it are in Kafka.
+    fn store(&mut self, consumer: &GroupConsumer, partition: i32, offset: i64) {
+        self.commits.handled(partition, offset);
         // librdkafka's rd_kafka_offset_store (behind `store_offset`) takes
         // the offset of the message handled and commits offset + 1 itself.
         if let Err(error) = consumer.store_offset(&self.config.downlink_topic, partition, offset) {
