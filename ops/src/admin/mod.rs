@@ -17,11 +17,19 @@
 //!   `Authorization: Bearer <token>` (401 otherwise); without one, actions
 //!   run only when the endpoint listens on a loopback address, where only
 //!   the host's own processes reach it, and answer 403 elsewhere.
+//! - `GET <prefix><key>`: a lookup (the gateway's `/cars/<client id>`),
+//!   behind the same token rule as the actions: it reveals what probes and
+//!   scrapes never see (a car's address and identity). The key is
+//!   percent-decoded and handed to the process, which answers JSON from
+//!   another thread; the admin thread awaits it for at most
+//!   [`LOOKUP_TIMEOUT`] (then 504), serving its other connections
+//!   meanwhile.
 //!
 //! Layout: `routes.rs` answers one request (no socket; the time is
 //! given); `liveness.rs` judges heartbeats against the instants it is
 //! handed; `token.rs` holds the token and checks a request's
-//! `Authorization`; `server.rs` is where bytes meet sockets: the accept loop, one task per
+//! `Authorization`; `lookup.rs` decodes a lookup's key and carries its
+//! answer across threads; `server.rs` is where bytes meet sockets: the accept loop, one task per
 //! connection with its deadlines, and the bound on connections.
 //!
 //! It runs on a thread of its own, never on a gateway shard: hyper's HTTP/1
@@ -43,6 +51,7 @@
 //! header-read time by itself.
 
 mod liveness;
+mod lookup;
 mod routes;
 mod server;
 mod token;
@@ -53,6 +62,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use liveness::Heartbeats;
+pub use lookup::{LOOKUP_TIMEOUT, Lookup, Respond};
 pub use token::{Token, TokenError};
 
 /// The environment variable that may hold the admin token.
@@ -123,6 +133,7 @@ pub struct Endpoint {
     render: Render,
     ready: Arc<AtomicBool>,
     actions: Vec<(&'static str, Action)>,
+    lookups: Vec<(&'static str, Lookup)>,
     heartbeats: Option<Heartbeats>,
     token: Option<Token>,
     limits: Limits,
@@ -134,6 +145,10 @@ impl std::fmt::Debug for Endpoint {
             .field(
                 "actions",
                 &self.actions.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
+            .field(
+                "lookups",
+                &self.lookups.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             )
             .field("heartbeats", &self.heartbeats)
             .field("token", &self.token)
@@ -151,6 +166,7 @@ impl Endpoint {
             render,
             ready,
             actions: Vec::new(),
+            lookups: Vec::new(),
             heartbeats: None,
             token: None,
             limits: Limits::default(),
@@ -161,6 +177,14 @@ impl Endpoint {
     #[must_use]
     pub fn action(mut self, path: &'static str, action: Action) -> Self {
         self.actions.push((path, action));
+        self
+    }
+
+    /// `GET <prefix><key>` asks `lookup` about the key (percent-decoded),
+    /// behind the token like an action. `prefix` ends with `/`.
+    #[must_use]
+    pub fn lookup(mut self, prefix: &'static str, lookup: Lookup) -> Self {
+        self.lookups.push((prefix, lookup));
         self
     }
 
@@ -202,11 +226,20 @@ impl Endpoint {
         let local = listener.local_addr().map_err(bind_error)?;
         let guard = routes::Guard::new(self.token, local);
         if let routes::Guard::Refuse(_) = guard {
-            let actions: Vec<&str> = self.actions.iter().map(|(path, _)| *path).collect();
+            let refused: Vec<String> = self
+                .actions
+                .iter()
+                .map(|(path, _)| format!("POST {path}"))
+                .chain(
+                    self.lookups
+                        .iter()
+                        .map(|(prefix, _)| format!("GET {prefix}*")),
+                )
+                .collect();
             tracing::warn!(
                 "no admin token, and the admin endpoint listens on {local}, beyond loopback: \
-                 POST {} answer 403 (give it a token to use them)",
-                actions.join(", POST ")
+                 {} answer 403 (give it a token to use them)",
+                refused.join(", ")
             );
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -218,6 +251,7 @@ impl Endpoint {
             self.render,
             self.ready,
             self.actions,
+            self.lookups,
             self.heartbeats,
             guard,
         );

@@ -11,6 +11,7 @@ use std::time::Instant;
 use hyper::StatusCode;
 
 use super::liveness::{Heartbeats, Watch};
+use super::lookup::{Found, Lookup, Respond, decode_key};
 use super::token::Token;
 use super::{Action, Render};
 use crate::exposition::{Counters, Exposition};
@@ -60,14 +61,14 @@ impl Stats {
         );
         page.counters(
             "carbridge_admin_requests_refused_total",
-            "POST actions refused: without the admin token or with a wrong one (401), or with \
-             no token configured beyond loopback (403).",
+            "Actions and lookups (POST /drain, GET /cars/...) refused: without the admin token \
+             or with a wrong one (401), or with no token configured beyond loopback (403).",
             |reason| self.refused.get(reason),
         );
     }
 }
 
-/// Who may run the actions.
+/// Who may run the actions and the lookups.
 #[derive(Debug)]
 pub(crate) enum Guard {
     /// Whoever sends the token.
@@ -99,12 +100,18 @@ pub(crate) struct Request<'a> {
     pub(crate) authorization: Option<&'a [u8]>,
 }
 
-/// An answer: its status and text; `challenge` asks for the bearer
-/// token (`WWW-Authenticate`).
+/// Prometheus' text format, and every other answer but a lookup's.
+pub(crate) const TEXT: &str = "text/plain; version=0.0.4";
+/// A lookup's answer.
+pub(crate) const JSON: &str = "application/json";
+
+/// An answer: its status, body and content type; `challenge` asks for the
+/// bearer token (`WWW-Authenticate`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) body: String,
+    pub(crate) content_type: &'static str,
     pub(crate) challenge: bool,
 }
 
@@ -113,9 +120,48 @@ impl Reply {
         Self {
             status,
             body: body.into(),
+            content_type: TEXT,
             challenge: false,
         }
     }
+
+    /// A JSON answer.
+    pub(crate) fn json(status: StatusCode, body: impl Into<String>) -> Self {
+        Self {
+            content_type: JSON,
+            ..Self::new(status, body)
+        }
+    }
+
+    /// A lookup's answer, as sent.
+    pub(crate) fn found(found: Found) -> Self {
+        Self::json(found.status, found.json)
+    }
+
+    /// A lookup that did not answer within `timeout` (`None`: it dropped
+    /// the question).
+    pub(crate) fn unanswered(timeout: Option<std::time::Duration>) -> Self {
+        match timeout {
+            Some(timeout) => Self::json(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "{{\"error\":\"no answer within {} s (a stuck or very busy shard: see /livez)\"}}\n",
+                    timeout.as_secs()
+                ),
+            ),
+            None => Self::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{\"error\":\"the question was dropped unanswered (stopping?)\"}\n",
+            ),
+        }
+    }
+}
+
+/// An answer now, or one to await (a lookup's).
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Now(Reply),
+    Later(futures_channel::oneshot::Receiver<Found>),
 }
 
 /// What the endpoint serves.
@@ -123,6 +169,7 @@ pub(crate) struct Routes {
     render: Render,
     ready: Arc<AtomicBool>,
     actions: Vec<(&'static str, Action)>,
+    lookups: Vec<(&'static str, Lookup)>,
     liveness: Option<RefCell<Watch>>,
     guard: Guard,
     pub(crate) stats: Stats,
@@ -141,6 +188,7 @@ impl Routes {
         render: Render,
         ready: Arc<AtomicBool>,
         actions: Vec<(&'static str, Action)>,
+        lookups: Vec<(&'static str, Lookup)>,
         heartbeats: Option<Heartbeats>,
         guard: Guard,
     ) -> Self {
@@ -148,6 +196,7 @@ impl Routes {
             render,
             ready,
             actions,
+            lookups,
             liveness: heartbeats
                 .map(|heartbeats| RefCell::new(Watch::new(heartbeats, Instant::now()))),
             guard,
@@ -162,11 +211,42 @@ impl Routes {
         }
     }
 
-    /// The answer to `request` at `now`.
+    /// The answer to `request` at `now`: a lookup's is awaited.
+    pub(crate) fn route(&self, request: &Request<'_>, now: Instant) -> Answer {
+        let Some((prefix, lookup, raw)) = self.lookups.iter().find_map(|(prefix, lookup)| {
+            Some((*prefix, lookup, request.path.strip_prefix(prefix)?))
+        }) else {
+            return Answer::Now(self.answer(request, now));
+        };
+        if request.method != "GET" {
+            return Answer::Now(Reply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("use GET {prefix}<key>\n"),
+            ));
+        }
+        // Refused before the key is even read: a lookup reveals a car's
+        // address and identity, as much as an action changes things.
+        if let Err(refused) = self.admit(request.method, request.path, request.authorization) {
+            return Answer::Now(refused);
+        }
+        match decode_key(raw) {
+            Ok(key) => {
+                let (respond, awaited) = Respond::pair();
+                lookup(&key, respond);
+                Answer::Later(awaited)
+            }
+            Err(bad) => Answer::Now(Reply::json(
+                StatusCode::BAD_REQUEST,
+                format!("{{\"error\":\"{prefix}<key>: {bad}\"}}\n"),
+            )),
+        }
+    }
+
+    /// The answer to `request` at `now`, but a lookup's.
     pub(crate) fn answer(&self, request: &Request<'_>, now: Instant) -> Reply {
         match self.actions.iter().find(|(path, _)| *path == request.path) {
             Some((path, action)) if request.method == "POST" => {
-                if let Err(refused) = self.admit(path, request.authorization) {
+                if let Err(refused) = self.admit("POST", path, request.authorization) {
                     return refused;
                 }
                 match action() {
@@ -181,9 +261,9 @@ impl Routes {
         }
     }
 
-    /// Whether the action at `path` may run for a request that carries
-    /// `authorization`; the refusal otherwise.
-    fn admit(&self, path: &str, authorization: Option<&[u8]>) -> Result<(), Reply> {
+    /// Whether `method path` (an action, a lookup) may run for a request
+    /// that carries `authorization`; the refusal otherwise.
+    fn admit(&self, method: &str, path: &str, authorization: Option<&[u8]>) -> Result<(), Reply> {
         match &self.guard {
             Guard::Loopback => Ok(()),
             Guard::Token(token) if token.admits(authorization) => Ok(()),
@@ -198,7 +278,9 @@ impl Routes {
                     challenge: true,
                     ..Reply::new(
                         StatusCode::UNAUTHORIZED,
-                        format!("POST {path} needs `Authorization: Bearer <admin token>`: {why}\n"),
+                        format!(
+                            "{method} {path} needs `Authorization: Bearer <admin token>`: {why}\n"
+                        ),
                     )
                 })
             }
@@ -207,7 +289,7 @@ impl Routes {
                 Err(Reply::new(
                     StatusCode::FORBIDDEN,
                     format!(
-                        "POST {path} is refused: no admin token is configured and the admin \
+                        "{method} {path} is refused: no admin token is configured and the admin \
                          endpoint listens on {listening}, beyond loopback. Configure an admin \
                          token (a file or CARBRIDGE_ADMIN_TOKEN) and send it as \
                          `Authorization: Bearer <token>`, or listen on 127.0.0.1 only\n"
@@ -264,6 +346,16 @@ mod tests {
             vec![(
                 "/drain",
                 Box::new(|| Ok("draining 0 connections\n".to_owned())),
+            )],
+            vec![(
+                "/cars/",
+                Box::new(|key: &str, respond: Respond| {
+                    if key == "VIN/0001" {
+                        respond.found(format!("{{\"client_id\":\"{key}\"}}"));
+                    } else {
+                        respond.not_found("{\"connected\":false}".to_owned());
+                    }
+                }),
             )],
             Some(Heartbeats::new(
                 vec!["shard 0".to_owned()],
@@ -351,6 +443,127 @@ mod tests {
                 .unwrap_or(SocketAddr::from(([0; 4], 0))),
         );
         assert!(matches!(ipv6, Guard::Loopback));
+    }
+
+    fn get_bearer<'a>(path: &'a str, authorization: Option<&'static [u8]>) -> Request<'a> {
+        Request {
+            method: "GET",
+            path,
+            authorization,
+        }
+    }
+
+    /// The lookup's answer, sent at once by the test's lookup.
+    fn looked_up(answer: Answer) -> Result<Found, Reply> {
+        match answer {
+            Answer::Now(reply) => Err(reply),
+            Answer::Later(mut awaited) => Ok(awaited
+                .try_recv()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("no answer sent"))),
+        }
+    }
+
+    #[test]
+    fn a_lookup_needs_the_token_like_an_action_and_gets_its_key_decoded() {
+        let routes = routes(
+            Guard::Token(Token::new("right-token-0123456")),
+            Arc::default(),
+        );
+        let now = Instant::now();
+        let refused = looked_up(routes.route(&get("/cars/VIN%2F0001"), now));
+        let Err(refused) = refused else {
+            panic!("answered without the token");
+        };
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        assert!(refused.challenge);
+        assert!(
+            refused.body.starts_with("GET /cars/VIN%2F0001 needs"),
+            "{}",
+            refused.body
+        );
+        let wrong = routes.route(&get_bearer("/cars/VIN", Some(b"Bearer nope")), now);
+        assert!(matches!(
+            wrong,
+            Answer::Now(Reply {
+                status: StatusCode::UNAUTHORIZED,
+                ..
+            })
+        ));
+        assert_eq!(routes.stats.refused.get(Refused::Unauthorized), 2);
+
+        let bearer = Some(&b"Bearer right-token-0123456"[..]);
+        let found = looked_up(routes.route(&get_bearer("/cars/VIN%2F0001", bearer), now));
+        assert_eq!(
+            found,
+            Ok(Found {
+                status: StatusCode::OK,
+                json: "{\"client_id\":\"VIN/0001\"}".to_owned()
+            })
+        );
+        let absent = looked_up(routes.route(&get_bearer("/cars/VIN0002", bearer), now));
+        assert_eq!(absent.map(|found| found.status), Ok(StatusCode::NOT_FOUND));
+        let bad = looked_up(routes.route(&get_bearer("/cars/VIN%zz", bearer), now));
+        let Err(bad) = bad else {
+            panic!("a bad escape was looked up");
+        };
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.content_type, JSON);
+        let empty = looked_up(routes.route(&get_bearer("/cars/", bearer), now));
+        assert!(matches!(
+            empty,
+            Err(Reply {
+                status: StatusCode::BAD_REQUEST,
+                ..
+            })
+        ));
+        let posted = routes.route(
+            &Request {
+                method: "POST",
+                path: "/cars/VIN0001",
+                authorization: bearer,
+            },
+            now,
+        );
+        assert!(matches!(
+            posted,
+            Answer::Now(Reply {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                ..
+            })
+        ));
+        // The other GETs stay open, and keep their text type.
+        let metrics = looked_up(routes.route(&get("/metrics"), now));
+        assert!(matches!(
+            metrics,
+            Err(Reply {
+                status: StatusCode::OK,
+                content_type: TEXT,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn without_a_token_lookups_answer_on_loopback_only() {
+        let here = routes(
+            Guard::new(None, SocketAddr::from(([127, 0, 0, 1], 9100))),
+            Arc::default(),
+        );
+        let now = Instant::now();
+        let found = looked_up(here.route(&get("/cars/VIN%2F0001"), now));
+        assert_eq!(found.map(|found| found.status), Ok(StatusCode::OK));
+        let open = routes(
+            Guard::new(None, SocketAddr::from(([0, 0, 0, 0], 9100))),
+            Arc::default(),
+        );
+        let Err(refused) = looked_up(open.route(&get("/cars/VIN%2F0001"), now)) else {
+            panic!("a lookup beyond loopback without a token answered");
+        };
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused.body.starts_with("GET /cars/"), "{}", refused.body);
+        assert_eq!(open.stats.refused.get(Refused::Forbidden), 1);
     }
 
     #[test]

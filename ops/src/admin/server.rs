@@ -23,7 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::task::{AbortHandle, LocalSet};
 
 use super::Limits;
-use super::routes::{Closed, Reply, Request, Routes};
+use super::lookup::LOOKUP_TIMEOUT;
+use super::routes::{Answer, Closed, Reply, Request, Routes};
 
 /// How often the stop flag and the heartbeats are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -35,8 +36,6 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// hyper's smallest read buffer, and so the longest request head: probes
 /// and scrapes send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
-/// Every answer is Prometheus' text format or plain text.
-const TEXT: &str = "text/plain; version=0.0.4";
 
 /// Serves until `stop` is set; the admin thread's body.
 pub(super) fn serve(
@@ -239,7 +238,7 @@ async fn connection(
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes);
-            let reply = routes.answer(
+            let answer = routes.route(
                 &Request {
                     method: request.method().as_str(),
                     path: request.uri().path(),
@@ -247,7 +246,22 @@ async fn connection(
                 },
                 Instant::now(),
             );
-            std::future::ready(Ok::<_, Infallible>(response(reply)))
+            async move {
+                let reply = match answer {
+                    Answer::Now(reply) => reply,
+                    // Awaited here: the thread serves other connections
+                    // meanwhile, and the whole exchange stays within its
+                    // deadline.
+                    Answer::Later(awaited) => {
+                        match tokio::time::timeout(LOOKUP_TIMEOUT, awaited).await {
+                            Ok(Ok(found)) => Reply::found(found),
+                            Ok(Err(_)) => Reply::unanswered(None),
+                            Err(_) => Reply::unanswered(Some(LOOKUP_TIMEOUT)),
+                        }
+                    }
+                };
+                Ok::<_, Infallible>(response(reply))
+            }
         })
     };
     let exchange = http1::Builder::new()
@@ -269,7 +283,7 @@ fn response(reply: Reply) -> hyper::Response<Full<Bytes>> {
     let mut response = hyper::Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
     headers.insert(CONNECTION, HeaderValue::from_static("close"));
     if reply.challenge {
         headers.insert(
