@@ -21,6 +21,9 @@ pub mod topics {
     pub const SESSIONS: &str = "mqtt.sessions";
     pub const ROUTED: &str = "mqtt.downlink";
     pub const RECEIPTS: &str = "cs.downlink.receipts";
+    /// Compacted: the requests routers hold for offline cars, written and
+    /// read by routers only (docs/contracts.md, "Held requests").
+    pub const HELD: &str = "mqtt.held";
 }
 
 /// Header carrying the MQTT topic name on uplink, downlink and routed
@@ -47,6 +50,21 @@ pub const HEADER_EXPIRES: &str = "carbridge.expires";
 /// Header on a routed record of a request that asked for a receipt: where
 /// the request is in `cs.downlink`, `PARTITION:OFFSET` (decimal ASCII).
 pub const HEADER_REQUEST: &str = "carbridge.request";
+/// Header on a downlink request: `1` asks the router to hold it while its
+/// car cannot take it (no live session, or no matching filter) until the
+/// car can or the request expires; `0` asks it not to, whatever the
+/// router's `--hold` rules say. Anything else makes the request `invalid`.
+pub const HEADER_HOLD: &str = "carbridge.hold";
+
+/// Reads a [`HEADER_HOLD`] value: `Some(true)` for `1`, `Some(false)` for
+/// `0`, `None` for anything else.
+pub fn parse_hold(bytes: &[u8]) -> Option<bool> {
+    match bytes {
+        b"1" => Some(true),
+        b"0" => Some(false),
+        _ => None,
+    }
+}
 
 /// What became of a downlink request ([`Receipt::outcome`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,10 +86,16 @@ pub enum Outcome {
     NoSlot,
     /// Handled after its expiry.
     Expired,
+    /// Not final: the router holds it until the car can take it or it
+    /// expires (format version 2).
+    Held,
+    /// Holding was asked, but a bound on held requests was reached: not
+    /// delivered (format version 2).
+    HoldFull,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Written,
         Outcome::Offline,
         Outcome::NoFilter,
@@ -80,6 +104,8 @@ impl Outcome {
         Outcome::Invalid,
         Outcome::NoSlot,
         Outcome::Expired,
+        Outcome::Held,
+        Outcome::HoldFull,
     ];
 
     /// Its place in [`Outcome::ALL`] (for counters kept per outcome).
@@ -97,7 +123,15 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::NoSlot => "no_slot",
             Outcome::Expired => "expired",
+            Outcome::Held => "held",
+            Outcome::HoldFull => "hold_full",
         }
+    }
+
+    /// Whether a receipt with this outcome is the request's last word:
+    /// every outcome but [`Outcome::Held`].
+    pub fn is_final(self) -> bool {
+        self != Outcome::Held
     }
 }
 
@@ -134,35 +168,60 @@ impl RequestRef {
 }
 
 /// The value of a receipt record (`cs.downlink.receipts`, key = client id,
-/// header [`HEADER_RECEIPT`] = the request's correlation id), version 1.
+/// header [`HEADER_RECEIPT`] = the request's correlation id), version 2.
 ///
 /// ```json
-/// {"v":1,"outcome":"offline","at_ms":1796040005123,"by":"router","request":{"partition":2,"offset":1234}}
-/// {"v":1,"outcome":"written","at_ms":1796040005131,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}
+/// {"v":2,"outcome":"held","final":false,"at_ms":1796040005123,"by":"router","until_ms":1796040605000,"request":{"partition":2,"offset":1234}}
+/// {"v":2,"outcome":"written","final":true,"at_ms":1796040100131,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}
 /// ```
+///
+/// Version 1 had no `final` (every record was final) and no `held`:
+/// [`Receipt::decode`] reads both, a version 1 record as final.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
     pub v: u32,
     pub outcome: Outcome,
+    /// Whether this is the request's last record; a service waits for the
+    /// first final one. Only `held` is not.
+    #[serde(rename = "final", default = "final_in_v1")]
+    pub is_final: bool,
     /// When it was decided, milliseconds since the Unix epoch.
     pub at_ms: u64,
     pub by: DecidedBy,
     /// The gateway slot (shard) that decided, for `by: gateway`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
+    /// For `held`: the request's effective expiry, milliseconds since the
+    /// Unix epoch (the router's `--max-age` may have shortened it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
     pub request: RequestRef,
+}
+
+fn final_in_v1() -> bool {
+    true
 }
 
 impl Receipt {
     pub fn new(outcome: Outcome, by: DecidedBy, slot: Option<u32>, request: RequestRef) -> Self {
         Self {
-            v: VERSION,
+            v: RECEIPT_VERSION,
             outcome,
+            is_final: outcome.is_final(),
             at_ms: u64::try_from(now_ms()).unwrap_or(0),
             by,
             slot,
+            until_ms: None,
             request,
+        }
+    }
+
+    /// The router's progress record: the request is held until `until_ms`.
+    pub fn held(until_ms: i64, request: RequestRef) -> Self {
+        Self {
+            until_ms: Some(until_ms),
+            ..Self::new(Outcome::Held, DecidedBy::Router, None, request)
         }
     }
 
@@ -171,12 +230,14 @@ impl Receipt {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Reads versions 1 and 2.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let receipt: Self = serde_json::from_slice(bytes)?;
-        if receipt.v != VERSION {
-            return Err(RecordError::Version(receipt.v));
+        match receipt.v {
+            1 if receipt.is_final && receipt.outcome.is_final() => Ok(receipt),
+            RECEIPT_VERSION => Ok(receipt),
+            v => Err(RecordError::Version(v)),
         }
-        Ok(receipt)
     }
 }
 
@@ -193,9 +254,12 @@ pub fn parse_expiry(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
-/// The version this crate writes. Readers accept any record whose `v` they
-/// know and refuse (count, skip) the others.
-pub const VERSION: u32 = 1;
+/// The session-record version this crate writes. Readers accept any record
+/// whose `v` they know and refuse (count, skip) the others.
+pub const SESSION_VERSION: u32 = 1;
+
+/// The receipt version this crate writes; [`Receipt::decode`] also reads 1.
+pub const RECEIPT_VERSION: u32 = 2;
 
 /// One session-registry record. Live records carry the session's filters;
 /// an ended record carries none.
@@ -239,14 +303,16 @@ pub enum End {
 pub enum RecordError {
     #[error("not a session record: {0}")]
     Invalid(#[from] serde_json::Error),
-    #[error("session record version {0} is not known (this build reads {VERSION})")]
+    #[error(
+        "record version {0} is not known (this build reads sessions {SESSION_VERSION}, receipts 1 and {RECEIPT_VERSION})"
+    )]
     Version(u32),
 }
 
 impl SessionRecord {
     pub fn live(session: u64, slot: u32, filters: impl IntoIterator<Item = String>) -> Self {
         Self {
-            v: VERSION,
+            v: SESSION_VERSION,
             session,
             slot,
             filters: filters.into_iter().collect(),
@@ -256,7 +322,7 @@ impl SessionRecord {
 
     pub fn ended(session: u64, slot: u32, why: End) -> Self {
         Self {
-            v: VERSION,
+            v: SESSION_VERSION,
             session,
             slot,
             filters: Vec::new(),
@@ -271,7 +337,7 @@ impl SessionRecord {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let record: Self = serde_json::from_slice(bytes)?;
-        if record.v != VERSION {
+        if record.v != SESSION_VERSION {
             return Err(RecordError::Version(record.v));
         }
         Ok(record)
@@ -335,9 +401,16 @@ mod tests {
         let bytes = receipt.encode();
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
-            r#"{"v":1,"outcome":"no_filter","at_ms":1796040005123,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}"#
+            r#"{"v":2,"outcome":"no_filter","final":true,"at_ms":1796040005123,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}"#
         );
         assert_eq!(Receipt::decode(&bytes).unwrap(), receipt);
+        let mut held = Receipt::held(1_796_040_605_000, request);
+        held.at_ms = 1_796_040_005_123;
+        assert_eq!(
+            std::str::from_utf8(&held.encode()).unwrap(),
+            r#"{"v":2,"outcome":"held","final":false,"at_ms":1796040005123,"by":"router","until_ms":1796040605000,"request":{"partition":2,"offset":1234}}"#
+        );
+        assert_eq!(Receipt::decode(&held.encode()).unwrap(), held);
         assert_eq!(
             RequestRef::parse_header(request.header().as_bytes()),
             Some(request)
@@ -350,6 +423,30 @@ mod tests {
             let json = serde_json::to_string(&outcome).unwrap();
             assert_eq!(json, format!("\"{}\"", outcome.label()));
         }
+    }
+
+    #[test]
+    fn version_1_receipts_are_read_as_final() {
+        let v1 = br#"{"v":1,"outcome":"written","at_ms":5,"by":"gateway","slot":3,"request":{"partition":2,"offset":1234}}"#;
+        let receipt = Receipt::decode(v1).unwrap();
+        assert!(receipt.is_final);
+        assert_eq!(receipt.outcome, Outcome::Written);
+        // Version 1 knew nothing of holding or of progress records.
+        assert!(
+            Receipt::decode(br#"{"v":1,"outcome":"held","at_ms":5,"by":"router","request":{"partition":2,"offset":1}}"#)
+                .is_err()
+        );
+        assert!(
+            Receipt::decode(br#"{"v":1,"outcome":"offline","final":false,"at_ms":5,"by":"router","request":{"partition":2,"offset":1}}"#)
+                .is_err()
+        );
+        assert!(matches!(
+            Receipt::decode(br#"{"v":3,"outcome":"offline","final":true,"at_ms":5,"by":"router","request":{"partition":2,"offset":1}}"#),
+            Err(RecordError::Version(3))
+        ));
+        assert_eq!(parse_hold(b"1"), Some(true));
+        assert_eq!(parse_hold(b"0"), Some(false));
+        assert_eq!(parse_hold(b"yes"), None);
     }
 
     #[test]

@@ -65,8 +65,12 @@ pub struct ReceiptStats {
     pub duplicates: u64,
     /// Records on the receipts topic that were not receipts.
     pub unreadable: u64,
-    /// Receipts by outcome (`written`, `offline`, ...).
+    /// Final receipts by outcome (`written`, `offline`, ...).
     pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Progress records (receipt format 2: `held`) by outcome; each
+    /// request's final receipt follows its progress record.
+    #[serde(default)]
+    pub progress: std::collections::BTreeMap<String, u64>,
     /// From a request's send to its receipt read back.
     pub latency: Latency,
 }

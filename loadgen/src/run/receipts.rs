@@ -1,8 +1,9 @@
 //! `--receipts`: every downlink request asks for a receipt (header
 //! `carbridge.receipt` = `{send time µs}-{sequence}`), and a reader of the
 //! receipts topic counts them: per outcome, how long each took from the
-//! request's send to its receipt being read, and whether every request got
-//! exactly one.
+//! request's send to its final receipt being read, and whether every
+//! request got exactly one final receipt (progress records, `held`, are
+//! counted apart).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ fn sent_us(id: &[u8]) -> Option<u64> {
 #[derive(Default)]
 struct Tally {
     outcomes: BTreeMap<String, u64>,
+    progress: BTreeMap<String, u64>,
     seen: HashSet<Vec<u8>>,
     duplicates: u64,
     unreadable: u64,
@@ -84,6 +86,14 @@ impl Reader {
                 let Some(sent) = sent_us(id) else {
                     continue; // another sender's receipt
                 };
+                if !receipt.is_final {
+                    // Progress (`held`): the final record follows.
+                    *tally
+                        .progress
+                        .entry(receipt.outcome.label().to_owned())
+                        .or_default() += 1;
+                    continue;
+                }
                 if !tally.seen.insert(id.to_vec()) {
                     tally.duplicates += 1;
                     continue;
@@ -123,6 +133,7 @@ impl Reader {
             duplicates: tally.duplicates,
             unreadable: tally.unreadable,
             outcomes: tally.outcomes,
+            progress: tally.progress,
             latency: latency(&took),
         }
     }

@@ -176,6 +176,7 @@ fn downlink_messages_answered_by_a_receipt_are_not_lost() {
         ]
         .into_iter()
         .collect(),
+        progress: std::collections::BTreeMap::new(),
         latency: report.uplink.latency.clone(),
     };
     report.receipts = Some(receipts(0, 4));

@@ -33,7 +33,10 @@ impl ProducerContext for Answer {
 /// key = the car's client id and header mqtt.topic = the MQTT topic, waits
 /// for Kafka's acknowledgement, then for the message's receipt: what the
 /// bridge did with it (written to the car's connection, or why not:
-/// offline, no_filter, slow_car, closed, invalid, no_slot, expired).
+/// offline, no_filter, slow_car, closed, invalid, no_slot, expired,
+/// hold_full). With --hold, a car that cannot take it now gets it when it
+/// can: the router reports `held` and the command waits on for the final
+/// receipt (raise --receipt-timeout-secs to match --expires-in-secs).
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -59,6 +62,12 @@ struct Cli {
     /// many seconds from now (header carbridge.expires).
     #[arg(long)]
     expires_in_secs: Option<u64>,
+    /// Ask the router to hold the message while the car is offline (or not
+    /// subscribed), until it connects or the message expires (header
+    /// carbridge.hold: 1). Needs an expiry: --expires-in-secs, or a router
+    /// --max-age rule for the topic.
+    #[arg(long)]
+    hold: bool,
 }
 
 /// A reader of every partition of the receipts topic from its end, made
@@ -81,7 +90,8 @@ fn receipts_reader(config: &rdkafka::ClientConfig, topic: &str) -> anyhow::Resul
     Ok(consumer)
 }
 
-/// Waits up to `timeout` for the receipt carrying `id`.
+/// Waits up to `timeout` for the final receipt carrying `id`, printing a
+/// progress record (`held`) when one comes.
 fn await_receipt(
     consumer: &BaseConsumer,
     id: &[u8],
@@ -101,9 +111,18 @@ fn await_receipt(
         });
         if ours {
             let value = message.payload().unwrap_or_default();
-            return Ok(Some(
-                contract::Receipt::decode(value).context("reading the receipt")?,
-            ));
+            let receipt = contract::Receipt::decode(value).context("reading the receipt")?;
+            if receipt.is_final {
+                return Ok(Some(receipt));
+            }
+            let until = receipt.until_ms.map_or_else(
+                || "its expiry".to_owned(),
+                |ms| format!("{ms} ms since the epoch"),
+            );
+            println!(
+                "{}: the router holds it until the car can take it, at most until {until}",
+                receipt.outcome.label()
+            );
         }
     }
     Ok(None)
@@ -158,6 +177,12 @@ fn main() -> anyhow::Result<()> {
         headers = headers.insert(Header {
             key: contract::HEADER_EXPIRES,
             value: Some(expires),
+        });
+    }
+    if cli.hold {
+        headers = headers.insert(Header {
+            key: contract::HEADER_HOLD,
+            value: Some("1"),
         });
     }
     let record = BaseRecord::to(&cli.downlink_topic)
