@@ -17,6 +17,7 @@
 
 pub mod config;
 mod error;
+mod inspect;
 mod kafka;
 mod kick;
 pub mod mapping;
@@ -87,7 +88,8 @@ fn tell_shards(flag: &AtomicBool, kicks: &[Arc<kick::Kick>]) -> bool {
 
 /// The admin endpoint: `/metrics` over every shard and the TLS
 /// reloader, `/livez` on each shard's heartbeat, `/readyz` on `ready`,
-/// `POST /reload` and `POST /drain` behind the admin token.
+/// `POST /reload`, `POST /drain` and `GET /cars/<client id>` (asked of
+/// the shard holding the car through the registry) behind the admin token.
 fn admin_endpoint(
     config: &Config,
     metrics: &[Arc<ShardMetrics>],
@@ -95,6 +97,7 @@ fn admin_endpoint(
     ready: &Arc<AtomicBool>,
     drain: &Arc<AtomicBool>,
     kicks: &[Arc<kick::Kick>],
+    registry: &Arc<registry::Registry>,
 ) -> Result<ops::admin::Endpoint, Error> {
     let token = ops::admin::Token::load(config.admin.token_file.as_deref(), ops::admin::TOKEN_ENV)?;
     let render = {
@@ -143,9 +146,15 @@ fn admin_endpoint(
             })
         }) as ops::admin::Action
     };
+    let cars = {
+        let registry = registry.clone();
+        Box::new(move |client_id: &str, respond| registry.inspect(client_id, respond))
+            as ops::admin::Lookup
+    };
     Ok(ops::admin::Endpoint::new(render, ready.clone())
         .action("/reload", reload)
         .action("/drain", drain)
+        .lookup("/cars/", cars)
         .heartbeats(heartbeats)
         .token(token)
         .limits(config.admin.limits()))
@@ -219,15 +228,21 @@ impl Gateway {
             }
         };
 
+        let (registry, mut inboxes) = registry::Registry::new(kicks.clone());
+        let registry = Arc::new(registry);
+        inboxes.reverse();
+
         let admin_addr = match config.admin.listen.as_str() {
             "" => None,
             addr => Some(
-                admin_endpoint(&config, &metrics, &reloader, &ready, &drain, &kicks)?
-                    .spawn(addr, shutdown.clone())
-                    .map_err(|source| Error::Admin {
-                        address: addr.to_owned(),
-                        source,
-                    })?,
+                admin_endpoint(
+                    &config, &metrics, &reloader, &ready, &drain, &kicks, &registry,
+                )?
+                .spawn(addr, shutdown.clone())
+                .map_err(|source| Error::Admin {
+                    address: addr.to_owned(),
+                    source,
+                })?,
             ),
         };
 
@@ -252,10 +267,6 @@ impl Gateway {
                 "downlink on"
             );
         }
-        let (registry, mut inboxes) = registry::Registry::new(kicks.clone());
-        let registry = Arc::new(registry);
-        inboxes.reverse();
-
         // Shard 0 binds first, so that with port 0 every shard shares the
         // ports it was given.
         let mut shards = Vec::with_capacity(count);

@@ -170,6 +170,29 @@ impl Session {
         }
     }
 
+    /// The keep-alive in effect once connected: what the car asked for,
+    /// capped (its maximum when it asked for 0).
+    pub fn keep_alive(&self) -> Option<Duration> {
+        match &self.state {
+            State::Connected(c) => Some(Duration::from_millis(u64::from(c.grace_ms) * 2 / 3)),
+            _ => None,
+        }
+    }
+
+    /// When the car's last packet arrived, as its keep-alive deadline
+    /// tells it (the deadline less 1.5 × the keep-alive), with no clock
+    /// read of its own. Later than the packet when the gateway paused its
+    /// reads since (a Kafka stall restarts the keep-alive:
+    /// [`Session::excuse_pause`]).
+    pub fn last_packet(&self) -> Option<Instant> {
+        match &self.state {
+            State::Connected(c) => c
+                .deadline
+                .checked_sub(Duration::from_millis(c.grace_ms.into())),
+            _ => None,
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed(..))
     }
@@ -677,6 +700,9 @@ mod tests {
             t14,
         );
         assert!(matches!(step, Step::Publish(_)));
+        // What an inspection reads back, with no clock of the session's.
+        assert_eq!(session.keep_alive(), Some(Duration::from_secs(10)));
+        assert_eq!(session.last_packet(), Some(t14));
         assert_eq!(
             session.on_deadline(t0 + Duration::from_millis(28_999)),
             None
@@ -697,6 +723,8 @@ mod tests {
                 Some(t0 + Duration::from_secs(900)),
                 "asked {asked}"
             );
+            assert_eq!(session.keep_alive(), Some(Duration::from_secs(600)));
+            assert_eq!(session.last_packet(), Some(t0));
         }
     }
 

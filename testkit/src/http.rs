@@ -38,6 +38,16 @@ pub fn await_status(addr: SocketAddr, path: &str, status: u16) -> String {
     body
 }
 
+/// [`http_get`] with `Authorization: Bearer <token>` (`GET /cars/<id>`).
+pub fn http_get_bearer(addr: SocketAddr, path: &str, token: &str) -> Option<(u16, String)> {
+    exchange(
+        addr,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+}
+
 /// One POST without a body (`/drain`, `/reload`): the status code and the
 /// body, `None` when nothing answers.
 pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

@@ -36,9 +36,8 @@
 //!   whose log (and metrics) a failing test prints,
 //! - `mqtt.rs`: [`RawClient`], an MQTT client on a raw socket that sends
 //!   exactly the bytes a test chooses and sees the gateway close,
-//! - `http.rs`: [`http_get`], [`http_post`] (and [`http_post_bearer`]) and
-//!   [`scrape`] for the admin
-//!   endpoints,
+//! - `http.rs`: [`http_get`], [`http_post`] (and [`http_get_bearer`],
+//!   [`http_post_bearer`]) and [`scrape`] for the admin endpoints,
 //! - `crowd.rs`: [`Crowd`], clients that hold connections open and never
 //!   finish a request (the admin endpoint's starvation tests),
 //! - `stall.rs`: [`Stalled`], threads of a process under test stopped with
@@ -76,7 +75,7 @@ mod stall;
 mod wait;
 
 pub use crowd::Crowd;
-pub use http::{await_status, http_get, http_post, http_post_bearer, scrape};
+pub use http::{await_status, http_get, http_get_bearer, http_post, http_post_bearer, scrape};
 pub use mqtt::RawClient;
 pub use process::Proc;
 pub use stall::Stalled;

@@ -109,7 +109,7 @@ impl Connection {
         }
         if let Some(downlink) = &shard.downlink {
             let session_id = downlink.clock.borrow_mut().issue();
-            self.control.session.set(Some(session_id));
+            self.control.set_session(session_id);
             shard.table.hold(client_id.clone(), self.control.id);
             self.write_session_record(&client_id, |session_id, slot| {
                 SessionRecord::live(session_id, slot, Vec::new())

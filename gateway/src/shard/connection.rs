@@ -24,6 +24,7 @@ use super::control::Control;
 use super::delivery::OwedReceipt;
 use super::parked::{Parked, ParkedPeer};
 use super::tls_car::TlsSession;
+use crate::inspect::Close;
 use crate::metrics::{Dropped, bump};
 use crate::registry::Holder;
 use crate::session::{CloseReason, Session};
@@ -157,9 +158,7 @@ impl Connection {
         client_id: &ByteString,
         record: impl FnOnce(u64, u32) -> SessionRecord,
     ) {
-        if let (Some(downlink), Some(session_id)) =
-            (&self.shard.downlink, self.control.session.get())
-        {
+        if let (Some(downlink), Some(session_id)) = (&self.shard.downlink, self.control.session()) {
             downlink.write_session_record(
                 &self.shard,
                 client_id,
@@ -205,13 +204,21 @@ impl Connection {
         }
         self.settle(self.take_owed(), Outcome::Closed);
         if let Some(client_id) = self.session.client_id() {
-            shard.registry.release(
-                client_id,
-                Holder {
-                    shard: shard.id,
-                    connection: id,
-                },
-            );
+            let close = Close {
+                reason,
+                at_ms: crate::inspect::now_ms(),
+                session: self.control.session(),
+                shard: shard.id,
+            };
+            let holder = Holder {
+                shard: shard.id,
+                connection: id,
+            };
+            shard.registry.release(client_id, holder, close);
+            // Asked about while closing: it is gone, and this was why.
+            for respond in shard.take_inspections(id) {
+                shard.gone(client_id, respond);
+            }
             self.write_session_record(client_id, |session_id, slot| {
                 SessionRecord::ended(session_id, slot, End::Closed)
             });

@@ -6,6 +6,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
@@ -35,9 +36,18 @@ pub(super) struct Control {
     /// when none ([`super::table::ConnectionTable::set_deadline`]).
     pub(super) filed: Cell<u32>,
     due: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-    /// The session id, once the CONNECT is accepted.
-    pub(super) session: Cell<Option<u64>>,
+    /// An inspection (`GET /cars/<id>`) waits for the connection's task
+    /// to answer it ([`super::inspect`]); a parked connection is answered
+    /// by the shard at once and never has this set.
+    inspect: Cell<bool>,
+    waker: TaskWaker,
+    /// The session id, once the CONNECT is accepted (ids are never 0:
+    /// 8 bytes less than an `Option<u64>`).
+    session: Cell<Option<NonZeroU64>>,
+    /// What the car sent that was handed to Kafka, and what was written to
+    /// it ([`Traffic`]).
+    pub(super) uplink: Cell<Traffic>,
+    pub(super) downlink: Cell<Traffic>,
     /// The session's topic filters, shared for downlink matching.
     pub(super) filters: RefCell<Option<Rc<[ByteString]>>>,
     /// Encoded downlink PUBLISH packets not yet written, and their count.
@@ -59,6 +69,50 @@ pub(super) fn micros() -> u32 {
     now
 }
 
+/// The waker of the connection's task: a `Cell`, not a `RefCell`, which is
+/// 8 bytes less in every connection (taken out to look at, put back).
+#[derive(Default)]
+struct TaskWaker(Cell<Option<Waker>>);
+
+impl std::fmt::Debug for TaskWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TaskWaker")
+    }
+}
+
+impl TaskWaker {
+    fn take(&self) -> Option<Waker> {
+        self.0.take()
+    }
+
+    fn set(&self, waker: Option<Waker>) {
+        self.0.set(waker);
+    }
+}
+
+/// A direction's PUBLISH packets and bytes over a connection's life, for
+/// its inspection: 32 bits each, saturating (4 Gi messages or 4 GiB; the
+/// inspection says so when one is reached). Paid for by the 16 bytes the
+/// session id and the waker gave up, so a connection's control block stays
+/// in its 336-byte chunk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Traffic {
+    pub(super) messages: u32,
+    pub(super) bytes: u32,
+}
+
+impl Traffic {
+    /// `messages` more, of `bytes` in all.
+    pub(super) fn add(self, messages: u64, bytes: usize) -> Self {
+        let messages = u32::try_from(messages).unwrap_or(u32::MAX);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        Self {
+            messages: self.messages.saturating_add(messages),
+            bytes: self.bytes.saturating_add(bytes),
+        }
+    }
+}
+
 /// Whom a wake-up reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Woke {
@@ -74,6 +128,8 @@ pub(super) enum Wake {
     Close(CloseReason),
     Deadline,
     Output,
+    /// An inspection waits for the task's answer.
+    Inspect,
 }
 
 impl Control {
@@ -94,13 +150,42 @@ impl Control {
         self.wake()
     }
 
+    /// The session id, once the CONNECT is accepted.
+    pub(super) fn session(&self) -> Option<u64> {
+        self.session.get().map(NonZeroU64::get)
+    }
+
+    /// Sets the session id (0, which no session has, clears it).
+    pub(super) fn set_session(&self, session: u64) {
+        self.session.set(NonZeroU64::new(session));
+    }
+
+    /// Counts `messages` PUBLISH packets of `bytes` handed to Kafka.
+    pub(super) fn count_uplink(&self, messages: u64, bytes: usize) {
+        self.uplink.set(self.uplink.get().add(messages, bytes));
+    }
+
+    /// Counts `messages` PUBLISH packets of `bytes` written to the car.
+    pub(super) fn count_downlink(&self, messages: u64, bytes: usize) {
+        self.downlink.set(self.downlink.get().add(messages, bytes));
+    }
+
+    /// Asks the connection's task to answer an inspection.
+    #[must_use = "a parked connection has no task to wake: the lot must serve it"]
+    pub(super) fn want_inspection(&self) -> Woke {
+        if self.inspect.replace(true) {
+            Woke::Task
+        } else {
+            self.wake()
+        }
+    }
+
     /// Wakes the connection's task; a parked connection has none, and the
     /// caller has the shard's lot serve it ([`super::table::ConnectionTable`]
     /// does).
     #[must_use = "a parked connection has no task to wake: the lot must serve it"]
     pub(super) fn wake(&self) -> Woke {
-        let waker = self.waker.borrow_mut().take();
-        if let Some(waker) = waker {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
             Woke::Task
         } else if self.is_parked() {
@@ -112,7 +197,7 @@ impl Control {
 
     /// The connection's task ends and its wake-ups go to the shard's lot.
     pub(super) fn park(&self, parked: Parked) {
-        self.waker.borrow_mut().take();
+        drop(self.waker.take());
         *self.parked.borrow_mut() = Some(parked);
     }
 
@@ -121,22 +206,30 @@ impl Control {
         self.parked.borrow_mut().take()
     }
 
+    /// `look` at the parked connection, if it is parked.
+    pub(super) fn parked_with<T>(&self, look: impl FnOnce(&Parked) -> T) -> Option<T> {
+        self.parked.borrow().as_ref().map(look)
+    }
+
     pub(super) fn is_parked(&self) -> bool {
         self.parked.borrow().is_some()
     }
 
     /// The task to wake on the connection's next event.
     pub(super) fn listen(&self, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        if !slot.as_ref().is_some_and(|stored| stored.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
+        let stored = self
+            .waker
+            .take()
+            .filter(|stored| stored.will_wake(waker))
+            .unwrap_or_else(|| waker.clone());
+        self.waker.set(Some(stored));
     }
 
     /// Whether something waits to be handled (a close order, a deadline
-    /// due, downlink output): a connection with any of these is not parked.
+    /// due, downlink output, an inspection): a connection with any of
+    /// these is not parked.
     pub(super) fn pending(&self) -> bool {
-        self.reason.get().is_some() || self.due.get() || self.queued.get() > 0
+        self.reason.get().is_some() || self.due.get() || self.queued.get() > 0 || self.inspect.get()
     }
 
     /// Called by the sweeper: the session deadline has passed.
@@ -157,6 +250,8 @@ impl Control {
                 Poll::Ready(Wake::Deadline)
             } else if self.queued.get() > 0 {
                 Poll::Ready(Wake::Output)
+            } else if self.inspect.replace(false) {
+                Poll::Ready(Wake::Inspect)
             } else {
                 self.listen(cx.waker());
                 Poll::Pending

@@ -237,7 +237,7 @@ impl Downlink {
             }
             Some(Routed::Takeover { client, session }) => {
                 if let Some(control) = shard.table.holder(client).filter(|_| !missed)
-                    && control.session.get() == Some(session)
+                    && control.session() == Some(session)
                 {
                     bump(&shard.metrics.takeover_notices);
                     shard.table.fire_at(&control, CloseReason::TakenOver);

@@ -1,5 +1,6 @@
 //! The shard's housekeeping tasks, beside the connections: the poller
-//! (the producer's delivery reports, the downlink slot, takeover orders,
+//! (the producer's delivery reports, the downlink slot, takeover and
+//! inspection orders,
 //! the stop and drain flags, reading reopened when Kafka has caught up),
 //! the sweeper of deadlines, and the drain.
 
@@ -12,6 +13,7 @@ use glommio::timer::sleep;
 
 use super::{POLL_INTERVAL, SWEEP_INTERVAL, Shard};
 use crate::metrics::bump;
+use crate::registry::Order;
 use crate::session::CloseReason;
 
 /// Records in librdkafka's queue beyond which the poller serves
@@ -60,8 +62,17 @@ pub(super) async fn poll_producer(shard: Rc<Shard>) {
             .downlink
             .as_ref()
             .is_some_and(|downlink| downlink.serve(&shard));
-        for connection in shard.orders.try_iter() {
-            shard.table.fire(connection, CloseReason::TakenOver);
+        for order in shard.orders.try_iter() {
+            match order {
+                Order::TakeOver(connection) => {
+                    shard.table.fire(connection, CloseReason::TakenOver);
+                }
+                Order::Inspect {
+                    connection,
+                    client_id,
+                    respond,
+                } => shard.inspect(connection, client_id, respond),
+            }
         }
         if shard.flow.is_paused() && shard.producer.has_room() && shard.flow.resume(&shard.metrics)
         {

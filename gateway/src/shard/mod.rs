@@ -27,7 +27,8 @@
 //! - [`partial`]: bytes held in incomplete packets, within the shard's
 //!   budget;
 //! - [`delivery`] and [`slot`]: the downlink (routed messages from the
-//!   shard's slot, receipts, registry records).
+//!   shard's slot, receipts, registry records);
+//! - [`inspect`]: a car's state for `GET /cars/<client id>`.
 //!
 //! A poller task serves the producer's delivery reports and the downlink
 //! slot on this thread, and reopens reading when Kafka has caught up.
@@ -41,6 +42,7 @@ mod dispatch;
 mod flow;
 mod housekeeping;
 mod input;
+mod inspect;
 mod parked;
 mod partial;
 mod preamble;
@@ -76,7 +78,7 @@ use crate::kafka::ShardProducer;
 use crate::kick::Kick;
 use crate::mapping::TopicMapper;
 use crate::metrics::ShardMetrics;
-use crate::registry::Registry;
+use crate::registry::{Order, Registry};
 use crate::session::{CloseReason, SubscribePolicy, Timing};
 use crate::tls::Terminator;
 use delivery::Downlink;
@@ -119,8 +121,12 @@ struct Shard {
     partials: partial::Partials,
     /// Which connection holds each client id, across shards.
     registry: Arc<Registry>,
-    /// Takeover orders from other shards: connection ids to close.
-    orders: Receiver<u64>,
+    /// Orders from other threads: takeovers from other shards, inspections
+    /// from the admin thread.
+    orders: Receiver<Order>,
+    /// Inspections waiting for a connection's task to answer them: the
+    /// connection's id and where the answer goes ([`inspect`]).
+    inspections: RefCell<Vec<(u64, ops::admin::Respond)>>,
     table: ConnectionTable,
     /// The epoll set of the shard's sockets.
     readiness: Readiness,
@@ -263,7 +269,7 @@ pub(crate) struct Start {
     /// Set by SIGTERM or `POST /drain`.
     pub(crate) drain: Arc<AtomicBool>,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) orders: Receiver<u64>,
+    pub(crate) orders: Receiver<Order>,
     /// This shard's `mqtt.downlink` partition, when the downlink is on.
     pub(crate) slot: Option<u32>,
     /// Receives the listeners' addresses (or the error) once it listens.
@@ -340,6 +346,7 @@ pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
             ),
             registry,
             orders,
+            inspections: RefCell::new(Vec::new()),
             table: ConnectionTable::new(epoch),
             readiness: Readiness::new().map_err(StartError::Epoll)?,
             downlink,

@@ -163,6 +163,7 @@ enum Event {
     Read(io::Result<usize>),
     Deadline,
     Output,
+    Inspect,
     Close(CloseReason),
 }
 
@@ -278,6 +279,7 @@ async fn drive<S: CarStream>(
                     Wake::Close(reason) => Event::Close(reason),
                     Wake::Deadline => Event::Deadline,
                     Wake::Output => Event::Output,
+                    Wake::Inspect => Event::Inspect,
                 }
             };
             // The control block first: `or` polls in order, and under
@@ -303,6 +305,10 @@ async fn drive<S: CarStream>(
                 if let Err(failed) = write_downlink(stream, connection).await {
                     return Closed(connection.session.close(failed));
                 }
+                continue;
+            }
+            Event::Inspect => {
+                connection.answer_inspections();
                 continue;
             }
             Event::Close(CloseReason::Drained) => {
@@ -506,6 +512,7 @@ async fn write_downlink<S: AsyncWrite + Unpin>(
     let owed = connection.take_owed();
     match write(stream, &bytes, connection.session_timing().write_timeout).await {
         Ok(()) => {
+            control.count_downlink(count, bytes.len());
             connection.settle(owed, Outcome::Written);
             metrics
                 .downlink_delivered

@@ -59,6 +59,7 @@ impl Connection {
         };
         match sent {
             Ok(()) => {
+                self.control.count_uplink(1, payload.len());
                 shard.handed_over();
                 Offered::Done
             }
