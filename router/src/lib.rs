@@ -4,6 +4,7 @@
 //! match, session ordering); [`run`] drives it from Kafka; [`topics`]
 //! creates and checks every topic the system uses.
 
+pub mod held;
 pub mod metrics;
 pub mod run;
 pub mod table;
@@ -37,6 +38,16 @@ pub struct Config {
     /// than its topic's is dropped as `expired` (also when it carries no
     /// expiry of its own).
     pub max_age: Vec<(String, std::time::Duration)>,
+    /// Compacted topic of held requests (docs/contracts.md).
+    pub held_topic: String,
+    /// Whether requests on a topic are held for an offline car when they
+    /// do not say (header `carbridge.hold`), by topic filter, first match
+    /// wins.
+    pub hold: Vec<(String, bool)>,
+    /// Limits on held requests.
+    pub hold_bounds: held::Bounds,
+    /// The longest a request is held: a later expiry is brought forward.
+    pub hold_max: std::time::Duration,
 }
 
 impl Config {
@@ -54,7 +65,19 @@ impl Config {
             orphan_after_ms: 60_000,
             orphan_rejoin: true,
             max_age: Vec::new(),
+            held_topic: contract::topics::HELD.to_owned(),
+            hold: Vec::new(),
+            hold_bounds: held::Bounds::default(),
+            hold_max: std::time::Duration::from_secs(86_400),
         }
+    }
+
+    /// Whether requests on `topic` are held by default (`None`: no rule).
+    pub fn hold_for(&self, topic: &str) -> Option<bool> {
+        self.hold
+            .iter()
+            .find(|(filter, _)| codec::topic::matches(filter, topic))
+            .map(|(_, hold)| *hold)
     }
 
     /// The maximum age of requests on MQTT topic `topic`, if any rule

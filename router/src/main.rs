@@ -54,6 +54,33 @@ struct Cli {
     /// example --max-age 'DL/UNLOCK=30' --max-age 'DL/#=3600'.
     #[arg(long = "max-age", value_name = "FILTER=SECONDS")]
     max_age: Vec<String>,
+    /// Hold requests on topics matching FILTER for a car that cannot take
+    /// them now (offline, or not subscribed yet) until it can or they
+    /// expire: yes or no; repeatable, first matching filter wins. A
+    /// request's header carbridge.hold (1 or 0) overrides it. Only
+    /// requests with an expiry are held (their carbridge.expires, or a
+    /// --max-age rule): give every held filter a --max-age.
+    #[arg(long = "hold", value_name = "FILTER=yes|no")]
+    hold: Vec<String>,
+    /// Held requests per car at most; beyond, a request asking to be held
+    /// is answered hold_full.
+    #[arg(long, default_value_t = 64)]
+    hold_per_car: usize,
+    /// Bytes held per car at most (payload, topic, correlation id and
+    /// about 100 bytes of bookkeeping per request).
+    #[arg(long, default_value_t = 32 * 1024)]
+    hold_per_car_bytes: usize,
+    /// Bytes held by this router at most, all cars together (the same
+    /// count). A takeover adopts what its predecessor held even beyond.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    hold_bytes: usize,
+    /// Seconds a request is held at most: a later expiry is brought
+    /// forward to this.
+    #[arg(long, default_value_t = 86_400)]
+    hold_max_secs: u64,
+    /// Compacted topic where held requests are kept for a successor.
+    #[arg(long, default_value = contract::topics::HELD)]
+    held_topic: String,
     /// Milliseconds before the group gives a silent instance's partitions
     /// to the others.
     #[arg(long, default_value_t = 10_000)]
@@ -144,6 +171,27 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|rule| parse_max_age(rule))
         .collect::<anyhow::Result<_>>()?;
+    config.hold = cli
+        .hold
+        .iter()
+        .map(|rule| parse_hold(rule))
+        .collect::<anyhow::Result<_>>()?;
+    config.hold_bounds = router::held::Bounds {
+        per_car: cli.hold_per_car,
+        per_car_bytes: cli.hold_per_car_bytes,
+        total_bytes: cli.hold_bytes,
+    };
+    config.hold_max = std::time::Duration::from_secs(cli.hold_max_secs);
+    config.held_topic = cli.held_topic;
+    for (filter, hold) in &config.hold {
+        if *hold && !config.max_age.iter().any(|(age, _)| age == filter) {
+            tracing::warn!(
+                filter,
+                "--hold without a --max-age for the same filter: requests without their own \
+                 carbridge.expires are not held (answered offline)"
+            );
+        }
+    }
     config.session_timeout_ms = cli.session_timeout_ms;
     config.orphan_after_ms = cli.orphan_after_ms;
     config.orphan_rejoin = !cli.no_orphan_rejoin;
@@ -222,6 +270,21 @@ fn parse_max_age(rule: &str) -> anyhow::Result<(String, std::time::Duration)> {
         .parse()
         .with_context(|| format!("--max-age {rule}: {secs} is not a number of seconds"))?;
     Ok((filter.to_owned(), std::time::Duration::from_secs(secs)))
+}
+
+/// One --hold rule: a valid MQTT topic filter and yes or no.
+fn parse_hold(rule: &str) -> anyhow::Result<(String, bool)> {
+    let (filter, hold) = rule
+        .rsplit_once('=')
+        .with_context(|| format!("--hold {rule}: expected FILTER=yes or FILTER=no"))?;
+    codec::topic::validate_topic_filter(filter)
+        .map_err(|e| anyhow::anyhow!("--hold {rule}: {filter} is not a topic filter: {e}"))?;
+    let hold = match hold {
+        "yes" => true,
+        "no" => false,
+        other => anyhow::bail!("--hold {rule}: {other} is neither yes nor no"),
+    };
+    Ok((filter.to_owned(), hold))
 }
 
 /// systemd (Type=notify): READY=1 once the tables are rebuilt, and the

@@ -1,9 +1,11 @@
 //! The router's counters and their Prometheus rendering.
 //!
 //! Accounting: every request read from `cs.downlink` ends as exactly one of
-//! routed (then acknowledged or failed by Kafka) or dropped with a reason,
-//! so `received = sent + dropped + waiting` where `waiting` is what sits in
-//! a partition's buffer while its table is rebuilt.
+//! routed (then acknowledged or failed by Kafka), dropped with a reason, or
+//! held (until released, and then routed, or dropped), so
+//! `received + adopted = sent + dropped + held + waiting` where `waiting`
+//! is what sits in a partition's buffer while its table is rebuilt and
+//! `adopted` what a takeover found held by a predecessor.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -18,6 +20,16 @@ ops::label_set! {
         Invalid = "invalid",
         NoSlot = "no_slot",
         Expired = "expired",
+        HoldFull = "hold_full",
+    }
+}
+
+ops::label_set! {
+    /// The bound a request asking to be held was refused on.
+    pub enum HoldRefused: "bound" {
+        CarCount = "car_count",
+        CarBytes = "car_bytes",
+        RouterBytes = "router_bytes",
     }
 }
 
@@ -54,6 +66,19 @@ pub struct Metrics {
     pub receipts: [AtomicU64; contract::Outcome::ALL.len()],
     /// Receipts Kafka did not take.
     pub receipts_failed: AtomicU64,
+    /// Requests held now, and their bytes (held.rs counts them).
+    pub held: AtomicI64,
+    pub held_bytes: AtomicI64,
+    /// Requests that were held (new), released to their car, taken over
+    /// from `mqtt.held`, refused by a bound.
+    pub held_total: AtomicU64,
+    pub held_released: AtomicU64,
+    pub held_adopted: AtomicU64,
+    pub hold_refused: Counters<HoldRefused>,
+    /// Requests that asked to be held without an expiry (decided at once).
+    pub hold_without_expiry: AtomicU64,
+    /// Held records or their deletions Kafka did not take.
+    pub held_records_failed: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -167,6 +192,46 @@ impl Metrics {
             "carbridge_router_receipts_failed_total",
             "Receipts Kafka did not take.",
             load(&self.receipts_failed),
+        );
+        page.gauge(
+            "carbridge_router_held_requests",
+            "Requests held now for cars that cannot take them.",
+            gauge(&self.held),
+        );
+        page.gauge(
+            "carbridge_router_held_bytes",
+            "Bytes held now, as the --hold-bytes bound counts them.",
+            gauge(&self.held_bytes),
+        );
+        page.counter(
+            "carbridge_router_held_total",
+            "Requests this router started holding.",
+            load(&self.held_total),
+        );
+        page.counter(
+            "carbridge_router_held_released_total",
+            "Held requests routed to their car once it could take them.",
+            load(&self.held_released),
+        );
+        page.counter(
+            "carbridge_router_held_adopted_total",
+            "Held requests taken over from mqtt.held when a partition was assigned.",
+            load(&self.held_adopted),
+        );
+        page.counters(
+            "carbridge_router_hold_refused_total",
+            "Requests that asked to be held and were refused by a bound (answered hold_full).",
+            |bound| self.hold_refused.get(bound),
+        );
+        page.counter(
+            "carbridge_router_hold_without_expiry_total",
+            "Requests that asked to be held but had no expiry: decided at once.",
+            load(&self.hold_without_expiry),
+        );
+        page.counter(
+            "carbridge_router_held_records_failed_total",
+            "Held records or deletions of them that Kafka did not take.",
+            load(&self.held_records_failed),
         );
         page.histogram(
             "carbridge_router_request_age_at_read_seconds",

@@ -44,6 +44,7 @@ use crate::table::Table;
 use crate::watch::{Shared, Watch};
 
 mod commit;
+mod hold;
 mod router;
 
 use commit::{InFlight, Kind};
@@ -120,6 +121,7 @@ enum Change {
 struct RouterContext {
     downlink: String,
     sessions: String,
+    held: String,
     changes: Mutex<Vec<Change>>,
     metrics: Arc<Metrics>,
     /// Flushed before a revoke commits: what is handed over is in Kafka.
@@ -149,15 +151,20 @@ impl ConsumerContext for RouterContext {
                         let _ = downlink.add_partition(&self.downlink, element.partition());
                     }
                 }
-                let sessions: Vec<i32> = tpl
+                let whole: Vec<(String, i32)> = tpl
                     .elements()
                     .iter()
-                    .filter(|e| e.topic() == self.sessions)
-                    .map(|e| e.partition())
+                    .filter(|e| e.topic() == self.sessions || e.topic() == self.held)
+                    .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
-                // The registry is always read whole: it is the table.
-                for partition in sessions {
-                    let _ = tpl.set_partition_offset(&self.sessions, partition, Offset::Beginning);
+                // The registry is always read whole: it is the table; so
+                // are the held requests.
+                let mut held = TopicPartitionList::new();
+                for (topic, partition) in whole {
+                    let _ = tpl.set_partition_offset(&topic, partition, Offset::Beginning);
+                    if topic == self.held {
+                        let _ = held.add_partition(&topic, partition);
+                    }
                 }
                 self.anchor(consumer, &downlink, tpl);
                 if let Err(error) = consumer.assign(tpl) {
@@ -166,6 +173,12 @@ impl ConsumerContext for RouterContext {
                 // No request is read before its partition's table is rebuilt.
                 if let Err(error) = consumer.pause(&downlink) {
                     tracing::error!(%error, "pausing downlink partitions failed");
+                }
+                // A held partition this instance owned before was paused
+                // once rebuilt, and librdkafka keeps a partition's pause
+                // across assignments: read it again.
+                if let Err(error) = consumer.resume(&held) {
+                    tracing::error!(%error, "resuming held partitions failed");
                 }
                 partitions.sort_unstable();
                 tracing::info!(?partitions, "partitions assigned");
@@ -288,6 +301,13 @@ impl ProducerContext for RoutedContext {
                 bump(&self.metrics.receipts_failed);
                 tracing::warn!(%error, "receipt lost");
             }
+            (Err((error, _)), Kind::Held) => {
+                bump(&self.metrics.held_records_failed);
+                tracing::warn!(
+                    %error,
+                    "held record or its deletion lost: a successor may not see this change"
+                );
+            }
             (Err((error, _)), _) => tracing::warn!(%error, "takeover notice lost"),
             (Ok(_), _) => {}
         }
@@ -298,15 +318,43 @@ type GroupConsumer = BaseConsumer<RouterContext>;
 
 /// One assigned partition.
 enum Partition {
-    /// Reading the registry up to `target` (its end offset at assignment;
-    /// `None` until that could be read); requests read meanwhile wait.
+    /// Reading the registry and the held requests up to their targets
+    /// (end offsets at assignment; `None` until they could be read);
+    /// requests read meanwhile wait.
     Rebuilding {
         table: Table,
-        target: Option<i64>,
+        registry: Target,
+        held: Target,
         started: Instant,
         waiting: Vec<OwnedMessage>,
     },
     Ready(Table),
+}
+
+/// How far a rebuild must read one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Its end offset could not be read yet.
+    Unknown,
+    Offset(i64),
+    Reached,
+}
+
+impl Target {
+    fn of(end: Option<i64>) -> Self {
+        match end {
+            None => Self::Unknown,
+            Some(0) => Self::Reached,
+            Some(end) => Self::Offset(end),
+        }
+    }
+
+    /// The consumer is at `position` (the next offset to read).
+    fn reach(&mut self, position: i64) {
+        if matches!(*self, Self::Offset(end) if position >= end) {
+            *self = Self::Reached;
+        }
+    }
 }
 
 impl Partition {
@@ -328,6 +376,8 @@ struct Router {
     metrics: Arc<Metrics>,
     slots: u32,
     partitions: HashMap<i32, Partition>,
+    /// Requests held for offline cars, per partition (hold.rs).
+    held: HashMap<i32, crate::held::Held>,
     /// What the orphan watch reads (owned partitions) and asks (rejoin).
     watch: Arc<Shared>,
 }
@@ -443,6 +493,7 @@ pub fn run(
         .create_with_context(RouterContext {
             downlink: config.downlink_topic.clone(),
             sessions: config.sessions_topic.clone(),
+            held: config.held_topic.clone(),
             changes: Mutex::new(Vec::new()),
             metrics: metrics.clone(),
             producer: producer.clone(),
@@ -453,20 +504,26 @@ pub fn run(
         })?;
 
     let downlink = partition_count(&consumer, &config.downlink_topic)?;
-    let sessions = partition_count(&consumer, &config.sessions_topic)?;
-    if downlink != sessions {
-        return Err(Error::NotCoPartitioned {
-            downlink_topic: config.downlink_topic.clone(),
-            downlink,
-            sessions_topic: config.sessions_topic.clone(),
-            sessions,
-        });
+    for topic in [&config.sessions_topic, &config.held_topic] {
+        let count = partition_count(&consumer, topic)?;
+        if downlink != count {
+            return Err(Error::NotCoPartitioned {
+                downlink_topic: config.downlink_topic.clone(),
+                downlink,
+                sessions_topic: topic.clone(),
+                sessions: count,
+            });
+        }
     }
     let routed = partition_count(&consumer, &config.routed_topic)?;
     let slots = u32::try_from(routed).map_err(|_| Error::TooManySlots(routed))?;
 
     consumer
-        .subscribe(&[&config.downlink_topic, &config.sessions_topic])
+        .subscribe(&[
+            &config.downlink_topic,
+            &config.sessions_topic,
+            &config.held_topic,
+        ])
         .map_err(Error::Join)?;
     tracing::info!(
         group = %config.group,
@@ -492,6 +549,7 @@ pub fn run(
         metrics,
         slots,
         partitions: HashMap::new(),
+        held: HashMap::new(),
         watch,
     };
     let mut assigned_once = false;
@@ -518,6 +576,7 @@ pub fn run(
         if last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
             router.check_rebuilds(&consumer);
+            router.expire_held();
         }
         let rebuilding = router
             .partitions

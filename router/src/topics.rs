@@ -30,6 +30,7 @@ pub struct Layout {
     pub sessions: String,
     pub routed: String,
     pub receipts: String,
+    pub held: String,
     /// Partitions of the uplink, the downlink requests and the registry
     /// (the last two must be equal: co-partitioning).
     pub partitions: i32,
@@ -50,6 +51,7 @@ impl Layout {
             sessions: contract::topics::SESSIONS.to_owned(),
             routed: contract::topics::ROUTED.to_owned(),
             receipts: contract::topics::RECEIPTS.to_owned(),
+            held: contract::topics::HELD.to_owned(),
             partitions,
             slots,
             replication: 1,
@@ -93,6 +95,13 @@ impl Layout {
                 name: self.receipts.clone(),
                 partitions: self.partitions,
                 configs: delete(Some(24 * 60 * 60 * 1000)),
+            },
+            // Held requests, keyed {client id}/{offset}, co-partitioned
+            // with the requests; compaction drops released ones.
+            Spec {
+                name: self.held.clone(),
+                partitions: self.partitions,
+                configs: vec![("cleanup.policy", "compact".to_owned())],
             },
         ]
     }

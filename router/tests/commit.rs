@@ -39,6 +39,7 @@ fn an_offset_is_committed_only_once_its_routed_record_is_in_kafka() {
         contract::topics::SESSIONS,
         contract::topics::ROUTED,
         contract::topics::RECEIPTS,
+        contract::topics::HELD,
     ] {
         cluster.create_topic(topic, 1, 1).unwrap();
         let leader = if topic == contract::topics::ROUTED {

@@ -12,7 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Car, Stack};
+use common::{Car, Stack, receipts_by_id};
 use contract::{DecidedBy, Outcome, Receipt, RequestRef, now_ms};
 use testkit::{Proc, WAIT, wait_until};
 
@@ -171,22 +171,6 @@ fn subscribed_cars(gateway: &Proc, prefix: &str, n: usize) -> Vec<Car> {
             car
         })
         .collect()
-}
-
-/// The receipts read until `requests` correlation ids have one (or the
-/// wait is over), all of each id's.
-fn receipts_by_id(receipts: &testkit::Collector, requests: usize) -> HashMap<String, Vec<Receipt>> {
-    let mut answered: HashMap<String, Vec<Receipt>> = HashMap::new();
-    let deadline = std::time::Instant::now() + WAIT;
-    while answered.len() < requests && std::time::Instant::now() < deadline {
-        for record in receipts.collect_for(Duration::from_millis(500)) {
-            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
-                .unwrap();
-            let receipt = Receipt::decode(record.value.as_deref().unwrap()).unwrap();
-            answered.entry(id).or_default().push(receipt);
-        }
-    }
-    answered
 }
 
 /// CONNECT (clean session, keep-alive 600 s) and SUBSCRIBE `DL/#` as raw

@@ -35,6 +35,7 @@ fn create_makes_every_topic_and_check_agrees() {
         "mqtt.sessions",
         "mqtt.downlink",
         "cs.downlink.receipts",
+        "mqtt.held",
     ] {
         assert!(
             text(&before).contains(topic),
@@ -50,6 +51,7 @@ fn create_makes_every_topic_and_check_agrees() {
     assert_eq!(broker.partition_count("mqtt.sessions"), Some(6));
     assert_eq!(broker.partition_count("mqtt.downlink"), Some(4));
     assert_eq!(broker.partition_count("cs.downlink.receipts"), Some(6));
+    assert_eq!(broker.partition_count("mqtt.held"), Some(6));
 
     // Idempotent: a second create changes nothing and succeeds.
     let again = topics(&broker, &["create", "--partitions", "6", "--slots", "4"]);

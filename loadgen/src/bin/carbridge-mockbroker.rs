@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         (contract::topics::SESSIONS.to_owned(), args.partitions),
         (contract::topics::ROUTED.to_owned(), args.slots),
         (contract::topics::RECEIPTS.to_owned(), args.partitions),
+        (contract::topics::HELD.to_owned(), args.partitions),
     ];
     for topic in &args.topics {
         let (name, partitions) = topic

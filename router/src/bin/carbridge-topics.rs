@@ -40,6 +40,8 @@ struct Cli {
     routed_topic: String,
     #[arg(long, default_value = contract::topics::RECEIPTS, global = true)]
     receipts_topic: String,
+    #[arg(long, default_value = contract::topics::HELD, global = true)]
+    held_topic: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     layout.sessions = cli.sessions_topic;
     layout.routed = cli.routed_topic;
     layout.receipts = cli.receipts_topic;
+    layout.held = cli.held_topic;
     let specs = layout.specs();
     if matches!(cli.command, Command::Create) {
         for name in topics::create(&client, &specs, layout.replication)? {

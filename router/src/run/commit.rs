@@ -6,7 +6,7 @@
 //! request, with no receipt. Flushing the producer before each commit
 //! would stall the loop for a round trip every time, and under a slow
 //! broker never finish with records always in flight. Instead every
-//! record carries a sequence number, delivery reports strike them off,
+//! record (routed, receipt, takeover notice, held) carries a sequence number, delivery reports strike them off,
 //! and the loop commits a *snapshot* of the stored offsets once every
 //! record produced before the snapshot was taken is delivered (or failed,
 //! which is counted and logged where it happens). Commits lag by at most
@@ -32,6 +32,8 @@ pub(super) enum Kind {
     Routed = 0,
     Takeover = 1,
     Receipt = 2,
+    /// A held request, or its deletion, on `mqtt.held`.
+    Held = 3,
 }
 
 /// A delivery opaque: the record's kind and its sequence number.
@@ -44,7 +46,8 @@ pub(super) fn parse(opaque: usize) -> (Kind, u64) {
     let kind = match opaque & 3 {
         0 => Kind::Routed,
         1 => Kind::Takeover,
-        _ => Kind::Receipt,
+        2 => Kind::Receipt,
+        _ => Kind::Held,
     };
     (kind, (opaque >> 2) as u64)
 }
@@ -185,7 +188,7 @@ mod tests {
 
     #[test]
     fn an_opaque_carries_the_kind_and_the_number() {
-        for kind in [Kind::Routed, Kind::Takeover, Kind::Receipt] {
+        for kind in [Kind::Routed, Kind::Takeover, Kind::Receipt, Kind::Held] {
             for seq in [0, 1, 77, u64::from(u32::MAX) + 5] {
                 assert_eq!(parse(opaque(kind, seq)), (kind, seq));
             }

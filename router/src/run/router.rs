@@ -15,8 +15,10 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use super::commit::{self, Kind};
+use super::hold::Routed;
 use super::{
     Change, Error, FLUSH_BOUND, GroupConsumer, MAX_WAITING, Partition, REQUEST_TIMEOUT, Router,
+    Target,
 };
 use crate::metrics::{Dropped, bump};
 use crate::table::{Table, Takeover};
@@ -38,7 +40,11 @@ impl Router {
         // The revocation reaches the loop through the rebalance callback.
         consumer.unsubscribe();
         consumer
-            .subscribe(&[&self.config.downlink_topic, &self.config.sessions_topic])
+            .subscribe(&[
+                &self.config.downlink_topic,
+                &self.config.sessions_topic,
+                &self.config.held_topic,
+            ])
             .map_err(Error::Rejoin)?;
         tracing::info!("rejoined the consumer group");
         Ok(())
@@ -59,6 +65,7 @@ impl Router {
     pub(super) fn apply_change(&mut self, consumer: &GroupConsumer, change: Change) {
         bump(&self.metrics.rebalances);
         self.commits.forget();
+        self.forget_held();
         match change {
             Change::Revoked => {
                 self.watch.set_owned([]);
@@ -75,11 +82,14 @@ impl Router {
                     Ordering::Relaxed,
                 );
                 for partition in partitions {
+                    let registry = self.end(consumer, &self.config.sessions_topic, partition);
+                    let held = self.end(consumer, &self.config.held_topic, partition);
                     self.partitions.insert(
                         partition,
                         Partition::Rebuilding {
                             table: Table::new(),
-                            target: self.registry_end(consumer, partition),
+                            registry: Target::of(registry),
+                            held: Target::of(held),
                             started: Instant::now(),
                             waiting: Vec::new(),
                         },
@@ -90,70 +100,107 @@ impl Router {
         }
     }
 
-    /// The registry partition's end offset: the rebuild is complete once
-    /// the consumer has read up to it. `None` when it cannot be read now.
-    fn registry_end(&self, consumer: &GroupConsumer, partition: i32) -> Option<i64> {
-        match consumer.fetch_watermarks(&self.config.sessions_topic, partition, REQUEST_TIMEOUT) {
+    /// A partition's end offset (of the registry or the held requests):
+    /// the rebuild is complete once the consumer has read up to both.
+    /// `None` when it cannot be read now.
+    fn end(&self, consumer: &GroupConsumer, topic: &str, partition: i32) -> Option<i64> {
+        match consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT) {
             Ok((_, high)) => Some(high),
             Err(error) => {
-                tracing::warn!(partition, %error, "reading the registry's end offset failed; retrying");
+                tracing::warn!(topic, partition, %error, "reading an end offset failed; retrying");
                 None
             }
         }
     }
 
-    /// Finishes every rebuild whose consumer position reached its target
-    /// (also when the records before it were compacted away, or the
-    /// partition is empty), and retries targets that could not be read.
+    /// Finishes every rebuild whose consumer positions reached their
+    /// targets (also when the records before them were compacted away, or
+    /// the partitions are empty), and retries targets that could not be
+    /// read.
     pub(super) fn check_rebuilds(&mut self, consumer: &GroupConsumer) {
-        let mut unknown = Vec::new();
-        let mut targets = Vec::new();
-        for (partition, state) in &self.partitions {
-            match state {
-                Partition::Rebuilding { target: None, .. } => unknown.push(*partition),
-                Partition::Rebuilding {
-                    target: Some(target),
-                    ..
-                } => targets.push((*partition, *target)),
-                Partition::Ready(_) => {}
-            }
-        }
-        for partition in unknown {
-            let end = self.registry_end(consumer, partition);
-            if let Some(Partition::Rebuilding { target, .. }) = self.partitions.get_mut(&partition)
-            {
-                *target = end;
-            }
-        }
-        if targets.is_empty() {
+        let rebuilding: Vec<(i32, Target, Target)> = self
+            .partitions
+            .iter()
+            .filter_map(|(partition, state)| match state {
+                Partition::Rebuilding { registry, held, .. } => {
+                    Some((*partition, *registry, *held))
+                }
+                Partition::Ready(_) => None,
+            })
+            .collect();
+        if rebuilding.is_empty() {
             return;
         }
         let positions = consumer.position().unwrap_or_default();
-        for (partition, target) in targets {
-            let position = positions
-                .find_partition(&self.config.sessions_topic, partition)
+        let position = |topic: &str, partition: i32| {
+            positions
+                .find_partition(topic, partition)
                 .and_then(|element| match element.offset() {
                     Offset::Offset(offset) => Some(offset),
                     _ => None,
-                });
-            if target == 0 || position.is_some_and(|p| p >= target) {
-                self.finish_rebuild(consumer, partition);
+                })
+        };
+        for (partition, registry, held) in rebuilding {
+            let targets = [
+                (&self.config.sessions_topic, registry),
+                (&self.config.held_topic, held),
+            ]
+            .map(|(topic, mut target)| {
+                if target == Target::Unknown {
+                    target = Target::of(self.end(consumer, topic, partition));
+                }
+                if let Some(at) = position(topic, partition) {
+                    target.reach(at);
+                }
+                target
+            });
+            if let Some(Partition::Rebuilding { registry, held, .. }) =
+                self.partitions.get_mut(&partition)
+            {
+                [*registry, *held] = targets;
             }
+            self.finish_if_rebuilt(consumer, partition);
+        }
+    }
+
+    /// Finishes the partition's rebuild once both targets are reached.
+    fn finish_if_rebuilt(&mut self, consumer: &GroupConsumer, partition: i32) {
+        if matches!(
+            self.partitions.get(&partition),
+            Some(Partition::Rebuilding {
+                registry: Target::Reached,
+                held: Target::Reached,
+                ..
+            })
+        ) {
+            self.finish_rebuild(consumer, partition);
         }
     }
 
     pub(super) fn handle(&mut self, consumer: &GroupConsumer, message: &BorrowedMessage<'_>) {
         let partition = message.partition();
-        if message.topic() == self.config.sessions_topic {
-            self.apply_record(partition, message);
-            let done = matches!(
+        let registry = message.topic() == self.config.sessions_topic;
+        if registry || message.topic() == self.config.held_topic {
+            if registry {
+                self.apply_record(partition, message);
+            } else if matches!(
                 self.partitions.get(&partition),
-                Some(Partition::Rebuilding { target: Some(target), .. })
-                    if message.offset() + 1 >= *target
-            );
-            if done {
-                self.finish_rebuild(consumer, partition);
+                Some(Partition::Rebuilding { .. })
+            ) {
+                // Once rebuilt, this router writes the partition and
+                // stops reading it.
+                self.apply_held(partition, message);
             }
+            if let Some(Partition::Rebuilding {
+                registry: registry_target,
+                held,
+                ..
+            }) = self.partitions.get_mut(&partition)
+            {
+                let target = if registry { registry_target } else { held };
+                target.reach(message.offset() + 1);
+            }
+            self.finish_if_rebuilt(consumer, partition);
             return;
         }
         if let Some(ms) = message.timestamp().to_millis() {
@@ -200,14 +247,28 @@ impl Router {
         else {
             return;
         };
+        let adopted = self.held.get(&partition).map_or(0, crate::held::Held::len);
         tracing::info!(
             partition,
             live_sessions = table.live(),
+            held = adopted,
             took_ms = started.elapsed().as_millis(),
             "table rebuilt; routing"
         );
         bump(&self.metrics.rebuilds);
+        self.metrics
+            .held_adopted
+            .fetch_add(adopted as u64, Ordering::Relaxed);
+        // This router writes the partition's held requests from now on;
+        // reading its own writes back would only repeat them.
+        let mut held = TopicPartitionList::new();
+        held.add_partition(&self.config.held_topic, partition);
+        if let Err(error) = consumer.pause(&held) {
+            tracing::warn!(partition, %error, "pausing the held partition failed");
+        }
         self.partitions.insert(partition, Partition::Ready(table));
+        // What was held, before what waited: Kafka order per car.
+        self.release_all(partition);
         for message in &waiting {
             self.route(consumer, message);
         }
@@ -252,6 +313,9 @@ impl Router {
         if let (true, Some(notice)) = (ready, notice) {
             self.send_takeover(client, notice);
         }
+        if ready {
+            self.release(partition, client);
+        }
     }
 
     fn send_takeover(&self, client: &str, notice: Takeover) {
@@ -288,7 +352,8 @@ impl Router {
         };
         let key = message.key().unwrap_or_default();
         let client = std::str::from_utf8(key).ok().filter(|c| !c.is_empty());
-        let (mut topic, mut receipt, mut expires, mut bad_expiry) = (None, None, None, false);
+        let (mut topic, mut receipt, mut expires, mut hold, mut bad) =
+            (None, None, None, None, false);
         if let Some(headers) = message.headers() {
             for header in headers.iter() {
                 match header.key {
@@ -298,7 +363,11 @@ impl Router {
                     contract::HEADER_RECEIPT => receipt = header.value,
                     contract::HEADER_EXPIRES => {
                         expires = header.value.and_then(contract::parse_expiry);
-                        bad_expiry |= expires.is_none();
+                        bad |= expires.is_none();
+                    }
+                    contract::HEADER_HOLD => {
+                        hold = header.value.and_then(contract::parse_hold);
+                        bad |= hold.is_none();
                     }
                     _ => {}
                 }
@@ -312,7 +381,7 @@ impl Router {
         let valid = client
             .zip(topic)
             .filter(|(_, topic)| codec::topic::validate_topic_name(topic).is_ok());
-        let Some((client, topic)) = valid.filter(|_| !bad_expiry) else {
+        let Some((client, topic)) = valid.filter(|_| !bad) else {
             self.metrics.dropped.bump(Dropped::Invalid);
             answer(self, contract::Outcome::Invalid);
             self.store(consumer, partition, message.offset());
@@ -320,10 +389,11 @@ impl Router {
         };
         // The earlier of the request's own expiry and the maximum age its
         // topic is given here.
+        let timestamp = message.timestamp().to_millis();
         let expires = self
             .config
             .max_age_for(topic)
-            .zip(message.timestamp().to_millis())
+            .zip(timestamp)
             .map(|(age, created)| {
                 created.saturating_add(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
             })
@@ -336,76 +406,44 @@ impl Router {
             self.store(consumer, partition, message.offset());
             return;
         }
+        if self
+            .held
+            .get(&partition)
+            .is_some_and(|held| held.decided(message.offset()))
+        {
+            // Read again after a takeover: held (or released) already.
+            self.store(consumer, partition, message.offset());
+            return;
+        }
         let decision = match self.partitions.get(&partition) {
             Some(Partition::Ready(table)) => table.route(client, topic),
             _ => return,
         };
+        let routed = Routed {
+            client,
+            topic,
+            payload: message.payload().unwrap_or_default(),
+            expires,
+            receipt,
+            request,
+            timestamp,
+        };
         match decision {
+            Err(miss) if hold.or_else(|| self.config.hold_for(topic)) == Some(true) => {
+                self.hold(miss, &routed);
+            }
             Err(miss) => {
                 self.metrics.dropped.bump(miss.dropped());
                 answer(self, miss.outcome());
             }
-            Ok(route) if route.slot >= self.slots => {
-                self.metrics.dropped.bump(Dropped::NoSlot);
-                answer(self, contract::Outcome::NoSlot);
-                tracing::warn!(
-                    client,
-                    slot = route.slot,
-                    slots = self.slots,
-                    "session names a slot mqtt.downlink does not have: add partitions"
-                );
-            }
-            Ok(route) => {
-                let session = route.session.to_string();
-                let expiry = expires.map(|at| at.to_string());
-                let request_header = request.header();
-                let mut headers = OwnedHeaders::new_with_capacity(5)
-                    .insert(Header {
-                        key: &self.config.topic_header,
-                        value: Some(topic.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: contract::HEADER_SESSION,
-                        value: Some(session.as_bytes()),
-                    });
-                if let Some(expiry) = &expiry {
-                    headers = headers.insert(Header {
-                        key: contract::HEADER_EXPIRES,
-                        value: Some(expiry.as_bytes()),
-                    });
-                }
-                if let Some(id) = receipt {
-                    headers = headers
-                        .insert(Header {
-                            key: contract::HEADER_RECEIPT,
-                            value: Some(id),
-                        })
-                        .insert(Header {
-                            key: contract::HEADER_REQUEST,
-                            value: Some(request_header.as_bytes()),
-                        });
-                }
-                let record = BaseRecord::with_opaque_to(&self.config.routed_topic, 0)
-                    .partition(i32::try_from(route.slot).unwrap_or(i32::MAX))
-                    .key(client.as_bytes())
-                    .payload(message.payload().unwrap_or_default())
-                    .headers(headers);
-                if self.send(record, Kind::Routed) {
-                    bump(&self.metrics.sent);
-                    if let Some(ms) = message.timestamp().to_millis() {
-                        self.metrics.age_at_routing.record_since_kafka_timestamp(ms);
-                    }
-                } else {
-                    bump(&self.metrics.failed);
-                }
-            }
+            Ok(route) => self.produce_routed(&routed, &route),
         }
         self.store(consumer, partition, message.offset());
     }
 
     /// Produces the receipt of a request the router decided (key = the
     /// request's key, header = its correlation id).
-    fn send_receipt(
+    pub(super) fn send_receipt(
         &self,
         key: &[u8],
         id: &[u8],
@@ -414,13 +452,25 @@ impl Router {
     ) {
         let value =
             contract::Receipt::new(outcome, contract::DecidedBy::Router, None, request).encode();
+        self.produce_receipt(key, id, &value, outcome);
+    }
+
+    /// Produces one receipt record (key = the request's key, header = its
+    /// correlation id).
+    pub(super) fn produce_receipt(
+        &self,
+        key: &[u8],
+        id: &[u8],
+        value: &[u8],
+        outcome: contract::Outcome,
+    ) {
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: contract::HEADER_RECEIPT,
             value: Some(id),
         });
         let record = BaseRecord::with_opaque_to(&self.config.receipts_topic, 0)
             .key(key)
-            .payload(&value[..])
+            .payload(value)
             .headers(headers);
         if self.send(record, Kind::Receipt) {
             self.metrics.count_receipt(outcome);
@@ -429,7 +479,7 @@ impl Router {
 
     /// Hands a record to the producer, waiting while its queue is full,
     /// and numbers it among the records in flight.
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>, kind: Kind) -> bool {
+    pub(super) fn send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>, kind: Kind) -> bool {
         let seq = self.in_flight.begin();
         record.delivery_opaque = commit::opaque(kind, seq);
         loop {

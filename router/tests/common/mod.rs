@@ -336,3 +336,28 @@ pub fn raw_car(gateway: &Proc, id: &str, filter: &str) -> RawClient {
     assert_eq!(car.subscribe(&[filter]), [0], "{id}: {filter} refused");
     car
 }
+
+/// Receipt records by correlation id, in the order read.
+pub type ReceiptsById = std::collections::HashMap<String, Vec<contract::Receipt>>;
+
+/// The receipts read until `requests` correlation ids have a final one
+/// (or the wait is over), all of each id's, progress records included.
+pub fn receipts_by_id(receipts: &testkit::Collector, requests: usize) -> ReceiptsById {
+    let mut answered = ReceiptsById::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let finals = |answered: &ReceiptsById| {
+        answered
+            .values()
+            .filter(|receipts| receipts.iter().any(|r| r.is_final))
+            .count()
+    };
+    while finals(&answered) < requests && std::time::Instant::now() < deadline {
+        for record in receipts.collect_for(Duration::from_millis(500)) {
+            let id = String::from_utf8(record.header(contract::HEADER_RECEIPT).unwrap().to_vec())
+                .unwrap();
+            let receipt = contract::Receipt::decode(record.value.as_deref().unwrap()).unwrap();
+            answered.entry(id).or_default().push(receipt);
+        }
+    }
+    answered
+}
