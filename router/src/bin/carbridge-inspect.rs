@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
@@ -124,8 +125,14 @@ fn murmur2(data: &[u8]) -> u32 {
     hash ^ (hash >> 15)
 }
 
-/// Reads `topic`'s `partition` from `from` up to its end now, handing each
-/// record keyed `key` to `keep`; within `deadline`.
+/// Reads `topic`'s `partition` from `from` to its end, handing each record
+/// keyed `key` to `keep`; within `deadline`.
+///
+/// The end is where librdkafka says the partition ends (partition EOF),
+/// not only the high watermark asked first: a broker that reports the
+/// watermark one past its last batch's *start* (tansu 0.6.0) would cut a
+/// batch short. Past the watermark, a partition written to without pause
+/// ends the read at the deadline, without an error.
 fn read_keyed(
     consumer: &BaseConsumer,
     (topic, partition): (&str, i32),
@@ -145,20 +152,32 @@ fn read_keyed(
         Offset::Offset(offset) => offset,
         _ => 0,
     };
-    while next < end {
+    loop {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            if next >= end {
+                return Ok(());
+            }
             bail!("{topic} partition {partition}: read to offset {next} of {end} in time");
         };
-        let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
-            continue;
-        };
-        let message = message.with_context(|| format!("reading {topic}"))?;
-        next = message.offset() + 1;
-        if message.key() == Some(key) {
-            keep(&message);
+        match consumer.poll(left.min(Duration::from_millis(200))) {
+            None => {}
+            // At the end, of this partition (not one read before).
+            Some(Err(KafkaError::PartitionEOF(at))) if at == partition && next >= end => {
+                return Ok(());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(error)) => {
+                return Err(error)
+                    .with_context(|| format!("reading {topic} partition {partition}"));
+            }
+            Some(Ok(message)) => {
+                next = message.offset() + 1;
+                if message.key() == Some(key) {
+                    keep(&message);
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// The car's newest session record, as JSON for the report.
@@ -433,6 +452,7 @@ fn report(cli: &Cli) -> anyhow::Result<(Value, bool)> {
         .client_config()?
         .set("group.id", "carbridge-inspect")
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .create()
         .context("creating the Kafka reader")?;
     let timeout = Duration::from_secs(cli.timeout_secs.max(1));

@@ -147,7 +147,11 @@ fn print_gateway(gateway: &Value) {
         field(answer, "session")
     );
     println!("address      {}", field(answer, "address"));
-    println!("identity     {}", field(answer, "tls_identity"));
+    let identity = match answer.get("tls_identity").and_then(Value::as_str) {
+        Some(identity) => format!("{identity} (proven by its certificate or a trusted proxy)"),
+        None => "none proven (no client certificate)".to_owned(),
+    };
+    println!("identity     {identity}");
     let ms = |name: &str| {
         answer
             .get(name)
@@ -202,12 +206,17 @@ fn print_receipts(report: &Value, cli: &Cli) {
         };
         let request = receipt.get("request").unwrap_or(&Value::Null);
         println!(
-            "receipt      {}  {:<9} by {by}, request {}/{}, id {}",
+            "receipt      {}  {:<9}{} by {by}, request partition {} offset {}, id {}",
             receipt
                 .get("at_ms")
                 .and_then(Value::as_i64)
                 .map_or("-".to_owned(), utc),
             field(&receipt, "outcome"),
+            if receipt.get("final") == Some(&Value::Bool(false)) {
+                " (not final)"
+            } else {
+                ""
+            },
             field(request, "partition"),
             field(request, "offset"),
             field(&receipt, "correlation_id"),
