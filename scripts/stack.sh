@@ -56,6 +56,11 @@
 #                    again with the same settings (its log in
 #                    gateway-N-restarted.log). It takes no cars back by
 #                    itself: a churning car returns to the gateway it left
+#   STACK_HOLD=1     held delivery: the fleet's downlink asks for receipts,
+#                    expires after 10 s, every other message per car asks the
+#                    router to hold it (loadgen --hold 10), and cars come and
+#                    go (--churn: a fiftieth of the fleet a second); the
+#                    verdict compares how much of each kind reached the cars
 #   STACK_GATEWAY_TOML whole tables appended to every gateway's settings
 #                    file, "\n" for a line break (e.g. '[shard]\ngather_max_ms = 5')
 #   STACK_ROUTERS    router instances in one consumer group (default 1)
@@ -309,6 +314,11 @@ pids+=("$probe")
 register probe "$probe"
 
 drain_args=()
+hold_args=()
+if [[ -n ${STACK_HOLD:-} ]]; then
+  churn=$(( ${cars_for_cpu:-5000} / 50 ))
+  hold_args=(--receipts --hold 10 --churn "$((churn > 0 ? churn : 1))")
+fi
 if [ -n "${STACK_DRAIN_AFTER:-}" ]; then
   [ "$gateways" -ge 2 ] || { echo "STACK_DRAIN_AFTER needs STACK_GATEWAYS=2 or more" >&2; exit 2; }
   drain_args=(--reconnect)
@@ -414,10 +424,10 @@ window_cpu() {
 # the measured window.
 window_cpu "$dir/gateway-window" "${gateway_pids[@]}"
 
-log "loadgen ${tls_args[*]} ${drain_args[*]} $*"
+log "loadgen ${tls_args[*]} ${drain_args[*]} ${hold_args[*]} $*"
 event run
 "$bin/loadgen" --kafka-bootstrap "$kafka" --target "127.0.0.1:$mqtt_port" "${targets[@]:2}" "${defaults[@]}" \
-  "${tls_args[@]}" "${drain_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
+  "${tls_args[@]}" "${drain_args[@]}" "${hold_args[@]}" --report-json "$dir/report.json" --report-html "$dir/report.html" "$@"
 event end
 wait "$probe" 2>/dev/null || log "the broker probe failed: see $dir/probe.log"
 

@@ -218,6 +218,15 @@ struct RunArgs {
     /// that are offline (with --receipts: `offline` receipts). 0: none.
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
+    /// Held delivery (needs --receipts): every downlink request expires
+    /// SECS after it is sent, and every other one per car asks the router
+    /// to hold it while its car is away (header carbridge.hold, MQTT topic
+    /// DL/LOAD/HELD; the others DL/LOAD, not held). With --churn the report
+    /// compares the share of each class that reached its car. Held
+    /// messages are counted as received but kept out of the downlink's
+    /// latency, which their wait would swamp.
+    #[arg(long, value_name = "SECS", requires = "receipts")]
+    hold: Option<u64>,
     /// The link between each car and its target: none (the cars connect
     /// straight); cellular (150 ms ± 100 ms each way, 64 kB/s each way,
     /// and a 20 s outage about every 5 minutes per connection, during
@@ -380,6 +389,7 @@ fn main() -> anyhow::Result<()> {
         tls,
         reconnect: args.reconnect,
         churn: args.churn,
+        hold_secs: args.hold,
         link: linked.then(|| args.link.clone()),
         cars: args.cars,
         targets,

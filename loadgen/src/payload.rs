@@ -24,6 +24,9 @@ pub fn car_of(client_id: &str) -> Option<u64> {
 
 /// The MQTT topic of the downlink messages loadgen sends (through Kafka).
 pub const DOWNLINK_TOPIC: &str = "DL/LOAD";
+/// The MQTT topic of downlink messages that asked to be held (`--hold`):
+/// counted like the others, kept out of the downlink latency.
+pub const HELD_TOPIC: &str = "DL/LOAD/HELD";
 
 /// The smallest payload that holds the header of the largest values.
 pub const MIN_PAYLOAD: usize = 64;

@@ -71,6 +71,10 @@ pub struct ReceiptStats {
     /// request's final receipt follows its progress record.
     #[serde(default)]
     pub progress: std::collections::BTreeMap<String, u64>,
+    /// With `--hold`: final outcomes per class (`held`: asked to be held;
+    /// `plain`: did not).
+    #[serde(default)]
+    pub by_class: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
     /// From a request's send to its receipt read back.
     pub latency: Latency,
 }

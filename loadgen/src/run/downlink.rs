@@ -49,10 +49,13 @@ impl Sender {
             (Some(bootstrap), true) => {
                 let (bootstrap, topic) = (bootstrap.clone(), options.downlink_topic.clone());
                 let (sent, stop) = (sent.clone(), stop.clone());
-                let receipts = options.receipts_topic.is_some();
+                let asks = Asks {
+                    receipts: options.receipts_topic.is_some(),
+                    hold_secs: options.hold_secs,
+                };
                 Some(std::thread::spawn(move || {
                     send_downlink(
-                        &bootstrap, &topic, cars, rate, from_us, until_us, receipts, &sent, &stop,
+                        &bootstrap, &topic, cars, rate, from_us, until_us, asks, &sent, &stop,
                     )
                 }))
             }
@@ -86,6 +89,16 @@ impl Sender {
     }
 }
 
+/// What each downlink request asks of the bridge.
+#[derive(Debug, Clone, Copy)]
+struct Asks {
+    /// A receipt (`--receipts`).
+    receipts: bool,
+    /// `--hold SECS`: an expiry SECS ahead, and holding for every other
+    /// request of each car (even sequence numbers).
+    hold_secs: Option<u64>,
+}
+
 /// Sends downlink messages through Kafka at `rate` per second from
 /// `from_us` to `until_us`, round-robin over the cars, counting them in
 /// `sent`.
@@ -97,7 +110,7 @@ fn send_downlink(
     rate: f64,
     from_us: u64,
     until_us: u64,
-    receipts: bool,
+    asks: Asks,
     sent: &AtomicU64,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -119,15 +132,41 @@ fn send_downlink(
         let client = payload::client_id(car);
         let now = payload::now_us();
         let body = payload::encode(car, seq, now, payload::MIN_PAYLOAD);
+        let held = asks.hold_secs.is_some() && seq % 2 == 0;
         let mut headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
-            value: Some(payload::DOWNLINK_TOPIC),
+            value: Some(if held {
+                payload::HELD_TOPIC
+            } else {
+                payload::DOWNLINK_TOPIC
+            }),
         });
-        let id = receipts.then(|| super::receipts::id(now, sent.load(Ordering::Relaxed)));
+        let id = asks.receipts.then(|| {
+            let id = super::receipts::id(now, sent.load(Ordering::Relaxed));
+            match asks.hold_secs {
+                Some(_) => super::receipts::with_class(id, held),
+                None => id,
+            }
+        });
         if let Some(id) = &id {
             headers = headers.insert(Header {
                 key: contract::HEADER_RECEIPT,
                 value: Some(id),
+            });
+        }
+        let expires = asks
+            .hold_secs
+            .map(|secs| (now / 1000 + secs * 1000).to_string());
+        if let Some(expires) = &expires {
+            headers = headers.insert(Header {
+                key: contract::HEADER_EXPIRES,
+                value: Some(expires),
+            });
+        }
+        if held {
+            headers = headers.insert(Header {
+                key: contract::HEADER_HOLD,
+                value: Some("1"),
             });
         }
         let record = BaseRecord::to(topic)

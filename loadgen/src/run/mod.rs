@@ -76,6 +76,9 @@ pub struct Options {
     pub reconnect: bool,
     /// Cars leaving (and coming back) per second, fleet-wide.
     pub churn: f64,
+    /// `--hold SECS`: requests expire after SECS, every other one asks to
+    /// be held.
+    pub hold_secs: Option<u64>,
     /// The link profile between each car and its target
     /// (`testkit::link::Link::profile`); `None`: straight.
     pub link: Option<String>,
@@ -147,8 +150,12 @@ pub fn run(options: &Options, stop: Arc<AtomicBool>) -> anyhow::Result<Report> {
     fleet.wait();
     let downlink_sent = downlink.join();
     // Receipts trail their requests by two Kafka hops and the car.
-    let receipts =
-        receipts.map(|reader| reader.finish(downlink_sent, std::time::Duration::from_secs(15)));
+    let receipts = receipts.map(|reader| {
+        reader.finish(
+            downlink_sent,
+            std::time::Duration::from_secs(15 + options.hold_secs.unwrap_or(0)),
+        )
+    });
     uplink::drain(&uplink, progress.totals.uplink_sent);
     let in_topic = receivers.stop(options.recount, times.started_us);
     let uplink = uplink

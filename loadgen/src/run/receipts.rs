@@ -25,6 +25,23 @@ pub(super) fn id(sent_us: u64, seq: u64) -> String {
     format!("{sent_us}-{seq}")
 }
 
+/// With `--hold`: the id with its class, `-h` (asked to be held) or `-p`.
+pub(super) fn with_class(id: String, held: bool) -> String {
+    format!("{id}-{}", if held { HELD } else { PLAIN })
+}
+
+const HELD: &str = "h";
+const PLAIN: &str = "p";
+
+/// The class named by an id's suffix, if any.
+fn class(id: &[u8]) -> Option<&'static str> {
+    match id.rsplit(|&b| b == b'-').next() {
+        Some(b"h") => Some("held"),
+        Some(b"p") => Some("plain"),
+        _ => None,
+    }
+}
+
 fn sent_us(id: &[u8]) -> Option<u64> {
     std::str::from_utf8(id)
         .ok()?
@@ -38,6 +55,7 @@ fn sent_us(id: &[u8]) -> Option<u64> {
 struct Tally {
     outcomes: BTreeMap<String, u64>,
     progress: BTreeMap<String, u64>,
+    by_class: BTreeMap<String, BTreeMap<String, u64>>,
     seen: HashSet<Vec<u8>>,
     duplicates: u64,
     unreadable: u64,
@@ -102,6 +120,14 @@ impl Reader {
                     .outcomes
                     .entry(receipt.outcome.label().to_owned())
                     .or_default() += 1;
+                if let Some(class) = class(id) {
+                    *tally
+                        .by_class
+                        .entry(class.to_owned())
+                        .or_default()
+                        .entry(receipt.outcome.label().to_owned())
+                        .or_default() += 1;
+                }
                 took.saturating_record(now.saturating_sub(sent).max(1));
             }
             let _ = tx.send((tally, took));
@@ -134,6 +160,7 @@ impl Reader {
             unreadable: tally.unreadable,
             outcomes: tally.outcomes,
             progress: tally.progress,
+            by_class: tally.by_class,
             latency: latency(&took),
         }
     }

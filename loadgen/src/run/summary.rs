@@ -168,6 +168,21 @@ pub fn summary(report: &Report) -> String {
             r.latency.p99_ms,
             r.latency.max_ms
         ));
+        if !r.by_class.is_empty() {
+            let share = |class: &str| {
+                let outcomes = r.by_class.get(class);
+                let total: u64 = outcomes.map_or(0, |o| o.values().sum());
+                let written = outcomes
+                    .and_then(|o| o.get("written"))
+                    .copied()
+                    .unwrap_or(0);
+                (written, total, 100.0 * written as f64 / total.max(1) as f64)
+            };
+            let ((hw, ht, hp), (pw, pt, pp)) = (share("held"), share("plain"));
+            out.push_str(&format!(
+                "holding   delivered: asked to be held {hw} of {ht} ({hp:.1} %), not held {pw} of {pt} ({pp:.1} %)\n"
+            ));
+        }
     }
     if let Some(count) = &report.uplink_in_topic {
         out.push_str(&format!(
@@ -225,6 +240,7 @@ mod tests {
             tls: None,
             reconnect: false,
             churn: 0.0,
+            hold_secs: None,
             link: None,
         }
     }

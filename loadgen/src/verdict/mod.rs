@@ -139,6 +139,28 @@ fn load(cores: usize) -> Option<Load> {
     })
 }
 
+/// With `loadgen --hold`: how many of each class reached their cars.
+fn holding(receipts: &crate::report::ReceiptStats) -> Option<String> {
+    let share = |class: &str| {
+        let outcomes = receipts.by_class.get(class)?;
+        let total: u64 = outcomes.values().sum();
+        let written = outcomes.get("written").copied().unwrap_or(0);
+        Some((written, total))
+    };
+    let ((held, held_total), (plain, plain_total)) = (share("held")?, share("plain")?);
+    let percent = |n: u64, of: u64| 100.0 * n as f64 / of.max(1) as f64;
+    Some(format!(
+        "held delivery: {} of {} downlink messages that asked to be held reached their cars \
+         ({:.1} %), against {} of {} that did not ({:.1} %)",
+        count(held),
+        count(held_total),
+        percent(held, held_total),
+        count(plain),
+        count(plain_total),
+        percent(plain, plain_total)
+    ))
+}
+
 /// The verdict on `report`.
 pub fn judge(report: &Report, inputs: &Inputs) -> Verdict {
     let broker = inputs.broker.as_str();
@@ -171,6 +193,9 @@ pub fn judge(report: &Report, inputs: &Inputs) -> Verdict {
                 count(down_lost)
             ));
             down_lost = 0;
+        }
+        if let Some(finding) = holding(receipts) {
+            findings.push(finding);
         }
     }
 

@@ -177,6 +177,7 @@ fn downlink_messages_answered_by_a_receipt_are_not_lost() {
         .into_iter()
         .collect(),
         progress: std::collections::BTreeMap::new(),
+        by_class: std::collections::BTreeMap::new(),
         latency: report.uplink.latency.clone(),
     };
     report.receipts = Some(receipts(0, 4));
@@ -274,4 +275,41 @@ fn the_text_says_it_all_and_warns_of_a_busy_machine() {
     assert!(text(&report).contains("BUSY MACHINE: load average 3.2 on 2 cores"));
     // A report without a verdict has no text.
     assert_eq!(text(&full()), "");
+}
+
+#[test]
+fn held_delivery_is_reported_per_class() {
+    let mut report = full();
+    let class = |written: u64, other: (&str, u64)| {
+        [
+            ("written".to_owned(), written),
+            (other.0.to_owned(), other.1),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    report.receipts = Some(ReceiptStats {
+        asked: 2_000,
+        answered: 2_000,
+        missing: 0,
+        duplicates: 0,
+        unreadable: 0,
+        outcomes: std::collections::BTreeMap::new(),
+        progress: std::collections::BTreeMap::new(),
+        by_class: [
+            ("held".to_owned(), class(995, ("expired", 5))),
+            ("plain".to_owned(), class(900, ("offline", 100))),
+        ]
+        .into_iter()
+        .collect(),
+        latency: report.uplink.latency.clone(),
+    });
+    let verdict = judge(&report, &inputs());
+    let finding = verdict
+        .findings
+        .iter()
+        .find(|f| f.starts_with("held delivery"))
+        .expect("a held delivery finding");
+    assert!(finding.contains("(99.5 %)"), "{finding}");
+    assert!(finding.contains("(90.0 %)"), "{finding}");
 }

@@ -418,6 +418,7 @@ async fn read_until_closed<R: futures_lite::AsyncRead + Unpin>(
                             .downlink
                             .borrow_mut()
                             .record(car.saturating_sub(first_car), seq)
+                        && publish.topic() != payload::HELD_TOPIC
                     {
                         let _ = stats
                             .downlink_latency
