@@ -148,6 +148,12 @@ struct AdminArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     admin_exchange_timeout_secs: u64,
+    /// A file holding the admin token that GET /held/<client id> (the
+    /// requests held for a car, which carbridge-inspect asks for) needs;
+    /// CARBRIDGE_ADMIN_TOKEN instead. Without one, it answers on a
+    /// loopback admin address only.
+    #[arg(long)]
+    admin_token_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -201,16 +207,28 @@ fn main() -> anyhow::Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     let metrics = Arc::new(Metrics::default());
+    metrics.held_bytes_limit.store(
+        i64::try_from(config.hold_bounds.total_bytes).unwrap_or(i64::MAX),
+        Ordering::Relaxed,
+    );
     let ready = Arc::new(AtomicBool::new(false));
+    let (held_questions, held_lookups) = std::sync::mpsc::channel();
     if !cli.admin.admin_listen.is_empty() {
         let listen = &cli.admin.admin_listen;
         let addr = admin_endpoint(&cli.admin, &metrics, &ready)?
+            .lookup(
+                "/held/",
+                Box::new(move |client: &str, respond| {
+                    // The routing loop answers on its next turn.
+                    let _ = held_questions.send((client.to_owned(), respond));
+                }),
+            )
             .spawn(listen, stop.clone())
             .with_context(|| format!("admin endpoint on {listen}"))?;
         tracing::info!(%addr, "admin endpoint listening");
     }
     notify_systemd(metrics.clone(), ready.clone(), stop.clone());
-    let result = router::run::run(config, metrics.clone(), ready, stop.clone());
+    let result = router::run::run(config, metrics.clone(), ready, stop.clone(), held_lookups);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -244,8 +262,10 @@ fn admin_endpoint(
     );
     let rendered = metrics.clone();
     let beating = metrics.clone();
+    let token = ops::admin::Token::load(cli.admin_token_file.as_deref(), ops::admin::TOKEN_ENV)?;
     Ok(
         ops::admin::Endpoint::new(Box::new(move || rendered.render()), ready.clone())
+            .token(token)
             .heartbeats(ops::admin::Heartbeats::new(
                 vec!["routing loop".to_owned()],
                 Duration::from_secs(cli.liveness_timeout_secs),

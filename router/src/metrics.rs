@@ -69,6 +69,8 @@ pub struct Metrics {
     /// Requests held now, and their bytes (held.rs counts them).
     pub held: AtomicI64,
     pub held_bytes: AtomicI64,
+    /// `--hold-bytes`, for alerts on how full it is.
+    pub held_bytes_limit: AtomicI64,
     /// Requests that were held (new), released to their car, taken over
     /// from `mqtt.held`, refused by a bound.
     pub held_total: AtomicU64,
@@ -202,6 +204,11 @@ impl Metrics {
             "carbridge_router_held_bytes",
             "Bytes held now, as the --hold-bytes bound counts them.",
             gauge(&self.held_bytes),
+        );
+        page.gauge(
+            "carbridge_router_held_bytes_limit",
+            "The bound on held bytes (--hold-bytes).",
+            gauge(&self.held_bytes_limit),
         );
         page.counter(
             "carbridge_router_held_total",

@@ -442,11 +442,15 @@ pub fn partition_count<C: ConsumerContext, K: Consumer<C>>(
 
 /// Runs the router until `stop` is set. `ready` is set while every
 /// assigned partition's table is rebuilt.
+/// What the admin endpoint asks the loop: the requests held for a client.
+pub type HeldLookups = std::sync::mpsc::Receiver<(String, ops::admin::Respond)>;
+
 pub fn run(
     config: Config,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    held_lookups: HeldLookups,
 ) -> Result<(), Error> {
     let mut producer_config = client_config(&config, ops::kafka::for_producer);
     producer_config
@@ -573,6 +577,9 @@ pub fn run(
             }
         }
         ops::kafka::serve_events(&router.producer, 1024);
+        while let Ok((client, respond)) = held_lookups.try_recv() {
+            router.answer_held(&client, respond);
+        }
         if last_check.elapsed() >= Duration::from_millis(500) {
             last_check = Instant::now();
             router.check_rebuilds(&consumer);

@@ -2,7 +2,8 @@
 //! (2 shards) and a router, cars on raw MQTT sockets. A connected car
 //! shows its live session, the gateway's answer with what it published,
 //! and the receipt of a message sent to it; a car that left shows its
-//! ended session and the gateway's last close; a car never seen exits 1;
+//! ended session, the gateway's last close and what the router holds for
+//! it; a car never seen exits 1;
 //! an unreachable Kafka exits 2. (The TLS identity is shown by
 //! `gateway/tests/inspect.rs`: this harness's gateways are plain.)
 
@@ -108,7 +109,7 @@ fn the_inspector_shows_a_car_connected_gone_and_never_seen() {
         "gateway      CONNECTED on shard",
         "uplink       2 messages, 20 bytes",
         "written",
-        "held         router hold not available",
+        "held         not asked",
     ] {
         assert!(text.contains(line), "{line:?} missing from\n{text}");
     }
@@ -127,6 +128,50 @@ fn the_inspector_shows_a_car_connected_gone_and_never_seen() {
     let answer = &gone["gateway"]["answer"];
     assert_eq!(answer["connected"], false, "{gone}");
     assert_eq!(answer["previous_close"]["reason"], "disconnect", "{gone}");
+
+    // Gone, with a command held for it: the router shows it.
+    let held = Command::new(env!("CARGO_BIN_EXE_carbridge-send"))
+        .args(["--kafka-bootstrap", &stack.broker.bootstrap_servers()])
+        .args([
+            "--hold",
+            "--expires-in-secs",
+            "600",
+            "--receipt-timeout-secs",
+            "0",
+        ])
+        .args(["VIN-INSPECT-0002", "DL/UNLOCK", "open"])
+        .output()
+        .unwrap();
+    assert!(
+        held.status.success(),
+        "{}",
+        String::from_utf8_lossy(&held.stderr)
+    );
+    wait_until("the router to hold it", WAIT, || {
+        router.metric("carbridge_router_held_requests") == 1.0
+    });
+    let router_admin = router.admin().to_string();
+    let output = inspect(
+        &stack,
+        &gateway,
+        "VIN-INSPECT-0002",
+        &["--json", "--router-admin", &router_admin],
+    );
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["held_requests"]["available"], true, "{shown}");
+    let requests = shown["held_requests"]["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "{shown}");
+    assert_eq!(requests[0]["topic"], "DL/UNLOCK", "{shown}");
+    assert_eq!(requests[0]["payload_bytes"], 4, "{shown}");
+    let text = inspect(
+        &stack,
+        &gateway,
+        "VIN-INSPECT-0002",
+        &["--router-admin", &router_admin],
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("held         1 request(s)"), "{text}");
+    assert!(text.contains("DL/UNLOCK (4 bytes) until"), "{text}");
 
     // Never seen: exit 1.
     let (code, never) = report(&stack, &gateway, "VIN-NEVER-SEEN");

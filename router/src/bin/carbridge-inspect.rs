@@ -81,7 +81,15 @@ struct Cli {
     /// first.
     #[arg(long, value_delimiter = ',')]
     gateway_admin_list: Vec<String>,
-    /// A file holding the gateways' admin token.
+    /// The routers' admin addresses (host:port or http://host:port), to
+    /// ask each for the requests it holds for the car (GET /held/<id>):
+    /// every instance, as only the owner of the car's partition holds
+    /// them. On Kubernetes, each router pod's address (the router's
+    /// Deployment has no stable names), or one `kubectl port-forward` per
+    /// pod.
+    #[arg(long, env = "CARBRIDGE_ROUTER_ADMIN", value_delimiter = ',')]
+    router_admin: Vec<String>,
+    /// A file holding the admin token of the gateways and routers.
     #[arg(long, env = "CARBRIDGE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<std::path::PathBuf>,
     /// Seconds each Kafka request and the gateway's answer may take.
@@ -423,11 +431,36 @@ fn receipts(consumer: &BaseConsumer, cli: &Cli, deadline: Instant) -> anyhow::Re
     Ok(kept.into())
 }
 
-/// The router's requests held for the car, not yet delivered.
-// TODO(issue 25): ask the router for the car's held requests once held
-// delivery is in; until then there is nothing to ask.
-fn held_requests(_cli: &Cli) -> Option<Vec<Value>> {
-    None
+/// The requests the routers hold for the car, not yet delivered, oldest
+/// first; `None` when no router was given. A router that cannot be asked
+/// is reported among them as `{"router", "error"}`.
+fn held_requests(cli: &Cli, token: Option<&str>) -> Option<Vec<Value>> {
+    if cli.router_admin.is_empty() {
+        return None;
+    }
+    let path = format!("/held/{}", percent_encode(&cli.client));
+    let timeout = Duration::from_secs(cli.timeout_secs);
+    let mut held = Vec::new();
+    for router in &cli.router_admin {
+        let answer = http_get(router, &path, token, timeout).and_then(|(status, body)| {
+            anyhow::ensure!(status == 200, "HTTP {status}: {}", body.trim());
+            let answer: Value = serde_json::from_str(&body).context("reading its answer")?;
+            Ok(answer
+                .get("held")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default())
+        });
+        match answer {
+            Ok(requests) => held.extend(requests.into_iter().map(|mut request| {
+                set(&mut request, "router", json!(router));
+                request
+            })),
+            Err(error) => held.push(json!({"router": router, "error": format!("{error:#}")})),
+        }
+    }
+    held.sort_by_key(|request| request.get("offset").and_then(Value::as_i64));
+    Some(held)
 }
 
 /// The admin token for the gateways, if one is given.
@@ -467,7 +500,7 @@ fn report(cli: &Cli) -> anyhow::Result<(Value, bool)> {
         "known": known,
         "session": session,
         "gateway": slot.map(|slot| gateway(cli, slot, token.as_deref())),
-        "held_requests": match held_requests(cli) {
+        "held_requests": match held_requests(cli, token.as_deref()) {
             Some(held) => json!({"available": true, "requests": held}),
             None => json!({"available": false, "requests": []}),
         },

@@ -405,6 +405,43 @@ impl Router {
         }
     }
 
+    /// Answers the admin endpoint's `GET /held/<client>`: the requests
+    /// this instance holds for `client`, oldest first, and the partitions
+    /// it owns (the car's requests are held by the owner of its
+    /// partition).
+    pub(super) fn answer_held(&self, client: &str, respond: ops::admin::Respond) {
+        let mut owned: Vec<i32> = self.partitions.keys().copied().collect();
+        owned.sort_unstable();
+        let held: Vec<serde_json::Value> = self
+            .held
+            .iter()
+            .flat_map(|(partition, held)| {
+                held.for_client(client).map(move |request| {
+                    serde_json::json!({
+                        "partition": partition,
+                        "offset": request.offset,
+                        "topic": request.topic,
+                        "payload_bytes": request.payload.len(),
+                        "expires_ms": request.expires_ms,
+                        "timestamp_ms": request.timestamp_ms,
+                        "correlation_id": request
+                            .receipt
+                            .as_deref()
+                            .map(String::from_utf8_lossy),
+                    })
+                })
+            })
+            .collect();
+        respond.found(
+            serde_json::json!({
+                "client_id": client,
+                "partitions_owned": owned,
+                "held": held,
+            })
+            .to_string(),
+        );
+    }
+
     /// Forgets every held request (the partitions were revoked: the next
     /// owner reads them from `mqtt.held`).
     pub(super) fn forget_held(&mut self) {

@@ -231,11 +231,43 @@ pub(super) fn print_human(report: &Value, cli: &Cli) {
         print_gateway(gateway);
     }
     print_receipts(report, cli);
-    let held = report
-        .get("held_requests")
-        .and_then(|held| held.get("available"));
-    if held != Some(&Value::Bool(true)) {
-        println!("held         router hold not available");
+    print_held(report.get("held_requests"));
+}
+
+/// The requests the routers hold for the car.
+fn print_held(held: Option<&Value>) {
+    if held.and_then(|held| held.get("available")) != Some(&Value::Bool(true)) {
+        println!("held         not asked (give --router-admin to see what the routers hold)");
+        return;
+    }
+    let requests = held
+        .and_then(|held| held.get("requests"))
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if requests.is_empty() {
+        println!("held         none");
+        return;
+    }
+    println!("held         {} request(s), oldest first", requests.len());
+    for request in requests {
+        if let Some(error) = request.get("error").and_then(Value::as_str) {
+            let router = request.get("router").and_then(Value::as_str).unwrap_or("?");
+            println!("  router {router}: {error}");
+            continue;
+        }
+        let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
+        let expires = request
+            .get("expires_ms")
+            .and_then(Value::as_i64)
+            .map_or_else(|| "?".to_owned(), utc);
+        println!(
+            "  {}:{} {} ({} bytes) until {expires}, correlation id {}",
+            field("partition"),
+            field("offset"),
+            request.get("topic").and_then(Value::as_str).unwrap_or("?"),
+            field("payload_bytes"),
+            field("correlation_id"),
+        );
     }
 }
 
