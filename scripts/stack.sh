@@ -57,8 +57,8 @@
 #                    gateway-N-restarted.log). It takes no cars back by
 #                    itself: a churning car returns to the gateway it left
 #   STACK_HOLD=1     held delivery: the fleet's downlink asks for receipts,
-#                    expires after 10 s, every other message per car asks the
-#                    router to hold it (loadgen --hold 10), and cars come and
+#                    expires after 10 s, every other message asks the router
+#                    to hold it (loadgen --hold 10), and cars come and
 #                    go (--churn: a fiftieth of the fleet a second); the
 #                    verdict compares how much of each kind reached the cars
 #   STACK_GATEWAY_TOML whole tables appended to every gateway's settings

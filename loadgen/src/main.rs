@@ -219,7 +219,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 0.0)]
     churn: f64,
     /// Held delivery (needs --receipts): every downlink request expires
-    /// SECS after it is sent, and every other one per car asks the router
+    /// SECS after it is sent, and every other one sent asks the router
     /// to hold it while its car is away (header carbridge.hold, MQTT topic
     /// DL/LOAD/HELD; the others DL/LOAD, not held). With --churn the report
     /// compares the share of each class that reached its car. Held

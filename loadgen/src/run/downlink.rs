@@ -95,7 +95,8 @@ struct Asks {
     /// A receipt (`--receipts`).
     receipts: bool,
     /// `--hold SECS`: an expiry SECS ahead, and holding for every other
-    /// request of each car (even sequence numbers).
+    /// request sent (even counts: a fleet larger than the requests sent
+    /// gets each car one, so the class cannot follow a car's numbering).
     hold_secs: Option<u64>,
 }
 
@@ -132,7 +133,7 @@ fn send_downlink(
         let client = payload::client_id(car);
         let now = payload::now_us();
         let body = payload::encode(car, seq, now, payload::MIN_PAYLOAD);
-        let held = asks.hold_secs.is_some() && seq % 2 == 0;
+        let held = asks.hold_secs.is_some() && sent.load(Ordering::Relaxed) % 2 == 0;
         let mut headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
             value: Some(if held {
