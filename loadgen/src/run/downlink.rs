@@ -133,7 +133,7 @@ fn send_downlink(
         let client = payload::client_id(car);
         let now = payload::now_us();
         let body = payload::encode(car, seq, now, payload::MIN_PAYLOAD);
-        let held = asks.hold_secs.is_some() && sent.load(Ordering::Relaxed) % 2 == 0;
+        let held = asks.hold_secs.is_some() && sent.load(Ordering::Relaxed).is_multiple_of(2);
         let mut headers = OwnedHeaders::new().insert(Header {
             key: contract::HEADER_TOPIC,
             value: Some(if held {
