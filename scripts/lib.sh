@@ -14,6 +14,8 @@
 #   port_open PORT         something listens on 127.0.0.1:PORT
 #   await WHAT CMD...      runs CMD every 0.1 s until it succeeds, at most
 #                          30 s, else fails saying what it waited for
+#   await_secs SECS WHAT CMD...
+#                          the same, at most SECS seconds
 #   stat_ticks FILE        CPU time (user + system) in clock ticks of a
 #                          /proc/PID/stat or /proc/PID/task/TID/stat
 #   cpu_ms PID...          the CPU time (user + system) of processes so far, ms
@@ -25,10 +27,22 @@
 #                          memory://tansu/ unless given; tansu_pid is its
 #                          process; returns once it answers
 #   py MODULE ARGS...      runs scripts/py/MODULE.py with python3
-#   tls_gateway_toml ADDR PKI
+#   tls_gateway_toml ADDR PKI [TICKETS]
 #                          a gateway.toml with one mutual-TLS listener on
 #                          ADDR, its files from carbridge-testpki's PKI dir
-#                          (the car's certificate CN is its client id)
+#                          (the car's certificate CN is its client id), its
+#                          session-ticket keys from TICKETS (default
+#                          PKI/tickets)
+#   mosquitto_tls_conf PORT PKI
+#                          a mosquitto.conf with one mutual-TLS listener on
+#                          127.0.0.1:PORT and the same files
+#                          (require_certificate, use_identity_as_username)
+#   scrape ADDR            an admin endpoint's /metrics (nothing when it does
+#                          not answer within 2 s)
+#   metric SERIES          the value of SERIES (its name and labels exactly
+#                          as exposed) in the Prometheus text on stdin,
+#                          summed if it repeats, 0 if absent:
+#                          scrape ADDR | metric 'x_total{result="full"}'
 #
 # shellcheck shell=bash
 
@@ -83,11 +97,21 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 await() {
   local what=$1
   shift
-  for _ in $(seq 300); do
+  await_secs 30 "$what" "$@"
+}
+
+# A deadline rather than a count of tries: a command that takes a while
+# (a curl to a busy endpoint) does not stretch the bound.
+await_secs() {
+  local secs=$1 what=$2
+  shift 2
+  local end=$((SECONDS + secs))
+  while true; do
     if "$@" >/dev/null 2>&1; then return 0; fi
+    [ "$SECONDS" -lt "$end" ] || break
     sleep 0.1
   done
-  echo "$log_name: timed out waiting for $what${dir:+; see $dir}" >&2
+  echo "$log_name: timed out waiting for $what (${secs} s)${dir:+; see $dir}" >&2
   return 1
 }
 
@@ -166,9 +190,25 @@ cert = "$2/server.crt"
 key = "$2/server.key"
 client_auth = "required"
 client_ca = "$2/ca.crt"
-ticket_keys = "$2/tickets"
+ticket_keys = "${3:-$2/tickets}"
 EOF
 }
+
+mosquitto_tls_conf() {
+  cat <<EOF
+listener $1 127.0.0.1
+cafile $2/ca.crt
+certfile $2/server.crt
+keyfile $2/server.key
+require_certificate true
+use_identity_as_username true
+max_keepalive 65535
+EOF
+}
+
+scrape() { curl -fsS --max-time 2 "http://$1/metrics" 2>/dev/null || true; }
+
+metric() { awk -v s="$1" '$1 == s { v += $2 } END { printf "%.0f\n", v }'; }
 
 py() {
   local module=$1

@@ -70,15 +70,7 @@ EOF
 gateway=$!
 pids+=("$gateway")
 
-cat >"$dir/mosquitto.conf" <<EOF
-listener $mosquitto_port 127.0.0.1
-cafile $pki/ca.crt
-certfile $pki/server.crt
-keyfile $pki/server.key
-require_certificate true
-use_identity_as_username true
-max_keepalive 65535
-EOF
+mosquitto_tls_conf "$mosquitto_port" "$pki" >"$dir/mosquitto.conf"
 mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
 mosquitto=$!
 pids+=("$mosquitto")
