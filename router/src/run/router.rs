@@ -344,8 +344,19 @@ impl Router {
     }
 
     fn route<M: Message>(&mut self, consumer: &GroupConsumer, message: &M) {
-        bump(&self.metrics.received);
         let partition = message.partition();
+        if self
+            .held
+            .get(&partition)
+            .is_some_and(|held| held.decided(message.offset()))
+        {
+            // Read again after a takeover: held, or released, already
+            // (counted as adopted, not received; nor answered again, also
+            // if it expired since).
+            self.store(consumer, partition, message.offset());
+            return;
+        }
+        bump(&self.metrics.received);
         let request = contract::RequestRef {
             partition,
             offset: message.offset(),
@@ -403,15 +414,6 @@ impl Router {
         if expires.is_some_and(|at| contract::now_ms() > at) {
             self.metrics.dropped.bump(Dropped::Expired);
             answer(self, contract::Outcome::Expired);
-            self.store(consumer, partition, message.offset());
-            return;
-        }
-        if self
-            .held
-            .get(&partition)
-            .is_some_and(|held| held.decided(message.offset()))
-        {
-            // Read again after a takeover: held (or released) already.
             self.store(consumer, partition, message.offset());
             return;
         }
