@@ -123,10 +123,26 @@ fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
     };
     let socket = CarSocket::new(socket, control.clone());
     let (shard, door) = (shard.clone(), door.clone());
+    // A preamble runs in the shard's queue of preambles (below the
+    // connected cars); the car's task, once it is done, in the default one.
+    let preambles = shard.preambles;
     let task = match (&door.listener.proxy, &door.tls) {
-        (None, None) => glommio::spawn_local(task::start(socket, shard, peer, control)),
-        (None, Some(_)) => glommio::spawn_local(preamble::tls(socket, shard, door, peer, control)),
-        (Some(_), _) => glommio::spawn_local(preamble::proxied(socket, shard, door, peer, control)),
+        (None, None) => Ok(glommio::spawn_local(task::start(socket, shard, peer, control))),
+        (None, Some(_)) => glommio::spawn_local_into(
+            preamble::tls(socket, shard, door, peer, control),
+            preambles,
+        ),
+        (Some(_), _) => glommio::spawn_local_into(
+            preamble::proxied(socket, shard, door, peer, control),
+            preambles,
+        ),
     };
-    task.detach();
+    match task {
+        Ok(task) => {
+            task.detach();
+        }
+        // Only if the queue were removed; the socket closes with the
+        // dropped future, and its table entry with the shard.
+        Err(error) => tracing::error!(%error, "a new connection's task not started"),
+    }
 }

@@ -99,6 +99,13 @@ const FLUSH_BOUND: Duration = Duration::from_secs(8);
 /// allocation held by every idle car, none re-armed on every packet.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The preambles' task queue's shares, against the default queue's 1,000.
+const PREAMBLE_SHARES: usize = 100;
+/// How long the preambles may run before the executor looks at its other
+/// queues (and how long the connected cars wait for them at most, plus
+/// one handshake).
+const HANDSHAKE_SLICE: Duration = Duration::from_millis(5);
+
 struct Shard {
     id: usize,
     /// Wakes the poller (from any thread); `poller_idle` says whether it
@@ -149,6 +156,13 @@ struct Shard {
     /// The readiness task's gathering window now, and its bound (see
     /// [`readiness::Gather`]); the poller's busy ticks follow it.
     pub(super) gather: readiness::Gather,
+    /// The task queue of new connections' preambles (PROXY header, TLS
+    /// handshake): a tenth of the shard's CPU against the connected cars'
+    /// tasks when both have work, and the executor switches queues at
+    /// least every [`HANDSHAKE_SLICE`] while it has any. A reconnect storm
+    /// then delays a connected car's read by about that, not by the
+    /// storm's whole CPU.
+    pub(super) preambles: glommio::TaskQueueHandle,
     /// Set when connections outlived the close grace: stop waiting for them.
     abandoned: Cell<bool>,
     /// The origin of the shard's clock (see [`Shard::tick`]).
@@ -359,6 +373,11 @@ pub(crate) async fn serve(start: Start) -> Result<(), StartError> {
             drain_max: Duration::from_secs(config.drain.max_secs.max(1)),
             drain_linger: Duration::from_secs(config.drain.linger_secs),
             gather: readiness::Gather::new(Duration::from_millis(config.shard.gather_max_ms)),
+            preambles: glommio::executor().create_task_queue(
+                glommio::Shares::Static(PREAMBLE_SHARES),
+                glommio::Latency::Matters(HANDSHAKE_SLICE),
+                "preambles",
+            ),
             abandoned: Cell::new(false),
             epoch,
         };

@@ -2,7 +2,9 @@
 //! real address, and the identity a TLS-terminating proxy verified) and
 //! the TLS handshake (the identity in the car's certificate). Each ends in
 //! a [`Peer`], or in the connection's close; then [`super::task::start`]
-//! runs MQTT over what is left of the stream.
+//! runs MQTT over what is left of the stream, in a task of its own in the
+//! shard's default queue (the preamble's queue is below the connected
+//! cars', see `Shard::preambles`).
 
 use std::rc::Rc;
 
@@ -38,7 +40,7 @@ pub(super) async fn proxied(
     if door.tls.is_some() {
         tls(stream, shard, door, peer, control).await;
     } else {
-        task::start(stream, shard, peer, control).await;
+        glommio::spawn_local(task::start(stream, shard, peer, control)).detach();
     }
 }
 
@@ -100,7 +102,7 @@ async fn proxy_header(
 /// A connection on a TLS listener: the handshake on this shard, bounded by
 /// the connect timeout, the car's identity from its verified certificate,
 /// then the car's connection over TLS.
-pub(super) async fn tls<S: task::CarStream>(
+pub(super) async fn tls<S: task::CarStream + 'static>(
     stream: S,
     shard: Rc<Shard>,
     door: Rc<Door>,
@@ -108,7 +110,9 @@ pub(super) async fn tls<S: task::CarStream>(
     control: Rc<Control>,
 ) {
     match handshake(stream, &shard, &door, peer).await {
-        Some((stream, peer)) => task::start(stream, shard, peer, control).await,
+        Some((stream, peer)) => {
+            glommio::spawn_local(task::start(stream, shard, peer, control)).detach();
+        }
         None => shard.table.close(control.id, None),
     }
 }
