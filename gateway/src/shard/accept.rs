@@ -127,11 +127,12 @@ fn enter(socket: std::net::TcpStream, shard: &Rc<Shard>, door: &Rc<Door>) {
     // connected cars); the car's task, once it is done, in the default one.
     let preambles = shard.preambles;
     let task = match (&door.listener.proxy, &door.tls) {
-        (None, None) => Ok(glommio::spawn_local(task::start(socket, shard, peer, control))),
-        (None, Some(_)) => glommio::spawn_local_into(
-            preamble::tls(socket, shard, door, peer, control),
-            preambles,
-        ),
+        (None, None) => Ok(glommio::spawn_local(task::start(
+            socket, shard, peer, control,
+        ))),
+        (None, Some(_)) => {
+            glommio::spawn_local_into(preamble::tls(socket, shard, door, peer, control), preambles)
+        }
         (Some(_), _) => glommio::spawn_local_into(
             preamble::proxied(socket, shard, door, peer, control),
             preambles,
