@@ -92,6 +92,10 @@ pub struct Held {
     /// released since: a request read again from `cs.downlink` (its
     /// offset was not committed yet) is not decided twice.
     adopted: HashSet<i64>,
+    /// Offsets this router released or answered whose deletion it has
+    /// written but not read back yet: their held record, read back
+    /// meanwhile, is not taken again.
+    done: HashSet<i64>,
     bytes: usize,
 }
 
@@ -119,10 +123,31 @@ impl Held {
         self.contains(offset) || self.adopted.contains(&offset)
     }
 
-    /// Takes over a request a predecessor held (read from `mqtt.held`).
+    /// Takes over a request read from `mqtt.held`, unless it is held
+    /// already (this router's own record, read back) or this router has
+    /// finished with it. Returns the bytes added.
     pub fn adopt(&mut self, client: &str, request: Request) -> usize {
-        self.adopted.insert(request.offset);
-        self.insert(client, request)
+        if self.done.contains(&request.offset) {
+            return 0;
+        }
+        let offset = request.offset;
+        let size = self.insert(client, request);
+        if size > 0 {
+            self.adopted.insert(offset);
+        }
+        size
+    }
+
+    /// This router finished with the request at `offset` and wrote its
+    /// deletion.
+    pub fn finish(&mut self, offset: i64) {
+        self.done.insert(offset);
+    }
+
+    /// The deletion of the request at `offset` was read back: its held
+    /// record cannot come again.
+    pub fn deleted(&mut self, offset: i64) {
+        self.done.remove(&offset);
     }
 
     pub fn holds_for(&self, client: &str) -> bool {
@@ -256,6 +281,14 @@ mod tests {
         held.adopt("C", request(50, 10, 1_000));
         held.remove(50);
         assert!(held.decided(50) && !held.contains(50) && !held.decided(51));
+        // Its own record read back while held changes nothing...
+        assert_eq!(held.adopt("A", request(12, 10, 2_000)), 0);
+        // ... nor once finished, until its deletion is read back.
+        held.remove(45);
+        held.finish(45);
+        assert_eq!(held.adopt("A", request(45, 10, 500)), 0);
+        held.deleted(45);
+        assert!(held.adopt("A", request(45, 10, 500)) > 0);
         assert_eq!(held.len(), 4);
         let per = request(0, 10, 0).size("A");
         assert_eq!(held.bytes(), 4 * per);

@@ -174,9 +174,9 @@ impl ConsumerContext for RouterContext {
                 if let Err(error) = consumer.pause(&downlink) {
                     tracing::error!(%error, "pausing downlink partitions failed");
                 }
-                // A held partition this instance owned before was paused
-                // once rebuilt, and librdkafka keeps a partition's pause
-                // across assignments: read it again.
+                // Held partitions are read from their beginning; none is
+                // paused (librdkafka would keep a pause across
+                // assignments), but make sure.
                 if let Err(error) = consumer.resume(&held) {
                     tracing::error!(%error, "resuming held partitions failed");
                 }

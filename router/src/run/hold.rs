@@ -327,8 +327,11 @@ impl Router {
     }
 
     /// Writes the deletion (a tombstone: no value, no headers) of a held
-    /// request.
-    fn delete_held(&self, partition: i32, client: &str, offset: i64) {
+    /// request, and remembers it until it is read back.
+    fn delete_held(&mut self, partition: i32, client: &str, offset: i64) {
+        if let Some(held) = self.held.get_mut(&partition) {
+            held.finish(offset);
+        }
         let key = held_key(client, offset);
         let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&self.config.held_topic, 0)
             .partition(partition)
@@ -336,9 +339,16 @@ impl Router {
         self.send(record, Kind::Held);
     }
 
-    /// Applies a record of `mqtt.held` read while its partition is
-    /// rebuilt: a held request is adopted, a deletion removes it.
+    /// Applies a record of `mqtt.held`: a held request is adopted, a
+    /// deletion removes it. During a rebuild these are a predecessor's;
+    /// after it, mostly this router's own, read back (adopting them
+    /// changes nothing), and any a predecessor wrote past the end the
+    /// broker reported, which are released at once if their car can take
+    /// them.
     pub(super) fn apply_held<M: Message>(&mut self, partition: i32, message: &M) {
+        if !self.partitions.contains_key(&partition) {
+            return;
+        }
         let Some((client, offset)) = message
             .key()
             .and_then(|key| std::str::from_utf8(key).ok())
@@ -365,6 +375,9 @@ impl Router {
         }
         if !marked {
             self.unhold(partition, offset);
+            if let Some(held) = self.held.get_mut(&partition) {
+                held.deleted(offset);
+            }
             return;
         }
         let (Some(topic), Some(expires_ms)) = (topic, expires) else {
@@ -390,6 +403,10 @@ impl Router {
             .adopt(client, request);
         if size > 0 {
             self.account(1, size, true);
+            if matches!(self.partitions.get(&partition), Some(Partition::Ready(_))) {
+                bump(&self.metrics.held_adopted);
+                self.release(partition, client);
+            }
         }
     }
 

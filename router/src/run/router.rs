@@ -183,12 +183,7 @@ impl Router {
         if registry || message.topic() == self.config.held_topic {
             if registry {
                 self.apply_record(partition, message);
-            } else if matches!(
-                self.partitions.get(&partition),
-                Some(Partition::Rebuilding { .. })
-            ) {
-                // Once rebuilt, this router writes the partition and
-                // stops reading it.
+            } else {
                 self.apply_held(partition, message);
             }
             if let Some(Partition::Rebuilding {
@@ -259,13 +254,10 @@ impl Router {
         self.metrics
             .held_adopted
             .fetch_add(adopted as u64, Ordering::Relaxed);
-        // This router writes the partition's held requests from now on;
-        // reading its own writes back would only repeat them.
-        let mut held = TopicPartitionList::new();
-        held.add_partition(&self.config.held_topic, partition);
-        if let Err(error) = consumer.pause(&held) {
-            tracing::warn!(partition, %error, "pausing the held partition failed");
-        }
+        // `mqtt.held` is read on: a broker may report an end inside its
+        // last batch (tansu 0.6.0 does), and what follows is still a
+        // predecessor's; this router's own records come back and change
+        // nothing (hold.rs, `apply_held`).
         self.partitions.insert(partition, Partition::Ready(table));
         // What was held, before what waited: Kafka order per car.
         self.release_all(partition);
