@@ -87,7 +87,10 @@ fn a_drained_gateways_cars_move_to_the_other_and_lose_nothing() {
         "{in_topic:?}; sent: {:?}",
         report.uplink
     );
-    assert_eq!(report.uplink.duplicates, 0, "{:?}", report.uplink);
+    // Duplicates too: the live read once saw a record twice (06:17 on
+    // 2026-12-07, the suite alone; lost 1, duplicated 1) where the topic
+    // held each once.
+    assert_eq!(in_topic.duplicates, 0, "{in_topic:?}");
     assert_eq!(report.connect.connected, CARS + 300, "{:?}", report.connect);
     assert_eq!(
         metric(
