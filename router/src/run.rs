@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset};
@@ -47,7 +47,7 @@ mod commit;
 mod hold;
 mod router;
 
-use commit::{InFlight, Kind};
+use commit::{InFlight, RoutedContext};
 
 /// Bound on metadata and offset requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,45 +272,6 @@ impl RouterContext {
         self.changes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Counts what Kafka did with routed records, notices and receipts, and
-/// strikes them off the records in flight.
-struct RoutedContext {
-    metrics: Arc<Metrics>,
-    in_flight: Arc<InFlight>,
-}
-
-impl ClientContext for RoutedContext {}
-
-impl ProducerContext for RoutedContext {
-    /// [`commit::opaque`]: the record's kind and sequence number.
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let (kind, seq) = commit::parse(opaque);
-        self.in_flight.end(seq);
-        match (result, kind) {
-            (Ok(_), Kind::Routed) => bump(&self.metrics.acked),
-            (Err((error, _)), Kind::Routed) => {
-                bump(&self.metrics.failed);
-                tracing::warn!(%error, "routed record lost");
-            }
-            (Err((error, _)), Kind::Receipt) => {
-                bump(&self.metrics.receipts_failed);
-                tracing::warn!(%error, "receipt lost");
-            }
-            (Err((error, _)), Kind::Held) => {
-                bump(&self.metrics.held_records_failed);
-                tracing::warn!(
-                    %error,
-                    "held record or its deletion lost: a successor may not see this change"
-                );
-            }
-            (Err((error, _)), _) => tracing::warn!(%error, "takeover notice lost"),
-            (Ok(_), _) => {}
-        }
     }
 }
 

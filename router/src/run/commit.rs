@@ -16,11 +16,14 @@
 //! (`RouterContext::rebalance`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::Offset;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientContext, Offset};
+
+use crate::metrics::{Metrics, bump};
 
 /// How often stored offsets are committed (librdkafka's auto-commit
 /// default, which the router used before).
@@ -169,6 +172,45 @@ impl Commits {
             let _ = list.add_partition_offset(topic, partition, Offset::Offset(offset + 1));
         }
         Some(list)
+    }
+}
+
+/// Counts what Kafka did with routed records, notices and receipts, and
+/// strikes them off the records in flight.
+pub(super) struct RoutedContext {
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) in_flight: Arc<InFlight>,
+}
+
+impl ClientContext for RoutedContext {}
+
+impl ProducerContext for RoutedContext {
+    /// [`opaque`]: the record's kind and sequence number.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (kind, seq) = parse(opaque);
+        self.in_flight.end(seq);
+        match (result, kind) {
+            (Ok(_), Kind::Routed) => bump(&self.metrics.acked),
+            (Err((error, _)), Kind::Routed) => {
+                bump(&self.metrics.failed);
+                tracing::warn!(%error, "routed record lost");
+            }
+            (Err((error, _)), Kind::Receipt) => {
+                bump(&self.metrics.receipts_failed);
+                tracing::warn!(%error, "receipt lost");
+            }
+            (Err((error, _)), Kind::Held) => {
+                bump(&self.metrics.held_records_failed);
+                tracing::warn!(
+                    %error,
+                    "held record or its deletion lost: a successor may not see this change"
+                );
+            }
+            (Err((error, _)), _) => tracing::warn!(%error, "takeover notice lost"),
+            (Ok(_), _) => {}
+        }
     }
 }
 

@@ -139,23 +139,12 @@ impl Router {
         let partition = routed.request.partition;
         let router_bytes =
             usize::try_from(self.metrics.held_bytes.load(Ordering::Relaxed)).unwrap_or(0);
-        let admitted = self.held.get(&partition).map_or_else(
-            || {
-                Held::default().admits(
-                    routed.client,
-                    &request,
-                    &self.config.hold_bounds,
-                    router_bytes,
-                )
-            },
-            |held| {
-                held.admits(
-                    routed.client,
-                    &request,
-                    &self.config.hold_bounds,
-                    router_bytes,
-                )
-            },
+        let nothing = Held::default();
+        let admitted = self.held.get(&partition).unwrap_or(&nothing).admits(
+            routed.client,
+            &request,
+            &self.config.hold_bounds,
+            router_bytes,
         );
         if let Err(full) = admitted {
             self.metrics.hold_refused.bump(match full {
