@@ -107,6 +107,11 @@ struct RunArgs {
     /// sequence number and send time).
     #[arg(long, default_value_t = 64)]
     payload_size: usize,
+    /// MQTT keep-alive each car asks for, seconds; a car with nothing
+    /// else to send sends PINGREQ this often, as real clients do.
+    /// Default: three publish intervals, at least 60 s.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    keep_alive_secs: Option<u16>,
     /// Uplink MQTT topic; {shard} is replaced in peer mode.
     #[arg(long, default_value = "UL/POS")]
     topic: String,
@@ -395,6 +400,7 @@ fn main() -> anyhow::Result<()> {
         targets,
         connect_rate: args.connect_rate,
         publish_interval_ms: args.publish_interval_ms,
+        keep_alive_secs: args.keep_alive_secs,
         payload_size: args.payload_size,
         topic: args.topic,
         subscribe: (!args.no_subscribe).then_some(subscribe),

@@ -44,6 +44,10 @@ pub struct Plan {
     /// This worker's share of the connect rate, cars per second.
     pub connect_rate: f64,
     pub publish_interval_ms: u64,
+    /// The keep-alive asked for in CONNECT; `None`: three publish
+    /// intervals, at least 60 s.
+    #[serde(default)]
+    pub keep_alive_secs: Option<u16>,
     pub payload_size: usize,
     /// Uplink topic; `{car}` and `{shard}` are replaced.
     pub topic: String,
@@ -294,6 +298,7 @@ mod tests {
             cars_per_source,
             connect_rate: 1.0,
             publish_interval_ms: 1000,
+            keep_alive_secs: None,
             payload_size: 64,
             topic: String::new(),
             shards: 1,

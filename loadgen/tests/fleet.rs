@@ -165,3 +165,45 @@ fn peer_mode_measures_any_mqtt_server() {
     assert_eq!(down.received, down.sent, "{down:?}");
     drop(mosquitto);
 }
+
+/// Cars with nothing to publish within their keep-alive send PINGREQ, as
+/// real clients do, and so keep their connections: the gateway closes a
+/// car silent for one and a half keep-alives (3 s here), and the measured
+/// window is three times that.
+#[test]
+fn quiet_cars_keep_their_connections_with_pings() {
+    let broker = Broker::start();
+    topics(&broker, 2, 2);
+    let (_gateway, mqtt) = gateway(&broker, 0, None);
+    let report = common::Fleet::start(
+        &broker,
+        &[mqtt],
+        &[
+            "--cars",
+            "30",
+            "--publish-interval-ms",
+            "3600000",
+            "--keep-alive-secs",
+            "2",
+            "--no-subscribe",
+            "--warmup-secs",
+            "2",
+            "--duration-secs",
+            "9",
+        ],
+    )
+    .report();
+    assert_eq!(report.connect.connected, 30, "{:?}", report.connect);
+    assert_eq!(report.connect.failed, 0, "{:?}", report.connect);
+    assert_eq!(report.dropped_connections, 0, "a quiet car was closed");
+    // Every second of the measured window found all of them connected.
+    let end = report.warmup_secs + report.measured_secs;
+    let connected: Vec<u64> = report
+        .timeline
+        .iter()
+        .filter(|tick| !tick.warmup && tick.t < end)
+        .map(|tick| tick.connected)
+        .collect();
+    assert!(connected.len() >= 6, "{connected:?}");
+    assert!(connected.iter().all(|&n| n == 30), "{connected:?}");
+}

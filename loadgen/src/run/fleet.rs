@@ -129,6 +129,7 @@ impl Fleet {
                 churn_period_secs: (options.churn > 0.0)
                     .then(|| options.cars as f64 / options.churn),
                 publish_interval_ms: options.publish_interval_ms,
+                keep_alive_secs: options.keep_alive_secs,
                 payload_size: options.payload_size,
                 topic: options.topic.clone(),
                 shards: options.shards(),

@@ -44,6 +44,7 @@ pub struct Options {
     pub targets: Vec<SocketAddr>,
     pub connect_rate: f64,
     pub publish_interval_ms: u64,
+    pub keep_alive_secs: Option<u16>,
     pub payload_size: usize,
     pub topic: String,
     pub subscribe: Option<String>,

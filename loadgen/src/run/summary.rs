@@ -218,6 +218,7 @@ mod tests {
             targets: Vec::new(),
             connect_rate: 50.0,
             publish_interval_ms: 500,
+            keep_alive_secs: None,
             payload_size: 64,
             topic: "UL/POS".to_owned(),
             subscribe: None,

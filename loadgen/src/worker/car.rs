@@ -240,7 +240,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     seq: &mut u64,
 ) -> Ended {
     let interval = Duration::from_millis(plan.publish_interval_ms.max(1));
-    let keep_alive = u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX);
+    let keep_alive = plan
+        .keep_alive_secs
+        .unwrap_or_else(|| u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX));
     let mut input = BytesMut::new();
     let connected = mqtt_connect(&mut stream, client_id, keep_alive, &mut input);
     let timeout = async {
@@ -295,6 +297,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
                 .max(1),
     );
     let mut next = Instant::now() + offset;
+    // A car with nothing to publish within its keep-alive sends PINGREQ,
+    // as real clients do. The first at a point spread by car within one
+    // keep-alive: a fleet's cars did not all connect in the same second.
+    let ping_every = Duration::from_secs(u64::from(keep_alive.max(1)));
+    let mut ping_at = Instant::now()
+        + Duration::from_millis(
+            car.wrapping_mul(0x85EB_CA6B)
+                % u64::try_from(ping_every.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+        );
     // With churn: leave after 0.5–1.5 periods (spread by car and by
     // connection), to come back shortly.
     let leave_at = plan.churn_period_secs.map(|period| {
@@ -320,10 +333,26 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
             left = true;
             break;
         }
+        if now >= ping_at && now < next {
+            if writer.write_all(&codec::packet::PINGREQ).await.is_err()
+                || writer.flush().await.is_err()
+            {
+                failed = true;
+                break;
+            }
+            ping_at = now + ping_every;
+            continue;
+        }
         if now < next {
             // Wake at least every second: the run may end (or be stopped)
             // long before a slow car's next publish.
-            sleep((next - now).min(end_at - now).min(Duration::from_secs(1))).await;
+            let wake = next.min(ping_at);
+            sleep(
+                wake.saturating_duration_since(now)
+                    .min(end_at - now)
+                    .min(Duration::from_secs(1)),
+            )
+            .await;
             continue;
         }
         *seq += 1;
@@ -349,6 +378,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         }
         bump(&stats.uplink_sent);
         next += interval;
+        ping_at = Instant::now() + ping_every;
     }
     if failed {
         bump(&stats.dropped_connections);
