@@ -76,8 +76,8 @@
 #   STACK_PROFILE, STACK_BROKER: passed to both stacks
 #   STACK_SHARDS     shards per gateway (default 1: four gateways share the
 #                    2 cores here)
-#   STACK_FETCH_WAIT_MS  the components' fetch wait (default 20, their own
-#                    default, rather than the main job's 2: the local
+#   STACK_FETCH_WAIT_MS  the components' fetch wait (default 20, rather
+#                    than the main job's 2: the local
 #                    brokers answer an empty fetch only when the wait is
 #                    over, so at 2 ms a dozen consumers per stack keep a
 #                    broker and the machine busy with empty fetches, and a

@@ -88,7 +88,8 @@
 #                    (default 2): both local brokers answer an empty fetch
 #                    only when the whole wait is over (Kafka answers as soon
 #                    as a record arrives), so each downlink hop costs up to
-#                    this much here; 20 is the components' own default
+#                    this much here; the components' own default is 500
+#                    (librdkafka's, right for Kafka)
 #   STACK_BRIDGE_BIN a directory holding other gateway and router binaries
 #                    to run instead of this build's (loadgen and the rest
 #                    stay this build's): how scripts/receipts-bench.sh

@@ -448,11 +448,13 @@ pub fn run(
         // A new group starts at the end: downlink is realtime data.
         .set("auto.offset.reset", "latest")
         .set("session.timeout.ms", config.session_timeout_ms.to_string());
-    // Long-poll briefly; `-X fetch.wait.max.ms=` overrides it (brokers that
-    // answer an empty fetch only after the whole wait, as tansu and the
-    // mock cluster do, make each downlink hop cost up to this much).
+    // Kafka answers a waiting fetch as soon as a record arrives, so the
+    // wait costs no latency there (librdkafka's default, 500 ms).
+    // `-X fetch.wait.max.ms=` overrides it: brokers that answer an empty
+    // fetch only after the whole wait, as tansu and the mock cluster do,
+    // make each downlink hop cost up to this much (docs/operations.md).
     if !config.kafka_properties.contains_key("fetch.wait.max.ms") {
-        consumer_config.set("fetch.wait.max.ms", "20");
+        consumer_config.set("fetch.wait.max.ms", "500");
     }
     let consumer: BaseConsumer<RouterContext> = consumer_config
         .create_with_context(RouterContext {

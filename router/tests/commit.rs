@@ -78,7 +78,8 @@ fn an_offset_is_committed_only_once_its_routed_record_is_in_kafka() {
             .args(["--kafka-bootstrap", &bootstrap])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--session-timeout-ms", "6000", "--orphan-after-ms", "0"])
-            .args(["--log-format", "json", "--log-filter", "info,router=debug"]),
+            .args(["--log-format", "json", "--log-filter", "info,router=debug"])
+            .args(testkit::ROUTER_ON_TANSU),
     )
     .with_admin(admin);
     router.wait_ready();

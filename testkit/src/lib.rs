@@ -348,8 +348,20 @@ fn tansu_binary() -> PathBuf {
 
 /// Arguments for a gateway binary that produces to tansu: tansu 0.6.0
 /// leaves some of an idempotent producer's records unacknowledged, so the
-/// gateway's default (idempotent) is turned off against it.
-pub const GATEWAY_ON_TANSU: [&str; 2] = ["-X", "enable.idempotence=false"];
+/// gateway's default (idempotent) is turned off against it; and the fetch
+/// wait of [`ROUTER_ON_TANSU`].
+pub const GATEWAY_ON_TANSU: [&str; 4] =
+    ["-X", "enable.idempotence=false", "-X", FETCH_WAIT_ON_TANSU];
+
+/// Arguments for a router binary on tansu (or librdkafka's mock cluster).
+/// Both answer a fetch that finds nothing only when its whole wait is over,
+/// even if a record arrives meanwhile; Kafka answers it as soon as one
+/// does. So the binaries' default wait (500 ms, right for Kafka) would
+/// delay each downlink hop by up to that much here.
+pub const ROUTER_ON_TANSU: [&str; 2] = ["-X", FETCH_WAIT_ON_TANSU];
+
+/// The downlink consumers' fetch wait on tansu: see [`ROUTER_ON_TANSU`].
+pub const FETCH_WAIT_ON_TANSU: &str = "fetch.wait.max.ms=20";
 
 /// One consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]

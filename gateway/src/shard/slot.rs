@@ -94,9 +94,15 @@ impl SlotConsumer {
         let mut client = ClientConfig::new();
         client
             .set("client.id", format!("carbridge-gateway-slot-{slot}"))
-            // A routed message is waiting for a car: fetch as soon as any
-            // byte is there, and long-poll briefly.
-            .set("fetch.wait.max.ms", "20")
+            // A routed message is waiting for a car: answered as soon as
+            // any byte is there. Kafka holds a fetch that finds nothing
+            // until a record arrives or this wait ends, so a longer wait
+            // costs no latency, and an idle slot asks twice a second, not
+            // 50 times (at 20 ms this consumer was over half of an idle
+            // gateway's CPU). Brokers that answer only when the whole wait
+            // is over (tansu, librdkafka's mock cluster) need a short one:
+            // `-X fetch.wait.max.ms=20` (docs/operations.md).
+            .set("fetch.wait.max.ms", "500")
             .set("fetch.min.bytes", "1");
         for (key, value) in &config.kafka.properties {
             if ops::kafka::for_consumer(key) {

@@ -28,6 +28,10 @@ pub fn config(broker: &Broker, shards: usize) -> Config {
         .properties
         .insert("enable.idempotence".to_owned(), "false".to_owned());
     config
+        .kafka
+        .properties
+        .insert("fetch.wait.max.ms".to_owned(), "20".to_owned());
+    config
 }
 
 /// Resident memory of process `pid` (`VmRSS`), in KiB.

@@ -31,7 +31,8 @@ pub fn router(broker: &Broker) -> Proc {
         "router",
         Command::new(workspace_binary("router"))
             .args(["--kafka-bootstrap", &broker.bootstrap_servers()])
-            .args(["--admin-listen", &admin.to_string()]),
+            .args(["--admin-listen", &admin.to_string()])
+            .args(testkit::ROUTER_ON_TANSU),
     )
     .with_admin(admin);
     router.wait_ready();

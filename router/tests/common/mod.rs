@@ -63,6 +63,7 @@ impl Stack {
                 // that stops heartbeating loses its partitions within 6 s.
                 .args(["--session-timeout-ms", "6000"])
                 .args(["--log-format", "json", "--log-filter", "info,router=debug"])
+                .args(testkit::ROUTER_ON_TANSU)
                 .args(flags),
         )
         .with_admin(admin);
