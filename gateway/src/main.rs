@@ -242,6 +242,11 @@ fn main() -> anyhow::Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("installing the SIGHUP handler")?;
+    // Each of those signals also writes a byte here, so the loop below
+    // sleeps until one comes (or its next check is due) instead of napping
+    // 50 ms at a time: an idle gateway's main thread woke 20 times a second
+    // for nothing, 0.1 % of a core on the test machine.
+    let signalled = Signalled::new()?;
     let gateway = Gateway::start(config)?;
     tracing::info!(
         listeners = ?gateway.local_addrs(),
@@ -305,7 +310,15 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Draining: the open connections are counted every 50 ms. Else
+        // nothing is due before a signal but the watchdog, and a stop the
+        // gateway asks for itself (`shutdown_flag`), looked at every second.
+        let nap = if drained_by.is_some() {
+            Duration::from_millis(50)
+        } else {
+            watchdog.map_or(IDLE_NAP, |every| every.min(IDLE_NAP))
+        };
+        signalled.wait(nap);
     }
     tracing::info!("stopping");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -320,4 +333,54 @@ fn main() -> anyhow::Result<()> {
         "stopped"
     );
     Ok(result?)
+}
+
+/// Longest the main loop sleeps while no signal comes.
+const IDLE_NAP: Duration = Duration::from_secs(1);
+
+/// A socket pair that SIGTERM, SIGINT and SIGHUP write a byte to, beside
+/// setting their flags: something the main loop can sleep on.
+struct Signalled {
+    read: std::os::unix::net::UnixStream,
+}
+
+impl Signalled {
+    fn new() -> anyhow::Result<Self> {
+        let (read, write) =
+            std::os::unix::net::UnixStream::pair().context("creating the signal socket pair")?;
+        read.set_nonblocking(true)
+            .context("creating the signal socket pair")?;
+        for signal in [
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ] {
+            let write = write
+                .try_clone()
+                .context("creating the signal socket pair")?;
+            signal_hook::low_level::pipe::register(signal, write)
+                .context("installing signal handlers")?;
+        }
+        Ok(Self { read })
+    }
+
+    /// Sleeps until a signal comes or `most` has passed, and forgets the
+    /// signals' bytes (their flags say which came).
+    fn wait(&self, most: Duration) {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::try_from(most.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(most.subsec_nanos()),
+        };
+        let fd = self.read.as_fd();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        // EINTR (a signal came) is a wake-up like any other.
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        let mut bytes = [0u8; 64];
+        while matches!((&self.read).read(&mut bytes), Ok(n) if n > 0) {}
+    }
 }

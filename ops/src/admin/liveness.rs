@@ -2,11 +2,11 @@
 //!
 //! Each loop bumps a counter every turn (its heartbeat: the gateway's
 //! shard pollers, the router's routing loop; the systemd watchdog reads the
-//! same counters). The admin thread reads them ten times a second and
-//! notes when each last changed; a loop whose counter has not changed for
-//! longer than the liveness timeout is stalled. A counter still at 0 is a
-//! loop that has not started: that is readiness' business, not judged
-//! here. The judging takes the time as an argument, so the tests below
+//! same counters). The admin thread reads them once a second (and on each
+//! probe) and notes when each last changed; a loop whose counter has not
+//! changed for longer than the liveness timeout is stalled. A counter
+//! still at 0 is a loop that has not started: that is readiness'
+//! business, not judged here. The judging takes the time as an argument, so the tests below
 //! run on synthetic instants.
 
 use std::fmt::Write;

@@ -210,7 +210,7 @@ impl Endpoint {
     }
 
     /// Binds `addr` and serves on a thread of its own until `stop` is set
-    /// (looked at ten times a second); the address it listens on.
+    /// (looked at once a second); the address it listens on.
     pub fn spawn(self, addr: &str, stop: Arc<AtomicBool>) -> Result<SocketAddr, AdminError> {
         let bind_error = |source| AdminError::Bind {
             addr: addr.to_owned(),

@@ -204,7 +204,7 @@ impl Routes {
         }
     }
 
-    /// Reads the heartbeats (the server calls it ten times a second).
+    /// Reads the heartbeats (the server calls it once a second).
     pub(crate) fn look(&self, now: Instant) {
         if let Some(watch) = &self.liveness {
             watch.borrow_mut().look(now);
