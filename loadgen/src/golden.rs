@@ -95,6 +95,7 @@ pub(crate) fn full() -> Report {
             asked_rate: 20_000.0,
             achieved_rate: 13_417.239,
             latency: latency(3.7, 11_998),
+            failed_by: Default::default(),
         },
         uplink: FlowStats {
             asked_rate: 1_200.0,
@@ -156,6 +157,7 @@ pub(crate) fn bare() -> Report {
             asked_rate: 100.0,
             achieved_rate: 97.5,
             latency: latency(0.4, 10),
+            failed_by: Default::default(),
         },
         uplink: FlowStats {
             asked_rate: 1.0,

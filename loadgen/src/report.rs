@@ -106,6 +106,53 @@ pub struct ConnectStats {
     pub achieved_rate: f64,
     /// From the start of the TCP connect to the CONNACK.
     pub latency: Latency,
+    /// Why the failed ones failed.
+    #[serde(default, skip_serializing_if = "ConnectFailures::is_empty")]
+    pub failed_by: ConnectFailures,
+}
+
+/// Failed connects by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectFailures {
+    /// The TCP connect could not be started (no port, no descriptor).
+    pub socket: u64,
+    /// The TLS handshake failed or took over 10 s (or, with resumption,
+    /// the session primed for it did).
+    pub tls: u64,
+    /// The server closed the connection, or answered the CONNECT with
+    /// anything but an accepting CONNACK.
+    pub refused: u64,
+    /// No CONNACK within 10 s of the CONNECT.
+    pub no_connack: u64,
+}
+
+impl ConnectFailures {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Self) {
+        self.socket += other.socket;
+        self.tls += other.tls;
+        self.refused += other.refused;
+        self.no_connack += other.no_connack;
+    }
+
+    /// "2 no CONNACK within 10 s, 1 refused", or "" with none.
+    pub fn describe(&self) -> String {
+        [
+            (self.socket, "could not start the TCP connect"),
+            (self.tls, "TLS handshake failed"),
+            (self.refused, "refused or closed"),
+            (self.no_connack, "no CONNACK within 10 s"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 /// One direction of messages: uplink (cars → Kafka or the peer's

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use testkit::link::{Link, LinkProxy};
 
 use crate::payload::{self, Arrivals};
+use crate::report::ConnectFailures;
 use crate::stats::{Buckets, histogram};
 
 mod car;
@@ -95,6 +96,9 @@ pub struct WorkerTick {
     pub connected_now: u64,
     pub connects: u64,
     pub connect_failures: u64,
+    /// The same failures by cause.
+    #[serde(default)]
+    pub failed_by: ConnectFailures,
     pub connect_latency: Buckets,
     /// When the first and the latest CONNACK of this worker arrived (µs
     /// since the epoch; 0 before any).
@@ -119,6 +123,7 @@ struct Stats {
     connected_now: Cell<u64>,
     connects: Cell<u64>,
     connect_failures: Cell<u64>,
+    failed_by: Cell<ConnectFailures>,
     connect_latency: RefCell<Histogram<u64>>,
     first_connack_us: Cell<u64>,
     last_connack_us: Cell<u64>,
@@ -129,6 +134,14 @@ struct Stats {
     dropped_connections: Cell<u64>,
     other_downlink: Cell<u64>,
     stop: Arc<AtomicBool>,
+}
+
+/// A car's connect failed, for the reason `cause` counts.
+fn failed(stats: &Stats, cause: fn(&mut ConnectFailures) -> &mut u64) {
+    bump(&stats.connect_failures);
+    let mut by = stats.failed_by.get();
+    *cause(&mut by) += 1;
+    stats.failed_by.set(by);
 }
 
 fn bump(cell: &Cell<u64>) {
@@ -147,6 +160,7 @@ impl Stats {
             connected_now: self.connected_now.get(),
             connects: self.connects.replace(0),
             connect_failures: self.connect_failures.replace(0),
+            failed_by: self.failed_by.take(),
             connect_latency: Buckets::of(&self.connect_latency.borrow()),
             first_connack_us: self.first_connack_us.get(),
             last_connack_us: self.last_connack_us.get(),
@@ -204,6 +218,7 @@ pub fn run(mut plan: Plan, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             connected_now: Cell::new(0),
             connects: Cell::new(0),
             connect_failures: Cell::new(0),
+            failed_by: Cell::new(ConnectFailures::default()),
             connect_latency: RefCell::new(histogram()),
             first_connack_us: Cell::new(0),
             last_connack_us: Cell::new(0),

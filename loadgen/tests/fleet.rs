@@ -207,3 +207,40 @@ fn quiet_cars_keep_their_connections_with_pings() {
     assert!(connected.len() >= 6, "{connected:?}");
     assert!(connected.iter().all(|&n| n == 30), "{connected:?}");
 }
+
+/// A failed connect is counted under its cause: a server that closes at
+/// once refused it; one that never answers left it without a CONNACK
+/// (loadgen waits 10 s).
+#[test]
+fn failed_connects_are_counted_by_cause() {
+    let broker = Broker::start();
+    topics(&broker, 2, 2);
+    // Never accepted: the kernel completes the handshake, and the CONNECT
+    // waits in the socket unanswered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in closer.incoming() {
+            drop(stream);
+        }
+    });
+    let report = common::Fleet::start(
+        &broker,
+        &[silent.local_addr().unwrap(), closing],
+        &[
+            "--cars",
+            "6",
+            "--no-subscribe",
+            "--warmup-secs",
+            "1",
+            "--duration-secs",
+            "12",
+        ],
+    )
+    .report();
+    let failed = report.connect.failed_by;
+    assert_eq!(report.connect.failed, 6, "{:?}", report.connect);
+    assert_eq!((failed.refused, failed.no_connack), (3, 3), "{failed:?}");
+    assert_eq!((failed.socket, failed.tls), (0, 0), "{failed:?}");
+}

@@ -512,6 +512,7 @@ mod tests {
                 asked_rate: 50.0,
                 achieved_rate: 49.2,
                 latency: latency(3.0),
+                failed_by: Default::default(),
             },
             uplink: flow(2.0),
             downlink,

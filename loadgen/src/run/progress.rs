@@ -13,7 +13,7 @@ use super::summary::ms;
 use super::uplink::Uplink;
 use super::{Options, Times};
 use crate::payload;
-use crate::report::Tick;
+use crate::report::{ConnectFailures, Tick};
 use crate::stats::histogram;
 use crate::worker::WorkerTick;
 
@@ -22,6 +22,7 @@ use crate::worker::WorkerTick;
 pub(super) struct Totals {
     pub(super) connects: u64,
     pub(super) connect_failures: u64,
+    pub(super) failed_by: ConnectFailures,
     /// The first and the latest CONNACK of any worker, µs since the epoch.
     pub(super) first_connack_us: Option<u64>,
     pub(super) last_connack_us: u64,
@@ -45,6 +46,7 @@ impl Totals {
         Self {
             connects: 0,
             connect_failures: 0,
+            failed_by: ConnectFailures::default(),
             first_connack_us: None,
             last_connack_us: 0,
             connect_latency: histogram(),
@@ -64,6 +66,7 @@ impl Totals {
     fn add(&mut self, tick: &WorkerTick, in_window: bool) {
         self.connects += tick.connects;
         self.connect_failures += tick.connect_failures;
+        self.failed_by.add(&tick.failed_by);
         if tick.first_connack_us > 0 {
             let first = self.first_connack_us.get_or_insert(tick.first_connack_us);
             *first = (*first).min(tick.first_connack_us);
@@ -226,6 +229,10 @@ mod tests {
             connected_now: 10,
             connects: 3,
             connect_failures: 1,
+            failed_by: ConnectFailures {
+                refused: 1,
+                ..ConnectFailures::default()
+            },
             connect_latency: Buckets(vec![(2_000, 3)]),
             first_connack_us: connack.0,
             last_connack_us: connack.1,
@@ -247,6 +254,7 @@ mod tests {
         totals.add(&tick(50, (3_000_000, 3_500_000), 7_000), true);
         totals.add(&tick(20, (2_000_000, 4_000_000), 9_000), true);
         assert_eq!((totals.connects, totals.connect_failures), (9, 3));
+        assert_eq!(totals.failed_by.refused, 3, "the causes add up too");
         assert_eq!(totals.connect_latency.len(), 9);
         assert_eq!((totals.uplink_sent, totals.uplink_sent_window), (170, 70));
         assert_eq!(totals.downlink_received, 12);

@@ -47,6 +47,7 @@ pub(super) fn report(
             asked_rate: options.connect_rate,
             achieved_rate: totals.connects as f64 / totals.connect_span_secs(),
             latency: latency(&totals.connect_latency),
+            failed_by: totals.failed_by,
         },
         uplink: FlowStats {
             asked_rate: options.uplink_rate(),
@@ -151,6 +152,9 @@ pub fn summary(report: &Report) -> String {
         "connect   {} of {} connected, {} failed; {:.0} cars/s (asked {:.0}); latency ms p50 {:.2} p99 {:.2} max {:.2}\n",
         c.connected, c.cars, c.failed, c.achieved_rate, c.asked_rate, c.latency.p50_ms, c.latency.p99_ms, c.latency.max_ms
     ));
+    if !c.failed_by.is_empty() {
+        out.push_str(&format!("          failed: {}\n", c.failed_by.describe()));
+    }
     out.push_str(&line("uplink", &report.uplink));
     if let Some(downlink) = &report.downlink {
         out.push_str(&line("downlink", downlink));
@@ -325,6 +329,19 @@ mod tests {
         let raw = report_with(&raw, 0);
         assert_eq!(raw.mode, "raw-kafka");
         assert!(raw.downlink.is_none());
+    }
+
+    #[test]
+    fn the_summary_says_why_connects_failed() {
+        let mut report = report_with(&options(), 0);
+        assert!(!summary(&report).contains("failed:"), "no causes, no line");
+        report.connect.failed_by.refused = 1;
+        report.connect.failed_by.no_connack = 2;
+        let text = summary(&report);
+        assert!(
+            text.contains("failed: 1 refused or closed, 2 no CONNACK within 10 s\n"),
+            "{text}"
+        );
     }
 
     fn report_with(options: &Options, downlink_sent: u64) -> Report {

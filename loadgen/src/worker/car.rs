@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{LINGER_US, Plan, Stats, bump};
+use super::{LINGER_US, Plan, Stats, bump, failed};
 use crate::payload;
 
 /// First local port of the explicit source ports; car `k` of a source
@@ -90,7 +90,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
         .copied();
     let source = source_of(&plan, car);
     let Some(target) = target else {
-        bump(&stats.connect_failures);
+        failed(&stats, |by| &mut by.socket);
         return;
     };
     let client_id = payload::client_id(car);
@@ -102,7 +102,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
                 if index == 0 {
                     eprintln!("loadgen worker: TLS for {client_id}: {error:#}");
                 }
-                bump(&stats.connect_failures);
+                failed(&stats, |by| &mut by.tls);
                 return;
             }
         },
@@ -124,7 +124,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
             None
         };
         if future::or(primed, timeout).await.is_none() {
-            bump(&stats.connect_failures);
+            failed(&stats, |by| &mut by.tls);
             return;
         }
     }
@@ -135,7 +135,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
         let stream = match start_connect(target, source) {
             Ok(socket) => TcpStream::from(socket),
             Err(_) => {
-                bump(&stats.connect_failures);
+                failed(&stats, |by| &mut by.socket);
                 return;
             }
         };
@@ -144,7 +144,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
             Some((tls, connector)) => {
                 let Ok(name) = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
                 else {
-                    bump(&stats.connect_failures);
+                    failed(&stats, |by| &mut by.tls);
                     return;
                 };
                 let handshake = async { connector.connect(name, stream).await.ok() };
@@ -157,7 +157,7 @@ pub(super) async fn car(plan: Rc<Plan>, stats: Rc<Stats>, index: u64) {
                         session(stream, &plan, &stats, car, &client_id, began, &mut seq).await
                     }
                     None => {
-                        bump(&stats.connect_failures);
+                        failed(&stats, |by| &mut by.tls);
                         Ended::Refused
                     }
                 }
@@ -244,14 +244,27 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         .keep_alive_secs
         .unwrap_or_else(|| u16::try_from((interval.as_secs() * 3).max(60)).unwrap_or(u16::MAX));
     let mut input = BytesMut::new();
-    let connected = mqtt_connect(&mut stream, client_id, keep_alive, &mut input);
+    let connected = async {
+        Some(
+            mqtt_connect(&mut stream, client_id, keep_alive, &mut input)
+                .await
+                .is_some(),
+        )
+    };
     let timeout = async {
         sleep(Duration::from_secs(10)).await;
         None
     };
-    if future::or(connected, timeout).await.is_none() {
-        bump(&stats.connect_failures);
-        return Ended::Refused;
+    match future::or(connected, timeout).await {
+        Some(true) => {}
+        Some(false) => {
+            failed(stats, |by| &mut by.refused);
+            return Ended::Refused;
+        }
+        None => {
+            failed(stats, |by| &mut by.no_connack);
+            return Ended::Refused;
+        }
     }
     bump(&stats.connects);
     bump(&stats.connected_now);
