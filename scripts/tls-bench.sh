@@ -7,7 +7,8 @@
 # uplink over TLS against plain TCP: the same fleet (loadgen, gateway mode,
 # through tansu) on the gateway's plain and TLS listeners one after the
 # other (plain, TLS, TLS, plain), with the gateway's CPU time per message
-# for each.
+# for each: over the whole phase (the cars' connects and TLS handshakes
+# included) and over its steady part (connects left out).
 #
 #   scripts/tls-bench.sh            # 5,000 cars each
 #   TLS_BENCH_CARS=10000 scripts/tls-bench.sh
@@ -101,16 +102,26 @@ measure gateway "$gateway" "$gateway_port" 127.0.8.1
 log "$cars cars, mutual TLS: mosquitto on $mosquitto_port"
 measure mosquitto "$mosquitto" "$mosquitto_port" 127.0.9.1
 
-# The uplink, plain then TLS: the same fleet, the gateway's CPU per message.
+# The uplink, plain then TLS: the same fleet, the gateway's CPU per message,
+# over the whole phase (the 2,000 cars' connects and handshakes included)
+# and over its steady part: from 2 s after the warm-up (every car
+# connected) for 16 s, inside the measured window.
 uplink() {
   local name=$1 port=$2; shift 2
-  local before after
+  local before after steady_from steady_to run
   before=$(cpu_ms "$gateway")
   "$bin/loadgen" --kafka-bootstrap "127.0.0.1:$kafka_port" --target "127.0.0.1:$port" --cars 2000 \
     --publish-interval-ms 500 --downlink-rate 0 --no-subscribe --warmup-secs 3 --duration-secs 20 --quiet --recount \
-    --report-json "$dir/uplink-$name.json" --report-html "$dir/uplink-$name.html" "$@" >"$dir/uplink-$name.log" 2>&1
+    --report-json "$dir/uplink-$name.json" --report-html "$dir/uplink-$name.html" "$@" >"$dir/uplink-$name.log" 2>&1 &
+  run=$!
+  sleep 5
+  steady_from=$(cpu_ms "$gateway")
+  sleep 16
+  steady_to=$(cpu_ms "$gateway")
+  wait "$run"
   after=$(cpu_ms "$gateway")
-  py tls_bench uplink "$name" "$((after - before))" "$dir/uplink-$name.json" >>"$dir/uplink.jsonl"
+  py tls_bench uplink "$name" "$((after - before))" "$dir/uplink-$name.json" \
+    "$((steady_to - steady_from))" 16 >>"$dir/uplink.jsonl"
 }
 if [ "${TLS_BENCH_ONLY:-}" = memory ]; then
   py tls_bench summary "$dir/results.jsonl" - | tee "$dir/summary.txt" >&2

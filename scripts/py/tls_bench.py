@@ -27,7 +27,7 @@ def server(name, before, after, cars, rounds):
     print(json.dumps(result))
 
 
-def uplink(name, cpu_ms, report):
+def uplink(name, cpu_ms, report, steady_cpu_ms, steady_secs):
     report = json.load(open(report))
     up = report["uplink"]
     received = sum(t["uplink_received"] for t in report["timeline"])
@@ -37,7 +37,11 @@ def uplink(name, cpu_ms, report):
     lost_in_topic = up["sent"] - in_topic["unique"] if "unique" in in_topic else None
     print(json.dumps({"listener": name, "gateway_cpu_secs": int(cpu_ms) / 1000, "received": received,
                       "lost": up["lost"], "lost_in_topic": lost_in_topic,
-                      "achieved_rate": up["achieved_rate"], "p99_ms": up["latency"]["p99_ms"]}))
+                      "achieved_rate": up["achieved_rate"], "p99_ms": up["latency"]["p99_ms"],
+                      # The steady part: the measured window's send rate
+                      # over those seconds, no connects in them.
+                      "steady_cpu_secs": int(steady_cpu_ms) / 1000,
+                      "steady_received": up["achieved_rate"] * float(steady_secs)}))
 
 
 def summary(results, uplinks):
@@ -61,7 +65,7 @@ def summary(results, uplinks):
         name = r["listener"].split("-")[0]
         if name in uplink:
             u = uplink[name]
-            for key in ("gateway_cpu_secs", "received", "lost"):
+            for key in ("gateway_cpu_secs", "received", "lost", "steady_cpu_secs", "steady_received"):
                 u[key] += r[key]
             u["lost_in_topic"] = None if None in (u["lost_in_topic"], r["lost_in_topic"]) \
                 else u["lost_in_topic"] + r["lost_in_topic"]
@@ -80,6 +84,12 @@ def summary(results, uplinks):
     print(f"{'  messages per gateway CPU-s':28}{per(p):>14,.0f}{per(t):>14,.0f}{per(t) / per(p):>8.2f}")
     for n in range(max(len(p["phases"]), len(t["phases"]))):
         ph = lambda r: f"{per(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
+        print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
+    # Without the 2,000 cars' connects: what a car that stays costs.
+    steady = lambda r: r["steady_received"] / r["steady_cpu_secs"] if r["steady_cpu_secs"] else float("nan")
+    print(f"{'  the same, connects left out':28}{steady(p):>14,.0f}{steady(t):>14,.0f}{steady(t) / steady(p):>8.2f}")
+    for n in range(max(len(p["phases"]), len(t["phases"]))):
+        ph = lambda r: f"{steady(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
         print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
 
 
