@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
             if linked { " with --link" } else { "" }
         );
     }
-    let described = vec![
+    let mut described = vec![
         ("cars".to_owned(), args.cars.to_string()),
         ("targets".to_owned(), args.targets.join(" ")),
         ("connect_rate".to_owned(), args.connect_rate.to_string()),
@@ -372,6 +372,9 @@ fn main() -> anyhow::Result<()> {
         ("cars_per_worker".to_owned(), cars_per_worker.to_string()),
         ("link".to_owned(), args.link.clone()),
     ];
+    if let Some(secs) = args.keep_alive_secs {
+        described.push(("keep_alive_secs".to_owned(), secs.to_string()));
+    }
     let tls = if args.tls {
         let started = std::time::Instant::now();
         let made = loadgen::tls::prepare(&args.tls_dir, 0, args.cars)?;
