@@ -650,12 +650,36 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, below the kernel's range
+/// of ephemeral ports (32768–60999 by default). A port from that range can
+/// be given meanwhile to any outgoing connection as its source port; a
+/// test's "is it listening yet" connect can even be given the very port it
+/// connects to and connect to itself (TCP's simultaneous open), holding
+/// the port the server is about to bind. Seen once in the suite: a gateway
+/// failed with "Address already in use" while its test saw the port
+/// answer.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// 20,000 ports, from 12,000: below the ephemeral range.
+    const FIRST: u32 = 12_000;
+    const PORTS: u32 = 20_000;
+    /// Each call tries the next port of its process's walk.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes start their walks at different ports; a step of 7,919 (a
+    // prime, so coprime with 20,000) visits every port once in PORTS tries.
+    let start = u64::from(std::process::id()) * 2_654_435_761;
+    for _ in 0..PORTS {
+        let n = u64::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = u64::from(FIRST) + (start + n * 7_919) % u64::from(PORTS);
+        let port = u16::try_from(port).expect("below 32,000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port from {FIRST} to {}",
+        FIRST + PORTS - 1
+    )
 }
 
 /// systemd's notify socket, played by a test: a process started with
