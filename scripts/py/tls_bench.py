@@ -80,17 +80,17 @@ def summary(results, uplinks):
     print(f"{'  lost, live read':28}{p['lost']:>14,}{t['lost']:>14,}")
     topic = lambda r: "—" if r.get("lost_in_topic") is None else f"{r['lost_in_topic']:,}"
     print(f"{'  lost, topic read again':28}{topic(p):>14}{topic(t):>14}")
-    per = lambda r: r["received"] / r["gateway_cpu_secs"] if r["gateway_cpu_secs"] else float("nan")
-    print(f"{'  messages per gateway CPU-s':28}{per(p):>14,.0f}{per(t):>14,.0f}{per(t) / per(p):>8.2f}")
-    for n in range(max(len(p["phases"]), len(t["phases"]))):
-        ph = lambda r: f"{per(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
-        print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
+    def rates(label, messages, cpu_secs):
+        """Messages per CPU-second: both listeners, their ratio, then each phase."""
+        rate = lambda r: r[messages] / r[cpu_secs] if r[cpu_secs] else float("nan")
+        print(f"{label:28}{rate(p):>14,.0f}{rate(t):>14,.0f}{rate(t) / rate(p):>8.2f}")
+        for n in range(max(len(p["phases"]), len(t["phases"]))):
+            ph = lambda r: f"{rate(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
+            print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
+
+    rates("  messages per gateway CPU-s", "received", "gateway_cpu_secs")
     # Without the 2,000 cars' connects: what a car that stays costs.
-    steady = lambda r: r["steady_received"] / r["steady_cpu_secs"] if r["steady_cpu_secs"] else float("nan")
-    print(f"{'  the same, connects left out':28}{steady(p):>14,.0f}{steady(t):>14,.0f}{steady(t) / steady(p):>8.2f}")
-    for n in range(max(len(p["phases"]), len(t["phases"]))):
-        ph = lambda r: f"{steady(r['phases'][n]):,.0f}" if n < len(r["phases"]) else "—"
-        print(f"{f'    phase {n + 1}':28}{ph(p):>14}{ph(t):>14}")
+    rates("  the same, connects left out", "steady_received", "steady_cpu_secs")
 
 
 def gate(results, goal):

@@ -22,15 +22,14 @@ pub fn config(broker: &Broker, shards: usize) -> Config {
         .kafka
         .properties
         .insert("bootstrap.servers".to_owned(), broker.bootstrap_servers());
-    // As testkit::GATEWAY_ON_TANSU does for the binary.
-    config
-        .kafka
-        .properties
-        .insert("enable.idempotence".to_owned(), "false".to_owned());
-    config
-        .kafka
-        .properties
-        .insert("fetch.wait.max.ms".to_owned(), "20".to_owned());
+    // What testkit::GATEWAY_ON_TANSU gives the binary as `-X KEY=VALUE`.
+    for property in testkit::GATEWAY_ON_TANSU.chunks(2) {
+        let (key, value) = property[1].split_once('=').unwrap();
+        config
+            .kafka
+            .properties
+            .insert(key.to_owned(), value.to_owned());
+    }
     config
 }
 
